@@ -1,0 +1,85 @@
+"""The package's exception and warning hierarchy.
+
+Every error a user can provoke with bad input is a :class:`JaxmlmError`, so
+``except jaxmlm.JaxmlmError`` catches all of them and nothing from deep inside
+JAX leaks out. Each subclass also derives from the builtin exception a Python
+user would expect (``KeyError`` for an unknown column, ``ValueError`` for bad
+values), so existing ``except ValueError`` code keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "JaxmlmError",
+    "FormulaError",
+    "FormulaSyntaxError",
+    "UnknownColumnError",
+    "DataError",
+    "GroupingError",
+    "ConvergenceError",
+    "JaxmlmWarning",
+    "RankDeficiencyWarning",
+    "ConvergenceWarning",
+    "MissingDataWarning",
+]
+
+
+class JaxmlmError(Exception):
+    """Base class of every error raised by jaxmlm."""
+
+
+class FormulaError(JaxmlmError, ValueError):
+    """The model formula cannot describe a mixed model (e.g. no random-effects term)."""
+
+
+class FormulaSyntaxError(FormulaError):
+    """The formula text does not parse; the message shows where."""
+
+    def __init__(self, message: str, formula: str | None = None, position: int | None = None):
+        self.formula = formula
+        self.position = position
+        if formula is not None and position is not None:
+            message = f"{message}\n    {formula}\n    {' ' * position}^"
+        super().__init__(message)
+
+
+class UnknownColumnError(JaxmlmError, KeyError):
+    """A formula names a column the data does not have."""
+
+    def __init__(self, name: str, close: list[str] | tuple[str, ...] = ()):
+        self.name = name
+        self.close = list(close)
+        hint = f" Did you mean {', '.join(repr(c) for c in self.close)}?" if self.close else ""
+        self.message = f"column {name!r} is not in the data.{hint}"
+        super().__init__(self.message)
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.message
+
+
+class DataError(JaxmlmError, ValueError):
+    """The data cannot be used as given (non-numeric response, infinite values, ...)."""
+
+
+class GroupingError(DataError):
+    """A grouping factor is unusable: too few levels, or as many levels as observations."""
+
+
+class ConvergenceError(JaxmlmError, RuntimeError):
+    """The optimizer produced no usable estimate (non-finite objective)."""
+
+
+class JaxmlmWarning(UserWarning):
+    """Base class of every warning jaxmlm emits."""
+
+
+class RankDeficiencyWarning(JaxmlmWarning):
+    """Aliased fixed-effects columns were dropped, as lme4 does."""
+
+
+class ConvergenceWarning(JaxmlmWarning):
+    """The optimizer stopped without meeting its convergence criteria."""
+
+
+class MissingDataWarning(JaxmlmWarning):
+    """Rows with missing values were dropped."""

@@ -1,0 +1,121 @@
+"""Stage 7 — presentation: lme4-style text for a fitted model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["summary_text", "format_table"]
+
+
+def _sig(x: float, digits: int = 4) -> str:
+    """R's format(x, digits = d): d significant digits."""
+    if not np.isfinite(x):
+        return "NA"
+    return f"{x:.{digits}g}" if abs(x) >= 1e-4 or x == 0 else f"{x:.{digits - 1}e}"
+
+
+def format_table(df: pd.DataFrame, digits: int = 4) -> str:
+    """Right-aligned table with a shared number of decimals per column, like R's printCoefmat."""
+    cols = {}
+    for c in df.columns:
+        v = df[c].to_numpy(dtype=float)
+        finite = v[np.isfinite(v)]
+        big = np.max(np.abs(finite)) if finite.size else 1.0
+        dec = max(0, digits - 1 - int(np.floor(np.log10(big))) if big > 0 else digits - 1)
+        dec = min(dec, 6)
+        cols[c] = ["NA" if not np.isfinite(x) else f"{x:.{dec}f}" for x in v]
+    rows = [str(i) for i in df.index]
+    w0 = max([len(r) for r in rows] + [0])
+    widths = {c: max(len(str(c)), *(len(s) for s in cols[c])) for c in df.columns}
+    lines = [" " * w0 + "".join(" " + str(c).rjust(widths[c]) for c in df.columns)]
+    for i, r in enumerate(rows):
+        lines.append(r.ljust(w0) + "".join(" " + cols[c][i].rjust(widths[c]) for c in df.columns))
+    return "\n".join(lines)
+
+
+def _random_effects_table(m) -> str:
+    lines = []
+    header = ["Groups", "Name", "Variance", "Std.Dev.", "Corr"]
+    body = []
+    for t, term in enumerate(m.design.terms):
+        S = m._term_cov(t)
+        sd = np.sqrt(np.diag(S))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = S / np.outer(sd, sd)
+        for i, c in enumerate(term.columns):
+            cr = " ".join(f"{corr[i, j]:5.2f}" if np.isfinite(corr[i, j]) else "  NaN" for j in range(i))
+            body.append([term.vc_name if i == 0 else "", c, _sig(S[i, i]), _sig(sd[i]), cr])
+    body.append(["Residual", "", _sig(m.sigma**2), _sig(m.sigma), ""])
+    ncol = 5 if any(r[4] for r in body) else 4
+    widths = [max(len(r[j]) for r in body + [header]) for j in range(ncol)]
+    fmt = lambda r: " " + " ".join(  # noqa: E731
+        (r[j].ljust(widths[j]) if j < 2 or j == 4 else r[j].rjust(widths[j])) for j in range(ncol)
+    )
+    lines.append(fmt(header).rstrip())
+    lines += [fmt(r).rstrip() for r in body]
+    return "\n".join(lines)
+
+
+def summary_text(m) -> str:
+    """The text of lme4's ``summary(lmerMod)``."""
+    crit = "REML" if m.REML else "maximum likelihood"
+    out = [f"Linear mixed model fit by {crit} ['lmerMod'] (jaxmlm)", f"Formula: {m.formula}"]
+    if m.data_name:
+        out.append(f"   Data: {m.data_name}")
+    if m.n_dropped:
+        out.append(f"{m.n_dropped} observation{'s' if m.n_dropped != 1 else ''} deleted due to missingness")
+    out.append("")
+    if m.REML:
+        out.append(f"REML criterion at convergence: {m.objective:.1f}")
+    else:
+        ic = pd.DataFrame(
+            [[m.aic, m.bic, m.loglik, m.objective, m.nobs - m.npar]],
+            columns=["AIC", "BIC", "logLik", "deviance", "df.resid"],
+        )
+        out.append(" " + "  ".join(f"{c:>9}" for c in ic.columns))
+        out.append(" " + "  ".join(f"{v:>9.1f}" if c != "df.resid" else f"{int(v):>9d}" for c, v in ic.iloc[0].items()))
+    out.append("")
+    r = m.resid / m.sigma
+    q = np.quantile(r, [0, 0.25, 0.5, 0.75, 1])
+    out.append("Scaled residuals: ")
+    out.append(" ".join(f"{h:>8}" for h in ["Min", "1Q", "Median", "3Q", "Max"]))
+    out.append(" ".join(f"{v:>8.4f}" for v in q))
+    out.append("")
+    out.append("Random effects:")
+    out.append(_random_effects_table(m))
+    groups = ", ".join(f"{g}, {n}" for g, n in m.ngroups.items())
+    out.append(f"Number of obs: {m.nobs}, groups:  {groups}")
+    if m.design.dropped_columns:
+        out.append(f"Dropped (aliased) fixed-effect columns: {', '.join(m.design.dropped_columns)}")
+    out.append("")
+    out.append("Fixed effects:")
+    tab = pd.DataFrame({"Estimate": m.fixef, "Std. Error": m.se, "t value": m.fixef / m.se})
+    out.append(format_table(tab))
+    p = len(m.fixef)
+    if 1 < p <= 12:
+        out.append("")
+        out.append("Correlation of Fixed Effects:")
+        V = m.vcov.to_numpy()
+        sd = np.sqrt(np.diag(V))
+        C = V / np.outer(sd, sd)
+        abbrev = [_abbreviate(n) for n in m.fixef.index]
+        names = list(m.fixef.index)
+        w0 = max(len(n) for n in names[1:])
+        w = max(6, *(len(a) for a in abbrev[:-1]))
+        out.append(" " * w0 + " " + " ".join(a.rjust(w) for a in abbrev[:-1]))
+        for i in range(1, p):
+            out.append(names[i].ljust(w0) + " " + " ".join(f"{C[i, j]:.3f}".rjust(w) for j in range(i)))
+    if m.is_singular:
+        out.append("optimizer (Newton) convergence code: 0 (OK)" if m.record.converged else "")
+        out.append("boundary (singular) fit: see help('isSingular')")
+    elif not m.record.converged:
+        out.append(f"optimizer: {m.record.message}")
+    return "\n".join(line for line in out if line is not None) + "\n"
+
+
+def _abbreviate(name: str, minlength: int = 6) -> str:
+    """A short column label in the spirit of R's abbreviate(minlength = 4) for vcov correlations."""
+    if name == "(Intercept)":
+        return "(Intr)"
+    return name if len(name) <= minlength else name[:minlength]

@@ -1,0 +1,368 @@
+"""Stage 6 — results: the fitted model, with lme4's names and definitions.
+
+:func:`lmer` runs the pipeline (formula → design → statistics → optimizer →
+estimates) and returns an immutable :class:`LinearMixedModel`. Every derived
+quantity (VarCorr, ranef, coef, fitted values) is computed once here from
+the arrays of :class:`~jaxmlm._solution.Solution`; nothing is mutated later.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from ._design import Design, build_design
+from ._errors import ConvergenceError, ConvergenceWarning, DataError
+from ._objective import deviance
+from ._optimize import STATUS, canonical_theta, diagonal_mask, fit_theta
+from ._solution import solve
+from ._stats import Layout, Stats, sufficient_stats
+
+__all__ = ["FitRecord", "LinearMixedModel", "lmer"]
+
+SINGULAR_TOL = 1e-4  # lme4's isSingular(tol = 1e-4)
+_SNAP_BELOW = 1e-3
+
+
+@dataclass(frozen=True)
+class FitRecord:
+    """What the optimizer did: users must be able to see why a fit stopped.
+
+    ``theta_start`` / ``theta_end`` in lme4 order (``theta_end`` after sign
+    canonicalization and snapping of boundary components, listed in
+    ``snapped``); ``theta_optimizer`` the raw optimizer output; ``objective``
+    the criterion at ``theta_end``; ``iterations`` Newton steps;
+    ``evaluations`` criterion evaluations (each step adds one gradient and one
+    Hessian); ``status`` / ``message``; ``max_abs_gradient`` at the optimizer's
+    end; ``seconds`` wall time of the optimization (compile included the first
+    time a shape is seen).
+    """
+
+    theta_start: np.ndarray
+    theta_optimizer: np.ndarray
+    theta_end: np.ndarray
+    objective: float
+    iterations: int
+    evaluations: int
+    status: int
+    message: str
+    converged: bool
+    max_abs_gradient: float
+    snapped: tuple[int, ...]
+    warnings: tuple[str, ...]
+    seconds: float
+
+
+def _readonly(a) -> np.ndarray:
+    a = np.array(a, dtype=np.float64)
+    a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class LinearMixedModel:
+    """A fitted linear mixed model (lme4's ``lmerMod``). Create it with :func:`lmer`.
+
+    Attributes follow lme4: ``fixef``, ``vcov``, ``sigma``, ``theta``,
+    ``varcorr``, ``ranef``, ``coef``, ``fitted``, ``resid``, ``objective``,
+    ``loglik``, ``aic``, ``bic``, ``nobs``, ``ngroups``, ``is_singular``.
+    """
+
+    formula: str
+    REML: bool
+    design: Design = field(repr=False)
+    layout: Layout = field(repr=False)
+    stats: Stats = field(repr=False)
+    theta: np.ndarray
+    record: FitRecord = field(repr=False)
+    _beta: np.ndarray = field(repr=False)
+    _vcov: np.ndarray = field(repr=False)
+    sigma: float
+    objective: float
+    _b: tuple = field(repr=False)
+    _condvar: tuple = field(repr=False)
+    data_name: str | None = None
+
+    # ---- sizes -----------------------------------------------------------
+    @property
+    def nobs(self) -> int:
+        """Number of observations used (after dropping rows with missing values)."""
+        return self.design.n
+
+    @property
+    def n_dropped(self) -> int:
+        """Rows dropped because a variable of the formula was missing."""
+        return self.design.n_dropped_na
+
+    @property
+    def npar(self) -> int:
+        """Parameters counted by logLik's df: p + length(θ) + 1 (σ)."""
+        return self.design.p + len(self.theta) + 1
+
+    @property
+    def ngroups(self) -> dict[str, int]:
+        """Levels per grouping factor (lme4's ``ngrps``)."""
+        return {b.group: b.nlev for b in self._blocks_lme4_order}
+
+    # ---- fixed effects ----------------------------------------------------
+    @property
+    def fixef(self) -> pd.Series:
+        """Fixed-effects estimates β̂ in lme4's order."""
+        return pd.Series(self._beta, index=list(self.design.fixef_names), name="Estimate")
+
+    @property
+    def vcov(self) -> pd.DataFrame:
+        """vcov(β̂) = σ̂² (R_X R_Xᵀ)⁻¹."""
+        names = list(self.design.fixef_names)
+        return pd.DataFrame(self._vcov, index=names, columns=names)
+
+    @property
+    def se(self) -> pd.Series:
+        """Standard errors of the fixed effects."""
+        return pd.Series(np.sqrt(np.diag(self._vcov)), index=list(self.design.fixef_names), name="Std. Error")
+
+    # ---- likelihood ---------------------------------------------------------
+    @property
+    def loglik(self) -> float:
+        """Log-likelihood (REML log-likelihood for REML fits, as lme4's logLik)."""
+        return -0.5 * self.objective
+
+    @property
+    def aic(self) -> float:
+        return -2.0 * self.loglik + 2.0 * self.npar
+
+    @property
+    def bic(self) -> float:
+        return -2.0 * self.loglik + math.log(self.nobs) * self.npar
+
+    @property
+    def deviance(self) -> float:
+        """ML deviance for ML fits; for REML fits the REML criterion (see ``objective``)."""
+        return self.objective
+
+    # ---- variance components ------------------------------------------------
+    def _term_cov(self, t: int) -> np.ndarray:
+        """σ² T_t T_tᵀ for term t (lme4 order)."""
+        term = self.design.terms[t]
+        T = self._templates()[term.block]
+        Tt = T[term.offset : term.offset + term.k, term.offset : term.offset + term.k]
+        return self.sigma**2 * Tt @ Tt.T
+
+    def _templates(self) -> list[np.ndarray]:
+        out = []
+        for kb, pos, idx in self.layout.templates:
+            T = np.zeros(kb * kb)
+            T[list(pos)] = self.theta[list(idx)]
+            out.append(T.reshape(kb, kb))
+        return out
+
+    @property
+    def varcorr(self) -> pd.DataFrame:
+        """Variance components as R's ``as.data.frame(VarCorr(m))``.
+
+        Columns grp, var1, var2, vcov, sdcor; per term (lme4 order) the
+        variances, then the covariances (sdcor holds the correlation), then
+        the residual.
+        """
+        rows = []
+        for t, term in enumerate(self.design.terms):
+            S = self._term_cov(t)
+            sd = np.sqrt(np.diag(S))
+            for i, c in enumerate(term.columns):
+                rows.append((term.vc_name, c, None, S[i, i], sd[i]))
+            for j in range(term.k):
+                for i in range(j + 1, term.k):
+                    corr = S[i, j] / (sd[i] * sd[j]) if sd[i] > 0 and sd[j] > 0 else np.nan
+                    rows.append((term.vc_name, term.columns[j], term.columns[i], S[i, j], corr))
+        rows.append(("Residual", None, None, self.sigma**2, self.sigma))
+        return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
+
+    @property
+    def is_singular(self) -> bool:
+        """lme4's isSingular: a template diagonal below 1e-4 (a variance on the boundary)."""
+        mask = diagonal_mask(self.layout)
+        return bool(np.any(self.theta[mask] < SINGULAR_TOL))
+
+    # ---- random effects -------------------------------------------------------
+    @property
+    def _blocks_lme4_order(self):
+        seen, out = set(), []
+        for term in self.design.terms:
+            if term.block not in seen:
+                seen.add(term.block)
+                out.append(self.design.blocks[term.block])
+        return out
+
+    def _block_index(self, block) -> int:
+        return self.design.blocks.index(block)
+
+    @property
+    def ranef(self) -> dict[str, pd.DataFrame]:
+        """Conditional modes b̂ per grouping factor: index = levels, columns = terms."""
+        return {
+            b.group: pd.DataFrame(self._b[self._block_index(b)], index=b.levels.copy(), columns=list(b.columns))
+            for b in self._blocks_lme4_order
+        }
+
+    @property
+    def condvar(self) -> dict[str, np.ndarray]:
+        """Conditional covariance of b per level, (levels, k, k) per factor (lme4's condVar)."""
+        return {b.group: self._condvar[self._block_index(b)].copy() for b in self._blocks_lme4_order}
+
+    @property
+    def condsd(self) -> dict[str, pd.DataFrame]:
+        """Conditional standard deviations of the random effects, shaped like ``ranef``."""
+        return {
+            g: pd.DataFrame(
+                np.sqrt(np.diagonal(v, axis1=1, axis2=2)), index=self.ranef[g].index, columns=self.ranef[g].columns
+            )
+            for g, v in self.condvar.items()
+        }
+
+    def ranef_frame(self) -> pd.DataFrame:
+        """Long table like R's ``as.data.frame(ranef(m, condVar = TRUE))``."""
+        rows = []
+        for g, df in self.ranef.items():
+            sd = self.condsd[g]
+            for col in df.columns:
+                for lev in df.index:
+                    rows.append((g, col, lev, df.at[lev, col], sd.at[lev, col]))
+        return pd.DataFrame(rows, columns=["grpvar", "term", "grp", "condval", "condsd"])
+
+    @property
+    def coef(self) -> dict[str, pd.DataFrame]:
+        """lme4's ``coef``: fixed effects plus each level's random effects."""
+        out = {}
+        fe = self.fixef
+        for g, re in self.ranef.items():
+            df = pd.DataFrame(np.tile(fe.to_numpy(), (len(re), 1)), index=re.index, columns=fe.index)
+            for c in re.columns:
+                if c in df.columns:
+                    df[c] = df[c] + re[c]
+                else:
+                    df[c] = re[c]
+            out[g] = df
+        return out
+
+    # ---- fitted values ----------------------------------------------------------
+    @cached_property
+    def _fitted(self) -> np.ndarray:
+        d = self.design
+        mu = d.X @ self._beta
+        for i, blk in enumerate(d.blocks):
+            mu = mu + np.einsum("nk,nk->n", blk.Z, self._b[i][blk.codes])
+        return _readonly(mu)
+
+    @property
+    def fitted(self) -> np.ndarray:
+        """Fitted values Xβ̂ + Zb̂, one per row used in the fit."""
+        return self._fitted
+
+    @property
+    def resid(self) -> np.ndarray:
+        """Response residuals y − fitted."""
+        return _readonly(self.design.y - self._fitted)
+
+    def summary(self) -> str:
+        """lme4-style text summary (also printed by ``print(m)``)."""
+        from ._present import summary_text
+
+        return summary_text(self)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _condvar_blocks(sol, layout: Layout, design: Design) -> tuple[tuple, tuple]:
+    """Cut the padded engine arrays back to each block's real levels."""
+    b_list = [np.asarray(sol.b1)[: design.blocks[0].nlev]]
+    v_list = [np.asarray(sol.var1)[: design.blocks[0].nlev]]
+    b_rest = np.asarray(sol.b_rest)
+    for (off, lev, k), blk, v in zip(layout.rest, design.blocks[1:], sol.var_rest):
+        b_list.append(b_rest[off : off + lev * k].reshape(lev, k)[: blk.nlev])
+        v_list.append(np.asarray(v)[: blk.nlev])
+    return tuple(_readonly(b) for b in b_list), tuple(_readonly(v) for v in v_list)
+
+
+def lmer(formula: str, data: pd.DataFrame, REML: bool = True, *, max_iter: int = 200) -> LinearMixedModel:
+    """Fit a linear mixed model by REML (default) or maximum likelihood, as lme4's ``lmer``.
+
+    ``formula`` uses lme4's syntax, e.g. ``"Reaction ~ Days + (Days | Subject)"``;
+    ``data`` is a pandas DataFrame. Rows with a missing value in any variable
+    of the formula are dropped (``m.n_dropped`` counts them).
+    """
+    if not isinstance(REML, (bool, np.bool_)):
+        raise DataError(f"REML must be True or False, got {REML!r}")
+    design = build_design(formula, data)
+    layout, stats, _ = sufficient_stats(design)
+    reml = jnp.asarray(1.0 if REML else 0.0)
+    mask = diagonal_mask(layout)
+    theta0 = np.where(mask, 1.0, 0.0)
+
+    t0 = time.perf_counter()
+    st = fit_theta(jnp.asarray(theta0), stats, reml, layout, max_iter=max_iter)
+    raw = np.asarray(st.x)
+    f = float(st.f)
+    status = int(st.status)
+    seconds = time.perf_counter() - t0
+    if status == 4 or not np.isfinite(f):
+        raise ConvergenceError(
+            "the criterion became non-finite during optimization; check for a (near-)constant "
+            "response or predictors on wildly different scales"
+        )
+    theta = canonical_theta(raw, layout)
+    # Snap boundary components to exactly zero where that does not raise the criterion.
+    snapped = []
+    tol = min(1e-6, 1e-10 * max(1.0, abs(f)))
+    for i in np.flatnonzero(mask & (np.abs(theta) < _SNAP_BELOW) & (theta != 0)):
+        trial = theta.copy()
+        trial[i] = 0.0
+        ft = float(deviance(jnp.asarray(trial), stats, reml, layout))
+        if ft <= f + tol:
+            theta, f = trial, min(f, ft)
+            snapped.append(int(i))
+    warns = []
+    if status not in (0, 1):
+        msg = f"optimizer {STATUS[status]} after {int(st.it)} iterations (max |gradient| {float(np.max(np.abs(st.g))):.2e})"
+        warns.append(msg)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=2)
+    sol = solve(jnp.asarray(theta), stats, reml, layout)
+    b, v = _condvar_blocks(sol, layout, design)
+    record = FitRecord(
+        theta_start=_readonly(theta0),
+        theta_optimizer=_readonly(raw),
+        theta_end=_readonly(theta),
+        objective=float(sol.criterion),
+        iterations=int(st.it),
+        evaluations=int(st.nfev),
+        status=status,
+        message=STATUS[status],
+        converged=status in (0, 1),
+        max_abs_gradient=float(np.max(np.abs(np.asarray(st.g)))) if len(raw) else 0.0,
+        snapped=tuple(snapped),
+        warnings=tuple(warns),
+        seconds=seconds,
+    )
+    return LinearMixedModel(
+        formula=design.formula.text,
+        REML=bool(REML),
+        design=design,
+        layout=layout,
+        stats=stats,
+        theta=_readonly(theta),
+        record=record,
+        _beta=_readonly(sol.beta),
+        _vcov=_readonly(sol.vcov),
+        sigma=float(sol.sigma),
+        objective=float(sol.criterion),
+        _b=b,
+        _condvar=v,
+    )

@@ -1,0 +1,64 @@
+"""Shared test fixtures: x64 on, and the lme4 reference cases.
+
+Reference fits live in tests/reference/ (lme4/: copied from the project's
+shared lme4 1.1-31 fits; extra/: made by tests/reference/make_extra_reference.R).
+Tests never need R.
+"""
+
+import json
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+import jaxmlm  # noqa: E402
+
+REF = Path(__file__).parent / "reference"
+
+
+def _cases() -> dict[str, dict]:
+    out = {}
+    for sub in ("lme4", "extra"):
+        for f in sorted((REF / sub).glob("*.json")):
+            d = json.loads(f.read_text())
+            if d.get("family", "gaussian") != "gaussian":
+                continue
+            out[d["id"]] = d
+    return out
+
+
+CASES = _cases()
+
+
+def case_data(case: dict) -> pd.DataFrame:
+    """The data frame a reference case was fitted to, with R's factor level orders."""
+    src = case.get("data_csv") or case["dataset"]
+    if src.endswith(".csv"):
+        df = pd.read_csv(REF / "data" / src)
+        for col, levels in case.get("factor_levels", {}).items():
+            if col in df.columns:
+                df[col] = pd.Categorical(df[col].map(lambda v: v if pd.isna(v) else str(v)), categories=levels)
+        return df
+    return jaxmlm.load_example(src)
+
+
+@pytest.fixture(scope="session")
+def fits():
+    """Lazily fitted models, one per reference case (each fitted once per session)."""
+    cache: dict[str, jaxmlm.LinearMixedModel] = {}
+
+    def get(case_id: str) -> jaxmlm.LinearMixedModel:
+        if case_id not in cache:
+            c = CASES[case_id]
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", jaxmlm.RankDeficiencyWarning)
+                cache[case_id] = jaxmlm.lmer(c["formula"], case_data(c), REML=c["REML"])
+        return cache[case_id]
+
+    return get

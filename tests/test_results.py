@@ -1,0 +1,112 @@
+"""lme4 parity: every Gaussian reference case, with the tolerances of the foundation issue.
+
+criterion within 2e-4 and not worse than lme4's optimum; fixed effects within
+0.002 standard errors; standard errors, σ and variance components within
+0.2 % relative; loglik/AIC/BIC within 1e-3; random effects within 0.002
+conditional SDs; singular flag and nobs exact.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import CASES
+
+# lme4's default optimizer stopped short on nlschools_rs_ml (max|grad| 0.049, logLik 4e-6
+# below bobyqa's); its bobyqa twin is the strict reference and this one is checked below.
+UNCONVERGED = {"nlschools_rs_ml"}
+IDS = sorted(set(CASES) - UNCONVERGED)
+
+
+@pytest.mark.parametrize("cid", IDS)
+def test_criterion(fits, cid):
+    ref, m = CASES[cid], fits(cid)
+    assert abs(m.objective - ref["deviance_or_reml"]) < 2e-4
+    assert m.objective <= ref["deviance_or_reml"] + 1e-6, "worse than lme4's optimum"
+
+
+@pytest.mark.parametrize("cid", IDS)
+def test_likelihood_summaries(fits, cid):
+    ref, m = CASES[cid], fits(cid)
+    assert m.nobs == ref["nobs"]
+    assert m.npar == ref["df_model"]
+    for ours, theirs in [(m.loglik, ref["loglik"]), (m.aic, ref["AIC"]), (m.bic, ref["BIC"])]:
+        assert abs(ours - theirs) < 1e-3
+
+
+@pytest.mark.parametrize("cid", IDS)
+def test_fixed_effects(fits, cid):
+    ref, m = CASES[cid], fits(cid)
+    names = list(ref["fixef"])
+    assert list(m.fixef.index) == names
+    se = np.array([ref["se"][k] for k in names])
+    est = np.array([ref["fixef"][k] for k in names])
+    np.testing.assert_array_less(np.abs(m.fixef.to_numpy() - est), 0.002 * se)
+    np.testing.assert_allclose(m.se.to_numpy(), se, rtol=2e-3)
+    np.testing.assert_allclose(m.vcov.to_numpy(), np.array(ref["vcov_beta"]), rtol=4e-3, atol=1e-3 * se.min() ** 2)
+
+
+@pytest.mark.parametrize("cid", IDS)
+def test_variance_components(fits, cid):
+    ref, m = CASES[cid], fits(cid)
+    assert m.sigma == pytest.approx(ref["sigma"], rel=2e-3)
+    vc = m.varcorr
+    rv = pd.DataFrame(ref["varcorr"])
+    assert list(vc["grp"]) == list(rv["grp"])
+    assert [None if pd.isna(v) else v for v in vc["var1"]] == [None if pd.isna(v) else v for v in rv["var1"]]
+    r2 = rv["var2"] if "var2" in rv else pd.Series([None] * len(rv))
+    assert [None if pd.isna(v) else v for v in vc["var2"]] == [None if pd.isna(v) else v for v in r2]
+    scale = rv["vcov"].abs().max()
+    np.testing.assert_allclose(vc["vcov"], rv["vcov"], rtol=2e-3, atol=1e-7 * scale)
+    # sdcor: SDs relative; correlations (bounded by 1) to 2e-3 absolute.
+    np.testing.assert_allclose(vc["sdcor"], rv["sdcor"], rtol=2e-3, atol=1e-6 * np.sqrt(scale))
+    theta = np.atleast_1d(ref["theta"])
+    assert len(m.theta) == len(theta)
+    np.testing.assert_allclose(m.theta, theta, rtol=5e-3, atol=5e-4)
+
+
+@pytest.mark.parametrize("cid", IDS)
+def test_random_effects(fits, cid):
+    ref, m = CASES[cid], fits(cid)
+    ours = m.ranef_frame()
+    theirs = pd.DataFrame(ref["ranef"])
+    assert list(ours["grpvar"]) == list(theirs["grpvar"])
+    assert list(ours["term"]) == list(theirs["term"])
+    assert [str(g) for g in ours["grp"]] == [str(g) for g in theirs["grp"]]
+    sd = theirs["condsd"].to_numpy()
+    diff = np.abs(ours["condval"].to_numpy() - theirs["condval"].to_numpy())
+    assert np.all(diff <= 0.002 * sd + 1e-10), f"max diff / condsd = {np.max(diff / np.maximum(sd, 1e-300))}"
+    np.testing.assert_allclose(ours["condsd"], sd, rtol=2e-3, atol=1e-9)
+    assert m.ngroups == ref["ngroups"]
+
+
+@pytest.mark.parametrize("cid", IDS)
+def test_fitted_and_singular(fits, cid):
+    ref, m = CASES[cid], fits(cid)
+    assert m.is_singular == ref["singular"]
+    fitted = np.asarray(ref["fitted"])
+    assert m.fitted.shape == fitted.shape
+    # b̂ is within 0.002 conditional SDs and β̂ within 0.002 SEs, so fitted values are too.
+    np.testing.assert_allclose(m.fitted, fitted, rtol=0, atol=2e-3 * ref["sigma"])
+    np.testing.assert_allclose(m.resid, m.design.y - m.fitted)
+
+
+def test_singular_fit_has_theta_exactly_zero(fits):
+    m = fits("dyestuff2_singular")
+    assert m.theta.tolist() == [0.0]
+    assert m.is_singular
+    assert m.record.snapped == (0,)
+    assert "singular" in m.summary()
+
+
+def test_dropped_column_matches_lme4(fits):
+    ref, m = CASES["rank_deficient"], fits("rank_deficient")
+    assert list(m.design.dropped_columns) == ref["dropped_columns"]
+
+
+def test_better_than_unconverged_lme4(fits):
+    """Where lme4's default optimizer stopped early, jaxmlm reaches the better optimum bobyqa finds."""
+    loose, strict = CASES["nlschools_rs_ml"], CASES["nlschools_rs_ml_bobyqa"]
+    m = fits("nlschools_rs_ml")
+    assert m.objective < loose["deviance_or_reml"]
+    assert abs(m.objective - strict["deviance_or_reml"]) < 2e-4
