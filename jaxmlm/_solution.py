@@ -50,17 +50,17 @@ def solve(theta: jax.Array, stats: Stats, reml, layout: Layout) -> Solution:
     p, k1, l1, qr = layout.p, layout.k1, layout.l1, layout.qr
     R = fac.R
     RX, cb, r = R[:p, :p], R[p, :p], R[p, p]
-    beta = solve_triangular(RX.T, cb, lower=False)
+    beta_shifted = solve_triangular(RX.T, cb, lower=False)  # for y' = y − Xβ₀
     sigma2 = r**2 / (stats.n - reml * p)
     RXinv = solve_triangular(RX, jnp.eye(p), lower=True)
     vcov = sigma2 * RXinv.T @ RXinv
 
-    rhs1 = fac.C1[..., p] - fac.C1[..., :p] @ beta  # (l1, k1)
+    rhs1 = fac.C1[..., p] - fac.C1[..., :p] @ beta_shifted  # (l1, k1)
     L1inv = solve_triangular(fac.L1, jnp.broadcast_to(jnp.eye(k1), fac.L1.shape), lower=True)
     var1 = jnp.einsum("gki,gkj->gij", L1inv, L1inv)
     var_rest = ()
     if qr:
-        rhs2 = fac.C2[:, p] - fac.C2[:, :p] @ beta
+        rhs2 = fac.C2[:, p] - fac.C2[:, :p] @ beta_shifted
         u2 = solve_triangular(fac.L2.T, rhs2, lower=False)
         w = lam_rest(u2[:, None], Rest, layout)[:, 0]
         # L21ᵀ u2 = Bᵀ Λ_r u2, accumulated per block-1 level.
@@ -85,7 +85,7 @@ def solve(theta: jax.Array, stats: Stats, reml, layout: Layout) -> Solution:
         b_rest = jnp.zeros((0,))
     b1 = jnp.einsum("ij,gj->gi", T1, u1)
     var1 = sigma2 * jnp.einsum("ij,gjm,km->gik", T1, var1, T1)
-    return Solution(beta, jnp.sqrt(sigma2), vcov, b1, b_rest, var1, var_rest,
+    return Solution(beta_shifted + stats.beta0, jnp.sqrt(sigma2), vcov, b1, b_rest, var1, var_rest,
                     criterion(fac, stats.n, reml, p))
 
 

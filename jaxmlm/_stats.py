@@ -18,6 +18,14 @@ A21        (nnz, k₁)              Z_rᵀZ₁, sparse: one k₁-row per observe
                                   (rest row a, level g of block 1) pair
 =========  =====================  ==========================================
 
+Precision: the criterion takes r² from the Cholesky factor of the Gram matrix,
+r² = yᵀy − ‖c_u‖² − ‖c_β‖², which cancels catastrophically when y has a large
+mean relative to its spread (y → y + 1000 loses 8 digits of r²). Before the
+pass we therefore subtract from y its least-squares fit on X, y' = y − Xβ₀:
+θ̂, r², σ̂ and b̂ are unchanged because Xβ₀ lies in the span of X, and
+β̂ = β̂' + β₀ (``Stats.beta0``). lme4 avoids the issue by computing the
+penalized residual sum of squares from residuals; this is our equivalent.
+
 The pass runs over fixed-size chunks padded with zero rows (a zero row adds
 nothing to any cross-product), so memory is flat in n and one compiled kernel
 serves every chunk. Level counts and the sparse sizes are padded to buckets
@@ -88,6 +96,7 @@ class Stats(NamedTuple):
     bb_e1: jax.Array
     bb_e2: jax.Array
     bb_t: jax.Array
+    beta0: jax.Array
 
 
 def theta_layout(design: Design) -> tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...]:
@@ -140,7 +149,8 @@ def sufficient_stats(design: Design, chunk_rows: int = CHUNK_ROWS) -> tuple[Layo
         off += lp * blk.k
     rest = tuple(rest)
     qr = off
-    W = np.column_stack([design.X, design.y])
+    beta0 = np.linalg.lstsq(design.X, design.y, rcond=None)[0] if p else np.zeros(0)
+    W = np.column_stack([design.X, design.y - design.X @ beta0])
 
     if qr:
         P, V = _rest_positions(design, rest)
@@ -206,6 +216,7 @@ def sufficient_stats(design: Design, chunk_rows: int = CHUNK_ROWS) -> tuple[Layo
         jnp.asarray(float(n)), *acc,
         jnp.asarray(pair_a), jnp.asarray(pair_g),
         jnp.asarray(bb_e1), jnp.asarray(bb_e2), jnp.asarray(bb_t),
+        jnp.asarray(beta0),
     )
     host = {"P": P, "V": V}
     return layout, stats, host
