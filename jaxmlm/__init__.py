@@ -4,16 +4,16 @@
 >>> m = jaxmlm.lmer("Reaction ~ Days + (Days | Subject)", jaxmlm.load_example("sleepstudy"))
 >>> print(m.summary())  # doctest: +SKIP
 
-Importing jaxmlm turns on JAX's float64 mode: mixed-model criteria are sums
-over many rows and need double precision (lme4 works in double precision too).
+The fitting machinery (JAX, formulaic) is imported on first use, so that
+``import jaxmlm`` and the command line's ``--help`` stay fast. The modules
+that compute turn on JAX's float64 mode when they load (see ``_x64.py``).
 """
 
-import jax as _jax
+from __future__ import annotations
 
-_jax.config.update("jax_enable_x64", True)
+import importlib
 
-from ._datasets import EXAMPLES, load_example  # noqa: E402
-from ._errors import (  # noqa: E402
+from ._errors import (
     ConvergenceError,
     ConvergenceWarning,
     DataError,
@@ -26,9 +26,19 @@ from ._errors import (  # noqa: E402
     RankDeficiencyWarning,
     UnknownColumnError,
 )
-from ._results import FitRecord, LinearMixedModel, lmer  # noqa: E402
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "lmer": "._results",
+    "LinearMixedModel": "._results",
+    "FitRecord": "._results",
+    "load_example": "._datasets",
+    "EXAMPLES": "._datasets",
+    "anova": "._compare",
+    "pseudo_r2": "._compare",
+    "power": "._refit",
+}
 
 __all__ = [
     "lmer",
@@ -48,3 +58,15 @@ __all__ = [
     "ConvergenceWarning",
     "MissingDataWarning",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'jaxmlm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

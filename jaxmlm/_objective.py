@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
+from . import _x64  # noqa: F401
 from ._stats import Layout, Stats
 
 __all__ = ["Factor", "templates", "factorize", "deviance", "deviance_and_grad"]

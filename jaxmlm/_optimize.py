@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _x64  # noqa: F401
 from ._objective import _deviance
 from ._stats import Layout, Stats
 
@@ -61,17 +62,25 @@ class OptState(NamedTuple):
 
 
 def _newton(fun, x0, max_iter: int, ftol: float, gtol: float) -> OptState:
-    vg = jax.value_and_grad(fun)
-    hess = jax.hessian(fun)
+    def grad_aux(x):
+        f, g = jax.value_and_grad(fun)(x)
+        return g, (g, f)
 
-    f0, g0 = vg(x0)
+    # One forward-over-reverse program gives f, g and H together.
+    fgh = jax.jacfwd(grad_aux, has_aux=True)
+
+    def evaluate(x):
+        H, (g, f) = fgh(x)
+        return f, g, H
+
+    f0, g0, H0 = evaluate(x0)
     st0 = OptState(x0, f0, g0, jnp.asarray(0), jnp.asarray(1), jnp.where(jnp.isfinite(f0), -1, 4))
 
-    def cond(s: OptState):
-        return s.status < 0
+    def cond(c):
+        return c[0].status < 0
 
-    def body(s: OptState) -> OptState:
-        H = hess(s.x)
+    def body(c):
+        s, H = c
         w, V = jnp.linalg.eigh(H)
         wabs = jnp.abs(w)
         wmod = jnp.maximum(wabs, 1e-8 * jnp.maximum(1.0, jnp.max(wabs)))
@@ -96,7 +105,7 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float) -> OptState:
         a, fa, k = jax.lax.while_loop(ls_cond, ls_body, (jnp.asarray(1.0), fun(s.x + d), jnp.asarray(0)))
         accepted = jnp.isfinite(fa) & (fa <= s.f + 1e-4 * a * slope)
         x_new = jnp.where(accepted, s.x + a * d, s.x)
-        f_new, g_new = vg(x_new)
+        f_new, g_new, H_new = evaluate(x_new)
         it = s.it + 1
         status = jnp.where(
             decrement < ftol,
@@ -108,9 +117,9 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float) -> OptState:
             ),
         )
         status = jnp.where(jnp.isfinite(f_new), status, 4)
-        return OptState(x_new, f_new, g_new, it, s.nfev + k + 2, status)
+        return OptState(x_new, f_new, g_new, it, s.nfev + k + 2, status), H_new
 
-    return jax.lax.while_loop(cond, body, st0)
+    return jax.lax.while_loop(cond, body, (st0, H0))[0]
 
 
 @partial(jax.jit, static_argnames=("layout", "max_iter"))

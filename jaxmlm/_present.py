@@ -15,15 +15,27 @@ def _sig(x: float, digits: int = 4) -> str:
     return f"{x:.{digits}g}" if abs(x) >= 1e-4 or x == 0 else f"{x:.{digits - 1}e}"
 
 
-def format_table(df: pd.DataFrame, digits: int = 4) -> str:
-    """Right-aligned table with a shared number of decimals per column, like R's printCoefmat."""
+def _decimals(values: np.ndarray, digits: int) -> int:
+    """Decimals that show every value with at least ``digits`` significant digits (at most 6)."""
+    v = np.abs(values[np.isfinite(values) & (values != 0)])
+    if not v.size:
+        return 0
+    return int(min(6, max(0, np.max(digits - 1 - np.floor(np.log10(v))))))
+
+
+def format_table(df: pd.DataFrame, digits: int = 4, together: tuple[str, ...] = ("Estimate", "Std. Error")) -> str:
+    """Right-aligned numeric table in the manner of R's printCoefmat.
+
+    The columns named in ``together`` share one number of decimals (R formats
+    estimates and standard errors together); every column gets as many
+    decimals as its smallest entry needs for ``digits`` significant digits.
+    """
+    shared = [c for c in together if c in df.columns]
+    dec_shared = _decimals(df[shared].to_numpy(dtype=float).ravel(), digits) if shared else 0
     cols = {}
     for c in df.columns:
         v = df[c].to_numpy(dtype=float)
-        finite = v[np.isfinite(v)]
-        big = np.max(np.abs(finite)) if finite.size else 1.0
-        dec = max(0, digits - 1 - int(np.floor(np.log10(big))) if big > 0 else digits - 1)
-        dec = min(dec, 6)
+        dec = dec_shared if c in shared else _decimals(v, digits)
         cols[c] = ["NA" if not np.isfinite(x) else f"{x:.{dec}f}" for x in v]
     rows = [str(i) for i in df.index]
     w0 = max([len(r) for r in rows] + [0])

@@ -14,11 +14,11 @@ import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from . import _x64  # noqa: F401  (float64 before any array exists)
 from ._design import Design, build_design
 from ._errors import ConvergenceError, ConvergenceWarning, DataError
 from ._objective import deviance
@@ -271,6 +271,74 @@ class LinearMixedModel:
         """Response residuals y − fitted."""
         return _readonly(self.design.y - self._fitted)
 
+    # ---- prediction and simulation (jaxmlm/_predict.py, jaxmlm/_refit.py) -------
+    def predict(self, newdata: pd.DataFrame | None = None, re_form=None, allow_new_levels: bool = False, **kwargs):
+        """Predictions as lme4's ``predict.merMod`` (see :func:`jaxmlm._predict.predict`)."""
+        from ._predict import predict
+
+        return predict(self, newdata, re_form=re_form, allow_new_levels=allow_new_levels, **kwargs)
+
+    def simulate(self, nsim: int = 1, seed=None, use_u: bool = False, **kwargs) -> np.ndarray:
+        """Responses simulated from the fitted model, (nsim, nobs), as lme4's ``simulate.merMod``."""
+        from ._refit import simulate
+
+        return simulate(self, nsim, seed=seed, use_u=use_u, **kwargs)
+
+    def refit_many(self, Y, **kwargs):
+        """Refit the same design to every row of ``Y`` (nsim, nobs) in one batched computation."""
+        from ._refit import refit_many
+
+        return refit_many(self, Y, **kwargs)
+
+    def bootstrap(self, nsim: int, seed=None, **kwargs):
+        """Parametric bootstrap of fixed effects and variance components."""
+        from ._refit import bootstrap
+
+        return bootstrap(self, nsim, seed=seed, **kwargs)
+
+    # ---- inference (jaxmlm/_inference.py, jaxmlm/_compare.py, jaxmlm/_confint.py) ---
+    def coef_table(self, ddf: str = "Satterthwaite", **kwargs) -> pd.DataFrame:
+        """Estimate, Std. Error, df, t value, Pr(>|t|) as lmerTest's summary."""
+        from ._inference import coef_table
+
+        return coef_table(self, ddf=ddf, **kwargs)
+
+    def variance_components(self, level: float = 0.95, **kwargs) -> pd.DataFrame:
+        """Each SD / variance / correlation with its standard error and a Wald interval (as Stata)."""
+        from ._inference import variance_components
+
+        return variance_components(self, level=level, **kwargs)
+
+    def confint(self, method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
+        """Confidence intervals as lme4's ``confint(oldNames = FALSE)``."""
+        from ._confint import confint
+
+        return confint(self, method=method, level=level, **kwargs)
+
+    def ranova(self, **kwargs) -> pd.DataFrame:
+        """lmerTest's single-term deletion table for the random-effect terms."""
+        from ._compare import ranova
+
+        return ranova(self, **kwargs)
+
+    def lrt_vs_ols(self, **kwargs):
+        """Stata's "LR test vs. linear regression" with the 50:50 χ̄² mixture p-value."""
+        from ._compare import lrt_vs_ols
+
+        return lrt_vs_ols(self, **kwargs)
+
+    def icc(self, **kwargs):
+        """Intraclass correlations σ²_group / (Σσ²_groups + σ²_ε) per grouping level."""
+        from ._compare import icc
+
+        return icc(self, **kwargs)
+
+    def r2_nakagawa(self, **kwargs):
+        """Nakagawa & Schielzeth's marginal and conditional R²."""
+        from ._compare import r2_nakagawa
+
+        return r2_nakagawa(self, **kwargs)
+
     def summary(self) -> str:
         """lme4-style text summary (also printed by ``print(m)``)."""
         from ._present import summary_text
@@ -292,12 +360,20 @@ def _condvar_blocks(sol, layout: Layout, design: Design) -> tuple[tuple, tuple]:
     return tuple(_readonly(b) for b in b_list), tuple(_readonly(v) for v in v_list)
 
 
-def lmer(formula: str, data: pd.DataFrame, REML: bool = True, *, max_iter: int = 200) -> LinearMixedModel:
+def lmer(
+    formula: str,
+    data: pd.DataFrame,
+    REML: bool = True,
+    *,
+    max_iter: int = 200,
+    data_name: str | None = None,
+) -> LinearMixedModel:
     """Fit a linear mixed model by REML (default) or maximum likelihood, as lme4's ``lmer``.
 
     ``formula`` uses lme4's syntax, e.g. ``"Reaction ~ Days + (Days | Subject)"``;
     ``data`` is a pandas DataFrame. Rows with a missing value in any variable
-    of the formula are dropped (``m.n_dropped`` counts them).
+    of the formula are dropped (``m.n_dropped`` counts them). ``data_name``
+    labels the data in ``summary()`` (lme4 prints the data argument there).
     """
     if not isinstance(REML, (bool, np.bool_)):
         raise DataError(f"REML must be True or False, got {REML!r}")
@@ -365,4 +441,5 @@ def lmer(formula: str, data: pd.DataFrame, REML: bool = True, *, max_iter: int =
         objective=float(sol.criterion),
         _b=b,
         _condvar=v,
+        data_name=data_name,
     )

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
+from . import _x64  # noqa: F401
 from ._objective import criterion, factorize, lam_rest, lam_t_rest, templates
 from ._stats import Layout, Stats
 

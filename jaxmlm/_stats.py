@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _x64  # noqa: F401
 from ._design import Design
 
 __all__ = ["Layout", "Stats", "bucket", "sufficient_stats"]

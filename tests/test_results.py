@@ -95,7 +95,9 @@ def test_singular_fit_has_theta_exactly_zero(fits):
     m = fits("dyestuff2_singular")
     assert m.theta.tolist() == [0.0]
     assert m.is_singular
-    assert m.record.snapped == (0,)
+    # Exactly zero, whether the optimizer landed on 0 or a tiny value was snapped to it.
+    assert abs(m.record.theta_optimizer[0]) < 1e-3
+    assert m.record.snapped in ((), (0,))
     assert "singular" in m.summary()
 
 
