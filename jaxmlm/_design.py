@@ -3,11 +3,23 @@
 Plain numpy/pandas. formulaic builds every model matrix (fixed part and the
 left-hand side of each bar term), so contrasts, interactions and transforms
 behave as in formulaic and are frozen in a :class:`formulaic.ModelSpec` that
-``predict(newdata)`` can reuse. The grouping factors and their level order
-follow lme4:
+``predict(newdata)`` can reuse (evaluate it with ``context=FORMULA_CONTEXT``).
+
+Rows and variables are handled as R's ``model.frame`` does for lme4:
+
+* transforms are evaluated on all rows, then rows with a missing value in any
+  variable of the formula — or a NaN made by a transform, such as ``log(-1)``
+  — are dropped (so ``scale(x)`` is centred on every row with an ``x``, as in
+  R); infinite values in the rows kept are refused;
+* strings become factors with sorted levels (by code point, as R sorts in the
+  C locale), booleans factors with levels ``FALSE``/``TRUE``, pandas
+  Categoricals keep their category order; levels unused in the rows kept are
+  dropped (``drop.unused.levels``), so the first *used* level is the reference.
+
+The grouping factors and their level order follow lme4:
 
 * a column's levels are its pandas categories (unused ones dropped), else the
-  sorted unique values;
+  sorted unique values, labelled as R's ``as.character`` labels them;
 * ``a:b`` has the levels of ``factor(a:b)`` in R — combinations, ``a``
   slowest, unobserved ones dropped;
 * terms are ordered by decreasing number of levels exactly as lme4's
@@ -22,18 +34,31 @@ creating a dense cross block between two terms on the same factor.
 
 from __future__ import annotations
 
+import ast
+import builtins
 import difflib
+import re
 import warnings
 from dataclasses import dataclass, field
 
 import formulaic
 import numpy as np
 import pandas as pd
+from formulaic.transforms import TRANSFORMS, C
+from formulaic.utils.code import sanitize_variable_names
+from formulaic.utils.stateful_transforms import stateful_transform
 
-from ._errors import DataError, FormulaError, FormulaSyntaxError, GroupingError, RankDeficiencyWarning, UnknownColumnError
-from ._formula import ParsedFormula, RandomTerm, parse_formula
+from ._errors import (
+    DataError,
+    FormulaError,
+    FormulaSyntaxError,
+    GroupingError,
+    RankDeficiencyWarning,
+    UnknownColumnError,
+)
+from ._formula import ParsedFormula, RandomTerm, _mask_quoted, _plain, parse_formula
 
-__all__ = ["Term", "Block", "Design", "build_design", "r_column_name"]
+__all__ = ["Term", "Block", "Design", "build_design", "r_column_name", "FORMULA_CONTEXT"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +110,10 @@ class Design:
 
     ``y`` (n,), ``X`` (n, p), ``terms`` in lme4 order, ``blocks`` in engine
     order (decreasing number of levels; blocks[0] is the block-diagonal one).
+    ``rows`` are the data's index labels of the rows used; ``n_dropped_na``
+    counts the rows dropped for missing values; ``frame`` is a copy of the
+    data's rows used and the formula's columns, as given (lme4's model frame),
+    from which refits (ML refits for anova, reduced models for ranova) start.
     """
 
     formula: ParsedFormula
@@ -98,6 +127,7 @@ class Design:
     n_dropped_na: int
     fixed_spec: object = field(repr=False, compare=False)
     fixed_columns_all: tuple[str, ...] = ()
+    frame: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -108,30 +138,357 @@ class Design:
         return self.X.shape[1]
 
 
-def r_column_name(name: str) -> str:
-    """formulaic's column name → R's: ``Intercept``→``(Intercept)``, ``f[T.b]``→``fb``."""
+# ---- evaluation context: R's names and R's NA handling ---------------------------------------
+
+
+@stateful_transform
+def _scale(data, center=True, scale=True, ddof=1, _state={}):  # noqa: B006 - replaced by stateful_transform
+    """R's ``scale()``: like formulaic's, but missing values are skipped (``na.rm``).
+
+    Stores the same state keys as formulaic's ``scale`` (``center``, ``scale``,
+    ``ddof``), so a saved spec gives the same columns with either function.
+    """
+    x = np.asarray(data, dtype=np.float64)
+    if "ddof" not in _state:
+        _state["ddof"] = ddof
+    if "center" not in _state:
+        if isinstance(center, bool):
+            _state["center"] = np.nanmean(x, axis=0) if center else None
+        else:
+            _state["center"] = np.asarray(center)
+    if _state["center"] is not None:
+        x = x - _state["center"]
+    if "scale" not in _state:
+        if isinstance(scale, bool):
+            count = np.sum(~np.isnan(x), axis=0)
+            _state["scale"] = np.sqrt(np.nansum(x**2, axis=0) / (count - _state["ddof"])) if scale else None
+        else:
+            _state["scale"] = np.asarray(scale)
+    if _state["scale"] is not None:
+        x = x / _state["scale"]
+    return x
+
+
+@stateful_transform
+def _center(data, _state={}):  # noqa: B006
+    """R's ``scale(x, scale = FALSE)`` with missing values skipped."""
+    return _scale(data, scale=False, _state=_state)
+
+
+#: Names available in formulas besides formulaic's transforms and the data:
+#: R spellings (``sqrt``, ``factor``) and NA-skipping ``scale``/``center``.
+#: Pass it as ``context=`` when re-evaluating a saved ModelSpec on new data.
+FORMULA_CONTEXT: dict[str, object] = {
+    "sqrt": np.sqrt,
+    "abs": np.abs,
+    "log1p": np.log1p,
+    "expm1": np.expm1,
+    "factor": C,
+    "scale": _scale,
+    "center": _center,
+}
+_KNOWN_NAMES = set(TRANSFORMS) | set(FORMULA_CONTEXT)
+_SYNTACTIC = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
+
+
+# ---- column names ----------------------------------------------------------------------------
+
+
+def r_column_name(name: str, variables: tuple[str, ...] | list[str] = ()) -> str:
+    """formulaic's column name → R's.
+
+    ``Intercept`` → ``(Intercept)``, ``f[T.b]`` → ``fb``, ``poly(x, 2)[1]`` →
+    ``poly(x, 2)1``, ``I(x ** 2)`` → ``I(x^2)``; a non-syntactic variable
+    among ``variables`` is backquoted as R prints it (```my x```), a
+    syntactic one never is.
+    """
     if name == "Intercept":
         return "(Intercept)"
-    import re
-
-    return re.sub(r"\[(?:T\.)?(.*?)\]", r"\1", name)
-
-
-def _check_columns(names: set[str], data: pd.DataFrame, formula: str) -> None:
-    cols = [str(c) for c in data.columns]
-    for name in sorted(names):
-        if name not in data.columns:
-            close = difflib.get_close_matches(name, cols, n=3, cutoff=0.6)
-            if not close:
-                close = [c for c in cols if c.lower() == name.lower()]
-            raise UnknownColumnError(name, close)
+    for v in sorted((v for v in variables if not _SYNTACTIC.fullmatch(v)), key=len, reverse=True):
+        # formulaic labels a looked-up column by its bare name, delimited by ':' or a level's '['.
+        name = re.sub(rf"(^|:){re.escape(v)}(?=$|:|\[)", lambda m: f"{m.group(1)}`{v}`", name)
+    name = re.sub(r"`([A-Za-z_.][A-Za-z0-9_.]*)`", r"\1", name)
+    name = re.sub(r"\[(?:T\.)?(.*?)\]", r"\1", name)
+    return name.replace(" ** ", "^")
 
 
-def _required(expr: str, formula: str) -> set[str]:
+# ---- variables of the formula ------------------------------------------------------------------
+
+
+def _quote_columns(expr: str, columns: set[str]) -> str:
+    """Backquote R names with dots that are columns (``Sepal.Length``).
+
+    formulaic evaluates calls as Python, where ``log(Sepal.Length)`` would
+    read attribute ``Length`` of a column ``Sepal``.
+    """
+    masked = _mask_quoted(expr)
+    out, last = [], 0
+    for m in re.finditer(r"(?<![\w.`])[A-Za-z_.][\w.]*", masked):
+        name = m.group(0)
+        if "." in name and name in columns and not re.match(r"\s*\(", masked[m.end() :]):
+            out += [expr[last : m.start()], f"`{name}`"]
+            last = m.end()
+    return "".join(out) + expr[last:]
+
+
+def _align(pos: int, given: str, text: str, start: int) -> int:
+    """Map a position in ``given`` (a rewritten piece of the formula) to ``text``, searched from ``start``."""
+    sm = difflib.SequenceMatcher(None, given, text[start:], autojunk=False)
+    best = start
+    for i, j, size in sm.get_matching_blocks():
+        if size == 0:
+            break
+        if i <= pos < i + size:
+            return start + j + pos - i
+        if i <= pos:
+            best = start + j + size
+    return best
+
+
+def _parse_error(exc: BaseException, given: str, text: str, start: int, what: str) -> FormulaSyntaxError:
+    """formulaic's (or Python's) syntax error as ours: readable message, caret in the user's formula."""
+    msg = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    head, _, context = msg.partition("\n\n")
+    pos = start
+    if "⧛" in context:
+        source = context.replace("⧛", "").replace("⧚", "")
+        at = given.find(source)
+        if at >= 0:
+            pos = _align(at + context.index("⧛"), given, text, start)
+    elif isinstance(exc, SyntaxError):
+        head = f"invalid Python code ({exc.msg})"
+    return FormulaSyntaxError(f"cannot parse {what}: {' '.join(head.split())}", text, pos)
+
+
+def _formula_factors(expr: str, text: str, start: int, what: str) -> list:
     try:
-        return set(formulaic.Formula(expr).required_variables)
+        spec = formulaic.Formula(expr)
+        parts = [spec.lhs, spec.rhs] if hasattr(spec, "lhs") else [spec]
+        return [f for part in parts for term in part for f in term.factors]
+    except (formulaic.errors.FormulaicError, SyntaxError) as exc:
+        raise _parse_error(exc, expr, text, start, what) from None
+
+
+def _python_names(code: str, columns: set[str]) -> tuple[set[str], set[str], set[str]]:
+    """Columns used, unknown names and unknown functions in one Python factor such as ``log(x + 1)``."""
+    aliases: dict[str, str] = {}
+    tree = ast.parse(sanitize_variable_names(code, {}, aliases), mode="eval")
+    used: set[str] = set()
+    unknown: set[str] = set()
+    functions: set[str] = set()
+
+    def known(name: str) -> bool:
+        return name in _KNOWN_NAMES or hasattr(builtins, name)
+
+    def dotted(node) -> str | None:
+        if isinstance(node, ast.Name):
+            return aliases.get(node.id, node.id)
+        if isinstance(node, ast.Attribute):
+            base = dotted(node.value)
+            return None if base is None else f"{base}.{node.attr}"
+        return None
+
+    def visit(node) -> None:
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Name):
+                name = aliases.get(node.func.id, node.func.id)
+                if not known(name):
+                    functions.add(name)
+            else:
+                visit(node.func.value if isinstance(node.func, ast.Attribute) else node.func)
+            for arg in [*node.args, *(k.value for k in node.keywords)]:
+                visit(arg)
+        elif isinstance(node, (ast.Name, ast.Attribute)):
+            name = dotted(node)
+            if name is None:
+                for child in ast.iter_child_nodes(node):
+                    visit(child)
+            elif name in columns:
+                used.add(name)
+            elif name.split(".")[0] in columns and hasattr(pd.Series, name.split(".")[1]):
+                used.add(name.split(".")[0])  # an attribute of a column, e.g. x.values
+            elif not known(name.split(".")[0]):
+                unknown.add(name)
+        else:
+            for child in ast.iter_child_nodes(node):
+                visit(child)
+
+    visit(tree)
+    return used, unknown, functions
+
+
+def _variables(expr: str, columns: set[str], text: str, start: int, what: str) -> set[str]:
+    """The data columns ``expr`` reads; unknown names and functions are errors.
+
+    Done here rather than with formulaic's ``required_variables``, which
+    drops backquoted names inside calls (``log(`my x`)``) and reads
+    ``Sepal.Length`` as column ``Sepal``.
+    """
+    used: set[str] = set()
+    unknown: set[str] = set()
+    functions: set[str] = set()
+    for factor in _formula_factors(expr, text, start, what):
+        kind = factor.eval_method.name
+        if kind == "LOOKUP":
+            (used if factor.expr in columns else unknown).add(factor.expr)
+        elif kind == "PYTHON":
+            try:
+                u, n, f = _python_names(factor.expr, columns)
+            except SyntaxError as exc:
+                at = text.find(factor.expr, start)
+                raise _parse_error(exc, expr, text, at if at >= 0 else start, what) from None
+            used |= u
+            unknown |= n
+            functions |= f
+    for name in sorted(unknown):
+        _unknown_column(name, columns)
+    if functions:
+        name = sorted(functions)[0]
+        close = difflib.get_close_matches(name, sorted(_KNOWN_NAMES), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise FormulaError(
+            f"unknown function {name!r} in {what} of {text!r}.{hint} Formulas can call formulaic's "
+            "transforms (log, exp, sqrt, I, poly, scale, center, C or factor, ...) and numpy as np.<name>"
+        )
+    return used
+
+
+def _unknown_column(name: str, columns: set[str]) -> None:
+    cols = sorted(columns)
+    close = difflib.get_close_matches(name, cols, n=3, cutoff=0.6)
+    if not close:
+        close = [c for c in cols if c.lower() == name.lower()]
+    raise UnknownColumnError(name, close)
+
+
+# ---- data preparation ------------------------------------------------------------------------------
+
+
+def _sorted_levels(values) -> list:
+    uniq = list(pd.unique(values))
+    try:
+        return sorted(uniq)
+    except TypeError:  # mixed types: compare as strings
+        return sorted(uniq, key=str)
+
+
+def _prepare(col: pd.Series, response: bool) -> pd.Series:
+    """One data column as formulaic and R's model.frame should see it (a new Series).
+
+    Numbers stay numbers (nullable ones become float with NaN); booleans become
+    the factor R makes of a logical (levels FALSE, TRUE; a response stays 0/1);
+    strings become factors with sorted levels; Categoricals are kept.
+    """
+    dtype = col.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return col
+    kind = pd.api.types.infer_dtype(col, skipna=True)
+    if pd.api.types.is_bool_dtype(dtype) or kind == "boolean":
+        if response:
+            return pd.Series(col.to_numpy(dtype=np.float64, na_value=np.nan), index=col.index)
+        labels = col.map({True: "TRUE", False: "FALSE"}, na_action="ignore")
+        return pd.Series(pd.Categorical(labels, categories=["FALSE", "TRUE"]), index=col.index)
+    if pd.api.types.is_numeric_dtype(dtype) or kind in ("integer", "floating", "mixed-integer-float", "decimal"):
+        if isinstance(dtype, np.dtype) and dtype.kind in "iuf":
+            return col
+        return pd.Series(col.to_numpy(dtype=np.float64, na_value=np.nan), index=col.index)
+    if response:
+        return col
+    values = col.to_numpy(dtype=object)
+    present = values[~pd.isna(values)]
+    return pd.Series(pd.Categorical(values, categories=_sorted_levels(present)), index=col.index)
+
+
+def _restrict_levels(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+    """Categoricals limited to the levels seen in rows ``keep`` (R's drop.unused.levels)."""
+    out = {}
+    for c in frame.columns:
+        s = frame[c]
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            codes = s.cat.codes.to_numpy()
+            seen = np.zeros(len(s.cat.categories), dtype=bool)
+            seen[codes[keep & (codes >= 0)]] = True
+            if not seen.all():
+                s = s.cat.set_categories(s.cat.categories[seen])
+        out[c] = s
+    return pd.DataFrame(out, index=frame.index)
+
+
+# ---- model matrices --------------------------------------------------------------------------------
+
+
+def _model_matrix(expr: str, data: pd.DataFrame, text: str, start: int, what: str):
+    try:
+        with warnings.catch_warnings():
+            # NaN from log(-1) etc. is handled below as R does (the row is dropped).
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return formulaic.model_matrix(expr, data, na_action="ignore", context=FORMULA_CONTEXT)
+    except formulaic.errors.FactorEvaluationError as exc:
+        raise DataError(f"evaluating {what} of {text!r} failed: {_plain(exc)}") from None
+    except (formulaic.errors.FormulaParsingError, SyntaxError) as exc:
+        raise _parse_error(exc, expr, text, start, what) from None
     except formulaic.errors.FormulaicError as exc:
-        raise FormulaSyntaxError(f"cannot parse {expr!r} in {formula!r}: {exc}") from None
+        raise DataError(f"building {what} of {text!r} failed: {_plain(exc)}") from None
+    except Exception as exc:  # errors raised by user transforms, e.g. log of a string
+        raise DataError(f"evaluating {what} of {text!r} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _as_float(matrix, what: str) -> np.ndarray:
+    try:
+        return np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{what} is not numeric: {exc}") from None
+
+
+def _prune_aliased(X: np.ndarray, names: list[str], tol: float = 1e-7) -> list[int]:
+    """Indices of the columns to keep: each column not in the span of those kept before it.
+
+    Mirrors R's pivoting QR (dqrdc2, tol 1e-7) used by lme4's chkRank.drop.cols:
+    a column that is (numerically) a combination of earlier ones is dropped,
+    so of two aliased columns the later one goes.
+    """
+    keep: list[int] = []
+    Q = np.zeros((X.shape[0], 0))
+    for j in range(X.shape[1]):
+        x = X[:, j]
+        nrm = np.linalg.norm(x)
+        if nrm == 0:
+            continue
+        r = x - Q @ (Q.T @ x)
+        r = r - Q @ (Q.T @ r)
+        rn = np.linalg.norm(r)
+        if rn / nrm > tol:
+            keep.append(j)
+            Q = np.column_stack([Q, r / rn])
+    return keep
+
+
+# ---- grouping factors --------------------------------------------------------------------------------
+
+
+def _label(value) -> str:
+    """A level label as R's ``as.character`` writes it."""
+    if isinstance(value, (bool, np.bool_)):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (float, np.floating)):
+        return _r_number(float(value))
+    return str(value)
+
+
+def _r_number(v: float) -> str:
+    """R's as.character(<double>): up to 15 significant digits, fixed unless scientific is shorter."""
+    if np.isnan(v):
+        return "NaN"
+    if np.isinf(v):
+        return "Inf" if v > 0 else "-Inf"
+    if v == 0:
+        return "0"
+    target = float(f"{v:.15g}")
+    digits = next(d for d in range(1, 16) if float(f"{v:.{d}g}") == target)
+    sci = f"{target:.{digits - 1}e}"
+    exponent = int(sci.split("e")[1])
+    fixed = f"{target:.{max(0, digits - 1 - exponent)}f}"
+    return fixed if len(fixed) <= len(sci) else sci
 
 
 def _factor_codes(col: pd.Series) -> tuple[np.ndarray, pd.Index]:
@@ -141,22 +498,12 @@ def _factor_codes(col: pd.Series) -> tuple[np.ndarray, pd.Index]:
         labels = pd.Index([_label(c) for c in col.cat.categories], dtype=object)
         return col.cat.codes.to_numpy().astype(np.int64), labels
     values = col.to_numpy()
-    if values.dtype.kind == "b":
-        values = values.astype(np.int8)
     try:
         uniques, codes = np.unique(values, return_inverse=True)
     except TypeError:  # mixed types: compare as strings
         uniques, codes = np.unique(values.astype(str), return_inverse=True)
     labels = pd.Index([_label(u) for u in uniques], dtype=object)
     return codes.astype(np.int64).ravel(), labels
-
-
-def _label(value) -> str:
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    if isinstance(value, (bool, np.bool_)):
-        return "TRUE" if value else "FALSE"
-    return str(value)
 
 
 def _grouping(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray, pd.Index]:
@@ -178,36 +525,30 @@ def _grouping(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray,
     return codes.astype(np.int64).ravel(), labels
 
 
-def _model_matrix(expr: str, data: pd.DataFrame, formula: str):
-    try:
-        mm = formulaic.model_matrix(expr, data, na_action="ignore")
-    except formulaic.errors.FormulaicError as exc:
-        raise FormulaSyntaxError(f"cannot build the model matrix of {expr!r} in {formula!r}: {exc}") from None
-    except Exception as exc:  # errors raised by user transforms, e.g. log of a string
-        raise DataError(f"evaluating {expr!r} failed: {type(exc).__name__}: {exc}") from None
-    return mm
-
-
-def _prune_aliased(X: np.ndarray, names: list[str], tol: float = 1e-7) -> list[int]:
-    """Indices of the columns to keep: each column not in the span of those kept before it.
-
-    Mirrors R's pivoting QR (dqrdc2, tol 1e-7) used by lme4's chkRank.drop.cols:
-    a column that is (numerically) a combination of earlier ones is dropped.
-    """
-    keep: list[int] = []
-    Q = np.zeros((X.shape[0], 0))
-    for j in range(X.shape[1]):
-        x = X[:, j]
-        nrm = np.linalg.norm(x)
-        if nrm == 0:
-            continue
-        r = x - Q @ (Q.T @ x)
-        r = r - Q @ (Q.T @ r)
-        rn = np.linalg.norm(r)
-        if rn / nrm > tol:
-            keep.append(j)
-            Q = np.column_stack([Q, r / rn])
-    return keep
+def _check_grouping(raw: list, n: int) -> None:
+    """lme4's checkNlevels then checkZdims, in lme4's order and wording (raw is in lme4 term order)."""
+    nlev: dict[str, int] = {}
+    for term, _, _, _, labels, _ in raw:
+        nlev.setdefault(term.group_name, len(labels))
+    few = [g for g, nl in nlev.items() if nl < 2]
+    if few:
+        detail = "; ".join(f"{g!r} has {nlev[g]} level{'s' if nlev[g] != 1 else ''}" for g in few)
+        raise GroupingError(f"grouping factors must have > 1 sampled level ({detail} after removing missing values)")
+    many = [g for g, nl in nlev.items() if nl >= n]
+    if many:
+        detail = "; ".join(f"{g!r} has {nlev[g]} levels" for g in many)
+        raise GroupingError(
+            "number of levels of each grouping factor must be < number of observations "
+            f"(problems: {', '.join(many)}): {detail} for {n} observations"
+        )
+    for term, _, cols, _, labels, _ in raw:
+        n_re = len(labels) * len(cols)
+        if n <= n_re:
+            raise GroupingError(
+                f"number of observations (={n}) <= number of random effects (={n_re}) for term "
+                f"({' '.join(term.expr.split())} | {term.group_name}); the random-effects parameters and the "
+                "residual variance (or scale parameter) are probably unidentifiable"
+            )
 
 
 def _make_unique(names: list[str]) -> list[str]:
@@ -224,8 +565,26 @@ def _make_unique(names: list[str]) -> list[str]:
     return out
 
 
+# ---- the design ------------------------------------------------------------------------------------------
+
+
+def _term_start(term: RandomTerm) -> int:
+    return term.span[0] if term.span else 0
+
+
+def _nonfinite(matrix: np.ndarray, names, rows: np.ndarray, what: str) -> None:
+    """Refuse infinite values in the rows used (lme4 stops on them too)."""
+    bad = ~np.isfinite(matrix[rows])
+    if bad.any():
+        cols = [f"{names[j]!r} ({int(bad[:, j].sum())} row(s))" for j in range(matrix.shape[1]) if bad[:, j].any()]
+        raise DataError(
+            f"{what} has infinite values in {', '.join(cols)}, e.g. from log(0) or an infinite value in the "
+            "data; remove or recode them before fitting"
+        )
+
+
 def build_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
-    """Materialize ``formula`` on ``data`` (rows with missing values dropped)."""
+    """Materialize ``formula`` on ``data`` (rows with missing values dropped; ``data`` is not modified)."""
     parsed = parse_formula(formula) if isinstance(formula, str) else formula
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
@@ -233,50 +592,85 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
     if parsed.lhs.startswith("cbind("):
         raise FormulaError("a two-column (binomial) response needs glmer, which jaxmlm does not provide yet")
 
-    needed = _required(parsed.fixed, text)
-    for term in parsed.random:
-        needed |= _required(term.expr, text)
-        needed |= set(term.factors)
-    _check_columns(needed, data, text)
-    cols = sorted(needed, key=list(data.columns).index)
-    frame = data.loc[:, cols]
+    # Which columns, and are they there?
+    columns = {c for c in data.columns if isinstance(c, str)}
+    fixed = _quote_columns(parsed.fixed, columns)
+    lhs = _quote_columns(parsed.lhs, columns)
+    exprs = [_quote_columns(t.expr, columns) for t in parsed.random]
+    lhs_cols = _variables(lhs, columns, text, 0, "the response")
+    needed = _variables(fixed, columns, text, 0, "the fixed-effects part") | lhs_cols
+    for term, expr in zip(parsed.random, exprs):
+        where = f"the random-effects term ({term.expr} | {term.group_name})"
+        needed |= _variables(expr, columns, text, _term_start(term), where)
+        for f in term.factors:
+            if f not in columns:
+                _unknown_column(f, columns)
+            needed.add(f)
+    dup = sorted(c for c in needed if list(data.columns).count(c) > 1)
+    if dup:
+        raise DataError(f"column(s) {dup} appear more than once in the data")
+    cols = [c for c in data.columns if c in needed]
 
-    # Infinite values are refused (lme4 refuses them too); NaN/None are missing.
-    for c in cols:
+    # The model frame: prepared columns (a new frame; `data` is never modified).
+    frame = pd.DataFrame({c: _prepare(data[c], c in lhs_cols) for c in cols}, index=data.index)
+    for c in sorted(lhs_cols):
         s = frame[c]
-        if s.dtype.kind == "f" and np.isinf(s.to_numpy()).any():
-            k = int(np.isinf(s.to_numpy()).sum())
-            raise DataError(f"column {c!r} has {k} infinite value(s); remove or recode them before fitting")
-    complete = ~frame.isna().any(axis=1).to_numpy()
-    n_dropped = int((~complete).sum())
-    frame = frame.loc[complete]
-    if len(frame) == 0:
-        raise DataError("no complete rows: every row has a missing value in a variable of the formula")
-    for c in frame.columns:  # R's model.frame drops unused levels
-        if isinstance(frame[c].dtype, pd.CategoricalDtype):
-            frame[c] = frame[c].cat.remove_unused_categories()
-
-    # Response.
-    lhs_cols = _required(parsed.lhs, text)
-    for c in lhs_cols:
-        s = frame[c]
-        if not (pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype)):
+        if not pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
             raise DataError(
-                f"the response {parsed.lhs!r} must be numeric, but column {c!r} has dtype {s.dtype}; "
+                f"the response {parsed.lhs!r} must be numeric, but column {c!r} has dtype {data[c].dtype}; "
                 "recode it as numbers (a binary or count response needs a GLMM)"
             )
-    mm = _model_matrix(parsed.fixed, frame, text)
-    y_mat = np.asarray(mm.lhs, dtype=np.float64)
-    if y_mat.ndim != 2 or y_mat.shape[1] != 1:
-        raise DataError(f"the response {parsed.lhs!r} must be one numeric column")
-    y = y_mat[:, 0]
-    X_all = np.asarray(mm.rhs, dtype=np.float64)
-    names_all = [r_column_name(c) for c in mm.rhs.columns]
-    if not np.isfinite(y).all():
-        raise DataError(f"the response {parsed.lhs!r} has non-finite values after transformation")
-    if not np.isfinite(X_all).all():
-        bad = [names_all[j] for j in range(X_all.shape[1]) if not np.isfinite(X_all[:, j]).all()]
-        raise DataError(f"fixed-effects column(s) {bad} have non-finite values (e.g. log of 0)")
+    complete = ~frame.isna().any(axis=1).to_numpy()
+
+    # Evaluate on all rows (stateful transforms see every row, as in R's model.frame), then
+    # drop rows a transform made NaN; repeat if that left a factor level unused.
+    while True:
+        if not complete.any():
+            raise DataError("no complete rows: every row has a missing value in a variable of the formula")
+        model_frame = _restrict_levels(frame, complete)
+        mm = _model_matrix(fixed, model_frame, text, 0, "the fixed-effects part")
+        y_all = _as_float(mm.lhs, f"the response {parsed.lhs!r}")
+        if y_all.ndim != 2 or y_all.shape[1] != 1:
+            raise DataError(f"the response {parsed.lhs!r} must be one numeric column")
+        X_all = _as_float(mm.rhs, "the fixed-effects model matrix")
+        zms = []
+        for term, expr in zip(parsed.random, exprs):
+            where = f"the random-effects term ({term.expr} | {term.group_name})"
+            zm = _model_matrix(expr, model_frame, text, _term_start(term), where)
+            zms.append((zm, _as_float(zm, where)))
+        nan_rows = np.isnan(y_all[:, 0]) | np.isnan(X_all).any(axis=1)
+        for _, Z in zms:
+            nan_rows |= np.isnan(Z).any(axis=1)
+        if not (complete & nan_rows).any():
+            break
+        complete = complete & ~nan_rows
+
+    variables = tuple(cols)
+    names_all = [r_column_name(c, variables) for c in mm.rhs.columns]
+    _nonfinite(y_all, [parsed.lhs], complete, "the response")
+    _nonfinite(X_all, names_all, complete, "the fixed-effects model matrix")
+    y = y_all[complete, 0]
+    n = len(y)
+    kept = model_frame.loc[complete]
+
+    # Random-effects terms, then lme4's ordering and checks.
+    raw = []
+    for term, (zm, Z_all) in zip(parsed.random, zms):
+        cols_t = tuple(r_column_name(c, variables) for c in zm.columns)
+        if Z_all.shape[1] == 0:
+            raise FormulaError(f"the random-effects term ({term.expr} | {term.group_name}) has no columns")
+        _nonfinite(Z_all, cols_t, complete, f"the random-effects term ({term.expr} | {term.group_name})")
+        codes, labels = _grouping(kept, term.factors)
+        raw.append((term, Z_all[complete], cols_t, codes, labels, zm.model_spec))
+    nl = [len(r[4]) for r in raw]
+    order = list(range(len(raw)))
+    if any(b > a for a, b in zip(nl, nl[1:])):
+        order = sorted(range(len(raw)), key=lambda i: nl[i])[::-1]  # rev(order(nl)): Python sort is stable
+    raw = [raw[i] for i in order]
+    _check_grouping(raw, n)
+
+    # Fixed effects: drop aliased columns as lme4's chkRank.drop.cols does.
+    X_all = X_all[complete]
     keep = _prune_aliased(X_all, names_all)
     dropped = tuple(nm for j, nm in enumerate(names_all) if j not in keep)
     if dropped:
@@ -288,42 +682,6 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
             stacklevel=3,
         )
     X = X_all[:, keep]
-    n = len(y)
-
-    # Random-effects terms, then lme4's ordering.
-    raw = []
-    for term in parsed.random:
-        zm = _model_matrix(term.expr, frame, text)
-        Z = np.asarray(zm, dtype=np.float64)
-        if Z.shape[1] == 0:
-            raise FormulaError(f"the random-effects term ({term.expr} | {term.group_name}) has no columns")
-        if not np.isfinite(Z).all():
-            raise DataError(f"random-effects term ({term.expr} | {term.group_name}) has non-finite values")
-        codes, labels = _grouping(frame, term.factors)
-        raw.append((term, Z, tuple(r_column_name(c) for c in zm.columns), codes, labels, zm.model_spec))
-    nl = [len(r[4]) for r in raw]
-    order = list(range(len(raw)))
-    if any(b > a for a, b in zip(nl, nl[1:])):
-        order = sorted(range(len(raw)), key=lambda i: nl[i])[::-1]  # rev(order(nl)): Python sort is stable
-    raw = [raw[i] for i in order]
-
-    for term, Z, cols_t, codes, labels, _ in raw:
-        if len(labels) < 2:
-            raise GroupingError(
-                f"grouping factor {term.group_name!r} has {len(labels)} level after removing missing "
-                "values; grouping factors must have > 1 sampled level"
-            )
-        if len(labels) >= n:
-            raise GroupingError(
-                f"number of levels of each grouping factor must be < number of observations "
-                f"(problems: {term.group_name}: {len(labels)} levels, {n} observations)"
-            )
-        if len(labels) * len(cols_t) >= n:
-            raise GroupingError(
-                f"number of observations (={n}) <= number of random effects "
-                f"(={len(labels) * len(cols_t)}) for term ({' + '.join(cols_t)} | {term.group_name}); "
-                "the random-effects parameters and the residual variance are probably unidentifiable"
-            )
 
     vc_names = _make_unique([r[0].group_name for r in raw])
     # Amalgamate terms on the same grouping factor into blocks; blocks by decreasing levels.
@@ -360,8 +718,9 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
         dropped_columns=dropped,
         terms=tuple(terms),
         blocks=tuple(blocks),
-        rows=frame.index,
-        n_dropped_na=n_dropped,
+        rows=data.index[complete],
+        n_dropped_na=int(len(data) - n),
         fixed_spec=mm.rhs.model_spec,
         fixed_columns_all=tuple(names_all),
+        frame=data.iloc[np.flatnonzero(complete)][cols].copy(),
     )

@@ -4,24 +4,37 @@ Splits an lme4 formula into the fixed-effects formula (handed to formulaic
 later) and the random-effects ("bar") terms, expanded as lme4 expands them:
 
 * ``(x || g)``  → ``(1 | g) + (0 + x | g)``  (lme4's ``expandDoubleVerts``:
-  one term per formula term; a factor stays one term)
+  one term per formula term, so ``(x * z || g)`` gives four; a factor stays
+  one term)
 * ``(1 | a/b)`` → ``(1 | b:a) + (1 | a)``      (lme4's ``expandSlash``; lme4
   names the nested factor ``b:a``, and ``c:(b:a)`` for three levels)
 
 Only the ``( ... | ... )`` syntax is parsed here; everything inside the
-left-hand side of a bar and the fixed part is formulaic's job.
+left-hand side of a bar and the fixed part is formulaic's job. One R idiom is
+translated on the way: ``^`` inside a function call (``I(x^2)``) is R's power,
+but Python's XOR, so it becomes ``**`` (and ``%%`` becomes ``%``); outside
+calls ``(a + b)^2`` is the formula operator, which formulaic reads as R does.
+
+All scanning runs on a *masked* copy of the text in which backquoted names
+and string literals are blanked, so a column called ```a|b``` or ```f(x)```
+cannot be mistaken for syntax.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import formulaic
 
 from ._errors import FormulaError, FormulaSyntaxError
 
 __all__ = ["RandomTerm", "ParsedFormula", "parse_formula"]
 
+# An R name (letters, digits, '.', '_'; not starting with a digit) or a backquoted name.
 _NAME = re.compile(r"\s*(`[^`]+`|[A-Za-z_.][A-Za-z0-9_.]*)\s*")
+_SYNTACTIC = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
+_MASK = "_"
 
 
 @dataclass(frozen=True)
@@ -30,12 +43,15 @@ class RandomTerm:
 
     ``expr`` is the formulaic formula of the term's model matrix (e.g.
     ``"1 + Days"``); ``factors`` the grouping columns, outermost last as lme4
-    orders them (``b:a`` is ``("b", "a")``); ``group_name`` lme4's label.
+    orders them (``b:a`` is ``("b", "a")``); ``group_name`` lme4's label;
+    ``span`` the ``(start, stop)`` slice of the whole bar term in the formula
+    text, for error messages (``None`` when built by hand).
     """
 
     expr: str
     factors: tuple[str, ...]
     group_name: str
+    span: tuple[int, int] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -53,12 +69,37 @@ class ParsedFormula:
         return f"{self.lhs} ~ {self.fixed_rhs}"
 
 
-def _matching_paren(text: str, start: int, formula: str, offset: int) -> int:
+# ---- masking -------------------------------------------------------------------
+
+
+def _mask_quoted(text: str, formula: str | None = None, offset: int = 0) -> str:
+    """``text`` with the insides of backquoted names and string literals blanked.
+
+    The result has the same length, so positions found in it index ``text``.
+    Quotes left open are a syntax error (reported against ``formula``).
+    """
+    out = list(text)
+    i = 0
+    while i < len(text):
+        q = text[i]
+        if q in "`'\"":
+            j = text.find(q, i + 1)
+            if j < 0:
+                what = "backquoted name" if q == "`" else "string"
+                raise FormulaSyntaxError(f"this {what} is never closed (missing {q})", formula or text, offset + i)
+            out[i + 1 : j] = _MASK * (j - i - 1)
+            i = j + 1
+        else:
+            i += 1
+    return "".join(out)
+
+
+def _matching_paren(masked: str, start: int, formula: str, offset: int) -> int:
     depth = 0
-    for i in range(start, len(text)):
-        if text[i] == "(":
+    for i in range(start, len(masked)):
+        if masked[i] == "(":
             depth += 1
-        elif text[i] == ")":
+        elif masked[i] == ")":
             depth -= 1
             if depth == 0:
                 return i
@@ -68,110 +109,198 @@ def _matching_paren(text: str, start: int, formula: str, offset: int) -> int:
 def _top_level_bar(inner: str) -> tuple[int, int] | None:
     """Position and width (1 or 2) of a ``|``/``||`` not nested in parentheses."""
     depth = 0
-    i = 0
-    while i < len(inner):
-        c = inner[i]
+    for i, c in enumerate(inner):
         if c == "(":
             depth += 1
         elif c == ")":
             depth -= 1
         elif c == "|" and depth == 0:
             return (i, 2) if inner[i + 1 : i + 2] == "|" else (i, 1)
-        i += 1
     return None
+
+
+def _unwrap(masked: str, a: int, b: int) -> tuple[int, int]:
+    """Strip redundant parentheses: ``((1 | g))`` is ``(1 | g)``, as lme4's findbars sees it.
+
+    ``a``/``b`` index the outer ``(``/``)``; returns the innermost pair that
+    still encloses everything between them.
+    """
+    while True:
+        inner = masked[a + 1 : b]
+        lead = len(inner) - len(inner.lstrip())
+        trail = len(inner) - len(inner.rstrip())
+        s, e = a + 1 + lead, b - 1 - trail
+        if s < e and masked[s] == "(" and _close_of(masked, s) == e:
+            a, b = s, e
+        else:
+            return a, b
+
+
+def _close_of(masked: str, start: int) -> int:
+    depth = 0
+    for i in range(start, len(masked)):
+        depth += masked[i] == "("
+        depth -= masked[i] == ")"
+        if depth == 0:
+            return i
+    return -1
+
+
+# ---- R → Python translation ------------------------------------------------------
+
+
+def _is_call(masked: str, i: int) -> bool:
+    """Whether the '(' at ``i`` opens a function call (``log(``, ``np.exp (``) rather than a group."""
+    before = masked[:i].rstrip()
+    return bool(before) and (before[-1].isalnum() or before[-1] in "._`)]")
+
+
+def _translate_r_operators(expr: str) -> str:
+    """Rewrite R operators formulaic reads otherwise: in calls ``^`` → ``**``, ``%%`` → ``%``, ``%/%`` → ``//``.
+
+    formulaic evaluates the inside of a call as Python, where ``^`` is XOR:
+    ``I(x^2)`` on an integer column would silently give ``x XOR 2``. Outside
+    calls ``^`` is the formula operator (``(a + b)^2``), left alone, and R's
+    ``a %in% b`` (the interaction ``a:b``) becomes ``a:b``: formulaic would
+    read it as ``b/a`` and add ``b``'s main effect.
+    """
+    masked = _mask_quoted(expr)
+    out: list[str] = []
+    calls: list[bool] = []  # one entry per open parenthesis: is it a call?
+    i = 0
+    while i < len(masked):
+        c = masked[i]
+        if c == "(":
+            calls.append(_is_call(masked, i))
+        elif c == ")" and calls:
+            calls.pop()
+        if not any(calls) and masked.startswith("%in%", i):
+            out.append(":")  # R: `a %in% b` is a:b; formulaic reads it as b/a
+            i += 4
+            continue
+        if any(calls) and c in "^%":
+            if c == "^":
+                out.append("**")
+            elif masked.startswith("%%", i):
+                out.append("%")
+                i += 1
+            elif masked.startswith("%/%", i):
+                out.append("//")
+                i += 2
+            else:
+                out.append(c)
+        else:
+            out.append(expr[i])
+        i += 1
+    return "".join(out)
+
+
+# ---- grouping factors --------------------------------------------------------------
+
+
+def _split_keep_offsets(masked: str, sep: str, offset: int) -> list[tuple[int, int]]:
+    """(start, stop) of the ``sep``-separated pieces of ``masked``, shifted by ``offset``."""
+    parts, start = [], 0
+    for i, c in enumerate(masked):
+        if c == sep:
+            parts.append((offset + start, offset + i))
+            start = i + 1
+    parts.append((offset + start, offset + len(masked)))
+    return parts
 
 
 def _strip_ticks(name: str) -> str:
     return name[1:-1] if name.startswith("`") else name
 
 
-def _parse_group(text: str, formula: str, offset: int) -> list[tuple[str, ...]]:
-    """Parse ``a``, ``a:b`` or ``a/b/c`` into lme4's list of factor tuples.
+def _parse_group(formula: str, masked: str, start: int, stop: int) -> list[tuple[tuple[str, ...], str]]:
+    """Parse the grouping part ``formula[start:stop]`` (``a``, ``a:b``, ``a/b/c``).
 
-    ``a/b/c`` expands (expandSlash) to ``c:(b:a)``, ``b:a``, ``a`` — in that order,
-    which matters for lme4's ordering of terms with equal numbers of levels.
+    Returns lme4's expandSlash list of (factor tuple, label), deepest first:
+    ``a/b/c`` → ``c:(b:a)``, ``b:a``, ``a`` — the order matters for lme4's
+    ordering of terms with equal numbers of levels. The label is R's deparse
+    of the interaction call: ``b:a``, ``c:(b:a)``, and ``b:c:a`` for ``a/b:c``.
     """
-    nests: list[tuple[str, ...]] = []
-    for part_text, part_off in _split_keep_offsets(text, "/", offset):
+    levels: list[tuple[tuple[str, ...], str]] = []
+    for p0, p1 in _split_keep_offsets(masked[start:stop], "/", start):
         names = []
-        for name_text, name_off in _split_keep_offsets(part_text, ":", part_off):
-            m = _NAME.fullmatch(name_text)
+        for n0, n1 in _split_keep_offsets(masked[p0:p1], ":", p0):
+            m = _NAME.fullmatch(formula[n0:n1])
             if not m:
-                pos = name_off + len(name_text) - len(name_text.lstrip())
+                piece = formula[n0:n1]
+                pos = n0 + len(piece) - len(piece.lstrip()) if piece.strip() else n0
                 raise FormulaSyntaxError(
-                    "a grouping factor must be a column name, or names joined by ':' or '/'",
-                    formula,
-                    pos,
+                    "a grouping factor must be a column name, or names joined by ':' or '/'", formula, pos
                 )
             names.append(_strip_ticks(m.group(1)))
-        nests.append(tuple(names))
-    # expandSlash: a/b -> a, b:a ; each deeper level is "inner:(outer)".
-    out: list[tuple[str, ...]] = []
+        levels.append((tuple(names), ":".join(names)))
+    out: list[tuple[tuple[str, ...], str]] = []
     acc: tuple[str, ...] = ()
-    for level in nests:
-        acc = level + acc
-        out.append(acc)
+    label = ""
+    for names, lab in levels:
+        if acc:
+            # deparse(`:`(inner, outer)): the right operand is parenthesized when it is itself a ':'.
+            label = f"{lab}:({label})" if len(acc) > 1 else f"{lab}:{label}"
+        else:
+            label = lab
+        acc = names + acc
+        out.append((acc, label))
     return out[::-1]
 
 
-def _split_keep_offsets(text: str, sep: str, offset: int) -> list[tuple[str, int]]:
-    parts, start = [], 0
-    for i, c in enumerate(text):
-        if c == sep:
-            parts.append((text[start:i], offset + start))
-            start = i + 1
-    parts.append((text[start:], offset + start))
-    return parts
+# ---- '||' --------------------------------------------------------------------------
 
 
-def _split_terms(expr: str) -> list[str]:
-    """Top-level ``+``-separated pieces of a term's left-hand side."""
-    pieces, depth, start = [], 0, 0
-    for i, c in enumerate(expr):
-        if c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "+" and depth == 0:
-            pieces.append(expr[start:i].strip())
-            start = i + 1
-    pieces.append(expr[start:].strip())
-    return [p for p in pieces if p]
+def _factor_text(factor) -> str:
+    """A formulaic factor back as formula text (non-syntactic names backquoted)."""
+    if factor.eval_method.name == "LOOKUP" and not _SYNTACTIC.fullmatch(factor.expr):
+        return f"`{factor.expr}`"
+    return factor.expr
 
 
-def _expand_double_vert(expr: str) -> list[str]:
-    """lme4's expandDoubleVerts: one uncorrelated term per formula term."""
-    pieces = _split_terms(expr)
-    has_intercept = True
-    terms = []
-    for p in pieces:
-        if p in ("0", "-1", "- 1"):
-            has_intercept = False
-        elif p == "1":
-            continue
-        elif p.startswith("-"):
-            if p.replace(" ", "") == "-1":
-                has_intercept = False
-            else:
-                terms.append(p)
+def _expand_double_vert(expr: str, formula: str, position: int) -> list[str]:
+    """lme4's expandDoubleVerts: ``(x + z || g)`` → ``1``, ``0 + x``, ``0 + z``.
+
+    One uncorrelated term per term of the formula ``expr`` as R's ``terms()``
+    sees it, so interactions are expanded first (``x * z`` gives ``x``, ``z``
+    and ``x:z``) and a factor stays one term (with all its levels).
+    """
+    try:
+        terms = list(formulaic.Formula(expr))
+    except (formulaic.errors.FormulaicError, SyntaxError) as exc:
+        message = f"cannot parse the random-effects term {expr!r}: {_plain(exc)}"
+        raise FormulaSyntaxError(message, formula, position) from None
+    out = []
+    for t in terms:
+        factors = [f for f in t.factors if not (f.eval_method.name == "LITERAL" and f.expr == "1")]
+        if not factors:
+            out.append("1")
         else:
-            # "x - 1" inside one piece
-            m = re.fullmatch(r"(.*?)\s*-\s*1", p)
-            if m:
-                has_intercept = False
-                terms.append(m.group(1))
-            else:
-                terms.append(p)
-    out = ["1"] if has_intercept else []
-    out += [f"0 + {t}" for t in terms]
+            out.append("0 + " + ":".join(_factor_text(f) for f in factors))
     return out
 
 
-def _nested_label(factors: tuple[str, ...]) -> str:
-    # lme4 deparses b:a as "b:a" and c:(b:a) as "c:(b:a)".
-    if len(factors) <= 2:
-        return ":".join(factors)
-    return f"{factors[0]}:({_nested_label(factors[1:])})"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _plain(exc: BaseException) -> str:
+    """formulaic's message without its ANSI colours and ⧛…⧚ markers, on one line."""
+    msg = _ANSI.sub("", str(exc)).split("\n\n")[0]
+    return " ".join(msg.replace("⧛", "").replace("⧚", "").split())
+
+
+# ---- the formula ---------------------------------------------------------------------
+
+
+def _neighbours(masked: str, a: int, b: int) -> tuple[int | None, int | None]:
+    """Index of the nearest non-blank character before ``a`` and at/after ``b``."""
+    i = a - 1
+    while i >= 0 and masked[i].isspace():
+        i -= 1
+    j = b
+    while j < len(masked) and masked[j].isspace():
+        j += 1
+    return (i if i >= 0 else None), (j if j < len(masked) else None)
 
 
 def parse_formula(formula: str) -> ParsedFormula:
@@ -183,72 +312,106 @@ def parse_formula(formula: str) -> ParsedFormula:
     """
     if not isinstance(formula, str):
         raise FormulaError(f"the formula must be a string, got {type(formula).__name__}")
-    if formula.count("~") != 1:
-        pos = formula.find("~", formula.find("~") + 1) if formula.count("~") > 1 else len(formula)
+    masked = _mask_quoted(formula)
+    if masked.count("~") != 1:
+        first = masked.find("~")
+        pos = masked.find("~", first + 1) if first >= 0 else len(formula)
         raise FormulaSyntaxError("a formula needs exactly one '~' between response and predictors", formula, pos)
-    tilde = formula.index("~")
+    tilde = masked.index("~")
     lhs = formula[:tilde].strip()
     if not lhs:
         raise FormulaSyntaxError("the formula has no response before '~'", formula, 0)
-    rhs_off = tilde + 1
-    rhs = formula[rhs_off:]
-
     depth = 0
-    for i, c in enumerate(formula):
+    for i, c in enumerate(masked):
         depth += c == "("
         depth -= c == ")"
         if depth < 0:
             raise FormulaSyntaxError("unbalanced parenthesis: this ')' has no '('", formula, i)
+    if depth > 0:
+        unclosed = next(i for i, c in enumerate(masked) if c == "(" and _close_of(masked, i) < 0)
+        raise FormulaSyntaxError("unbalanced parenthesis: this '(' is never closed", formula, unclosed)
+    if "|" in masked[:tilde]:
+        raise FormulaSyntaxError("random-effects terms belong on the right of '~'", formula, masked.index("|"))
+    m = re.search(r"(?<![\w.])offset\s*\(", masked)
+    if m:
+        raise FormulaSyntaxError(
+            "offset() terms are not supported yet; subtract the offset from the response instead", formula, m.start()
+        )
 
     random: list[RandomTerm] = []
     spans: list[tuple[int, int]] = []
-    i = 0
-    while i < len(rhs):
-        if rhs[i] == "(":
-            j = _matching_paren(rhs, i, formula, rhs_off)
-            inner = rhs[i + 1 : j]
-            bar = _top_level_bar(inner)
-            if bar is not None:
-                pos, width = bar
-                expr, group = inner[:pos].strip(), inner[pos + width :]
-                bar_at = rhs_off + i + 1 + pos
-                if not expr:
-                    raise FormulaSyntaxError("nothing before '|' in a random-effects term", formula, bar_at)
-                if not group.strip():
-                    raise FormulaSyntaxError("no grouping factor after '|'", formula, bar_at + width)
-                exprs = _expand_double_vert(expr) if width == 2 else [expr]
-                nests = _parse_group(group, formula, rhs_off + i + 1 + pos + width)
-                # lme4 expands '||' first, then the slash in each resulting term.
-                for e in exprs:
-                    for factors in nests:
-                        random.append(RandomTerm(e, factors, _nested_label(factors)))
-                spans.append((i, j + 1))
-                i = j + 1
-                continue
+    i = tilde + 1
+    while i < len(masked):
+        c = masked[i]
+        if c == "|":
+            raise FormulaSyntaxError("'|' outside parentheses: write random effects as (expr | group)", formula, i)
+        if c != "(":
+            i += 1
+            continue
+        j = _matching_paren(masked, i, formula, 0)
+        a, b = _unwrap(masked, i, j)
+        bar = None if _is_call(masked, i) else _top_level_bar(masked[a + 1 : b])
+        if bar is None:
+            if "|" in masked[i:j]:
+                raise FormulaSyntaxError(
+                    "a random-effects term (expr | group) must stand on its own, added to the formula with '+'",
+                    formula,
+                    masked.index("|", i),
+                )
             i = j + 1
             continue
-        if rhs[i] == "|":
+        before, after = _neighbours(masked, i, j + 1)
+        if before is not None and masked[before] == "-":
+            raise FormulaSyntaxError("a random-effects term cannot be subtracted", formula, i)
+        if (before is not None and masked[before] not in "+~") or (after is not None and masked[after] not in "+-"):
             raise FormulaSyntaxError(
-                "'|' outside parentheses: write random effects as (expr | group)", formula, rhs_off + i
+                "a random-effects term (expr | group) must be added to the formula with '+'", formula, i
             )
-        i += 1
+        pos, width = bar
+        bar_at = a + 1 + pos
+        expr = formula[a + 1 : bar_at].strip()
+        if not expr:
+            raise FormulaSyntaxError("nothing before '|' in a random-effects term", formula, bar_at)
+        g0, g1 = bar_at + width, b
+        if not formula[g0:g1].strip():
+            raise FormulaSyntaxError("no grouping factor after '|'", formula, g0)
+        if masked[g0:g1].lstrip().startswith("|"):
+            raise FormulaSyntaxError("'|||' is not a random-effects operator; use '|' or '||'", formula, g0)
+        expr = _translate_r_operators(expr)
+        exprs = _expand_double_vert(expr, formula, a + 1) if width == 2 else [expr]
+        nests = _parse_group(formula, masked, g0, g1)
+        # lme4 expands '||' first, then the slash in each resulting term.
+        for e in exprs:
+            for factors, label in nests:
+                random.append(RandomTerm(e, factors, label, span=(i, j + 1)))
+        spans.append((i, j + 1))
+        i = j + 1
 
     if not random:
         raise FormulaError(
             f"the formula {formula!r} has no random-effects term; add one such as "
             "'(1 | group)' (for a model without random effects use ordinary least squares)"
         )
+    return ParsedFormula(
+        text=formula,
+        lhs=_translate_r_operators(lhs),
+        fixed_rhs=_translate_r_operators(_fixed_part(formula, masked, tilde, spans)),
+        random=tuple(random),
+    )
 
-    fixed = rhs
-    for a, b in reversed(spans):
-        before = fixed[:a].rstrip()
-        if before.endswith("-"):
-            raise FormulaSyntaxError("a random-effects term cannot be subtracted", formula, rhs_off + a)
-        fixed = fixed[:a] + " " * (b - a) + fixed[b:]
-    fixed = re.sub(r"(\+\s*)+\+", "+", fixed)
-    fixed = re.sub(r"^\s*\+|\+\s*$", "", fixed.strip()).strip()
-    while fixed.startswith("+") or fixed.endswith("+"):
-        fixed = fixed.strip("+").strip()
-    if not fixed:
-        fixed = "1"
-    return ParsedFormula(text=formula, lhs=lhs, fixed_rhs=fixed, random=tuple(random))
+
+def _fixed_part(formula: str, masked: str, tilde: int, spans: list[tuple[int, int]]) -> str:
+    """The right-hand side with the bar terms (and the '+' joining each) removed.
+
+    ``x + (1 | g) - 1`` → ``x - 1``; ``(1 | g)`` alone → ``1`` (lme4's nobars).
+    """
+    text, mask = list(formula), list(masked)
+    for a, b in spans:
+        for k in range(a, b):
+            text[k] = mask[k] = " "
+        before, after = _neighbours("".join(mask), a, b)
+        joint = before if before is not None and mask[before] == "+" else after
+        if joint is not None and mask[joint] == "+":
+            text[joint] = mask[joint] = " "
+    rhs = " ".join("".join(text[tilde + 1 :]).split())
+    return rhs or "1"

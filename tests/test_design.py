@@ -1,0 +1,855 @@
+"""Stage 2: terms + pandas → y, X, Z blocks, grouping codes, as lme4 builds them.
+
+Every expected name, level order, dropped column, error condition and number
+below was produced by lme4 1.1-31 in R 4.2 (``lFormula``/``lmer`` on the same
+data, written to CSV from the generators here) or follows from first
+principles; none comes from the code under test. Tests never need R.
+"""
+
+import copy
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jaxmlm
+from jaxmlm._design import Design, build_design, r_column_name
+from jaxmlm._errors import (
+    DataError,
+    FormulaError,
+    FormulaSyntaxError,
+    GroupingError,
+    JaxmlmError,
+    RankDeficiencyWarning,
+    UnknownColumnError,
+)
+
+
+def design(formula: str, data: pd.DataFrame) -> Design:
+    """build_design, failing on any warning (rank deficiency is tested on its own)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return build_design(formula, data)
+
+
+def small(n: int = 24, groups: int = 6) -> pd.DataFrame:
+    i = np.arange(n)
+    return pd.DataFrame(
+        {
+            "y": np.sin(i * 1.7) + 0.1 * i,
+            "x": np.cos(i * 0.9) * 2 + 3,
+            "z": 1.5 + np.sin(i * 0.45),
+            "f": np.array(["b", "a", "c"], dtype=object)[i % 3],
+            "g": np.array([f"g{k}" for k in i % groups], dtype=object),
+            "h": (i // 3) % 4,
+        }
+    )
+
+
+# ---- fixed part: names and values as lme4's model matrix ----------------------------------------
+
+
+def fixed_data() -> pd.DataFrame:
+    i = np.arange(48)
+    return pd.DataFrame(
+        {
+            "y": np.round(np.sin(i * 0.9) * 3 + i * 0.05, 4),
+            "x": np.round(np.cos(i * 1.1) * 2 + 3, 4),
+            "z": np.round(1.2 + np.sin(i * 0.45), 4),
+            "ses": np.round(np.sin(i * 2.3), 4),
+            "sector": pd.Categorical(np.array(["Public", "Catholic"])[(i // 3) % 2], categories=["Public", "Catholic"]),
+            "f": np.array(["b", "a", "c"], dtype=object)[i % 3],
+            "h": pd.Categorical(np.array(["q", "p"])[(i // 2) % 2], categories=["q", "p"]),
+            "COMB": pd.Categorical((i // 4) % 2),
+            "b": (i % 5) < 2,
+            "g": np.array([f"s{k}" for k in i % 8], dtype=object),
+        }
+    )
+
+
+# colnames(lFormula(<f> + (1|g), d)$X) and colSums(X^2) + colSums(X) (a checksum of the values)
+LME4_FIXED = [
+    ("y ~ ses * sector", "(Intercept)|ses|sectorCatholic|ses:sectorCatholic", "96|24.72201748|48|12.39918361"),
+    ("y ~ sector * ses", "(Intercept)|sectorCatholic|ses|sectorCatholic:ses", "96|48|24.72201748|12.39918361"),
+    ("y ~ f * h", "(Intercept)|fb|fc|hp|fb:hp|fc:hp", "96|32|32|48|16|16"),
+    ("y ~ f:x", "(Intercept)|fa:x|fb:x|fc:x", "96|233.117778|231.2171992|227.1011237"),
+    ("y ~ x:f", "(Intercept)|x:fa|x:fb|x:fc", "96|233.117778|231.2171992|227.1011237"),
+    ("y ~ 0 + f + h", "fa|fb|fc|hp", "32|32|32|48"),
+    ("y ~ f + x + f:x", "(Intercept)|fb|fc|x|fb:x|fc:x", "96|32|32|691.4361009|231.2171992|227.1011237"),
+    ("y ~ COMB + sector", "(Intercept)|COMB1|sectorCatholic", "96|48|48"),
+    (
+        "y ~ poly(x, 2) + log(z) + sqrt(z)",
+        "(Intercept)|poly(x, 2)1|poly(x, 2)2|log(z)|sqrt(z)",
+        "96|1|1|29.48838205|113.3018193",
+    ),
+    ("y ~ x + I(x^2)", "(Intercept)|x|I(x^2)", "96|691.4361009|10321.36995"),
+    (
+        "y ~ (x + z + ses)^2",
+        "(Intercept)|x|z|ses|x:z|x:ses|z:ses",
+        "96|691.4361009|164.6583659|24.72201748|1356.86716|268.7875693|53.42956152",
+    ),
+    ("y ~ x %in% f", "(Intercept)|x:fa|x:fb|x:fc", "96|233.117778|231.2171992|227.1011237"),
+    ("y ~ 0 + x", "x", "691.4361009"),
+    ("y ~ -1 + x", "x", "691.4361009"),
+    ("y ~ x - 1", "x", "691.4361009"),
+    ("y ~ b", "(Intercept)|bTRUE", "96|40"),
+    ("y ~ 0 + b", "bFALSE|bTRUE", "56|40"),
+    ("y ~ b:x", "(Intercept)|bFALSE:x|bTRUE:x", "96|365.8855151|325.5505858"),
+    (
+        "y ~ f*x*h",
+        "(Intercept)|fb|fc|x|hp|fb:x|fc:x|fb:hp|fc:hp|x:hp|fb:x:hp|fc:x:hp",
+        "96|32|32|691.4361009|48|231.2171992|227.1011237|16|16|330.0835259|102.9608304|110.0930597",
+    ),
+    ("y ~ 1", "(Intercept)", "96"),
+]
+
+
+@pytest.mark.parametrize("formula, names, checksums", LME4_FIXED)
+def test_fixed_part_as_lme4(formula, names, checksums):
+    d = design(formula + " + (1 | g)", fixed_data())
+    assert list(d.fixef_names) == names.split("|")
+    np.testing.assert_allclose((d.X**2).sum(0) + d.X.sum(0), [float(v) for v in checksums.split("|")], rtol=1e-8)
+    assert d.X.dtype == np.float64 and d.y.dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    "formula, names, checksums",
+    [
+        # lme4 drops log2(z) (aliased with log10(z)) and I(2 * x) (aliased with scale(x)), after a message
+        (
+            "y ~ exp(z) + log10(z) + log2(z) + abs(ses)",
+            "(Intercept)|exp(z)|log10(z)|abs(ses)",
+            "96|1571.195812|5.733099927|54.54701748",
+        ),
+        ("y ~ scale(x) + I(2 * x)", "(Intercept)|scale(x)", "96|47"),
+    ],
+)
+def test_fixed_part_with_aliased_transforms(formula, names, checksums):
+    with pytest.warns(RankDeficiencyWarning):
+        d = build_design(formula + " + (1 | g)", fixed_data())
+    assert list(d.fixef_names) == names.split("|")
+    np.testing.assert_allclose((d.X**2).sum(0) + d.X.sum(0), [float(v) for v in checksums.split("|")], rtol=1e-8)
+
+
+def test_response_and_transform_values():
+    df = fixed_data()
+    d = design("log(y + 10) ~ I(x^2) + scale(z) + (1 | g)", df)
+    np.testing.assert_allclose(d.y, np.log(df.y + 10))
+    np.testing.assert_allclose(d.X[:, 1], df.x**2)
+    np.testing.assert_allclose(d.X[:, 2], (df.z - df.z.mean()) / df.z.std(ddof=1))
+
+
+def test_r_power_on_integers_is_not_xor():
+    df = small().assign(k=np.arange(24))
+    d = design("y ~ I(k^2) + (1 | g)", df)
+    np.testing.assert_array_equal(d.X[:, 1], np.arange(24) ** 2)
+
+
+@pytest.mark.parametrize(
+    "values, names",
+    [
+        (pd.Series(["b", "a", "c"] * 8, dtype=object), ["fb", "fc"]),
+        (pd.Series(["b", "a", "c"] * 8, dtype="str"), ["fb", "fc"]),
+        (pd.Series(["b", "a", "c"] * 8, dtype="string"), ["fb", "fc"]),
+        (pd.Categorical(["b", "a", "c"] * 8, categories=["c", "b", "a"]), ["fb", "fa"]),  # category order kept
+        (pd.Categorical(["b", "a", "c"] * 8, categories=["d", "c", "b", "a"]), ["fb", "fa"]),  # unused 'd' dropped
+        (pd.Categorical(["b", "a", "c"] * 8, categories=["c", "b", "a"], ordered=True), ["fb", "fa"]),
+        (pd.Series([2, 10, 1] * 8).astype("category"), ["f2", "f10"]),
+        (pd.Series([True, False, False] * 8), ["fTRUE"]),
+        (pd.Series([True, False, False] * 8, dtype="boolean"), ["fTRUE"]),
+    ],
+    ids=["object", "str", "string", "categorical", "unused-category", "ordered", "int-categorical", "bool", "boolean"],
+)
+def test_categorical_predictors(values, names):
+    d = design("y ~ f + (1 | g)", small().assign(f=values))
+    assert list(d.fixef_names) == ["(Intercept)", *names]
+    # treatment coding: each row has at most one 1, reference-level rows none
+    assert set(np.unique(d.X[:, 1:])) <= {0.0, 1.0}
+    assert (d.X[:, 1:].sum(1) <= 1).all()
+
+
+def test_numeric_predictor_dtypes():
+    base = small()
+    expected = design("y ~ x + (1 | g)", base).X
+    for dtype in ["float32", "Float64"]:
+        np.testing.assert_allclose(design("y ~ x + (1 | g)", base.astype({"x": dtype})).X, expected, rtol=1e-6)
+    ints = base.assign(x=np.arange(24))
+    for dtype in ["int8", "int32", "uint16", "Int64"]:
+        np.testing.assert_array_equal(design("y ~ x + (1 | g)", ints.astype({"x": dtype})).X[:, 1], np.arange(24))
+
+
+def test_non_syntactic_names_print_as_r_does():
+    # R: colnames "`my x`", "`my f`q", "lgTRUE"; cnms "(Intercept)" "`my x`"; flist name "my g"
+    i = np.arange(24)
+    df = pd.DataFrame(
+        {
+            "y": np.sin(i),
+            "my x": np.cos(i),
+            "my f": ["p", "q"] * 12,
+            "lg": (i % 3) == 0,
+            "my g": np.array(["u", "v", "w", "s"])[i % 4],
+        }
+    )
+    d = design("y ~ `my x` + `my f` + lg + (`my x` | `my g`)", df)
+    assert d.fixef_names == ("(Intercept)", "`my x`", "`my f`q", "lgTRUE")
+    assert d.terms[0].columns == ("(Intercept)", "`my x`")
+    assert d.terms[0].group == "my g"
+    assert design("y ~ log(`my x` + 2) + (1 | `my g`)", df).fixef_names[1] == "log(`my x` + 2)"
+
+
+def test_dotted_r_names():
+    df = small().rename(columns={"x": "Sepal.Length"})
+    d = design("y ~ Sepal.Length + log(Sepal.Length) + (Sepal.Length | g)", df)
+    assert d.fixef_names == ("(Intercept)", "Sepal.Length", "log(Sepal.Length)")
+    assert d.terms[0].columns == ("(Intercept)", "Sepal.Length")
+    np.testing.assert_allclose(d.X[:, 2], np.log(df["Sepal.Length"]))
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("Intercept", "(Intercept)"),
+        ("f[T.b]", "fb"),
+        ("f[a]:x", "fa:x"),
+        ("poly(x, 2)[1]", "poly(x, 2)1"),
+        ("I(x ** 2)", "I(x^2)"),
+        ("log(`x.y`)", "log(x.y)"),
+        ("log(`my x`)", "log(`my x`)"),
+    ],
+)
+def test_r_column_name(name, expected):
+    assert r_column_name(name, ("x.y", "my x")) == expected
+
+
+def test_r_spellings_of_functions():
+    df = small()
+    d = design("y ~ sqrt(z) + abs(x - 3) + factor(h) + (1 | g)", df)
+    assert d.fixef_names == ("(Intercept)", "sqrt(z)", "abs(x - 3)", "factor(h)1", "factor(h)2", "factor(h)3")
+    np.testing.assert_allclose(d.X[:, 1], np.sqrt(df.z))
+
+
+def test_no_fixed_effects():
+    d = design("y ~ 0 + (1 | g)", small())
+    assert d.X.shape == (24, 0) and d.fixef_names == ()
+
+
+# ---- random-effects terms -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "formula, columns",
+    [
+        ("y ~ (1 | g)", [("(Intercept)",)]),
+        ("y ~ (x | g)", [("(Intercept)", "x")]),
+        ("y ~ (0 + x | g)", [("x",)]),
+        ("y ~ (-1 + x | g)", [("x",)]),
+        ("y ~ (x - 1 | g)", [("x",)]),
+        ("y ~ (x || g)", [("(Intercept)",), ("x",)]),
+        ("y ~ (f | g)", [("(Intercept)", "fb", "fc")]),
+        ("y ~ (0 + f | g)", [("fa", "fb", "fc")]),
+        ("y ~ (f || g)", [("(Intercept)",), ("fa", "fb", "fc")]),  # lme4: (1|g) + (0 + f|g)
+        ("y ~ (log(z) | g)", [("(Intercept)", "log(z)")]),
+    ],
+)
+def test_random_term_columns(formula, columns):
+    d = design(formula, small(48))
+    assert [t.columns for t in d.terms] == columns
+
+
+def test_terms_on_one_factor_share_a_block():
+    d = design("y ~ x + (1 | g) + (0 + x | g)", small(48))
+    assert [t.vc_name for t in d.terms] == ["g", "g.1"]  # R's make.unique
+    assert len(d.blocks) == 1
+    blk = d.blocks[0]
+    assert blk.columns == ("(Intercept)", "x") and blk.k == 2 and blk.terms == (0, 1)
+    assert [(t.block, t.offset) for t in d.terms] == [(0, 0), (0, 1)]
+    np.testing.assert_allclose(blk.Z[:, 1], small(48).x)
+
+
+def order_data() -> pd.DataFrame:
+    i = np.arange(60)
+    return pd.DataFrame({"y": np.sin(i), "a": i % 5 + 1, "b": i // 6 + 1, "c": i // 12 + 1})
+
+
+@pytest.mark.parametrize(
+    "formula, order",
+    [
+        # names(lFormula(f, d)$reTrms$cnms), with 5, 10, 5 levels for a, b, c
+        ("y ~ (1|a) + (1|b) + (1|c)", ["b", "c", "a"]),  # rev(order(nl)): ties reversed
+        ("y ~ (1|b) + (1|a) + (1|c)", ["b", "a", "c"]),  # already non-increasing: kept
+        ("y ~ (1|a) + (1|c) + (1|b)", ["b", "c", "a"]),
+        ("y ~ (1|c) + (1|a)", ["c", "a"]),
+    ],
+)
+def test_lme4_term_order(formula, order):
+    d = design(formula, order_data())
+    assert [t.group for t in d.terms] == order
+    nlev = [b.nlev for b in d.blocks]
+    assert nlev == sorted(nlev, reverse=True)  # engine blocks: largest first
+
+
+# ---- grouping factors: levels as lme4 makes them --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values, levels, first_rows",
+    [
+        ([3, 1, 2, 10] * 6, ["1", "2", "3", "10"], ["3", "1", "2", "10"]),  # numeric order, not string order
+        (np.array([3, 1, 2, 10] * 6, dtype=np.uint8), ["1", "2", "3", "10"], ["3", "1", "2", "10"]),
+        (pd.array([3, 1, 2, 10] * 6, dtype="Int64"), ["1", "2", "3", "10"], ["3", "1", "2", "10"]),
+        # R's as.character of doubles: 15 significant digits, scientific when shorter
+        ([1.5, 0.1 + 0.2, 1e5, 1e-20] * 6, ["1e-20", "0.3", "1.5", "1e+05"], ["1.5", "0.3", "1e+05", "1e-20"]),
+        ([2.0, 1.0, 3.0, 10.0] * 6, ["1", "2", "3", "10"], ["2", "1", "3", "10"]),
+        # strings sort by code point, as R does in the C locale (R's ICU collation would give a, b, B, c)
+        (pd.Series(["b", "B", "a", "c"] * 6, dtype=object), ["B", "a", "b", "c"], ["b", "B", "a", "c"]),
+        (pd.Series(["b", "a", "c", "d"] * 6, dtype="str"), ["a", "b", "c", "d"], ["b", "a", "c", "d"]),
+        (pd.Series(["b", "a", "c", "d"] * 6, dtype="string"), ["a", "b", "c", "d"], ["b", "a", "c", "d"]),
+        (pd.Series(["10", "9", "1", "2"] * 6), ["1", "10", "2", "9"], ["10", "9", "1", "2"]),
+        (
+            pd.Categorical(["b", "a", "c", "d"] * 6, categories=["d", "c", "b", "a", "zz"]),
+            ["d", "c", "b", "a"],  # category order kept, unused level dropped
+            ["b", "a", "c", "d"],
+        ),
+        (pd.Categorical([2, 1, 3, 4] * 6, categories=[4, 3, 2, 1]), ["4", "3", "2", "1"], ["2", "1", "3", "4"]),
+        ([True, False, False, True] * 6, ["FALSE", "TRUE"], ["TRUE", "FALSE", "FALSE", "TRUE"]),
+        (
+            pd.array([True, False, False, True] * 6, dtype="boolean"),
+            ["FALSE", "TRUE"],
+            ["TRUE", "FALSE", "FALSE", "TRUE"],
+        ),
+    ],
+    ids=["int", "uint8", "Int64", "float-labels", "float-integral", "object", "str", "string", "numeric-strings",
+         "categorical", "int-categorical", "bool", "boolean"],
+)
+def test_grouping_levels_any_dtype(values, levels, first_rows):
+    df = small(24).assign(g=values)
+    d = design("y ~ x + (1 | g)", df)
+    blk = d.blocks[0]
+    assert list(blk.levels) == levels
+    assert blk.codes.dtype == np.int64 and blk.codes.shape == (24,)
+    assert list(np.asarray(blk.levels)[blk.codes]) == first_rows * 6  # each row carries its own level
+
+
+def test_interaction_levels_of_integer_columns():
+    # R: levels(lFormula(y ~ x + (1|a:b), d)$reTrms$flist[[1]]) with a = 2,10,1 and b = 5,3
+    i = np.arange(24)
+    df = pd.DataFrame({"y": np.sin(i), "x": np.cos(i), "a": np.array([2, 10, 1])[i % 3], "b": np.where(i < 12, 5, 3)})
+    d = design("y ~ x + (1 | a:b)", df)
+    assert list(d.blocks[0].levels) == ["1:3", "1:5", "2:3", "2:5", "10:3", "10:5"]
+    labels = np.asarray(d.blocks[0].levels)[d.blocks[0].codes]
+    assert list(labels) == [f"{a}:{b}" for a, b in zip(df.a, df.b)]
+
+
+def test_nested_levels_and_names():
+    # R: names(flist) "b:a" "a"; levels of b:a "3:1" "3:2" "3:10" "5:1" "5:2" "5:10"
+    i = np.arange(24)
+    df = pd.DataFrame({"y": np.sin(i), "x": np.cos(i), "a": np.array([2, 10, 1])[i % 3], "b": np.where(i < 12, 5, 3)})
+    d = design("y ~ x + (1 | a/b)", df)
+    assert [t.group for t in d.terms] == ["b:a", "a"]
+    assert list(d.blocks[0].levels) == ["3:1", "3:2", "3:10", "5:1", "5:2", "5:10"]
+    assert d.blocks[0].factors == ("b", "a")
+
+
+def test_interaction_keeps_only_observed_combinations():
+    df = small(24).assign(a=np.repeat(list("pqr"), 8), b=np.tile(list("uvwx"), 6))
+    d = design("y ~ (1 | a:b)", df)
+    assert list(d.blocks[0].levels) == [f"{a}:{b}" for a in "pqr" for b in "uvwx"]
+    d = design("y ~ (1 | a:b)", df.iloc[:12])  # p:u..p:x, q:u..q:x only
+    assert list(d.blocks[0].levels) == [f"{a}:{b}" for a in "pq" for b in "uvwx"]
+
+
+# ---- missing values ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("missing", [None, np.nan, pd.NA], ids=["None", "nan", "NA"])
+@pytest.mark.parametrize(
+    "column, dtype",
+    [
+        ("y", "float64"),
+        ("y", "Float64"),
+        ("x", "object"),
+        ("x", "Float64"),
+        ("f", "object"),
+        ("f", "str"),
+        ("f", "string"),
+        ("f", "category"),
+        ("g", "object"),
+        ("g", "str"),
+        ("g", "string"),
+        ("g", "category"),
+        ("h", "Int64"),
+        ("h", "float64"),
+        ("b", "boolean"),
+        ("b", "object"),
+    ],
+)
+def test_missing_values_drop_rows(column, dtype, missing):
+    df = small(30).assign(b=np.arange(30) % 4 == 0)
+    df = df.astype({column: dtype})
+    if dtype == "float64" and missing is pd.NA:
+        missing = np.nan  # a float64 column cannot hold pd.NA; pandas stores NaN
+    rows = [2, 7, 11]
+    df[column] = df[column].astype(object).where(~df.index.isin(rows), missing).astype(dtype)
+    assert df[column].isna().sum() == 3
+    formula = "y ~ x + f + b + (1 | g) + (1 | h)"
+    d = design(formula, df)
+    assert d.n_dropped_na == 3
+    assert d.n == 27 and d.X.shape[0] == 27 and d.blocks[0].codes.shape == (27,)
+    assert list(d.rows) == [r for r in range(30) if r not in rows]
+    full = design(formula, small(30).assign(b=np.arange(30) % 4 == 0).drop(index=rows))
+    np.testing.assert_allclose(d.X, full.X)
+    np.testing.assert_allclose(d.y, full.y)
+    assert d.fixef_names == full.fixef_names
+
+
+def test_missing_values_in_unused_columns_are_ignored():
+    df = small().assign(other=np.nan, other_str=None)
+    d = design("y ~ x + (1 | g)", df)
+    assert d.n_dropped_na == 0 and d.n == 24
+
+
+def test_level_seen_only_in_dropped_rows_is_dropped():
+    # R's model.frame(drop.unused.levels = TRUE): 'a' only occurs where y is missing
+    df = small(24)
+    values = np.where(np.arange(24) < 2, "a", np.array(["b", "c"])[np.arange(24) % 2])
+    df["f"] = pd.Categorical(values, categories=["a", "b", "c"])
+    df.loc[[0, 1], "y"] = np.nan
+    d = design("y ~ f + (1 | g)", df)
+    assert d.fixef_names == ("(Intercept)", "fc")  # reference is now 'b'
+    df["g"] = np.where(np.arange(24) < 2, "only-dropped", df["g"])
+    assert "only-dropped" not in list(design("y ~ f + (1 | g)", df).blocks[0].levels)
+
+
+def test_nan_made_by_a_transform_drops_the_row():
+    # R: lFormula(y ~ log(x) + (1|g)) with one x < 0 warns "NaNs produced" and uses n - 1 rows
+    df = small(40)
+    df.loc[3, "z"] = -1.0
+    d = design("y ~ log(z) + (1 | g)", df)
+    assert d.n == 39 and d.n_dropped_na == 1 and 3 not in d.rows
+
+
+def test_transforms_see_all_rows_as_in_r():
+    # R's model.frame evaluates scale(x) before dropping rows missing y (checked against lme4)
+    df = small(24)
+    df.loc[[0, 1], "y"] = np.nan
+    d = design("y ~ scale(x) + center(z) + (1 | g)", df)
+    np.testing.assert_allclose(d.X[:, 1], ((df.x - df.x.mean()) / df.x.std())[2:])
+    np.testing.assert_allclose(d.X[:, 2], (df.z - df.z.mean())[2:])
+    # ... and skip missing x itself (scale() uses na.rm)
+    df = small(24)
+    df.loc[[0, 1], "x"] = np.nan
+    d = design("y ~ scale(x) + (1 | g)", df)
+    kept = df.x[2:]
+    np.testing.assert_allclose(d.X[:, 1], (kept - kept.mean()) / kept.std())
+
+
+def test_all_rows_missing():
+    df = small().assign(y=np.nan)
+    with pytest.raises(DataError, match="no complete rows"):
+        build_design("y ~ x + (1 | g)", df)
+
+
+# ---- errors ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "formula, name, close",
+    [
+        ("y ~ xx + (1 | g)", "xx", ["x"]),
+        ("Y ~ x + (1 | g)", "Y", ["y"]),
+        ("y ~ x + (1 | gg)", "gg", ["g"]),
+        ("y ~ x + (1 | G)", "G", ["g"]),
+        ("y ~ x + (1 | g:hh)", "hh", ["h"]),
+        ("y ~ x + (1 | g/hh)", "hh", ["h"]),
+        ("y ~ x + (xz | g)", "xz", ["z", "x"]),
+        ("y ~ log(xq) + (1 | g)", "xq", ["x"]),
+        ("log(yy) ~ x + (1 | g)", "yy", ["y"]),
+        ("y ~ I(x + zz^2) + (1 | g)", "zz", ["z"]),
+        ("y ~ x + `q r` + (1 | g)", "q r", []),
+        ("y ~ x.z + (1 | g)", "x.z", []),
+        ("y ~ log(x.z) + (1 | g)", "x.z", []),
+        ("y ~ Sepal.Length + (1 | g)", "Sepal.Length", []),
+        ("y ~ (x || gg)", "gg", ["g"]),
+    ],
+)
+def test_unknown_columns(formula, name, close):
+    with pytest.raises(UnknownColumnError) as info:
+        build_design(formula, small())
+    err = info.value
+    assert err.name == name
+    assert err.close[: len(close)] == close
+    assert isinstance(err, KeyError) and isinstance(err, JaxmlmError)
+    assert repr(name) in str(err)
+    if close:
+        assert "Did you mean" in str(err)
+
+
+@pytest.mark.parametrize("formula", ["y ~ foo(x) + (1 | g)", "y ~ x + (sqr(x) | g)", "y ~ lg(x) + (1 | g)"])
+def test_unknown_function(formula):
+    with pytest.raises(FormulaError, match="unknown function"):
+        build_design(formula, small())
+
+
+@pytest.mark.parametrize(
+    "formula, position",
+    [
+        ("y ~ x ** + (1 | g)", 6),
+        ("y ~ x +* z + (1 | g)", 6),
+        ("y ~ x + (1 | g) + 'x'", 18),
+        ("y ~ x + (1 | g) + {x", 18),
+        ("y ~ x + (x ** | g)", 11),
+        ("y ~ x + + (1 | g)", 6),
+    ],
+)
+def test_formulaic_syntax_errors_are_readable(formula, position):
+    with pytest.raises(FormulaSyntaxError) as info:
+        build_design(formula, small())
+    msg = str(info.value)
+    assert "\x1b" not in msg and "⧛" not in msg and "⧚" not in msg
+    assert info.value.position == position
+    assert msg.splitlines()[-2:] == ["    " + formula, "    " + " " * position + "^"]
+
+
+def test_python_syntax_error_is_wrapped():
+    with pytest.raises(FormulaSyntaxError, match="cannot parse"):
+        build_design("y ~ x + (1 | g) + {x+}", small())
+
+
+def test_no_random_term():
+    with pytest.raises(FormulaError, match="no random-effects term"):
+        build_design("y ~ x", small())
+
+
+# lme4: checkNlevels (gtr.1, then nobs.vs.nlev over all factors), then checkZdims per term.
+@pytest.mark.parametrize(
+    "formula, data, message",
+    [
+        ("y ~ x + (1 | g)", lambda d: d.assign(g="a"), "grouping factors must have > 1 sampled level"),
+        (
+            "y ~ x + (1 | g)",
+            lambda d: d.assign(g=np.where(np.arange(len(d)) == 0, "a", None)),
+            "grouping factors must have > 1 sampled level",
+        ),
+        (
+            "y ~ x + (1 | g)",
+            lambda d: d.assign(g=np.arange(len(d))),
+            "number of levels of each grouping factor must be < number of observations (problems: g)",
+        ),
+        (
+            "y ~ x + (1 | g) + (1 | id)",
+            lambda d: d.assign(id=np.arange(len(d))),
+            "number of levels of each grouping factor must be < number of observations (problems: id)",
+        ),
+        (
+            "y ~ x + (x | g)",
+            lambda d: d.assign(g=np.arange(len(d)) % (len(d) // 2)),
+            "number of observations (=40) <= number of random effects (=40) for term (x | g); the random-effects "
+            "parameters and the residual variance (or scale parameter) are probably unidentifiable",
+        ),
+        (
+            # gtr.1 is checked before the others, whatever the term order
+            "y ~ x + (x | g) + (1 | one)",
+            lambda d: d.assign(g=np.arange(len(d)) % (len(d) // 2), one=1),
+            "grouping factors must have > 1 sampled level",
+        ),
+    ],
+)
+def test_grouping_errors(formula, data, message):
+    df = data(small(40, 8))
+    with pytest.raises(GroupingError) as info:
+        build_design(formula, df)
+    assert message in str(info.value)
+    assert isinstance(info.value, DataError)
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | g) + (0 + x | g)", "y ~ x + (x || g)"])
+def test_uncorrelated_terms_pass_the_random_effects_count(formula):
+    # lme4 counts per term: 20 levels x 1 < 40 observations, where (x | g) (40) is refused
+    df = small(40).assign(g=np.arange(40) % 20)
+    d = design(formula, df)
+    assert d.blocks[0].nlev == 20
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pd.Series(list("ab") * 12, dtype=object),
+        pd.Series(list("ab") * 12, dtype="str"),
+        pd.Series(list("ab") * 12, dtype="string"),
+        pd.Categorical([1.0, 2.0] * 12),
+        pd.Series(pd.date_range("2020-01-01", periods=24)),
+    ],
+    ids=["object", "str", "string", "categorical", "datetime"],
+)
+def test_non_numeric_response(values):
+    with pytest.raises(DataError, match="must be numeric"):
+        build_design("y ~ x + (1 | g)", small().assign(y=values))
+
+
+def test_boolean_response_is_zero_one_as_in_lme4():
+    df = small().assign(y=np.arange(24) % 3 == 0)
+    d = design("y ~ x + (1 | g)", df)
+    np.testing.assert_array_equal(d.y, (np.arange(24) % 3 == 0).astype(float))
+
+
+@pytest.mark.parametrize(
+    "formula, change, fragment",
+    [
+        ("y ~ x + (1 | g)", lambda d: d.assign(x=np.where(np.arange(len(d)) == 4, np.inf, d.x)), "'x' (1 row"),
+        ("y ~ x + (1 | g)", lambda d: d.assign(x=np.where(np.arange(len(d)) < 2, -np.inf, d.x)), "'x' (2 row"),
+        ("y ~ x + (1 | g)", lambda d: d.assign(y=np.where(np.arange(len(d)) == 4, np.inf, d.y)), "response"),
+        ("y ~ log(z) + (1 | g)", lambda d: d.assign(z=np.where(np.arange(len(d)) == 4, 0.0, d.z)), "'log(z)'"),
+        ("log(y) ~ x + (1 | g)", lambda d: d.assign(y=np.where(np.arange(len(d)) == 4, 0.0, d.y + 5)), "response"),
+        ("y ~ x + (z | g)", lambda d: d.assign(z=np.where(np.arange(len(d)) == 4, np.inf, d.z)), "'z'"),
+        (
+            "y ~ x + (1 | g)",
+            lambda d: d.assign(x=pd.array(np.where(np.arange(len(d)) == 4, np.inf, d.x), dtype="Float64")),
+            "'x'",
+        ),
+    ],
+)
+def test_infinite_values_are_refused(formula, change, fragment):
+    with pytest.raises(DataError, match="infinite") as info:
+        build_design(formula, change(small(40)))
+    assert fragment in str(info.value)
+
+
+def test_infinite_value_in_a_dropped_row_is_fine():
+    df = small(40)
+    df.loc[4, "x"] = np.inf
+    df.loc[4, "y"] = np.nan  # R's na.omit removes the row before anything sees the Inf
+    assert design("y ~ x + (1 | g)", df).n == 39
+
+
+@pytest.mark.parametrize(
+    "data, error, fragment",
+    [
+        ([[1, 2]], DataError, "DataFrame"),
+        ({"y": [1.0]}, DataError, "DataFrame"),
+        (np.zeros((3, 3)), DataError, "DataFrame"),
+    ],
+)
+def test_data_must_be_a_dataframe(data, error, fragment):
+    with pytest.raises(error, match=fragment):
+        build_design("y ~ x + (1 | g)", data)
+
+
+def test_duplicated_column_names():
+    df = small()
+    df = pd.concat([df, df[["x"]]], axis=1)
+    with pytest.raises(DataError, match="more than once"):
+        build_design("y ~ x + (1 | g)", df)
+
+
+def test_two_column_response():
+    with pytest.raises(FormulaError, match="glmer"):
+        build_design("cbind(y, x) ~ z + (1 | g)", small())
+
+
+def test_failing_transform_is_a_data_error():
+    with pytest.raises(DataError, match="evaluating"):
+        build_design("y ~ log(f) + (1 | g)", small())
+
+
+# ---- rank deficiency ------------------------------------------------------------------------------
+
+
+def rank_data() -> pd.DataFrame:
+    i = np.arange(48)
+    x1 = np.round(np.sin(i * 0.7) * 2, 4)
+    x2 = np.round(np.cos(i * 1.9), 4)
+    f = np.array(["p", "q", "r"], dtype=object)[i % 3]
+    return pd.DataFrame(
+        {
+            "y": np.round(np.sin(i * 1.3) + 0.1 * i, 4),
+            "x1": x1,
+            "x2": x2,
+            "x3": x1 + x2,
+            "xd": x1.copy(),
+            "x1b": 2 * x1,
+            "z0": np.zeros(48),
+            "one": np.ones(48),
+            "f": f,
+            "f2": pd.Series(f).map({"p": "k", "q": "m", "r": "l"}).to_numpy(),
+            "a": np.array(["u", "v"], dtype=object)[i // 24],
+            "b": np.array(["s", "t"], dtype=object)[i % 2],
+            "g": np.array([f"g{k}" for k in i % 8], dtype=object),
+        }
+    )
+
+
+# colnames(X) and names(attr(X, "col.dropped")) from lme4's lFormula(<f> + (1|g))
+LME4_RANK = [
+    ("y ~ x1 + xd", "(Intercept)|x1", "xd"),  # duplicated column: the later one goes
+    ("y ~ xd + x1", "(Intercept)|xd", "x1"),
+    ("y ~ x1 + x2 + x3", "(Intercept)|x1|x2", "x3"),  # sum of two earlier columns
+    ("y ~ x3 + x1 + x2", "(Intercept)|x3|x1", "x2"),
+    ("y ~ f + f2", "(Intercept)|fq|fr", "f2l|f2m"),  # factor confounded with another
+    ("y ~ f2 + f", "(Intercept)|f2l|f2m", "fq|fr"),
+    ("y ~ 0 + f + f2", "fp|fq|fr", "f2l|f2m"),
+    ("y ~ x1 + z0 + x2", "(Intercept)|x1|x2", "z0"),  # all-zero column
+    ("y ~ x1 + x1b", "(Intercept)|x1", "x1b"),
+    ("y ~ x1 + I(2*x1) + I(x1+x2) + x2", "(Intercept)|x1|I(x1 + x2)", "I(2 * x1)|x2"),
+    ("y ~ one + x1", "(Intercept)|x1", "one"),  # constant column aliased with the intercept
+    ("y ~ 0 + one + x1 + f", "one|x1|fp|fq", "fr"),
+    ("y ~ x1 + x2 + x3 + xd + f + f2", "(Intercept)|x1|x2|fq|fr", "x3|xd|f2l|f2m"),
+]
+
+
+@pytest.mark.parametrize("formula, kept, dropped", LME4_RANK)
+def test_rank_deficiency_as_lme4(formula, kept, dropped):
+    with pytest.warns(RankDeficiencyWarning) as rec:
+        d = build_design(formula + " + (1 | g)", rank_data())
+    assert list(d.fixef_names) == kept.split("|")
+    assert list(d.dropped_columns) == dropped.split("|")
+    assert d.X.shape[1] == len(d.fixef_names)
+    assert sorted(d.fixed_columns_all) == sorted(kept.split("|") + dropped.split("|"))
+    msg = str(rec[0].message)
+    k = len(dropped.split("|"))
+    assert msg.startswith(
+        f"fixed-effect model matrix is rank deficient so dropping {k} "
+        + ("column / coefficient" if k == 1 else "columns / coefficients")
+    )
+    assert all(name in msg for name in dropped.split("|"))
+
+
+def test_rank_deficiency_from_an_empty_cell():
+    df = rank_data()
+    df = df[~((df.a == "v") & (df.b == "t"))]
+    with pytest.warns(RankDeficiencyWarning, match="av:bt"):
+        d = build_design("y ~ a*b + (1 | g)", df)
+    assert d.fixef_names == ("(Intercept)", "av", "bt")
+
+
+def test_full_rank_has_no_warning():
+    design("y ~ x1 + x2 + f + (1 | g)", rank_data())
+
+
+# ---- nothing is mutated ----------------------------------------------------------------------------
+
+
+def messy() -> pd.DataFrame:
+    i = np.arange(40)
+    df = pd.DataFrame(
+        {
+            "y": np.sin(i * 1.3) + i * 0.05,
+            "x": pd.array(np.cos(i), dtype="Float64"),
+            "s": pd.Series(np.array(["lo", "mid", "hi"], dtype=object)[i % 3]),
+            "t": pd.Series(np.array(["u", "v"])[i % 2], dtype="str"),
+            "c": pd.Categorical(np.array(["q", "p"])[(i // 2) % 2], categories=["r", "q", "p"]),
+            "b": (i % 4) == 0,
+            "g": pd.Series([f"g{k}" for k in i % 8], dtype="string"),
+            "h": (i // 5) + 1,
+        }
+    )
+    df.index = pd.Index(np.arange(100, 140), name="row")
+    df.loc[101, "y"] = np.nan
+    df.loc[103, "s"] = None
+    df.loc[105, "g"] = pd.NA
+    df.loc[107, "c"] = np.nan
+    df.loc[109, "x"] = pd.NA
+    return df
+
+
+def assert_unchanged(before: pd.DataFrame, after: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(after, before, check_exact=True)
+    assert list(after.dtypes) == list(before.dtypes)
+    assert list(after["c"].cat.categories) == ["r", "q", "p"]
+
+
+def test_build_design_does_not_mutate_data():
+    df = messy()
+    before = copy.deepcopy(df)
+    d = design("log(y + 3) ~ scale(x) + s + t + c + b + (1 + x | g) + (1 | h)", df)
+    assert_unchanged(before, df)
+    assert d.n_dropped_na == 5
+    assert list(d.rows) == [r for r in range(100, 140) if r not in (101, 103, 105, 107, 109)]
+
+
+def test_lmer_does_not_mutate_data():
+    df = messy()
+    before = copy.deepcopy(df)
+    m = jaxmlm.lmer("y ~ x + s + b + (1 | g)", df)
+    assert_unchanged(before, df)
+    assert m.nobs == 36 and m.n_dropped == 4
+
+
+# ---- lme4's numbers through lmer (the few end-to-end checks of this stage) -------------------------
+
+
+def lme4_data() -> pd.DataFrame:
+    i = np.arange(60)
+    g = np.array([f"g{k:02d}" for k in (i * 7) % 10], dtype=object)
+    x = np.round(np.sin(i * 1.3) * 2 + 5, 4)
+    z = np.round(1.5 + np.cos(i * 0.7), 4)
+    s = np.array(["lo", "mid", "hi"], dtype=object)[(i * 5) % 3]
+    b = ((i * 3) % 7) < 3
+    u = np.round(np.sin(np.arange(10) * 2.1), 4)
+    y = np.round(10 + 0.5 * x + (s == "hi") * 1.0 - 0.3 * np.log(z) + u[(i * 7) % 10] + 0.8 * np.sin(i * i * 0.37), 4)
+    y[3] = np.nan
+    s[5] = None
+    g[8] = None
+    x[11] = np.nan
+    return pd.DataFrame({"y": y, "x": x, "z": z, "s": s, "b": b, "g": g})
+
+
+# lmer(<formula>, read.csv(...), REML) in lme4 1.1-31: fixef, REML criterion or deviance, nobs, theta
+LME4_FITS = [
+    (
+        "y ~ scale(x) + s + log(z) + (1 | g)",
+        True,
+        {
+            "(Intercept)": 13.60490524,
+            "scale(x)": 0.6895194991,
+            "slo": -0.9890416852,
+            "smid": -0.8959689122,
+            "log(z)": -0.4529596656,
+        },
+        122.4907914190,
+        56,
+        [1.267453255],
+    ),
+    (
+        "y ~ x + b + (1 | g)",
+        False,
+        {"(Intercept)": 10.49923145, "x": 0.4867334896, "bTRUE": -0.1403356275},
+        150.1573186285,
+        57,
+        [0.9502869037],
+    ),
+    (
+        "y ~ x + x2 + s + (1 | g)",
+        True,
+        {"(Intercept)": 11.03815238, "x": 0.4924588534, "slo": -1.030898602, "smid": -0.8953650646},
+        129.8787109891,
+        56,
+        [1.311145538],
+    ),
+]
+
+
+@pytest.mark.parametrize("formula, reml, fixef, criterion, nobs, theta", LME4_FITS)
+def test_lmer_matches_lme4_with_messy_data(formula, reml, fixef, criterion, nobs, theta):
+    df = lme4_data()
+    df["x2"] = 2 * df["x"]
+    df["g"] = df["g"].astype("str")  # pandas' string dtype with a missing value
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RankDeficiencyWarning)
+        m = jaxmlm.lmer(formula, df, REML=reml)
+    assert list(m.fixef.index) == list(fixef)
+    np.testing.assert_allclose(m.fixef.to_numpy(), list(fixef.values()), rtol=1e-6, atol=1e-7)
+    assert m.objective == pytest.approx(criterion, abs=1e-6)
+    assert m.nobs == nobs and m.n_dropped == 60 - nobs
+    np.testing.assert_allclose(m.theta, theta, atol=1e-5)
+
+
+def test_saved_spec_rebuilds_the_fixed_columns():
+    # What predict(newdata) relies on: the frozen spec (with its scale() state) plus FORMULA_CONTEXT.
+    from jaxmlm._design import FORMULA_CONTEXT
+
+    df = small(24)
+    d = design("y ~ scale(x) + sqrt(z) + f + (1 | g)", df)
+    X = d.fixed_spec.get_model_matrix(df.iloc[:5], context=FORMULA_CONTEXT)
+    np.testing.assert_allclose(np.asarray(X, dtype=float), d.X[:5])
+    assert [r_column_name(c) for c in X.columns] == list(d.fixef_names)
