@@ -23,6 +23,8 @@ from ._errors import (
     JaxmlmError,
     JaxmlmWarning,
     MissingDataWarning,
+    NewLevelsError,
+    PredictArgumentError,
     RankDeficiencyWarning,
     UnknownColumnError,
 )
@@ -52,6 +54,8 @@ __all__ = [
     "UnknownColumnError",
     "DataError",
     "GroupingError",
+    "NewLevelsError",
+    "PredictArgumentError",
     "ConvergenceError",
     "JaxmlmWarning",
     "RankDeficiencyWarning",

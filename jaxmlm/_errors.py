@@ -16,6 +16,8 @@ __all__ = [
     "UnknownColumnError",
     "DataError",
     "GroupingError",
+    "NewLevelsError",
+    "PredictArgumentError",
     "ConvergenceError",
     "JaxmlmWarning",
     "RankDeficiencyWarning",
@@ -63,6 +65,24 @@ class DataError(JaxmlmError, ValueError):
 
 class GroupingError(DataError):
     """A grouping factor is unusable: too few levels, or as many levels as observations."""
+
+
+class NewLevelsError(DataError):
+    """``newdata`` has grouping levels (or missing grouping values) the fit never saw.
+
+    ``levels`` maps each grouping factor to its unseen level labels (in order
+    of appearance); ``missing`` maps a factor to its number of rows with a
+    missing grouping value. Pass ``allow_new_levels=True`` to predict such
+    rows with zero random effects for that factor.
+    """
+
+    def __init__(self, message: str, levels: dict[str, list[str]], missing: dict[str, int]):
+        self.levels = levels
+        self.missing = missing
+        super().__init__(message)
+
+class PredictArgumentError(JaxmlmError, TypeError):
+    """An argument of ``predict`` has the wrong type or is not supported."""
 
 
 class ConvergenceError(JaxmlmError, RuntimeError):
