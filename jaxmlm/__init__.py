@@ -20,6 +20,8 @@ from ._errors import (
     FormulaError,
     FormulaSyntaxError,
     GroupingError,
+    InferenceError,
+    InferenceWarning,
     JaxmlmError,
     JaxmlmWarning,
     MissingDataWarning,
@@ -56,11 +58,13 @@ __all__ = [
     "GroupingError",
     "NewLevelsError",
     "PredictArgumentError",
+    "InferenceError",
     "ConvergenceError",
     "JaxmlmWarning",
     "RankDeficiencyWarning",
     "ConvergenceWarning",
     "MissingDataWarning",
+    "InferenceWarning",
 ]
 
 

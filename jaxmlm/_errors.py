@@ -18,11 +18,13 @@ __all__ = [
     "GroupingError",
     "NewLevelsError",
     "PredictArgumentError",
+    "InferenceError",
     "ConvergenceError",
     "JaxmlmWarning",
     "RankDeficiencyWarning",
     "ConvergenceWarning",
     "MissingDataWarning",
+    "InferenceWarning",
 ]
 
 
@@ -85,6 +87,10 @@ class PredictArgumentError(JaxmlmError, TypeError):
     """An argument of ``predict`` has the wrong type or is not supported."""
 
 
+class InferenceError(JaxmlmError, ValueError):
+    """An inference request that cannot be honoured (unknown ddf method, Kenward-Roger on an ML fit, a bad contrast matrix)."""
+
+
 class ConvergenceError(JaxmlmError, RuntimeError):
     """The optimizer produced no usable estimate (non-finite objective)."""
 
@@ -99,6 +105,10 @@ class RankDeficiencyWarning(JaxmlmWarning):
 
 class ConvergenceWarning(JaxmlmWarning):
     """The optimizer stopped without meeting its convergence criteria."""
+
+
+class InferenceWarning(JaxmlmWarning):
+    """An inference result to read with care (e.g. a Hessian with a negative eigenvalue)."""
 
 
 class MissingDataWarning(JaxmlmWarning):

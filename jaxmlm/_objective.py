@@ -58,6 +58,56 @@ class Factor(NamedTuple):
     logdet_L: jax.Array
 
 
+# ---- batched k×k linear algebra for the block-diagonal part ---------------------------------
+#
+# Block 1 is l₁ independent k₁×k₁ problems with k₁ tiny (1–3 typically) and l₁ up
+# to 10⁵+. Unrolled elementwise code over the level axis beats a batched LAPACK
+# call per tiny matrix, and it avoids XLA-CPU's batched LAPACK custom calls,
+# which deadlocked in a while_loop when two independent batched triangular
+# solves ran concurrently (jaxlib 0.10.2; benchmarks/jax_cpu_deadlock_repro.py).
+_UNROLL_MAX_K = 6
+
+
+def batched_cholesky(M: jax.Array) -> jax.Array:
+    """Lower Cholesky factors of M (..., k, k), unrolled over the static k when small."""
+    k = M.shape[-1]
+    if k > _UNROLL_MAX_K:
+        return jnp.linalg.cholesky(M)
+    L = [[None] * k for _ in range(k)]
+    for j in range(k):
+        d = jnp.sqrt(M[..., j, j] - sum((L[j][m] ** 2 for m in range(j)), jnp.zeros_like(M[..., j, j])))
+        L[j][j] = d
+        for i in range(j + 1, k):
+            acc = sum((L[i][m] * L[j][m] for m in range(j)), jnp.zeros_like(d))
+            L[i][j] = (M[..., i, j] - acc) / d
+    zero = jnp.zeros_like(M[..., 0, 0])
+    return jnp.stack([jnp.stack([L[i][j] if j <= i else zero for j in range(k)], -1) for i in range(k)], -2)
+
+
+def batched_solve_lower(L: jax.Array, B: jax.Array) -> jax.Array:
+    """L⁻¹ B for lower-triangular L (..., k, k) and B (..., k, m): forward substitution."""
+    k = L.shape[-1]
+    if k > _UNROLL_MAX_K:
+        return solve_triangular(L, B, lower=True)
+    X = []
+    for i in range(k):
+        r = B[..., i, :] - sum((L[..., i, j, None] * X[j] for j in range(i)), jnp.zeros_like(B[..., i, :]))
+        X.append(r / L[..., i, i, None])
+    return jnp.stack(X, -2)
+
+
+def batched_solve_upper_t(L: jax.Array, B: jax.Array) -> jax.Array:
+    """L⁻ᵀ B for lower-triangular L (..., k, k) and B (..., k, m): back substitution with Lᵀ."""
+    k = L.shape[-1]
+    if k > _UNROLL_MAX_K:
+        return solve_triangular(jnp.swapaxes(L, -1, -2), B, lower=False)
+    X = [None] * k
+    for i in reversed(range(k)):
+        r = B[..., i, :] - sum((L[..., j, i, None] * X[j] for j in range(i + 1, k)), jnp.zeros_like(B[..., i, :]))
+        X[i] = r / L[..., i, i, None]
+    return jnp.stack(X, -2)
+
+
 def templates(theta: jax.Array, layout: Layout) -> list[jax.Array]:
     """θ (lme4 order) → the lower-triangular template T_b of every block."""
     out = []
@@ -102,13 +152,13 @@ def factorize(theta: jax.Array, stats: Stats, layout: Layout) -> Factor:
     T1 = Ts[0]
     k1 = layout.k1
     M11 = jnp.einsum("ji,gjk,kl->gil", T1, stats.A11, T1) + jnp.eye(k1)
-    L1 = jnp.linalg.cholesky(M11)
-    C1 = solve_triangular(L1, jnp.einsum("ji,gjm->gim", T1, stats.Z1W), lower=True)
+    L1 = batched_cholesky(M11)
+    C1 = batched_solve_lower(L1, jnp.einsum("ji,gjm->gim", T1, stats.Z1W))
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L1, axis1=1, axis2=2)))
     S = stats.WW - jnp.einsum("gim,gin->mn", C1, C1)
     if layout.qr:
         # L_g⁻¹ T₁ᵀ per level; B_e = A21_e T₁ L_g⁻ᵀ.
-        LiT = solve_triangular(L1, jnp.broadcast_to(T1.T, L1.shape), lower=True)
+        LiT = batched_solve_lower(L1, jnp.broadcast_to(T1.T, L1.shape))
         B = jnp.einsum("ek,ejk->ej", stats.A21, LiT[stats.pair_g])
         Sr = stats.A22 - _bbt(B, stats, layout)
         Rest = Ts[1:]

@@ -1,11 +1,20 @@
-"""Stage 7 — presentation: lme4-style text for a fitted model."""
+"""Stage 7 — presentation: lme4/lmerTest-style text for a fitted model.
+
+The summary is lmerTest's ``summary(lmerModLmerTest)``: lme4's text with the
+fixed-effects table extended by Satterthwaite's df and the p-values
+(Kuznetsova, Brockhoff & Christensen 2017, J. Stat. Softw. 82(13)).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["summary_text", "format_table"]
+from ._errors import JaxmlmError
+
+__all__ = ["summary_text", "format_table", "format_pvalue", "signif_stars"]
+
+SIGNIF_LEGEND = "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"
 
 
 def _sig(x: float, digits: int = 4) -> str:
@@ -29,11 +38,15 @@ def format_table(df: pd.DataFrame, digits: int = 4, together: tuple[str, ...] = 
     The columns named in ``together`` share one number of decimals (R formats
     estimates and standard errors together); every column gets as many
     decimals as its smallest entry needs for ``digits`` significant digits.
+    Columns of strings (object dtype, e.g. formatted p-values) are printed as they are.
     """
     shared = [c for c in together if c in df.columns]
     dec_shared = _decimals(df[shared].to_numpy(dtype=float).ravel(), digits) if shared else 0
     cols = {}
     for c in df.columns:
+        if df[c].dtype == object:
+            cols[c] = [str(x) for x in df[c]]
+            continue
         v = df[c].to_numpy(dtype=float)
         dec = dec_shared if c in shared else _decimals(v, digits)
         cols[c] = ["NA" if not np.isfinite(x) else f"{x:.{dec}f}" for x in v]
@@ -44,6 +57,54 @@ def format_table(df: pd.DataFrame, digits: int = 4, together: tuple[str, ...] = 
     for i, r in enumerate(rows):
         lines.append(r.ljust(w0) + "".join(" " + cols[c][i].rjust(widths[c]) for c in df.columns))
     return "\n".join(lines)
+
+
+def format_pvalue(p: float, digits: int = 3) -> str:
+    """R's format.pval(p, digits = 3, eps = .Machine$double.eps) as printCoefmat uses it."""
+    if not np.isfinite(p):
+        return "NA"
+    if p < 2.220446049250313e-16:
+        return "< 2e-16"
+    return _sig(p, digits)
+
+
+def signif_stars(p: float) -> str:
+    """R's significance stars: *** < 0.001 ≤ ** < 0.01 ≤ * < 0.05 ≤ . < 0.1."""
+    if not np.isfinite(p):
+        return ""
+    for cut, star in ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, ".")):
+        if p < cut:
+            return star
+    return ""
+
+
+def _fixed_effects_table(m) -> tuple[list[str], bool]:
+    """lmerTest's fixed-effects table (Satterthwaite df and p-values) and whether it was computed.
+
+    Falls back to lme4's table (Estimate, Std. Error, t value) when the
+    Satterthwaite computation is refused, so that a summary always prints.
+    """
+    if len(m.fixef) == 0:
+        return [], True
+    try:
+        from ._inference import coef_table
+
+        tab = coef_table(m, ddf="Satterthwaite")
+    except JaxmlmError:
+        tab = None
+    if tab is None or not np.all(np.isfinite(tab["df"])):
+        lme4 = pd.DataFrame({"Estimate": m.fixef, "Std. Error": m.se, "t value": m.fixef / m.se})
+        return [format_table(lme4)], False
+    p = tab["Pr(>|t|)"].to_numpy()
+    shown = tab[["Estimate", "Std. Error", "df", "t value"]].copy()
+    shown["Pr(>|t|)"] = pd.Series([format_pvalue(x) for x in p], index=tab.index, dtype=object)
+    stars = [signif_stars(x) for x in p]
+    shown[""] = pd.Series([s.ljust(3) for s in stars], index=tab.index, dtype=object)
+    # Rows without stars would end in blanks: strip them, as R does not print trailing spaces.
+    lines = ["\n".join(r.rstrip() for r in format_table(shown).split("\n"))]
+    if any(stars):
+        lines += ["---", SIGNIF_LEGEND]
+    return lines, True
 
 
 def _random_effects_table(m) -> str:
@@ -70,9 +131,14 @@ def _random_effects_table(m) -> str:
 
 
 def summary_text(m) -> str:
-    """The text of lme4's ``summary(lmerMod)``."""
+    """The text of lmerTest's ``summary(lmerModLmerTest)`` (lme4's, with Satterthwaite t-tests)."""
     crit = "REML" if m.REML else "maximum likelihood"
-    out = [f"Linear mixed model fit by {crit} ['lmerMod'] (jaxmlm)", f"Formula: {m.formula}"]
+    fixed_lines, satterthwaite = _fixed_effects_table(m)
+    if satterthwaite:
+        head = f"Linear mixed model fit by {crit}. t-tests use Satterthwaite's method (jaxmlm)"
+    else:
+        head = f"Linear mixed model fit by {crit} ['lmerMod'] (jaxmlm)"
+    out = [head, f"Formula: {m.formula}"]
     if m.data_name:
         out.append(f"   Data: {m.data_name}")
     if m.n_dropped:
@@ -101,9 +167,11 @@ def summary_text(m) -> str:
     if m.design.dropped_columns:
         out.append(f"Dropped (aliased) fixed-effect columns: {', '.join(m.design.dropped_columns)}")
     out.append("")
-    out.append("Fixed effects:")
-    tab = pd.DataFrame({"Estimate": m.fixef, "Std. Error": m.se, "t value": m.fixef / m.se})
-    out.append(format_table(tab))
+    if len(m.fixef):
+        out.append("Fixed effects:")
+        out += fixed_lines
+    else:
+        out.append("No fixed effect coefficients")
     p = len(m.fixef)
     if 1 < p <= 12:
         out.append("")

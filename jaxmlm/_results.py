@@ -303,6 +303,12 @@ class LinearMixedModel:
 
         return coef_table(self, ddf=ddf, **kwargs)
 
+    def contest(self, L, ddf: str = "Satterthwaite", rhs=0.0) -> pd.DataFrame:
+        """F-test of L β = rhs with Satterthwaite or Kenward-Roger df, as lmerTest's contest(joint = TRUE)."""
+        from ._inference import contest
+
+        return contest(self, L, ddf=ddf, rhs=rhs)
+
     def variance_components(self, level: float = 0.95, **kwargs) -> pd.DataFrame:
         """Each SD / variance / correlation with its standard error and a Wald interval (as Stata)."""
         from ._inference import variance_components

@@ -21,7 +21,15 @@ import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 from . import _x64  # noqa: F401
-from ._objective import criterion, factorize, lam_rest, lam_t_rest, templates
+from ._objective import (
+    batched_solve_lower,
+    batched_solve_upper_t,
+    criterion,
+    factorize,
+    lam_rest,
+    lam_t_rest,
+    templates,
+)
 from ._stats import Layout, Stats
 
 __all__ = ["Solution", "solve"]
@@ -57,7 +65,7 @@ def solve(theta: jax.Array, stats: Stats, reml, layout: Layout) -> Solution:
     vcov = sigma2 * RXinv.T @ RXinv
 
     rhs1 = fac.C1[..., p] - fac.C1[..., :p] @ beta_shifted  # (l1, k1)
-    L1inv = solve_triangular(fac.L1, jnp.broadcast_to(jnp.eye(k1), fac.L1.shape), lower=True)
+    L1inv = batched_solve_lower(fac.L1, jnp.broadcast_to(jnp.eye(k1), fac.L1.shape))
     var1 = jnp.einsum("gki,gkj->gij", L1inv, L1inv)
     var_rest = ()
     if qr:
@@ -92,4 +100,4 @@ def solve(theta: jax.Array, stats: Stats, reml, layout: Layout) -> Solution:
 
 def _solve_lt(L: jax.Array, x: jax.Array) -> jax.Array:
     """L_g⁻ᵀ x_g for every level g: L (l, k, k) lower, x (l, k)."""
-    return solve_triangular(jnp.swapaxes(L, 1, 2), x[..., None], lower=False)[..., 0]
+    return batched_solve_upper_t(L, x[..., None])[..., 0]
