@@ -61,6 +61,45 @@ class OptState(NamedTuple):
     status: jax.Array
 
 
+def _line_search(fun, s: OptState, d: jax.Array):
+    """Armijo backtracking from a full step: (step, criterion there, evaluations, accepted)."""
+    slope = s.g @ d
+
+    def ls_cond(c):
+        a, fa, k = c
+        ok = jnp.isfinite(fa) & (fa <= s.f + 1e-4 * a * slope)
+        return (~ok) & (k < 40)
+
+    def ls_body(c):
+        a, _, k = c
+        a = a * 0.5
+        return a, fun(s.x + a * d), k + 1
+
+    a, fa, k = jax.lax.while_loop(ls_cond, ls_body, (jnp.asarray(1.0), fun(s.x + d), jnp.asarray(0)))
+    return a, k + 1, jnp.isfinite(fa) & (fa <= s.f + 1e-4 * a * slope)
+
+
+def _capped(d: jax.Array, x: jax.Array) -> jax.Array:
+    # θ lives on a scale of ~0.01-10 relative to σ: no step longer than 5·max(1, |θ|).
+    dmax = jnp.max(jnp.abs(d))
+    cap = 5.0 * jnp.maximum(1.0, jnp.max(jnp.abs(x)))
+    return jnp.where(dmax > cap, d * (cap / dmax), d)
+
+
+def _status(decrement, f_old, f_new, g_new, accepted, it, max_iter, ftol, gtol):
+    small_change = accepted & (jnp.abs(f_old - f_new) <= 1e-14 * jnp.maximum(1.0, jnp.abs(f_new)))
+    status = jnp.where(
+        (decrement < ftol) | small_change,
+        0,
+        jnp.where(
+            jnp.max(jnp.abs(g_new)) < gtol,
+            1,
+            jnp.where(~accepted, 3, jnp.where(it >= max_iter, 2, -1)),
+        ),
+    )
+    return jnp.where(jnp.isfinite(f_new), status, 4)
+
+
 def _newton(fun, x0, max_iter: int, ftol: float, gtol: float) -> OptState:
     def grad_aux(x):
         f, g = jax.value_and_grad(fun)(x)
@@ -76,57 +115,74 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float) -> OptState:
     f0, g0, H0 = evaluate(x0)
     st0 = OptState(x0, f0, g0, jnp.asarray(0), jnp.asarray(1), jnp.where(jnp.isfinite(f0), -1, 4))
 
-    def cond(c):
-        return c[0].status < 0
-
     def body(c):
         s, H = c
         w, V = jnp.linalg.eigh(H)
         wabs = jnp.abs(w)
         wmod = jnp.maximum(wabs, 1e-8 * jnp.maximum(1.0, jnp.max(wabs)))
-        d = -V @ ((V.T @ s.g) / wmod)
-        # Cap the step: θ lives on a scale of ~0.01-10 relative to σ.
-        dmax = jnp.max(jnp.abs(d))
-        cap = 5.0 * jnp.maximum(1.0, jnp.max(jnp.abs(s.x)))
-        d = jnp.where(dmax > cap, d * (cap / dmax), d)
-        slope = s.g @ d  # < 0
-        decrement = -slope / 2.0
-
-        def ls_cond(c):
-            a, fa, k = c
-            ok = jnp.isfinite(fa) & (fa <= s.f + 1e-4 * a * slope)
-            return (~ok) & (k < 40)
-
-        def ls_body(c):
-            a, _, k = c
-            a = a * 0.5
-            return a, fun(s.x + a * d), k + 1
-
-        a, fa, k = jax.lax.while_loop(ls_cond, ls_body, (jnp.asarray(1.0), fun(s.x + d), jnp.asarray(0)))
-        accepted = jnp.isfinite(fa) & (fa <= s.f + 1e-4 * a * slope)
+        d = _capped(-V @ ((V.T @ s.g) / wmod), s.x)
+        decrement = -(s.g @ d) / 2.0
+        a, k, accepted = _line_search(fun, s, d)
         x_new = jnp.where(accepted, s.x + a * d, s.x)
         f_new, g_new, H_new = evaluate(x_new)
         it = s.it + 1
-        status = jnp.where(
-            decrement < ftol,
-            0,
-            jnp.where(
-                jnp.max(jnp.abs(g_new)) < gtol,
-                1,
-                jnp.where(~accepted, 3, jnp.where(it >= max_iter, 2, -1)),
-            ),
-        )
-        status = jnp.where(jnp.isfinite(f_new), status, 4)
-        return OptState(x_new, f_new, g_new, it, s.nfev + k + 2, status), H_new
+        status = _status(decrement, s.f, f_new, g_new, accepted, it, max_iter, ftol, gtol)
+        return OptState(x_new, f_new, g_new, it, s.nfev + k + 1, status), H_new
 
-    return jax.lax.while_loop(cond, body, (st0, H0))[0]
+    return jax.lax.while_loop(lambda c: c[0].status < 0, body, (st0, H0))[0]
 
 
-@partial(jax.jit, static_argnames=("layout", "max_iter"))
-def fit_theta(theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, ftol=1e-10, gtol=1e-8) -> OptState:
-    """Minimize the criterion over θ from ``theta0``; data are arguments, not closures,
-    so fits of the same shape reuse one compiled program."""
-    return _newton(lambda t: _deviance(t, stats, reml, layout), theta0, max_iter, ftol, gtol)
+def _bfgs(fun, x0, max_iter: int, ftol: float, gtol: float) -> OptState:
+    """BFGS on the inverse Hessian (Nocedal & Wright 2006, §6.1, initial scaling eq. 6.20).
+
+    For layouts whose criterion is expensive (a large dense fill-in block, as
+    in crossed designs like InstEval) an exact Hessian costs many gradients;
+    BFGS needs one gradient per iteration.
+    """
+    vg = jax.value_and_grad(fun)
+    f0, g0 = vg(x0)
+    m = x0.shape[0]
+    st0 = OptState(x0, f0, g0, jnp.asarray(0), jnp.asarray(1), jnp.where(jnp.isfinite(f0), -1, 4))
+
+    def body(c):
+        s, Hi = c
+        d = -Hi @ s.g
+        d = jnp.where(s.g @ d < 0, d, -s.g)  # keep a descent direction
+        d = _capped(d, s.x)
+        decrement = -(s.g @ d) / 2.0
+        a, k, accepted = _line_search(fun, s, d)
+        x_new = jnp.where(accepted, s.x + a * d, s.x)
+        f_new, g_new = vg(x_new)
+        step, dg = x_new - s.x, g_new - s.g
+        sy = step @ dg
+        ok = accepted & (sy > 1e-12 * jnp.linalg.norm(step) * jnp.linalg.norm(dg))
+        Hi = jnp.where((s.it == 0) & ok, jnp.eye(m) * sy / (dg @ dg), Hi)
+        rho = 1.0 / jnp.where(ok, sy, 1.0)
+        E = jnp.eye(m) - rho * jnp.outer(step, dg)
+        Hi = jnp.where(ok, E @ Hi @ E.T + rho * jnp.outer(step, step), Hi)
+        it = s.it + 1
+        status = _status(decrement, s.f, f_new, g_new, accepted, it, max_iter, ftol, gtol)
+        return OptState(x_new, f_new, g_new, it, s.nfev + k + 1, status), Hi
+
+    return jax.lax.while_loop(lambda c: c[0].status < 0, body, (st0, jnp.eye(m)))[0]
+
+
+@partial(jax.jit, static_argnames=("layout", "max_iter", "method"))
+def fit_theta(
+    theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, ftol=1e-10, gtol=1e-8, method: str = "newton"
+) -> OptState:
+    """Minimize the criterion over θ from ``theta0`` by ``method`` ("newton" or "bfgs").
+
+    Data are arguments, not closures, so fits of the same shape reuse one
+    compiled program.
+    """
+    run = _newton if method == "newton" else _bfgs
+    return run(lambda t: _deviance(t, stats, reml, layout), theta0, max_iter, ftol, gtol)
+
+
+def choose_method(layout: Layout) -> str:
+    """Newton unless the dense fill-in block makes a Hessian costly (q_r > 256): then BFGS."""
+    return "bfgs" if layout.qr > 256 else "newton"
 
 
 def diagonal_mask(layout: Layout) -> np.ndarray:

@@ -22,7 +22,7 @@ from . import _x64  # noqa: F401  (float64 before any array exists)
 from ._design import Design, build_design
 from ._errors import ConvergenceError, ConvergenceWarning, DataError
 from ._objective import deviance
-from ._optimize import STATUS, canonical_theta, diagonal_mask, fit_theta
+from ._optimize import STATUS, canonical_theta, choose_method, diagonal_mask, fit_theta
 from ._solution import solve
 from ._stats import Layout, Stats, sufficient_stats
 
@@ -43,7 +43,7 @@ class FitRecord:
     ``evaluations`` criterion evaluations (each step adds one gradient and one
     Hessian); ``status`` / ``message``; ``max_abs_gradient`` at the optimizer's
     end; ``seconds`` wall time of the optimization (compile included the first
-    time a shape is seen).
+    time a shape is seen); ``method`` the optimizer ("newton" or "bfgs").
     """
 
     theta_start: np.ndarray
@@ -59,6 +59,7 @@ class FitRecord:
     snapped: tuple[int, ...]
     warnings: tuple[str, ...]
     seconds: float
+    method: str = "newton"
 
 
 def _readonly(a) -> np.ndarray:
@@ -372,6 +373,7 @@ def lmer(
     REML: bool = True,
     *,
     max_iter: int = 200,
+    optimizer: str = "auto",
     data_name: str | None = None,
 ) -> LinearMixedModel:
     """Fit a linear mixed model by REML (default) or maximum likelihood, as lme4's ``lmer``.
@@ -380,9 +382,14 @@ def lmer(
     ``data`` is a pandas DataFrame. Rows with a missing value in any variable
     of the formula are dropped (``m.n_dropped`` counts them). ``data_name``
     labels the data in ``summary()`` (lme4 prints the data argument there).
+    ``optimizer`` is "newton" (exact autodiff Hessian), "bfgs", or "auto":
+    Newton unless a large dense fill-in block (crossed designs) makes the
+    Hessian costly.
     """
     if not isinstance(REML, (bool, np.bool_)):
         raise DataError(f"REML must be True or False, got {REML!r}")
+    if optimizer not in ("auto", "newton", "bfgs"):
+        raise DataError(f"optimizer must be 'auto', 'newton' or 'bfgs', got {optimizer!r}")
     design = build_design(formula, data)
     layout, stats, _ = sufficient_stats(design)
     reml = jnp.asarray(1.0 if REML else 0.0)
@@ -390,7 +397,8 @@ def lmer(
     theta0 = np.where(mask, 1.0, 0.0)
 
     t0 = time.perf_counter()
-    st = fit_theta(jnp.asarray(theta0), stats, reml, layout, max_iter=max_iter)
+    method = choose_method(layout) if optimizer == "auto" else optimizer
+    st = fit_theta(jnp.asarray(theta0), stats, reml, layout, max_iter=max_iter, method=method)
     raw = np.asarray(st.x)
     f = float(st.f)
     status = int(st.status)
@@ -432,6 +440,7 @@ def lmer(
         snapped=tuple(snapped),
         warnings=tuple(warns),
         seconds=seconds,
+        method=method,
     )
     return LinearMixedModel(
         formula=design.formula.text,

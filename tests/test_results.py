@@ -112,3 +112,19 @@ def test_better_than_unconverged_lme4(fits):
     m = fits("nlschools_rs_ml")
     assert m.objective < loose["deviance_or_reml"]
     assert abs(m.objective - strict["deviance_or_reml"]) < 2e-4
+
+
+@pytest.mark.parametrize("cid", ["sleepstudy_rs", "penicillin_crossed", "pastes_nested", "crossed_item_slope", "hsb_ses_slope"])
+def test_bfgs_reaches_the_newton_optimum(fits, cid):
+    """The BFGS path (chosen automatically for large fill-in blocks) gives the same fit."""
+    import jaxmlm
+    from conftest import case_data
+
+    c = CASES[cid]
+    newton = fits(cid)
+    bfgs = jaxmlm.lmer(c["formula"], case_data(c), REML=c["REML"], optimizer="bfgs")
+    assert bfgs.record.method == "bfgs" and newton.record.method == "newton"
+    assert bfgs.record.converged
+    assert bfgs.objective == pytest.approx(newton.objective, abs=2e-6)
+    np.testing.assert_allclose(bfgs.fixef, newton.fixef, rtol=0, atol=2e-4 * newton.se.min())
+    np.testing.assert_allclose(bfgs.theta, newton.theta, rtol=2e-3, atol=2e-4)
