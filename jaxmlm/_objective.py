@@ -140,7 +140,8 @@ def _bbt(B: jax.Array, stats: Stats, layout: Layout) -> jax.Array:
     qr, k1 = layout.qr, layout.k1
     if layout.bbt == "sparse":
         vals = jnp.sum(B[stats.bb_e1] * B[stats.bb_e2], axis=-1)
-        return jax.ops.segment_sum(vals, stats.bb_t, qr * qr).reshape(qr, qr)
+        low = jax.ops.segment_sum(vals, stats.bb_t, qr * qr).reshape(qr, qr)  # lower triangle
+        return low + low.T - jnp.diag(jnp.diagonal(low))
     cols = stats.pair_g[:, None] * k1 + jnp.arange(k1)[None, :]
     Bd = jnp.zeros((qr, layout.l1 * k1), B.dtype).at[stats.pair_a[:, None], cols].add(B)
     return Bd @ Bd.T

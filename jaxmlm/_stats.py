@@ -126,7 +126,11 @@ def _rest_positions(design: Design, rest: tuple[tuple[int, int, int], ...]):
 
 
 def _pair_products(pair_a: np.ndarray, pair_g: np.ndarray, qr: int):
-    """All (e, e') with the same block-1 level, and their targets a_e·q_r + a_e' in B Bᵀ."""
+    """Pairs (e, e') with the same block-1 level and a_e ≥ a_e', and targets a_e·q_r + a_e'.
+
+    Only the lower triangle of the symmetric B Bᵀ is accumulated (half the
+    pairs); the kernel mirrors it.
+    """
     order = np.argsort(pair_g, kind="stable")
     gs = pair_g[order]
     counts = np.bincount(gs)
@@ -135,6 +139,8 @@ def _pair_products(pair_a: np.ndarray, pair_g: np.ndarray, qr: int):
     e1 = np.repeat(order, rep)
     offs = np.arange(rep.sum()) - np.repeat(np.cumsum(rep) - rep, rep)
     e2 = order[np.repeat(starts[gs], rep) + offs]
+    lower = pair_a[e1] >= pair_a[e2]
+    e1, e2 = e1[lower], e2[lower]
     return e1, e2, pair_a[e1].astype(np.int64) * qr + pair_a[e2]
 
 
