@@ -50,6 +50,7 @@ __all__ = [
     "FitRecord",
     "load_example",
     "EXAMPLES",
+    "power",
     "JaxmlmError",
     "FormulaError",
     "FormulaSyntaxError",
