@@ -50,6 +50,8 @@ __all__ = [
     "FitRecord",
     "load_example",
     "EXAMPLES",
+    "anova",
+    "pseudo_r2",
     "power",
     "JaxmlmError",
     "FormulaError",

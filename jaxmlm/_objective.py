@@ -27,7 +27,6 @@ sign leaves ΛΛᵀ unchanged), which the optimizer exploits.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import jax

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _x64  # noqa: F401
-from ._objective import _deviance
+from ._objective import _deviance, deviance
 from ._stats import Layout, Stats
 
 __all__ = ["OptState", "fit_theta", "canonical_theta", "STATUS"]
@@ -193,6 +193,29 @@ def diagonal_mask(layout: Layout) -> np.ndarray:
             if p // kb == p % kb:
                 m[i] = True
     return m
+
+
+SNAP_BELOW = 1e-3  # boundary candidates: template diagonals smaller than this
+
+
+def snap_boundary(theta: np.ndarray, f: float, stats: Stats, reml, layout: Layout):
+    """Set near-zero template diagonals to exactly 0 where that does not raise the criterion.
+
+    lme4 reports singular fits with θ = 0; an unconstrained optimizer only gets
+    close. Returns (θ, criterion, indices snapped). ``theta`` is canonical (see
+    :func:`canonical_theta`).
+    """
+    mask = diagonal_mask(layout)
+    tol = min(1e-6, 1e-10 * max(1.0, abs(f)))
+    snapped = []
+    for i in np.flatnonzero(mask & (np.abs(theta) < SNAP_BELOW) & (theta != 0)):
+        trial = theta.copy()
+        trial[i] = 0.0
+        ft = float(deviance(jnp.asarray(trial), stats, reml, layout))
+        if ft <= f + tol:
+            theta, f = trial, min(f, ft)
+            snapped.append(int(i))
+    return theta, f, tuple(snapped)
 
 
 def canonical_theta(theta: np.ndarray, layout: Layout) -> np.ndarray:

@@ -50,10 +50,9 @@ from ._objective import (
     _deviance,
     batched_solve_lower,
     criterion,
-    deviance,
     factorize,
 )
-from ._optimize import STATUS, _newton, canonical_theta, diagonal_mask, fit_theta
+from ._optimize import STATUS, _newton, canonical_theta, diagonal_mask, fit_theta, snap_boundary
 from ._solution import solve
 from ._stats import Layout, Stats, _rest_positions, bucket, sufficient_stats
 
@@ -69,7 +68,7 @@ __all__ = [
     "PBTestResult",
 ]
 
-_SNAP_BELOW = 1e-3  # as lmer: boundary candidates are template diagonals below this
+from ._optimize import SNAP_BELOW as _SNAP_BELOW  # noqa: E402  (as lmer)
 _START_FLOOR = 0.1  # start diagonals at least here: at θᵢ = 0 the criterion is flat (gradient 0)
 _MAX_CHUNK = 1024  # replicates per compiled batch (GPU)
 _CPU_CHUNK = 16  # replicates per compiled batch on a CPU (see _chunk_size)
@@ -1058,14 +1057,7 @@ def _ml_spec(m) -> _Spec:
     f = float(st.f)
     if int(st.status) not in (0, 1) or not np.isfinite(f):
         raise ConvergenceError(f"the ML refit of {m.formula!r} did not converge ({STATUS[int(st.status)]})")
-    theta = canonical_theta(np.asarray(st.x), layout)
-    tol = min(1e-6, 1e-10 * max(1.0, abs(f)))
-    for i in np.flatnonzero(mask & (np.abs(theta) < _SNAP_BELOW) & (theta != 0)):
-        trial = theta.copy()
-        trial[i] = 0.0
-        ft = float(deviance(jnp.asarray(trial), stats, zero, layout))
-        if ft <= f + tol:
-            theta, f = trial, min(f, ft)
+    theta, f, _ = snap_boundary(canonical_theta(np.asarray(st.x), layout), f, stats, zero, layout)
     sol = solve(jnp.asarray(theta), stats, zero, layout)
     return spec._replace(reml=False, beta=np.asarray(sol.beta), theta=theta, sigma=float(sol.sigma), b=None,
                          objective=float(sol.criterion))

@@ -21,15 +21,13 @@ import pandas as pd
 from . import _x64  # noqa: F401  (float64 before any array exists)
 from ._design import Design, build_design
 from ._errors import ConvergenceError, ConvergenceWarning, DataError
-from ._objective import deviance
-from ._optimize import STATUS, canonical_theta, choose_method, diagonal_mask, fit_theta
+from ._optimize import STATUS, canonical_theta, choose_method, diagonal_mask, fit_theta, snap_boundary
 from ._solution import solve
 from ._stats import Layout, Stats, sufficient_stats
 
 __all__ = ["FitRecord", "LinearMixedModel", "lmer"]
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular(tol = 1e-4)
-_SNAP_BELOW = 1e-3
 
 
 @dataclass(frozen=True)
@@ -408,17 +406,7 @@ def lmer(
             "the criterion became non-finite during optimization; check for a (near-)constant "
             "response or predictors on wildly different scales"
         )
-    theta = canonical_theta(raw, layout)
-    # Snap boundary components to exactly zero where that does not raise the criterion.
-    snapped = []
-    tol = min(1e-6, 1e-10 * max(1.0, abs(f)))
-    for i in np.flatnonzero(mask & (np.abs(theta) < _SNAP_BELOW) & (theta != 0)):
-        trial = theta.copy()
-        trial[i] = 0.0
-        ft = float(deviance(jnp.asarray(trial), stats, reml, layout))
-        if ft <= f + tol:
-            theta, f = trial, min(f, ft)
-            snapped.append(int(i))
+    theta, f, snapped = snap_boundary(canonical_theta(raw, layout), f, stats, reml, layout)
     warns = []
     if status not in (0, 1):
         msg = f"optimizer {STATUS[status]} after {int(st.it)} iterations (max |gradient| {float(np.max(np.abs(st.g))):.2e})"
@@ -437,7 +425,7 @@ def lmer(
         message=STATUS[status],
         converged=status in (0, 1),
         max_abs_gradient=float(np.max(np.abs(np.asarray(st.g)))) if len(raw) else 0.0,
-        snapped=tuple(snapped),
+        snapped=snapped,
         warnings=tuple(warns),
         seconds=seconds,
         method=method,

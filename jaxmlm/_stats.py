@@ -246,10 +246,8 @@ def _chunk_stats(acc, W, g1, Z1, P, V, E, *, l1: int, qr: int, nnz: int):
     Z1W = Z1W + seg(Z1[:, :, None] * W[:, None, :], g1, l1)
     WW = WW + W.T @ W
     if qr:
-        m = P.shape[1]
         flat = (P[:, :, None] * qr + P[:, None, :]).reshape(-1)
         A22 = A22 + seg((V[:, :, None] * V[:, None, :]).reshape(-1), flat, qr * qr).reshape(qr, qr)
         ZrW = ZrW + seg((V[:, :, None] * W[:, None, :]).reshape(-1, W.shape[1]), P.reshape(-1), qr)
         A21 = A21 + seg((V[:, :, None] * Z1[:, None, :]).reshape(-1, Z1.shape[1]), E.reshape(-1), nnz)
-        del m
     return A11, Z1W, WW, A22, ZrW, A21

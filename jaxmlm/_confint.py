@@ -1,0 +1,676 @@
+"""Confidence intervals as lme4's ``confint.merMod``: profile, Wald and bootstrap.
+
+Parameters and names follow ``confint(m, oldNames = FALSE)``: per random-effects
+term (lme4 order) the entries of its θ block in θ's order — ``sd_<col>|<group>``
+on the diagonal, ``cor_<row col>.<col col>|<group>`` below it — then ``sigma``,
+then the fixed effects. Columns are R's ``"2.5 %"``, ``"97.5 %"``.
+
+Profile intervals (Bates et al. 2015, *J. Stat. Softw.* 67(1), §5.1; lme4's
+``profile.merMod`` / ``confint.thpr``)
+----------------------------------------------------------------------------
+lme4 profiles the **ML** deviance, also for REML fits (``devfun2`` calls
+``refitML``): for a parameter ψ fixed at v, the others are re-optimized,
+D*(v) = min D, and the signed root ζ(v) = sign(v − ψ̂)·√(D*(v) − D(ψ̂)) is
+interpolated at ζ = ±z, z = Φ⁻¹((1 + level)/2). Here the deviance is
+
+    D(θ, σ, β) = log|L_θ|² + r²(θ, β)/σ² + n log(2πσ²),  r²(θ, β) = r²_θ + ‖R_Xᵀ(β − β̂_θ)‖²
+
+and each kind of parameter is fixed by a change of variables, so that the
+remaining minimization is unconstrained (θ's criterion is even in each
+template column, so variance boundaries need no bounds):
+
+* ``sigma`` = v: minimize D(θ, v, β̂_θ) over θ;
+* ``sd`` of template row r = v: the row is (v/σ)·u with u a unit vector in
+  hyperspherical angles, and log σ and the angles take the row's places in
+  the free vector (sd_r = σ‖T[r, :]‖ = v); norm and direction as separate
+  coordinates avoid the thin curved valley that Cartesian ones make;
+* ``cor`` of rows (i, j) = ρ: T = diag(s)·L with unit rows; row j is ‖y‖·y and
+  row i is ‖x‖²(ρ ℓ + √(1 − ρ²) w), ℓ = y/‖y‖, w the unit vector along
+  x − (x·ℓ)ℓ, x and y taking the rows' places; the squared magnitudes keep
+  the criterion smooth where an sd is driven to 0; σ and β profiled out;
+* fixed effect β_j = v: r² + (v − β̂_j)²/[(R_X R_Xᵀ)⁻¹]_jj (the minimum over the
+  other β), σ profiled out.
+
+All of them are one pure kernel (:func:`_prof_objective`), jit-compiled once
+per model shape with ``jax.vmap`` over every (parameter, side) task. The
+minimization is a modified Newton method (|eigenvalue| Hessian, Armijo
+backtracking, as :mod:`jaxmlm._optimize`) run for all tasks at once; its
+Hessian comes from finite differences of the autodiff gradient, evaluated in
+the same batched call (compiling an exact Hessian of this kernel costs
+several times more than the whole profile). The crossing ζ(v) = ±z is found by
+safeguarded Newton steps in v (log v for ``sd`` and ``sigma``) using
+dζ/dv = (∂D/∂v)/(2ζ) (∂D/∂v at the inner optimum, by the envelope theorem),
+instead of lme4's spline through a grid of profile points. Where that spline
+is coarse (flat or strongly curved profiles) lme4's limits miss |ζ| = z; the
+tests check those limits against exact roots of lme4's own ``devfun2``.
+
+Boundaries as lme4's ``confint.thpr`` (NA → the parameter's bound): an sd
+whose profile does not reach −z at sd = 0 (evaluated as the model without
+that column: :func:`jaxmlm._compare.zero_columns`), or whose estimate is 0,
+gets the lower limit 0; a correlation that does not reach ±z at ±1 gets ±1;
+an upper limit that is never reached is ∞ (sd, sigma).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from jax.scipy.linalg import solve_triangular
+from scipy import stats as sps
+
+from . import _x64  # noqa: F401
+from ._compare import lift_zero_diagonals, refit_criterion, zero_columns
+from ._errors import ConvergenceWarning, JaxmlmError
+from ._objective import factorize
+from ._optimize import canonical_theta, diagonal_mask
+from ._solution import solve
+from ._stats import Layout, Stats
+
+__all__ = ["confint", "param_names"]
+
+_LOG2PI = 1.8378770664093453
+_TINY = 1e-300
+SIGMA, SD, COR, BETA = 0, 1, 2, 3
+
+
+# ---- names and the parameter table ----------------------------------------------------------------
+
+
+class _Param(NamedTuple):
+    name: str
+    kind: int
+    term: int = -1  # index in design.terms
+    row: int = -1  # template row within the term (sd: its column; cor: i)
+    col: int = -1  # cor: j (< row)
+    fixef: int = -1
+
+
+def _theta_index(t0: int, k: int, r: int, c: int) -> int:
+    """θ index of template entry (r, c), r ≥ c, of a term whose θ block starts at t0 (column-major lower triangle)."""
+    return t0 + c * k - c * (c - 1) // 2 + (r - c)
+
+
+def _params(m) -> list[_Param]:
+    out = []
+    for t, term in enumerate(m.design.terms):
+        cols = term.columns
+        for c in range(term.k):
+            for r in range(c, term.k):
+                if r == c:
+                    out.append(_Param(f"sd_{cols[r]}|{term.group}", SD, t, r))
+                else:
+                    out.append(_Param(f"cor_{cols[r]}.{cols[c]}|{term.group}", COR, t, r, c))
+    out.append(_Param("sigma", SIGMA))
+    out += [_Param(nm, BETA, fixef=j) for j, nm in enumerate(m.design.fixef_names)]
+    return out
+
+
+def param_names(m) -> list[str]:
+    """Row names of ``confint`` (lme4's ``oldNames = FALSE``)."""
+    return [p.name for p in _params(m)]
+
+
+def _term_starts(m) -> list[int]:
+    starts, t0 = [], 0
+    for term in m.design.terms:
+        starts.append(t0)
+        t0 += term.k * (term.k + 1) // 2
+    return starts
+
+
+def _select(params: list[_Param], parm) -> list[_Param]:
+    if parm is None:
+        return params
+    names = [p.name for p in params]
+    if isinstance(parm, str):
+        if parm == "theta_":
+            return [p for p in params if p.kind != BETA]
+        if parm == "beta_":
+            return [p for p in params if p.kind == BETA]
+        parm = [parm]
+    out = []
+    for q in parm:
+        if isinstance(q, (int, np.integer)):
+            if not 0 <= q < len(params):
+                raise JaxmlmError(f"parameter index {q} is out of range: the model has {len(params)} parameters {names}")
+            out.append(params[q])
+        elif q in names:
+            out.append(params[names.index(q)])
+        else:
+            raise JaxmlmError(f"unknown parameter {q!r}; the model's parameters are {names} "
+                              "(or use 'theta_' / 'beta_' for all variance / fixed-effect parameters)")
+    return out
+
+
+def _percent_labels(level: float) -> list[str]:
+    """R's ``format.perc``: paste(format(100 * c(a, 1 - a), trim = TRUE, digits = 3), "%")."""
+    a = (1.0 - level) / 2.0
+    vals = [100.0 * a, 100.0 * (1.0 - a)]
+    dec = 0
+    for v in vals:
+        for sig in range(1, 4):
+            if float(f"{v:.{sig}g}") == float(f"{v:.3g}"):
+                break
+        exp = math.floor(math.log10(abs(v))) if v else 0
+        dec = max(dec, sig - 1 - exp)
+    return [f"{v:.{max(dec, 0)}f} %" for v in vals]
+
+
+# ---- public entry --------------------------------------------------------------------------------------
+
+
+def confint(m, method: str = "profile", level: float = 0.95, parm=None, nsim: int = 500, seed=None,
+            **kwargs) -> pd.DataFrame:
+    """Confidence intervals as lme4's ``confint(m, method = ..., oldNames = FALSE)``.
+
+    ``method``: ``"profile"`` (likelihood profile of the ML deviance, see the
+    module docstring), ``"wald"`` (β̂ ± z·se for the fixed effects; NaN for the
+    variance parameters, as lme4) or ``"boot"`` (parametric bootstrap
+    percentile intervals from ``m.bootstrap(nsim, seed)``). ``parm``: names or
+    positions of parameters, or ``"theta_"`` / ``"beta_"``; default all.
+    Returns a DataFrame indexed by parameter, columns like ``"2.5 %"``, ``"97.5 %"``.
+    """
+    if not (isinstance(level, (float, int)) and 0.0 < float(level) < 1.0):
+        raise JaxmlmError(f"level must be a number between 0 and 1 (e.g. 0.95), got {level!r}")
+    key = str(method).lower()
+    if key == "wald":
+        return _wald(m, float(level), parm)
+    if key == "profile":
+        return _profile(m, float(level), parm, **kwargs)
+    if key in ("boot", "bootstrap"):
+        out = m.bootstrap(nsim, seed=seed, **kwargs).confint(level)
+        if out.shape[1] == 2:
+            out = out.set_axis(_percent_labels(float(level)), axis=1)
+        if parm is not None:
+            out = out.loc[[p.name for p in _select(_params(m), parm)]]
+        return out
+    raise JaxmlmError(f"method must be 'profile', 'wald' or 'boot', got {method!r}")
+
+
+def _wald(m, level: float, parm) -> pd.DataFrame:
+    z = float(sps.norm.ppf(0.5 + level / 2.0))
+    cols = _percent_labels(level)
+    params = _select(_params(m), parm)
+    fe, se = np.asarray(m._beta), np.sqrt(np.diag(np.asarray(m._vcov)))
+    lo = [fe[p.fixef] - z * se[p.fixef] if p.kind == BETA else np.nan for p in params]
+    hi = [fe[p.fixef] + z * se[p.fixef] if p.kind == BETA else np.nan for p in params]
+    return pd.DataFrame({cols[0]: lo, cols[1]: hi}, index=pd.Index([p.name for p in params]))
+
+
+# ---- the profile kernel ------------------------------------------------------------------------------------
+
+
+class _Spec(NamedTuple):
+    """What one profile task fixes (arrays, so one compiled kernel serves every task).
+
+    kind (): SIGMA / SD / COR / BETA; rr (K,): θ indices of the sd's template
+    row, mr (K,) its mask; ri, rj (K,): θ indices of rows i and j of a
+    correlation (padding → index m), mi, mj (K,): their masks; e (p,): unit
+    vector of a fixed effect.
+    """
+
+    kind: jax.Array
+    rr: jax.Array
+    mr: jax.Array
+    ri: jax.Array
+    mi: jax.Array
+    rj: jax.Array
+    mj: jax.Array
+    e: jax.Array
+
+
+def _sd_theta(phi, v, spec: _Spec):
+    """θ with the sd's template row r set to (v/σ)·u(a), and log σ.
+
+    φ's entries in row r are (log σ, a_1, …, a_r): u(a) is the unit vector in
+    hyperspherical coordinates, u_c = sin a_1 ⋯ sin a_c · cos a_{c+1}, so that
+    sd_r = σ‖T[r, :]‖ = v. Norm (through σ) and direction are separate
+    coordinates: in Cartesian ones the optimum lies in a thin curved valley.
+    """
+    m = phi.shape[0]
+    ext = jnp.concatenate([phi, jnp.zeros(1, phi.dtype)])
+    e = ext[spec.rr] * spec.mr
+    logsig = e[0]
+    a = jnp.concatenate([e[1:], jnp.zeros(1, phi.dtype)])  # a_1 … a_{K-1}, then a_K = 0
+    sinprod = jnp.concatenate([jnp.ones(1, phi.dtype), jnp.cumprod(jnp.sin(a[:-1]))])
+    u = sinprod * jnp.cos(a)
+    row = jnp.where(spec.kind == SD, v, 0.0) * jnp.exp(-logsig) * u
+    ext = ext.at[spec.rr].set(jnp.where(spec.mr > 0, row, ext[spec.rr]))
+    return jnp.where(spec.kind == SD, ext[:m], phi), logsig
+
+
+def _cor_theta(phi, v, spec: _Spec):
+    """θ with rows i and j of a term's template rebuilt so that cor(i, j) = v.
+
+    T = diag(s)·L_C with unit rows: row j is ‖y‖·y (s_j = ‖y‖², direction
+    ℓ = y/‖y‖), row i is ‖x‖²(v ℓ + √(1 − v²) w), w the unit vector along
+    x − (x·ℓ)ℓ; x, y are φ's entries at rows i, j. The squared magnitudes keep
+    the criterion smooth where the optimum has s_i or s_j = 0 (see the module docstring).
+    """
+    m = phi.shape[0]
+    ext = jnp.concatenate([phi, jnp.zeros(1, phi.dtype)])
+    x = ext[spec.ri] * spec.mi
+    y = ext[spec.rj] * spec.mj
+    ny = jnp.sqrt(jnp.sum(y * y) + _TINY)
+    ell = y / ny
+    xp = x - jnp.dot(x, ell) * ell
+    w = xp / jnp.sqrt(jnp.sum(xp * xp) + _TINY)
+    r = jnp.where(spec.kind == COR, jnp.clip(v, -1.0, 1.0), 0.0)
+    q = 1.0 - r * r
+    s = jnp.where(q > 0, jnp.sqrt(jnp.where(q > 0, q, 1.0)), 0.0)
+    row_i = jnp.sum(x * x) * (r * ell + s * w)
+    row_j = ny * y
+    ext = ext.at[spec.rj].set(jnp.where(spec.mj > 0, row_j, ext[spec.rj]))
+    ext = ext.at[spec.ri].set(jnp.where(spec.mi > 0, row_i, ext[spec.ri]))
+    return jnp.where(spec.kind == COR, ext[:m], phi)
+
+
+def _cor_start(X: np.ndarray, spec: dict) -> np.ndarray:
+    """φ for correlation tasks from θ: rows i and j divided by the square root of their norms."""
+    X = X.copy()
+    for t in np.flatnonzero(spec["kind"][: len(X)] == COR):
+        for idx, mask in ((spec["ri"][t], spec["mi"][t]), (spec["rj"][t], spec["mj"][t])):
+            sel = idx[mask > 0]
+            nrm = float(np.sqrt(np.sum(X[t, sel] ** 2)))
+            if nrm > 0:
+                X[t, sel] /= math.sqrt(nrm)
+    return X
+
+
+def _prof_objective(phi, v, spec: _Spec, stats: Stats, layout: Layout):
+    """ML deviance D with the task's parameter fixed at v, as a function of the free θ-vector φ."""
+    theta, logsig = _sd_theta(_cor_theta(phi, v, spec), v, spec)
+    fac = factorize(theta, stats, layout)
+    p, n = layout.p, stats.n
+    r2 = fac.R[p, p] ** 2
+    if p:
+        RX, cb = fac.R[:p, :p], fac.R[p, :p]
+        bhat = solve_triangular(RX.T, cb, lower=False) + stats.beta0
+        q = solve_triangular(RX, spec.e, lower=True)
+        vjj = jnp.where(spec.kind == BETA, q @ q, 1.0)
+        r2 = r2 + jnp.where(spec.kind == BETA, (v - spec.e @ bhat) ** 2 / vjj, 0.0)
+    vs = jnp.where(spec.kind == SIGMA, v, 1.0)
+    ls = jnp.where(spec.kind == SD, logsig, 0.0)
+    sig2 = jnp.where(spec.kind == SIGMA, vs**2, jnp.where(spec.kind == SD, jnp.exp(2.0 * ls), r2 / n))
+    return fac.logdet_L + r2 / sig2 + n * (_LOG2PI + jnp.log(sig2))
+
+
+@partial(jax.jit, static_argnames="layout")
+def _prof_value_grad(phi, v, spec: _Spec, stats: Stats, layout: Layout):
+    """D, ∂D/∂φ and ∂D/∂v for a batch of (φ, v, task) triples (one compiled program per shape)."""
+
+    def one(ph, vv, sp):
+        return _prof_objective(ph, vv, sp, stats, layout)
+
+    f, (g, gv) = jax.vmap(jax.value_and_grad(one, argnums=(0, 1)))(phi, v, spec)
+    return f, g, gv
+
+
+# ---- batched minimization over θ (host loop, one kernel call per step) --------------------------------
+
+
+class _Batch:
+    """Evaluates D, its gradient and a finite-difference Hessian for T tasks in one kernel call."""
+
+    def __init__(self, m, spec: dict, T: int):
+        self.m, self.T = m, T
+        self.nt = m.layout.ntheta
+        reps = self.nt + 1
+        self.spec = _Spec(*(jnp.asarray(np.repeat(spec[f], reps, axis=0)) for f in _Spec._fields))
+        self.calls = 0
+        # template diagonals that may be snapped to 0: not in a correlation's rebuilt rows
+        rows = np.zeros((len(spec["kind"]), self.nt + 1), bool)
+        np.put_along_axis(rows, spec["ri"], spec["mi"] > 0, axis=1)
+        rows2 = np.zeros_like(rows)
+        np.put_along_axis(rows2, spec["rj"], spec["mj"] > 0, axis=1)
+        rows3 = np.zeros_like(rows)
+        np.put_along_axis(rows3, spec["rr"], spec["mr"] > 0, axis=1)
+        self.snappable = diagonal_mask(m.layout)[None, :] & ~(rows | rows2 | rows3)[:, : self.nt]
+
+    def __call__(self, X: np.ndarray, v: np.ndarray):
+        T, nt = X.shape
+        h = 1e-5 * np.maximum(1.0, np.abs(X))
+        pts = np.repeat(X[:, None, :], nt + 1, axis=1)
+        idx = np.arange(nt)
+        pts[:, idx + 1, idx] += h
+        f, g, gv = _prof_value_grad(jnp.asarray(pts.reshape(-1, nt)), jnp.asarray(np.repeat(v, nt + 1)),
+                                    self.spec, self.m.stats, self.m.layout)
+        self.calls += 1
+        f = np.array(f).reshape(T, nt + 1)
+        g = np.array(g).reshape(T, nt + 1, nt)
+        gv = np.array(gv).reshape(T, nt + 1)
+        H = (g[:, 1:, :] - g[:, :1, :]) / h[:, :, None]
+        H = 0.5 * (H + np.swapaxes(H, 1, 2))
+        return f[:, 0].copy(), g[:, 0, :].copy(), H, gv[:, 0].copy()
+
+
+def _minimize(batch: _Batch, X: np.ndarray, v: np.ndarray, frozen: np.ndarray, max_iter: int = 50,
+              ftol: float = 1e-10, gtol: float = 1e-8):
+    """Modified Newton (|eigenvalues|, Armijo backtracking) for every task not ``frozen``, together.
+
+    From the third step on, template diagonals below 0.05 are tried at exactly
+    0 (kept when the criterion does not increase), as ``lmer`` snaps boundary
+    estimates: a variance whose optimum is on the boundary makes the criterion
+    locally quartic there, where Newton steps only creep.
+    """
+    X = X.copy()
+    f, g, H, gv = batch(X, v)
+    done = frozen.copy() | ~np.isfinite(f)
+    ok_all = np.isfinite(f)
+    snappable = batch.snappable
+    for it in range(max_iter):
+        if it >= 2 and snappable.any():
+            cand = snappable & (np.abs(X) < 0.05) & (X != 0) & ~done[:, None]
+            if cand.any():
+                Xs = np.where(cand, 0.0, X)
+                fs, gs, Hs, gvs = batch(Xs, v)
+                take = cand.any(axis=1) & np.isfinite(fs) & (fs <= f + 1e-12 * np.abs(f))
+                X[take], f[take], g[take], H[take], gv[take] = Xs[take], fs[take], gs[take], Hs[take], gvs[take]
+        w, V = np.linalg.eigh(H)
+        wabs = np.abs(w)
+        wmod = np.maximum(wabs, 1e-8 * np.maximum(1.0, wabs.max(axis=1, keepdims=True)))
+        d = -np.einsum("tij,tj->ti", V, np.einsum("tji,tj->ti", V, g) / wmod)
+        dmax = np.abs(d).max(axis=1)
+        cap = 5.0 * np.maximum(1.0, np.abs(X).max(axis=1))
+        d *= np.where(dmax > cap, cap / np.maximum(dmax, 1e-300), 1.0)[:, None]
+        slope = np.einsum("ti,ti->t", g, d)
+        done |= (-slope / 2.0 < ftol) | (np.abs(g).max(axis=1) < gtol)
+        if done.all():
+            break
+        alpha = np.ones(len(X))
+        accepted = done.copy()
+        for _ls in range(12):
+            Xt = np.where(accepted[:, None], X, X + alpha[:, None] * d)
+            ft, gt, Ht, gvt = batch(Xt, v)
+            ok = ~accepted & np.isfinite(ft) & (ft <= f + 1e-4 * alpha * slope)
+            X[ok], f[ok], g[ok], H[ok], gv[ok] = Xt[ok], ft[ok], gt[ok], Ht[ok], gvt[ok]
+            accepted |= ok
+            if accepted.all():
+                break
+            alpha = np.where(accepted, alpha, alpha / 2.0)
+        done |= ~accepted  # no decrease found: at the optimum to working precision
+    return X, f, gv, ok_all
+
+
+# ---- the profile ---------------------------------------------------------------------------------------------
+
+
+def _ml_fit(m):
+    """θ̂, σ̂, β̂, vcov and deviance at the ML estimates (lme4's refitML for REML fits)."""
+    if m.REML:
+        f, raw = refit_criterion(m, reml=False)
+        theta = canonical_theta(raw, m.layout)
+    else:
+        theta = np.asarray(m.theta, dtype=np.float64)
+    sol = solve(jnp.asarray(theta), m.stats, jnp.asarray(0.0), m.layout)
+    return theta, float(sol.sigma), np.asarray(sol.beta), np.asarray(sol.vcov), float(sol.criterion)
+
+
+def _term_template(theta: np.ndarray, t0: int, k: int) -> np.ndarray:
+    T = np.zeros((k, k))
+    for c in range(k):
+        for r in range(c, k):
+            T[r, c] = theta[_theta_index(t0, k, r, c)]
+    return T
+
+
+def _estimates(m, params, theta, sigma, beta) -> np.ndarray:
+    starts = _term_starts(m)
+    out = []
+    for p in params:
+        if p.kind == SIGMA:
+            out.append(sigma)
+        elif p.kind == BETA:
+            out.append(beta[p.fixef])
+        else:
+            term = m.design.terms[p.term]
+            T = _term_template(theta, starts[p.term], term.k)
+            S = T @ T.T
+            if p.kind == SD:
+                out.append(sigma * math.sqrt(S[p.row, p.row]))
+            else:
+                d = math.sqrt(S[p.row, p.row] * S[p.col, p.col])
+                out.append(S[p.row, p.col] / d if d > 0 else np.nan)
+    return np.asarray(out, dtype=np.float64)
+
+
+def _specs(m, params) -> dict:
+    """Array form (_Spec fields) of the tasks' parameters."""
+    nt, pdim = m.layout.ntheta, m.layout.p
+    K = max(t.k for t in m.design.terms)
+    starts = _term_starts(m)
+    n = len(params)
+    spec = {
+        "kind": np.array([p.kind for p in params], np.int32),
+        "rr": np.full((n, K), nt, np.int32),
+        "mr": np.zeros((n, K)),
+        "ri": np.full((n, K), nt, np.int32),
+        "mi": np.zeros((n, K)),
+        "rj": np.full((n, K), nt, np.int32),
+        "mj": np.zeros((n, K)),
+        "e": np.zeros((n, pdim)),
+    }
+    for a, p in enumerate(params):
+        if p.kind == BETA:
+            spec["e"][a, p.fixef] = 1.0
+        elif p.kind in (SD, COR):
+            t0, k = starts[p.term], m.design.terms[p.term].k
+            if p.kind == SD:
+                for c in range(p.row + 1):
+                    spec["rr"][a, c] = _theta_index(t0, k, p.row, c)
+                    spec["mr"][a, c] = 1.0
+            else:
+                for c in range(p.row + 1):
+                    spec["ri"][a, c] = _theta_index(t0, k, p.row, c)
+                    spec["mi"][a, c] = 1.0
+                for c in range(p.col + 1):
+                    spec["rj"][a, c] = _theta_index(t0, k, p.col, c)
+                    spec["mj"][a, c] = 1.0
+    return spec
+
+
+def _pad(spec: dict, T: int) -> dict:
+    n = len(spec["kind"])
+    return {k: np.concatenate([v, np.repeat(v[:1], T - n, axis=0)]) if T > n else v for k, v in spec.items()}
+
+
+def _sd_start(m, p: _Param, theta: np.ndarray, sigma: float) -> np.ndarray:
+    """φ for an sd task from θ: the sd's row as (log σ̂, hyperspherical angles of its direction)."""
+    out = theta.copy()
+    t0, k = _term_starts(m)[p.term], m.design.terms[p.term].k
+    idx = [_theta_index(t0, k, p.row, c) for c in range(p.row + 1)]
+    d = out[idx].copy()
+    if not np.any(d):
+        d[-1] = 1.0
+    d /= np.linalg.norm(d)
+    angles = []
+    for c in range(p.row):
+        if c == p.row - 1:
+            angles.append(math.atan2(d[c + 1], d[c]))
+        else:
+            angles.append(math.atan2(float(np.linalg.norm(d[c + 1 :])), d[c]))
+    out[idx] = [math.log(sigma), *angles]
+    return out
+
+
+def _sd_zero_deviance(m, p: _Param, theta: np.ndarray) -> float:
+    """ML deviance with sd = 0: the model without that Z column (σ re-estimated)."""
+    term = m.design.terms[p.term]
+    col = (term.block, term.offset + p.row)
+    start = theta.copy()
+    t0 = _term_starts(m)[p.term]
+    for c in range(p.row + 1):
+        start[_theta_index(t0, term.k, p.row, c)] = 0.0
+    return refit_criterion(m, reml=False, stats=zero_columns(m, [col]), theta0=start)[0]
+
+
+def _nlev(m, p: _Param) -> int:
+    return m.design.blocks[m.design.terms[p.term].block].nlev
+
+
+def _profile(m, level: float, parm, max_outer: int = 40, ztol: float = 1e-7) -> pd.DataFrame:
+    z = float(sps.norm.ppf(0.5 + level / 2.0))
+    cols = _percent_labels(level)
+    params = _select(_params(m), parm)
+    theta, sigma, beta, vcov, base = _ml_fit(m)
+    est = _estimates(m, params, theta, sigma, beta)
+    n = m.nobs
+    lower = np.full(len(params), np.nan)
+    upper = np.full(len(params), np.nan)
+
+    # Tasks: (parameter, side) pairs still to solve, with their brackets in v.
+    tasks = []  # (param index, target, lo, hi)
+    cor_bounds = []
+    for a, p in enumerate(params):
+        if p.kind == SD:
+            if est[a] <= 0:
+                lower[a] = 0.0
+            else:
+                z0 = -math.sqrt(max(_sd_zero_deviance(m, p, theta) - base, 0.0))
+                if z0 >= -z:
+                    lower[a] = 0.0
+                else:
+                    tasks.append((a, -z, 0.0, est[a]))
+            tasks.append((a, z, est[a], np.inf))
+        elif p.kind == SIGMA:
+            tasks += [(a, -z, 0.0, est[a]), (a, z, est[a], np.inf)]
+        elif p.kind == BETA:
+            tasks += [(a, -z, -np.inf, est[a]), (a, z, est[a], np.inf)]
+        elif np.isfinite(est[a]):
+            cor_bounds += [(a, -1.0), (a, 1.0)]
+    T = max(8, -(-(len(tasks) + len(cor_bounds)) // 8) * 8)
+
+    # Correlations at ±1 (lme4's bounds): reached → bracket, else the bound itself.
+    if cor_bounds:
+        pidx = [a for a, _ in cor_bounds]
+        spec = _pad(_specs(m, [params[a] for a in pidx]), T)
+        batch = _Batch(m, spec, T)
+        X = _cor_start(np.repeat(lift_zero_diagonals(theta, m.layout)[None, :], T, axis=0), spec)
+        v = np.zeros(T)
+        v[: len(cor_bounds)] = [b for _, b in cor_bounds]
+        frozen = np.arange(T) >= len(cor_bounds)
+        _, D, _, _ = _minimize(batch, X, v, frozen)
+        for (a, b), d in zip(cor_bounds, D):
+            zb = math.copysign(math.sqrt(max(d - base, 0.0)), b - est[a])
+            if abs(zb) < z or not np.isfinite(d):
+                (lower if b < 0 else upper)[a] = b
+            else:
+                tasks.append((a, math.copysign(z, b), min(b, est[a]), max(b, est[a])))
+
+    if tasks:
+        res = _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, max_outer, ztol)
+        for (a, target, _, _), val in zip(tasks, res):
+            (lower if target < 0 else upper)[a] = val
+    return pd.DataFrame({cols[0]: lower, cols[1]: upper}, index=pd.Index([p.name for p in params]))
+
+
+def _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, max_outer, ztol):
+    """Safeguarded Newton on ζ(v) = target for every task at once; returns the v's (∞/NaN if not found)."""
+    nt_ = len(tasks)
+    P = [params[a] for a, _, _, _ in tasks]
+    spec = _pad(_specs(m, P), T)
+    batch = _Batch(m, spec, T)
+    kind = np.array([p.kind for p in P])
+    logv = (kind == SD) | (kind == SIGMA)
+    target = np.array([t for _, t, _, _ in tasks])
+    lo = np.array([l for _, _, l, _ in tasks], dtype=float)
+    hi = np.array([h for _, _, _, h in tasks], dtype=float)
+    vhat = np.array([est[a] for a, _, _, _ in tasks])
+    se = np.sqrt(np.maximum(np.diag(vcov), 0.0))
+
+    # First guesses: one "standard error" out, in the transformed coordinate.
+    v = np.empty(nt_)
+    for i, p in enumerate(P):
+        s = np.sign(target[i])
+        if p.kind == BETA:
+            v[i] = vhat[i] + target[i] * se[p.fixef]
+        elif p.kind == SIGMA:
+            v[i] = vhat[i] * math.exp(target[i] / math.sqrt(2.0 * n))
+        elif p.kind == SD:
+            v[i] = vhat[i] * math.exp(target[i] / math.sqrt(2.0 * _nlev(m, p))) if vhat[i] > 0 else 0.5 * sigma
+        else:
+            v[i] = vhat[i] + s * (1.0 - vhat[i] ** 2) * abs(target[i]) / math.sqrt(_nlev(m, p))
+        if not lo[i] < v[i] < hi[i]:
+            v[i] = _midpoint(lo[i], hi[i], vhat[i], v[i], logv[i])
+    X = _cor_start(np.repeat(lift_zero_diagonals(theta, m.layout)[None, :], T, axis=0), spec)
+    for i, p in enumerate(P):
+        if p.kind == SD:
+            X[i] = _sd_start(m, p, X[i], sigma)
+    vfull = np.concatenate([v, np.repeat(v[:1], T - nt_)])
+    active = np.zeros(T, bool)
+    active[:nt_] = True
+    result = np.full(nt_, np.nan)
+    for _ in range(max_outer):
+        if not active.any():
+            break
+        X = _lift_free(X, spec, m.layout)
+        X, D, gv, finite = _minimize(batch, X, vfull, ~active)
+        for i in np.flatnonzero(active[:nt_]):
+            vi = vfull[i]
+            if not finite[i] or not np.isfinite(D[i]):
+                active[i] = False
+                continue
+            dd = D[i] - base
+            if dd < -1e-6 * max(1.0, abs(base)):
+                warnings.warn(f"profiling {P[i].name} found a lower deviance ({D[i]:.8g} < {base:.8g}): "
+                              "the fit is not at the optimum", ConvergenceWarning, stacklevel=3)
+            zeta = math.copysign(math.sqrt(max(dd, 0.0)), vi - vhat[i])
+            F = zeta - target[i]
+            if abs(F) < ztol:
+                result[i], active[i] = vi, False
+                continue
+            s = np.sign(target[i])
+            if F * s < 0:  # not far enough: move the near end of the bracket
+                if s > 0:
+                    lo[i] = max(lo[i], vi)
+                else:
+                    hi[i] = min(hi[i], vi)
+            else:
+                if s > 0:
+                    hi[i] = min(hi[i], vi)
+                else:
+                    lo[i] = max(lo[i], vi)
+            dz = gv[i] / (2.0 * zeta) if zeta != 0 else np.nan
+            if logv[i]:
+                step = -F / (dz * vi) if np.isfinite(dz) and dz * vi != 0 else np.nan
+                vn = vi * math.exp(max(min(step, 5.0), -5.0)) if np.isfinite(step) else np.nan
+            else:
+                vn = vi - F / dz if np.isfinite(dz) and dz != 0 else np.nan
+            if not (np.isfinite(vn) and lo[i] < vn < hi[i]):
+                vn = _midpoint(lo[i], hi[i], vhat[i], vi, logv[i])
+            if not np.isfinite(vn) or abs(vn - vi) <= 1e-13 * max(1.0, abs(vi)):
+                result[i], active[i] = (vi if abs(F) < 1e-4 else np.nan), False
+                continue
+            vfull[i] = vn
+            if abs(vn) > 1e12 * max(1.0, abs(vhat[i])):
+                result[i], active[i] = np.inf * s, False
+    if np.isnan(result).any():
+        bad = [P[i].name for i in np.flatnonzero(np.isnan(result))]
+        warnings.warn(f"the profile did not reach the confidence level for {bad}; their limits are NaN",
+                      ConvergenceWarning, stacklevel=3)
+    return result
+
+
+def _lift_free(X: np.ndarray, spec: dict, layout) -> np.ndarray:
+    """Move template diagonals off 0 (a stationary point of the even criterion), except an sd's own row."""
+    own = np.zeros((len(X), layout.ntheta + 1), bool)
+    np.put_along_axis(own, spec["rr"][: len(X)], spec["mr"][: len(X)] > 0, axis=1)
+    diag = diagonal_mask(layout)[None, :] & ~own[:, :-1]
+    return np.where(diag & (np.abs(X) < 1e-4), 0.1, X)
+
+
+def _midpoint(lo: float, hi: float, vhat: float, v: float, logv: bool) -> float:
+    """The next point when a Newton step fails: bisection inside a finite bracket, else
+    twice as far from the estimate as v (in log v for sd and sigma)."""
+    if np.isfinite(lo) and np.isfinite(hi):
+        return math.sqrt(lo * hi) if logv and lo > 0 else 0.5 * (lo + hi)
+    if logv:
+        return vhat * (v / vhat) ** 2 if vhat > 0 else 2.0 * v
+    return vhat + 2.0 * (v - vhat)
