@@ -37,6 +37,7 @@ from __future__ import annotations
 import ast
 import builtins
 import difflib
+import keyword
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -76,11 +77,16 @@ class Term:
     columns: tuple[str, ...]
     block: int
     offset: int
-    spec: object = field(repr=False, compare=False)
+    _spec: object = field(repr=False, compare=False)
 
     @property
     def k(self) -> int:
         return len(self.columns)
+
+    @property
+    def spec(self):
+        """formulaic's ModelSpec of the term's model matrix (what ``predict(newdata)`` re-evaluates)."""
+        return _resolve(self._spec)
 
 
 @dataclass(frozen=True)
@@ -125,9 +131,14 @@ class Design:
     blocks: tuple[Block, ...]
     rows: pd.Index = field(repr=False)
     n_dropped_na: int
-    fixed_spec: object = field(repr=False, compare=False)
+    _fixed_spec: object = field(repr=False, compare=False)
     fixed_columns_all: tuple[str, ...] = ()
     frame: pd.DataFrame | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def fixed_spec(self):
+        """formulaic's ModelSpec of the fixed-effects model matrix, before aliased columns are dropped."""
+        return _resolve(self._fixed_spec)
 
     @property
     def n(self) -> int:
@@ -446,20 +457,39 @@ def _prune_aliased(X: np.ndarray, names: list[str], tol: float = 1e-7) -> list[i
     Mirrors R's pivoting QR (dqrdc2, tol 1e-7) used by lme4's chkRank.drop.cols:
     a column that is (numerically) a combination of earlier ones is dropped,
     so of two aliased columns the later one goes.
+
+    The usual answer — every column clearly independent — is read off the
+    Cholesky factor of the p×p Gram matrix (one pass over X); only when some
+    column's relative residual is below 1e-3 there, where the Gram matrix's
+    squared condition number could blur the 1e-7 threshold, is the decision
+    made by Gram-Schmidt (twice) on the columns themselves.
     """
+    p = X.shape[1]
+    if p == 0:
+        return []
+    G = X.T @ X
+    norms2 = np.diag(G).copy()
+    if np.all(norms2 > 0):
+        try:
+            Lg = np.linalg.cholesky(G)
+        except np.linalg.LinAlgError:
+            Lg = None
+        if Lg is not None and np.all(np.diag(Lg) ** 2 > 1e-6 * norms2):
+            return list(range(p))
     keep: list[int] = []
-    Q = np.zeros((X.shape[0], 0))
-    for j in range(X.shape[1]):
+    Q = np.empty((X.shape[0], p), order="F")  # orthonormal basis of the kept columns
+    for j in range(p):
         x = X[:, j]
         nrm = np.linalg.norm(x)
         if nrm == 0:
             continue
-        r = x - Q @ (Q.T @ x)
-        r = r - Q @ (Q.T @ r)
+        B = Q[:, : len(keep)]
+        r = x - B @ (B.T @ x)
+        r = r - B @ (B.T @ r)
         rn = np.linalg.norm(r)
         if rn / nrm > tol:
+            Q[:, len(keep)] = r / rn
             keep.append(j)
-            Q = np.column_stack([Q, r / rn])
     return keep
 
 
@@ -491,19 +521,39 @@ def _r_number(v: float) -> str:
     return fixed if len(fixed) <= len(sci) else sci
 
 
+def _labels(values) -> pd.Index:
+    """Level labels as R's ``as.character`` writes them (vectorized for the common dtypes)."""
+    values = pd.Index(values)
+    if values.dtype.kind in "iu":
+        return pd.Index(values.astype(str), dtype=object)
+    if values.dtype.kind in "OUT" and all(isinstance(v, str) for v in values):
+        return pd.Index(values, dtype=object)
+    return pd.Index([_label(v) for v in values], dtype=object)
+
+
 def _factor_codes(col: pd.Series) -> tuple[np.ndarray, pd.Index]:
     """Integer codes and labels of one grouping column, levels as R's factor()."""
     if isinstance(col.dtype, pd.CategoricalDtype):
-        col = col.cat.remove_unused_categories()
-        labels = pd.Index([_label(c) for c in col.cat.categories], dtype=object)
-        return col.cat.codes.to_numpy().astype(np.int64), labels
+        codes = col.cat.codes.to_numpy().astype(np.int64)
+        cats = col.cat.categories
+        used = np.bincount(codes[codes >= 0] if codes.size and codes.min() < 0 else codes, minlength=len(cats)) > 0
+        if not used.all():  # drop unused levels (R's droplevels)
+            codes = np.where(codes >= 0, np.cumsum(used)[codes] - 1, -1)
+            cats = cats[used]
+        return codes, _labels(cats)
     values = col.to_numpy()
+    if values.dtype.kind in "iu" and values.size:
+        lo, hi = int(values.min()), int(values.max())
+        if hi - lo <= 4 * values.size:  # counting instead of sorting
+            shifted = values - lo
+            present = np.bincount(shifted, minlength=hi - lo + 1) > 0
+            codes = (np.cumsum(present) - 1)[shifted]
+            return codes.astype(np.int64), _labels(np.flatnonzero(present) + lo)
     try:
         uniques, codes = np.unique(values, return_inverse=True)
     except TypeError:  # mixed types: compare as strings
         uniques, codes = np.unique(values.astype(str), return_inverse=True)
-    labels = pd.Index([_label(u) for u in uniques], dtype=object)
-    return codes.astype(np.int64).ravel(), labels
+    return codes.astype(np.int64).ravel(), _labels(uniques)
 
 
 def _grouping(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray, pd.Index]:
@@ -572,26 +622,63 @@ def _term_start(term: RandomTerm) -> int:
     return term.span[0] if term.span else 0
 
 
-def _nonfinite(matrix: np.ndarray, names, rows: np.ndarray, what: str) -> None:
+def _nonfinite(matrix: np.ndarray, names, what: str) -> None:
     """Refuse infinite values in the rows used (lme4 stops on them too)."""
-    bad = ~np.isfinite(matrix[rows])
-    if bad.any():
-        cols = [f"{names[j]!r} ({int(bad[:, j].sum())} row(s))" for j in range(matrix.shape[1]) if bad[:, j].any()]
-        raise DataError(
-            f"{what} has infinite values in {', '.join(cols)}, e.g. from log(0) or an infinite value in the "
-            "data; remove or recode them before fitting"
-        )
+    if np.isfinite(matrix).all():
+        return
+    bad = ~np.isfinite(matrix)
+    cols = [f"{names[j]!r} ({int(bad[:, j].sum())} row(s))" for j in range(matrix.shape[1]) if bad[:, j].any()]
+    raise DataError(
+        f"{what} has infinite values in {', '.join(cols)}, e.g. from log(0) or an infinite value in the "
+        "data; remove or recode them before fitting"
+    )
+
+
+class _Deferred:
+    """A value computed on first use and kept (formulaic specs of a design built by the fast path)."""
+
+    __slots__ = ("_make", "_value")
+
+    def __init__(self, make):
+        self._make = make
+        self._value = None
+
+    def get(self):
+        if self._make is not None:
+            self._value = self._make()
+            self._make = None
+        return self._value
+
+
+def _resolve(spec):
+    return spec.get() if isinstance(spec, _Deferred) else spec
+
+
+def _no_complete_rows() -> DataError:
+    return DataError("no complete rows: every row has a missing value in a variable of the formula")
 
 
 def build_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
-    """Materialize ``formula`` on ``data`` (rows with missing values dropped; ``data`` is not modified)."""
+    """Materialize ``formula`` on ``data`` (rows with missing values dropped; ``data`` is not modified).
+
+    Formulas made only of plain columns — numeric ones, and with an intercept
+    string/categorical ones in the fixed part — take a fast path that builds
+    the matrices with numpy and makes formulaic's specs only when asked for
+    (``predict``); everything else goes through formulaic. Both give the same
+    design (``tests/test_design.py`` builds every case both ways).
+    """
     parsed = parse_formula(formula) if isinstance(formula, str) else formula
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
-    text = parsed.text
     if parsed.lhs.startswith("cbind("):
         raise FormulaError("a two-column (binomial) response needs glmer, which jaxmlm does not provide yet")
+    fast = _fast_design(parsed, data)
+    return fast if fast is not None else _formulaic_design(parsed, data)
 
+
+def _formulaic_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
+    """The general path: every model matrix from formulaic, on R's model frame."""
+    text = parsed.text
     # Which columns, and are they there?
     columns = {c for c in data.columns if isinstance(c, str)}
     fixed = _quote_columns(parsed.fixed, columns)
@@ -626,7 +713,7 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
     # drop rows a transform made NaN; repeat if that left a factor level unused.
     while True:
         if not complete.any():
-            raise DataError("no complete rows: every row has a missing value in a variable of the formula")
+            raise _no_complete_rows()
         model_frame = _restrict_levels(frame, complete)
         mm = _model_matrix(fixed, model_frame, text, 0, "the fixed-effects part")
         y_all = _as_float(mm.lhs, f"the response {parsed.lhs!r}")
@@ -647,21 +734,192 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
 
     variables = tuple(cols)
     names_all = [r_column_name(c, variables) for c in mm.rhs.columns]
-    _nonfinite(y_all, [parsed.lhs], complete, "the response")
-    _nonfinite(X_all, names_all, complete, "the fixed-effects model matrix")
     y = y_all[complete, 0]
-    n = len(y)
+    _nonfinite(y[:, None], [parsed.lhs], "the response")
+    X_all = X_all[complete]
+    _nonfinite(X_all, names_all, "the fixed-effects model matrix")
     kept = model_frame.loc[complete]
-
-    # Random-effects terms, then lme4's ordering and checks.
     raw = []
     for term, (zm, Z_all) in zip(parsed.random, zms):
         cols_t = tuple(r_column_name(c, variables) for c in zm.columns)
         if Z_all.shape[1] == 0:
             raise FormulaError(f"the random-effects term ({term.expr} | {term.group_name}) has no columns")
-        _nonfinite(Z_all, cols_t, complete, f"the random-effects term ({term.expr} | {term.group_name})")
+        Z = Z_all[complete]
+        _nonfinite(Z, cols_t, f"the random-effects term ({term.expr} | {term.group_name})")
         codes, labels = _grouping(kept, term.factors)
-        raw.append((term, Z_all[complete], cols_t, codes, labels, zm.model_spec))
+        raw.append((term, Z, cols_t, codes, labels, zm.model_spec))
+    return _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, mm.rhs.model_spec)
+
+
+# ---- the fast path: plain columns, no formulaic ------------------------------------------------------
+
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_SIMPLE_RHS = re.compile(r"\s*[+-]?\s*\w+(?:\s*[+-]\s*\w+)*\s*\Z")
+
+
+def _simple_terms(rhs: str) -> tuple[bool, list[str]] | None:
+    """``1 + a + b``, ``a - 1``, ``0 + a`` → (intercept, [names]); None for anything else.
+
+    Anything formulaic would read differently from a list of plain columns —
+    calls, interactions, repeated or removed names, ``1`` and ``0`` together —
+    returns None, and the formula takes the general path.
+    """
+    if not _SIMPLE_RHS.match(rhs):
+        return None
+    intercept: bool | None = None
+    names: list[str] = []
+    for sign, tok in re.findall(r"([+-]?)\s*(\w+)", rhs):
+        if tok in ("0", "1"):
+            if tok == "0" and sign == "-":
+                return None
+            want = tok == "1" and sign != "-"
+            if intercept is not None and intercept != want:
+                return None
+            intercept = want
+        elif _PLAIN_NAME.match(tok) and not keyword.iskeyword(tok) and sign != "-" and tok not in names:
+            names.append(tok)
+        else:
+            return None
+    return (True if intercept is None else intercept), names
+
+
+def _numeric(col: pd.Series) -> bool:
+    return isinstance(col.dtype, np.dtype) and col.dtype.kind in "iuf"
+
+
+def _missing(col: pd.Series) -> np.ndarray | None:
+    """Rows where a prepared column is missing (None: none can be)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return col.cat.codes.to_numpy() < 0
+    if isinstance(col.dtype, np.dtype):
+        if col.dtype.kind in "iub":
+            return None
+        if col.dtype.kind == "f":
+            return np.isnan(col.to_numpy())
+    return col.isna().to_numpy()
+
+
+def _fast_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design | None:
+    """The design of a formula of plain columns, built with numpy; None when the formula needs formulaic.
+
+    Covers the response and random-effects terms made of numeric columns, and
+    a fixed part of numeric columns plus (with an intercept) factors, coded
+    by treatment contrasts as formulaic and R code them. Rows, levels and
+    names follow the general path exactly; the formulaic specs are made on
+    first use from the same model frame.
+    """
+    fixed = _simple_terms(parsed.fixed_rhs)
+    rterms = [_simple_terms(t.expr) for t in parsed.random]
+    if fixed is None or any(r is None for r in rterms) or not _PLAIN_NAME.match(parsed.lhs):
+        return None
+    if keyword.iskeyword(parsed.lhs):
+        return None
+    labels = list(data.columns)
+    columns = {c for c in labels if isinstance(c, str)}
+    lhs = parsed.lhs
+    numeric_needed = {lhs, *(c for _, names in rterms for c in names)}
+    factors = {f for t in parsed.random for f in t.factors}
+    needed = numeric_needed | set(fixed[1]) | factors
+    if not needed <= columns or len(labels) != len(set(labels)):
+        return None
+    if not all(_numeric(data[c]) for c in numeric_needed):
+        return None
+    cols = [c for c in labels if c in needed]
+    frame = {c: _prepare(data[c], c == lhs) for c in cols}
+    categorical = [c for c in fixed[1] if not _numeric(frame[c])]
+    for c in categorical:
+        dtype = frame[c].dtype
+        if not (fixed[0] and isinstance(dtype, pd.CategoricalDtype)):
+            return None
+        if not all(isinstance(v, str) and "[" not in v and "]" not in v for v in dtype.categories):
+            return None
+
+    nrow = len(data)
+    missing = np.zeros(nrow, dtype=bool)
+    for c in cols:
+        m = _missing(frame[c])
+        if m is not None:
+            missing |= m
+    if missing.all():
+        raise _no_complete_rows()
+    complete = ~missing
+    every = not missing.any()
+
+    def rows(a: np.ndarray) -> np.ndarray:
+        return a if every else a[complete]
+
+    n = int(complete.sum())
+    y = np.array(rows(frame[lhs].to_numpy()), dtype=np.float64)
+    _nonfinite(y[:, None], [lhs], "the response")
+
+    names_all: list[str] = ["(Intercept)"] if fixed[0] else []
+    parts: list[np.ndarray] = [np.ones(n)] if fixed[0] else []
+    for c in fixed[1]:
+        col = frame[c]
+        if c not in categorical:
+            names_all.append(c)
+            parts.append(rows(col.to_numpy()))
+            continue
+        codes = rows(col.cat.codes.to_numpy())
+        used = np.bincount(codes, minlength=len(col.cat.categories)) > 0
+        if used.sum() < 2:
+            return None  # a one-level factor: let formulaic say what it says
+        new = np.cumsum(used)[codes] - 1
+        for j, lev in enumerate(col.cat.categories[used][1:], start=1):
+            names_all.append(r_column_name(f"{c}[T.{lev}]", cols))
+            parts.append(new == j)
+    X = np.empty((n, len(parts)), order="F")
+    for j, a in enumerate(parts):
+        X[:, j] = a
+    _nonfinite(X, names_all, "the fixed-effects model matrix")
+
+    specs = _Deferred(lambda: _formulaic_specs(parsed, frame, data.index, complete, cols))
+    kept = pd.DataFrame({f: frame[f] if every else frame[f][complete] for f in factors})
+    groupings: dict[tuple[str, ...], tuple[np.ndarray, pd.Index]] = {}
+    raw = []
+    for t, (term, (intercept, names)) in enumerate(zip(parsed.random, rterms)):
+        cols_t = (("(Intercept)",) if intercept else ()) + tuple(names)
+        if not cols_t:
+            return None  # `(0 | g)`: the general path raises the error
+        Z = np.empty((n, len(cols_t)), order="F")
+        if intercept:
+            Z[:, 0] = 1.0
+        for j, c in enumerate(names, start=int(intercept)):
+            Z[:, j] = rows(frame[c].to_numpy())
+        _nonfinite(Z, cols_t, f"the random-effects term ({term.expr} | {term.group_name})")
+        if term.factors not in groupings:
+            groupings[term.factors] = _grouping(kept, term.factors)
+        codes, labels_t = groupings[term.factors]
+        raw.append((term, Z, cols_t, codes, labels_t, _Deferred(lambda t=t: specs.get()[1][t])))
+    fixed_spec = _Deferred(lambda: specs.get()[0])
+    return _assemble(parsed, data, cols, complete, y, X, names_all, raw, fixed_spec)
+
+
+def _formulaic_specs(parsed: ParsedFormula, frame: dict, index: pd.Index, complete: np.ndarray, cols: list[str]):
+    """formulaic's specs for a fast-path design, made as the general path makes them."""
+    model_frame = _restrict_levels(pd.DataFrame(frame, index=index), complete)
+    columns = set(cols)
+    text = parsed.text
+    mm = _model_matrix(_quote_columns(parsed.fixed, columns), model_frame, text, 0, "the fixed-effects part")
+    terms = []
+    for term in parsed.random:
+        where = f"the random-effects term ({term.expr} | {term.group_name})"
+        expr = _quote_columns(term.expr, columns)
+        terms.append(_model_matrix(expr, model_frame, text, _term_start(term), where).model_spec)
+    return mm.rhs.model_spec, terms
+
+
+# ---- both paths end here -----------------------------------------------------------------------------
+
+
+def _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, fixed_spec) -> Design:
+    """lme4's term order and checks, aliased columns, blocks: the design from its matrices.
+
+    ``y`` (n,), ``X_all`` (n, p_all) and each raw term's Z are already cut to
+    the ``complete`` rows; ``raw`` holds (term, Z, column names, codes, level
+    labels, spec) per random-effects term in formula order.
+    """
+    n = len(y)
     nl = [len(r[4]) for r in raw]
     order = list(range(len(raw)))
     if any(b > a for a, b in zip(nl, nl[1:])):
@@ -670,7 +928,6 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
     _check_grouping(raw, n)
 
     # Fixed effects: drop aliased columns as lme4's chkRank.drop.cols does.
-    X_all = X_all[complete]
     keep = _prune_aliased(X_all, names_all)
     dropped = tuple(nm for j, nm in enumerate(names_all) if j not in keep)
     if dropped:
@@ -679,9 +936,9 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
             f"column{'s' if len(dropped) > 1 else ''} / coefficient{'s' if len(dropped) > 1 else ''}: "
             f"{', '.join(dropped)}",
             RankDeficiencyWarning,
-            stacklevel=3,
+            stacklevel=5,
         )
-    X = X_all[:, keep]
+    X = X_all if len(keep) == X_all.shape[1] else X_all[:, keep]
 
     vc_names = _make_unique([r[0].group_name for r in raw])
     # Amalgamate terms on the same grouping factor into blocks; blocks by decreasing levels.
@@ -702,7 +959,7 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
         blocks.append(
             Block(
                 group=g,
-                Z=np.column_stack([raw[i][1] for i in idx]),
+                Z=raw[idx[0]][1] if len(idx) == 1 else np.column_stack([raw[i][1] for i in idx]),
                 codes=first[3],
                 levels=first[4],
                 columns=tuple(c for i in idx for c in raw[i][2]),
@@ -710,6 +967,10 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
                 factors=first[0].factors,
             )
         )
+    every = bool(complete.all())
+    # data[cols] is a new frame (a copy, or copy-on-write in pandas ≥ 3): later changes to
+    # `data` do not reach the model frame.
+    frame = data[cols] if every else data[cols].iloc[np.flatnonzero(complete)]
     return Design(
         formula=parsed,
         y=y,
@@ -718,9 +979,9 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
         dropped_columns=dropped,
         terms=tuple(terms),
         blocks=tuple(blocks),
-        rows=data.index[complete],
+        rows=data.index if every else data.index[complete],
         n_dropped_na=int(len(data) - n),
-        fixed_spec=mm.rhs.model_spec,
+        _fixed_spec=fixed_spec,
         fixed_columns_all=tuple(names_all),
-        frame=data.iloc[np.flatnonzero(complete)][cols].copy(),
+        frame=frame,
     )

@@ -853,3 +853,136 @@ def test_saved_spec_rebuilds_the_fixed_columns():
     X = d.fixed_spec.get_model_matrix(df.iloc[:5], context=FORMULA_CONTEXT)
     np.testing.assert_allclose(np.asarray(X, dtype=float), d.X[:5])
     assert [r_column_name(c) for c in X.columns] == list(d.fixef_names)
+
+
+# ---- the fast path (plain columns, no formulaic) builds what formulaic builds --------------------------
+
+from conftest import CASES, case_data  # noqa: E402
+from jaxmlm._design import _fast_design, _formulaic_design  # noqa: E402
+from jaxmlm._formula import parse_formula  # noqa: E402
+
+
+def _assert_same_design(a: Design, b: Design) -> None:
+    """Every field later stages read, exactly (values, names, levels, rows, model frame, specs)."""
+    np.testing.assert_array_equal(a.y, b.y)
+    np.testing.assert_array_equal(a.X, b.X)
+    assert (a.fixef_names, a.dropped_columns, a.fixed_columns_all) == (b.fixef_names, b.dropped_columns, b.fixed_columns_all)
+    assert a.n_dropped_na == b.n_dropped_na
+    pd.testing.assert_index_equal(a.rows, b.rows)
+    pd.testing.assert_frame_equal(a.frame, b.frame)
+    assert [(t.group, t.vc_name, t.columns, t.block, t.offset) for t in a.terms] == [
+        (t.group, t.vc_name, t.columns, t.block, t.offset) for t in b.terms
+    ]
+    assert len(a.blocks) == len(b.blocks)
+    for ba, bb in zip(a.blocks, b.blocks):
+        assert (ba.group, ba.columns, ba.terms, ba.factors) == (bb.group, bb.columns, bb.terms, bb.factors)
+        np.testing.assert_array_equal(ba.Z, bb.Z)
+        np.testing.assert_array_equal(ba.codes, bb.codes)
+        pd.testing.assert_index_equal(ba.levels, bb.levels)
+    assert a.fixed_spec.column_names == b.fixed_spec.column_names
+    for ta, tb in zip(a.terms, b.terms):
+        assert ta.spec.column_names == tb.spec.column_names
+
+
+def _both_ways(formula: str, data: pd.DataFrame, fast_expected: bool = True):
+    parsed = parse_formula(formula)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RankDeficiencyWarning)
+        fast = _fast_design(parsed, data)
+        slow = _formulaic_design(parsed, data)
+    assert (fast is not None) == fast_expected, "fast path taken" if fast is not None else "fast path not taken"
+    if fast is not None:
+        _assert_same_design(fast, slow)
+    return fast
+
+
+@pytest.mark.parametrize("case_id", sorted(CASES))
+def test_fast_path_matches_formulaic_on_reference_cases(case_id):
+    c = CASES[case_id]
+    # Interactions and transforms take the general path; every other case must match it exactly.
+    general = {"factors_na", "hsb_ses_sector", "sleepstudy_log"}
+    _both_ways(c["formula"], case_data(c), fast_expected=case_id not in general)
+
+
+def _messy(n: int = 60) -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    df = pd.DataFrame(
+        {
+            "y": rng.standard_normal(n),
+            "x": rng.standard_normal(n),
+            "k": rng.integers(0, 5, n),  # an int covariate
+            "s": rng.choice(["b", "a", "c"], n),  # strings → sorted levels
+            "cat": pd.Categorical(rng.choice(["lo", "mid", "hi", "unused"][:3], n), categories=["lo", "mid", "hi", "unused"]),
+            "g": rng.integers(100, 112, n) * 3,  # int groups with gaps
+            "h": pd.Categorical(rng.choice(list("pqrs"), n), categories=list("srqpz")),
+            "w": rng.choice(["u", "v"], n),
+        },
+        index=np.arange(n)[::-1] * 10,
+    )
+    df.loc[df.index[3], "x"] = np.nan
+    df.loc[df.index[5], "y"] = np.nan
+    df.loc[df.index[8], "s"] = None
+    df["h"] = df["h"].where(df["x"].notna() | True)
+    return df
+
+
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "y ~ x + (1 | g)",
+        "y ~ x + k + (x | g)",
+        "y ~ 0 + x + (0 + x | g) + (1 | h)",
+        "y ~ x - 1 + (x - 1 | g)",
+        "y ~ -1 + x + (1 | g)",
+        "y ~ 1 + s + cat + x + (1 | g) + (1 | h)",
+        "y ~ cat + (1 + x | h)",
+        "y ~ s + (1 | g:h)",
+        "y ~ x + (1 | h/g)",
+        "y ~ x + (1 | w) + (x || g)",
+        "y ~ 1 + (1 | g) + (0 + k | g)",
+        "y ~ k + x + (1 | k)",  # a column both a covariate and a grouping factor
+    ],
+)
+def test_fast_path_matches_formulaic(formula):
+    _both_ways(formula, _messy())
+
+
+def test_fast_path_drops_unused_levels_and_aliased_columns_as_formulaic():
+    df = _messy()
+    df["x2"] = 2 * df["x"]  # aliased: dropped with a warning on both paths
+    df.loc[df["cat"] == "hi", "y"] = np.nan  # level "hi" unused in the rows kept
+    fast = _both_ways("y ~ x + cat + x2 + (1 | g)", df)
+    assert fast.dropped_columns == ("x2",)
+    assert "cathi" not in fast.fixef_names and "catmid" in fast.fixef_names
+
+
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "y ~ x * k + (1 | g)",  # interaction
+        "y ~ log(k + 1) + (1 | g)",  # transform
+        "y ~ 0 + s + (1 | g)",  # factor without intercept: full dummy coding
+        "y ~ x + (s | g)",  # factor in a random term
+        "y ~ x + x + (1 | g)",  # repeated name
+        "y ~ x + (1 | g) + (0 | h)",  # empty term: the general path's error
+    ],
+)
+def test_fast_path_declines_what_needs_formulaic(formula):
+    df = _messy()
+    if formula.endswith("(0 | h)"):
+        with pytest.raises(JaxmlmError):
+            design(formula, df)
+        assert _fast_design(parse_formula(formula), df) is None
+        return
+    _both_ways(formula, df, fast_expected=False)
+
+
+def test_fast_path_errors_match():
+    df = _messy()
+    df.loc[df.index[0], "x"] = np.inf
+    with pytest.raises(DataError, match="infinite values in 'x' \\(1 row"):
+        design("y ~ x + (1 | g)", df)
+    empty = _messy()
+    empty["y"] = np.nan
+    with pytest.raises(DataError, match="no complete rows"):
+        design("y ~ x + (1 | g)", empty)
