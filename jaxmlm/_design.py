@@ -133,7 +133,12 @@ class Design:
     n_dropped_na: int
     _fixed_spec: object = field(repr=False, compare=False)
     fixed_columns_all: tuple[str, ...] = ()
-    frame: pd.DataFrame | None = field(default=None, repr=False, compare=False)
+    _frame: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def frame(self) -> pd.DataFrame | None:
+        """The data's rows used and the formula's columns, as given (lme4's model frame)."""
+        return _resolve(self._frame)
 
     @property
     def fixed_spec(self):
@@ -523,19 +528,21 @@ def _r_number(v: float) -> str:
 
 def _labels(values) -> pd.Index:
     """Level labels as R's ``as.character`` writes them (vectorized for the common dtypes)."""
-    values = pd.Index(values)
-    if values.dtype.kind in "iu":
-        return pd.Index(values.astype(str), dtype=object)
-    if values.dtype.kind in "OUT" and all(isinstance(v, str) for v in values):
-        return pd.Index(values, dtype=object)
-    return pd.Index([_label(v) for v in values], dtype=object)
+    kind = getattr(values.dtype, "kind", "O")
+    if kind in "iu":
+        return pd.Index(np.asarray(values).astype(str), dtype=object)
+    items = values.tolist()
+    if all(type(v) is str for v in items):
+        return pd.Index(items, dtype=object)
+    return pd.Index([_label(v) for v in items], dtype=object)
 
 
 def _factor_codes(col: pd.Series) -> tuple[np.ndarray, pd.Index]:
     """Integer codes and labels of one grouping column, levels as R's factor()."""
     if isinstance(col.dtype, pd.CategoricalDtype):
-        codes = col.cat.codes.to_numpy().astype(np.int64)
-        cats = col.cat.categories
+        cat = col.array
+        codes = cat.codes.astype(np.int64)
+        cats = cat.categories
         used = np.bincount(codes[codes >= 0] if codes.size and codes.min() < 0 else codes, minlength=len(cats)) > 0
         if not used.all():  # drop unused levels (R's droplevels)
             codes = np.where(codes >= 0, np.cumsum(used)[codes] - 1, -1)
@@ -561,7 +568,7 @@ def _grouping(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray,
     parts = [_factor_codes(data[f]) for f in factors]
     if len(parts) == 1:
         return parts[0]
-    key = np.zeros(len(data), dtype=np.int64)
+    key = np.zeros(len(parts[0][0]), dtype=np.int64)
     for codes, labels in parts:
         key = key * len(labels) + codes
     uniq, codes = np.unique(key, return_inverse=True)
@@ -753,6 +760,9 @@ def _formulaic_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
 
 # ---- the fast path: plain columns, no formulaic ------------------------------------------------------
 
+#: pandas ≥ 3 always copies on write; 2.x only with the option set.
+_COPY_ON_WRITE = int(pd.__version__.split(".")[0]) >= 3 or pd.options.mode.copy_on_write is True
+
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _SIMPLE_RHS = re.compile(r"\s*[+-]?\s*\w+(?:\s*[+-]\s*\w+)*\s*\Z")
 
@@ -790,7 +800,7 @@ def _numeric(col: pd.Series) -> bool:
 def _missing(col: pd.Series) -> np.ndarray | None:
     """Rows where a prepared column is missing (None: none can be)."""
     if isinstance(col.dtype, pd.CategoricalDtype):
-        return col.cat.codes.to_numpy() < 0
+        return col.array.codes < 0
     if isinstance(col.dtype, np.dtype):
         if col.dtype.kind in "iub":
             return None
@@ -874,7 +884,7 @@ def _fast_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design | None:
     _nonfinite(X, names_all, "the fixed-effects model matrix")
 
     specs = _Deferred(lambda: _formulaic_specs(parsed, frame, data.index, complete, cols))
-    kept = pd.DataFrame({f: frame[f] if every else frame[f][complete] for f in factors})
+    kept = {f: frame[f] if every else frame[f][complete] for f in factors}
     groupings: dict[tuple[str, ...], tuple[np.ndarray, pd.Index]] = {}
     raw = []
     for t, (term, (intercept, names)) in enumerate(zip(parsed.random, rterms)):
@@ -968,9 +978,14 @@ def _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, fixed_spec
             )
         )
     every = bool(complete.all())
-    # data[cols] is a new frame (a copy, or copy-on-write in pandas ≥ 3): later changes to
-    # `data` do not reach the model frame.
-    frame = data[cols] if every else data[cols].iloc[np.flatnonzero(complete)]
+    if _COPY_ON_WRITE:
+        # A shallow copy is a snapshot under copy-on-write: later changes to `data` do not reach
+        # it. Cutting it to the formula's columns and rows (pandas' slowest step for small
+        # data) waits until a refit asks for the frame.
+        snapshot = data.copy(deep=False)
+        frame = _Deferred(lambda: snapshot[cols] if every else snapshot[cols].iloc[np.flatnonzero(complete)])
+    else:
+        frame = data[cols] if every else data[cols].iloc[np.flatnonzero(complete)]
     return Design(
         formula=parsed,
         y=y,
@@ -983,5 +998,5 @@ def _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, fixed_spec
         n_dropped_na=int(len(data) - n),
         _fixed_spec=fixed_spec,
         fixed_columns_all=tuple(names_all),
-        frame=frame,
+        _frame=frame,
     )

@@ -986,3 +986,22 @@ def test_fast_path_errors_match():
     empty["y"] = np.nan
     with pytest.raises(DataError, match="no complete rows"):
         design("y ~ x + (1 | g)", empty)
+
+
+@pytest.mark.parametrize(
+    "formula, columns", [("y ~ x + (1 | g)", ["y", "x", "g"]), ("y ~ log(k + 1) + (1 | g)", ["y", "k", "g"])]
+)
+def test_model_frame_is_a_snapshot(formula, columns):
+    """Changing the data after the fit (values or columns) changes neither the design nor its model frame,
+    even when the frame is first looked at after the change."""
+    df = _messy()
+    original = df.copy()
+    d = design(formula, df)
+    y_before = d.y.copy()
+    df.loc[df.index[0], "y"] = 1e6
+    df.loc[df.index[1], "k"] = 99
+    df["x"] = -df["x"]
+    df["g"] = 0
+    pd.testing.assert_frame_equal(d.frame, original[columns].loc[d.rows])
+    np.testing.assert_array_equal(d.y, y_before)
+    assert len(d.frame) == len(d.y) == len(df) - original[columns].isna().any(axis=1).sum()
