@@ -22,10 +22,10 @@ cannot be mistaken for syntax.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
-import formulaic
 
 from ._errors import FormulaError, FormulaSyntaxError
 
@@ -265,6 +265,8 @@ def _expand_double_vert(expr: str, formula: str, position: int) -> list[str]:
     sees it, so interactions are expanded first (``x * z`` gives ``x``, ``z``
     and ``x:z``) and a factor stays one term (with all its levels).
     """
+    import formulaic  # only for `||`: formulaic is slow to import
+
     try:
         terms = list(formulaic.Formula(expr))
     except (formulaic.errors.FormulaicError, SyntaxError) as exc:
@@ -312,6 +314,11 @@ def parse_formula(formula: str) -> ParsedFormula:
     """
     if not isinstance(formula, str):
         raise FormulaError(f"the formula must be a string, got {type(formula).__name__}")
+    return _parse(formula)
+
+
+@functools.lru_cache(maxsize=256)  # the result is immutable; refits and batches re-parse the same text
+def _parse(formula: str) -> ParsedFormula:
     masked = _mask_quoted(formula)
     if masked.count("~") != 1:
         first = masked.find("~")

@@ -44,7 +44,8 @@ import numpy as np
 import pandas as pd
 from formulaic.parser.types.factor import Factor
 
-from ._design import FORMULA_CONTEXT, _grouping, _label, _prepare, _quote_columns, _unknown_column, _variables
+from ._design import _grouping, _label, _prepare, _quote_columns, _unknown_column
+from ._formulaic import FORMULA_CONTEXT, _variables
 from ._errors import DataError, FormulaError, FormulaSyntaxError, NewLevelsError, PredictArgumentError
 from ._formula import _plain, parse_formula
 

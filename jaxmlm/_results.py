@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from . import _x64  # noqa: F401  (float64 before any array exists)
+from . import _programs, _x64  # noqa: F401  (float64 before any array exists)
 from ._design import Design, build_design
 from ._errors import ConvergenceError, ConvergenceWarning, DataError
 from ._optimize import STATUS, canonical_theta, choose_method, diagonal_mask, fit_theta, snap_boundary
@@ -390,13 +390,15 @@ def lmer(
         raise DataError(f"optimizer must be 'auto', 'newton' or 'bfgs', got {optimizer!r}")
     design = build_design(formula, data)
     layout, stats, _ = sufficient_stats(design)
-    reml = 1.0 if REML else 0.0
+    reml = np.asarray(1.0 if REML else 0.0)
     theta0 = np.where(diagonal_mask(layout), 1.0, 0.0)
 
     t0 = time.perf_counter()
     method = choose_method(layout) if optimizer == "auto" else optimizer
     # One transfer of the whole optimizer state: each separate read of a device array waits.
-    st = jax.device_get(fit_theta(theta0, stats, reml, layout, max_iter=max_iter, method=method))
+    st = jax.device_get(
+        _programs.call(fit_theta, (theta0, stats, reml), dict(layout=layout, max_iter=max_iter, method=method))
+    )
     raw, f, status = np.asarray(st.x), float(st.f), int(st.status)
     seconds = time.perf_counter() - t0
     if status == 4 or not np.isfinite(f):
@@ -411,7 +413,7 @@ def lmer(
         msg = f"optimizer {STATUS[status]} after {int(st.it)} iterations (max |gradient| {max_grad:.2e})"
         warns.append(msg)
         warnings.warn(msg, ConvergenceWarning, stacklevel=2)
-    sol = jax.device_get(solve(theta, stats, reml, layout))
+    sol = jax.device_get(_programs.call(solve, (theta, stats, reml), dict(layout=layout)))
     b, v = _condvar_blocks(sol, layout, design)
     record = FitRecord(
         theta_start=_readonly(theta0),

@@ -61,11 +61,12 @@ def solve(theta: jax.Array, stats: Stats, reml, layout: Layout) -> Solution:
     RX, cb, r = R[:p, :p], R[p, :p], R[p, p]
     beta_shifted = solve_triangular(RX.T, cb, lower=False)  # for y' = y − Xβ₀
     sigma2 = r**2 / (stats.n - reml * p)
-    RXinv = solve_triangular(RX, jnp.eye(p), lower=True)
+    dt = R.dtype  # float64, or float32 in float32 mode: constants follow the data
+    RXinv = solve_triangular(RX, jnp.eye(p, dtype=dt), lower=True)
     vcov = sigma2 * RXinv.T @ RXinv
 
     rhs1 = fac.C1[..., p] - fac.C1[..., :p] @ beta_shifted  # (l1, k1)
-    L1inv = batched_solve_lower(fac.L1, jnp.broadcast_to(jnp.eye(k1), fac.L1.shape))
+    L1inv = batched_solve_lower(fac.L1, jnp.broadcast_to(jnp.eye(k1, dtype=dt), fac.L1.shape))
     var1 = jnp.einsum("gki,gkj->gij", L1inv, L1inv)
     var_rest = ()
     if qr:
@@ -78,11 +79,11 @@ def solve(theta: jax.Array, stats: Stats, reml, layout: Layout) -> Solution:
         b_rest = w
         # Rows of L⁻¹ below block 1: −L₂⁻¹ Λ_rᵀ B L₁⁻¹ (dense q_r × l₁k₁, once per fit).
         cols = stats.pair_g[:, None] * k1 + jnp.arange(k1)[None, :]
-        Bd = jnp.zeros((qr, l1 * k1)).at[stats.pair_a[:, None], cols].add(fac.B)
+        Bd = jnp.zeros((qr, l1 * k1), dt).at[stats.pair_a[:, None], cols].add(fac.B)
         Y = solve_triangular(fac.L2, lam_t_rest(Bd, Rest, layout), lower=True).reshape(qr, l1, k1)
         Vg = jnp.einsum("agk,gkj->agj", Y, L1inv)
         var1 = var1 + jnp.einsum("agi,agj->gij", Vg, Vg)
-        L2inv = solve_triangular(fac.L2, jnp.eye(qr), lower=True)
+        L2inv = solve_triangular(fac.L2, jnp.eye(qr, dtype=dt), lower=True)
         parts = []
         for (off, lev, k), T in zip(layout.rest, Rest):
             blk = L2inv[:, off : off + lev * k].reshape(qr, lev, k)
@@ -91,7 +92,7 @@ def solve(theta: jax.Array, stats: Stats, reml, layout: Layout) -> Solution:
         var_rest = tuple(parts)
     else:
         u1 = _solve_lt(fac.L1, rhs1)
-        b_rest = jnp.zeros((0,))
+        b_rest = jnp.zeros((0,), dt)
     b1 = jnp.einsum("ij,gj->gi", T1, u1)
     var1 = sigma2 * jnp.einsum("ij,gjm,km->gik", T1, var1, T1)
     return Solution(beta_shifted + stats.beta0, jnp.sqrt(sigma2), vcov, b1, b_rest, var1, var_rest,

@@ -846,7 +846,7 @@ def test_lmer_matches_lme4_with_messy_data(formula, reml, fixef, criterion, nobs
 
 def test_saved_spec_rebuilds_the_fixed_columns():
     # What predict(newdata) relies on: the frozen spec (with its scale() state) plus FORMULA_CONTEXT.
-    from jaxmlm._design import FORMULA_CONTEXT
+    from jaxmlm._formulaic import FORMULA_CONTEXT
 
     df = small(24)
     d = design("y ~ scale(x) + sqrt(z) + f + (1 | g)", df)
@@ -858,7 +858,8 @@ def test_saved_spec_rebuilds_the_fixed_columns():
 # ---- the fast path (plain columns, no formulaic) builds what formulaic builds --------------------------
 
 from conftest import CASES, case_data  # noqa: E402
-from jaxmlm._design import _fast_design, _formulaic_design  # noqa: E402
+from jaxmlm._design import _fast_design  # noqa: E402
+from jaxmlm._formulaic import formulaic_design as _formulaic_design  # noqa: E402
 from jaxmlm._formula import parse_formula  # noqa: E402
 
 
