@@ -76,9 +76,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from jax.scipy.linalg import solve_triangular
-from scipy import stats as sps
 
-from . import _x64  # noqa: F401
+from . import _programs, _x64  # noqa: F401
 from ._errors import InferenceError, InferenceWarning
 from ._objective import factorize
 from ._stats import Layout, Stats
@@ -105,10 +104,13 @@ BOUNDARY_TOL = 1e-4  # lme4's isSingular(tol = 1e-4) on template diagonals
 _ONE_SHOT = {"xla_backend_optimization_level": 0}
 
 
+_ONE_SHOT_OPTIONS = _ONE_SHOT if "compiler_options" in inspect.signature(jax.jit).parameters else None
+
+
 def _one_shot_jit(**kwargs):
     """jax.jit with :data:`_ONE_SHOT` compiler options (where this JAX accepts them)."""
-    if "compiler_options" in inspect.signature(jax.jit).parameters:
-        kwargs["compiler_options"] = _ONE_SHOT
+    if _ONE_SHOT_OPTIONS is not None:
+        kwargs["compiler_options"] = _ONE_SHOT_OPTIONS
     return partial(jax.jit, **kwargs)
 
 
@@ -311,14 +313,20 @@ def _cached(m, key, fn):
 
 
 def _reml(m):
-    return jnp.asarray(1.0 if m.REML else 0.0)
+    # NumPy, not jnp.asarray: outside jit, jnp.asarray is itself a small compiled program.
+    return np.asarray(1.0 if m.REML else 0.0)
 
 
 def _varpar(m):
     """(g, H, V, ∂V) of d(θ, σ) at the fit (see :func:`varpar_derivatives`)."""
 
     def compute():
-        out = theta_derivatives(jnp.asarray(m.theta), m.stats, _reml(m), m.layout)
+        out = _programs.call(
+            theta_derivatives,
+            (np.asarray(m.theta, dtype=float), m.stats, _reml(m)),
+            {"layout": m.layout},
+            compiler_options=_ONE_SHOT_OPTIONS,
+        )
         return varpar_derivatives(*out, sigma=m.sigma, n=float(m.nobs), p=m.layout.p, reml=m.REML)
 
     return _cached(m, "varpar", compute)
@@ -471,6 +479,113 @@ _DDF = {
 }
 
 
+# ---- Student t tail probabilities ------------------------------------------------------------
+# scipy.stats takes about 0.4 s to import (and scipy.special 0.1 s), a large share of a command-
+# line fit; the t-tests' p-values need only the regularized incomplete beta function
+# I_x(df/2, 1/2), evaluated here for df ≤ _T_DF_MAX to a relative accuracy of ~1e-13
+# (tests/test_inference.py compares with scipy.stats.t.sf over a grid of t and df).
+
+_EPS = 2.220446049250313e-16
+# Above this df the continued fraction below loses digits to cancellation (relative error grows
+# like df · 1e-16 near |t| ≈ 2): larger df are left to scipy.special.stdtr.
+_T_DF_MAX = 5000.0
+_TINY = 1e-300
+_STIRLING = (1 / 12, -1 / 360, 1 / 1260, -1 / 1680, 1 / 1188, -691 / 360360, 1 / 156)
+
+
+def _stirling_corr(z: float) -> float:
+    """lgamma(z) − [(z − ½) log z − z + ½ log 2π] for z ≥ 10 (error < 1e-17)."""
+    z2 = 1.0 / (z * z)
+    acc = 0.0
+    for c in reversed(_STIRLING):
+        acc = acc * z2 + c
+    return acc / z
+
+
+def _lbeta_half(a: float) -> float:
+    """log B(a, ½), accurate for every a > 0 (lgamma(a) − lgamma(a + ½) by Stirling for large a)."""
+    b = 0.5
+    if a < 10.0:
+        return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+    s = a + b
+    diff = -(a - 0.5) * math.log1p(b / a) - b * math.log(s) + b + _stirling_corr(a) - _stirling_corr(s)
+    return math.lgamma(b) + diff
+
+
+def _betacf(a: float, b: float, x: float, d0: float) -> float | None:
+    """The continued fraction of I_x(a, b) (modified Lentz; Numerical Recipes' betacf), or None.
+
+    ``d0`` = 1 − (a + b) x / (a + 1), passed in because the caller can form it without cancellation.
+    """
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c = 1.0
+    d = d0
+    d = 1.0 / (d if abs(d) > _TINY else _TINY)
+    h = d
+    for k in range(1, 100_000):
+        k2 = 2.0 * k
+        aa = k * (b - k) * x / ((qam + k2) * (a + k2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > _TINY else _TINY)
+        c = 1.0 + aa / c
+        c = c if abs(c) > _TINY else _TINY
+        h *= d * c
+        aa = -(a + k) * (qab + k) * x / ((a + k2) * (qap + k2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > _TINY else _TINY)
+        c = 1.0 + aa / c
+        c = c if abs(c) > _TINY else _TINY
+        step = d * c
+        h *= step
+        if abs(step - 1.0) <= _EPS:
+            return h
+    return None
+
+
+def t_two_sided_p(t: float, df: float) -> float:
+    """P(|T| ≥ |t|) for Student's t with ``df`` degrees of freedom (normal for df = inf).
+
+    Equals ``2 * scipy.stats.t.sf(abs(t), df)`` (``2 * norm.sf(abs(t))`` for df = inf) to a
+    relative ~1e-14; NaN where either argument is NaN or df ≤ 0.
+    """
+    t, df = abs(float(t)), float(df)
+    if math.isnan(t) or math.isnan(df) or df <= 0.0:
+        return math.nan
+    if math.isinf(df):  # scipy's 2 * ndtr(-|t|)
+        z = t / math.sqrt(2.0)
+        return 1.0 - math.erf(z) if t < 1.0 else math.erfc(z)
+    if t == 0.0:
+        return 1.0
+    if df > _T_DF_MAX:
+        return _scipy_t_two_sided(t, df)
+    y = (t / df) * t  # t²/df; x = df/(df + t²) = 1/(1 + y), 1 − x = y/(1 + y)
+    if math.isinf(y) or math.isinf(t):
+        return 0.0
+    a, b = 0.5 * df, 0.5
+    log_x = -math.log1p(y)
+    log_1mx = math.log(y) + log_x
+    x, one_minus_x = 1.0 / (1.0 + y), y / (1.0 + y)
+    # p = I_x(a, ½). The continued fraction converges fast for x < (a + 1)/(a + b + 2);
+    # beyond it use I_x(a, b) = 1 − I_{1−x}(b, a).
+    front = math.exp(a * log_x + b * log_1mx - _lbeta_half(a))
+    if x < (a + 1.0) / (a + b + 2.0):
+        # 1 − (a + ½) x/(a + 1) with x = 1/(1 + y), without cancellation
+        cf = _betacf(a, b, x, (0.5 + (a + 1.0) * y) / ((a + 1.0) * (1.0 + y)))
+        p = None if cf is None else front * cf / a
+    else:
+        cf = _betacf(b, a, one_minus_x, 1.0 - (a + b) * one_minus_x / (b + 1.0))
+        p = None if cf is None else 1.0 - front * cf / b
+    if p is None:  # no convergence (not seen in practice): ask scipy
+        return _scipy_t_two_sided(t, df)
+    return min(max(p, 0.0), 1.0)
+
+
+def _scipy_t_two_sided(t: float, df: float) -> float:
+    from scipy.special import stdtr  # scipy.stats.t.sf(t, df) is stdtr(df, -t)
+
+    return float(2.0 * stdtr(df, -t))
+
+
 def _ddf_method(ddf) -> str:
     key = str(ddf).lower() if ddf is not None else "none"
     if key not in _DDF:
@@ -482,7 +597,8 @@ def _t_frame(names, est, se, df) -> pd.DataFrame:
     est, se, df = (np.asarray(a, dtype=float) for a in (est, se, df))
     with np.errstate(divide="ignore", invalid="ignore"):
         t = est / se
-    p = np.where(np.isinf(df), 2.0 * sps.norm.sf(np.abs(t)), 2.0 * sps.t.sf(np.abs(t), df))
+    p = np.array([t_two_sided_p(ti, di) for ti, di in zip(t.ravel(), np.broadcast_to(df, t.shape).ravel())])
+    p = p.reshape(t.shape)
     return pd.DataFrame(
         {"Estimate": est, "Std. Error": se, "df": df, "t value": t, "Pr(>|t|)": p}, index=list(names)
     )
@@ -578,6 +694,8 @@ def contest(m, L, ddf: str = "Satterthwaite", rhs=0.0) -> pd.DataFrame:
     sigma2 = m.sigma**2
 
     def frame(F, ndf, den, scale=1.0):
+        from scipy import stats as sps  # not at import time: scipy.stats takes ~0.4 s to import
+
         ms = F * sigma2
         Fv = F * scale
         pv = sps.chi2.sf(Fv * ndf, ndf) if np.isinf(den) else sps.f.sf(Fv, ndf, den)
@@ -706,7 +824,9 @@ def variance_components(m, level: float = 0.95) -> pd.DataFrame:
         raise InferenceError(f"level must be a number between 0 and 1, got {level!r}")
     spec, free_terms, boundary, eta, cov, notes = _vc_cov(m)
     notes = list(notes)
-    z = sps.norm.ppf(0.5 + level / 2.0)
+    from scipy.special import ndtri  # scipy.stats.norm.ppf, without importing scipy.stats
+
+    z = float(ndtri(0.5 + level / 2.0))
     se_eta = np.sqrt(np.diag(cov)) if len(eta) else np.zeros(0)
     rows = []
     free = {t: eo for t, (_, eo, _) in zip(free_terms, spec)}

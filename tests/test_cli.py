@@ -385,3 +385,25 @@ def test_subprocess_fills_cache_and_errors_cleanly(tmp_path):
     assert bad.returncode == 2
     assert bad.stdout == ""
     assert bad.stderr.strip().splitlines() == ["jaxmlm: error: column 'batch' is not in the data. Did you mean 'Batch'?"]
+
+
+def test_exported_program_cache_gives_the_same_numbers(tmp_path):
+    """_programs (the CLI's cache of exported programs) returns what the jitted kernel returns."""
+    pytest.importorskip("flatbuffers")
+    from jaxmlm import _inference as inf
+    from jaxmlm import _programs
+
+    m = jaxmlm.lmer("Reaction ~ Days + (Days | Subject)", jaxmlm.load_example("sleepstudy"))
+    args = (np.asarray(m.theta), m.stats, np.asarray(1.0))
+    direct = inf.theta_derivatives(*args, layout=m.layout)
+    assert _programs.enable(tmp_path)
+    try:
+        first = _programs.call(inf.theta_derivatives, args, {"layout": m.layout}, compiler_options=inf._ONE_SHOT_OPTIONS)  # exports and saves
+        assert len(list(tmp_path.glob("*.jaxexport"))) == 1
+        _programs._loaded.clear()
+        again = _programs.call(inf.theta_derivatives, args, {"layout": m.layout}, compiler_options=inf._ONE_SHOT_OPTIONS)  # loads from disk
+    finally:
+        _programs.disable()
+    for a, b, c in zip(direct, first, again):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-13, atol=0)
+        np.testing.assert_array_equal(np.asarray(c), np.asarray(b))
