@@ -70,7 +70,7 @@ from scipy import stats as sps
 from . import _x64  # noqa: F401
 from ._errors import ConvergenceWarning, DataError, JaxmlmError
 from ._objective import deviance
-from ._optimize import diagonal_mask, fit_theta
+from ._optimize import choose_method, diagonal_mask, fit_theta
 
 __all__ = ["anova", "ranova", "lrt_vs_ols", "LRTest", "icc", "r2_nakagawa", "pseudo_r2", "zero_columns", "refit_criterion"]
 
@@ -127,7 +127,8 @@ def refit_criterion(m, reml: bool, stats=None, theta0=None) -> tuple[float, np.n
     model's compiled :func:`fit_theta` (same layout, same static arguments as ``lmer``)."""
     stats = m.stats if stats is None else stats
     theta0 = lift_zero_diagonals(np.asarray(m.theta if theta0 is None else theta0, dtype=np.float64), m.layout)
-    st = fit_theta(jnp.asarray(theta0), stats, jnp.asarray(1.0 if reml else 0.0), m.layout, max_iter=200)
+    st = fit_theta(jnp.asarray(theta0), stats, jnp.asarray(1.0 if reml else 0.0), m.layout, max_iter=200,
+                   method=choose_method(m.layout))
     f = float(st.f)
     if not np.isfinite(f):
         raise JaxmlmError("refitting the model gave a non-finite criterion; check the model for near-constant columns")

@@ -20,6 +20,18 @@ unconstrained and :func:`canonical_theta` flips columns to give non-negative
 diagonals afterwards, and near-zero diagonals are snapped to exactly zero
 when that does not raise the criterion (lme4 reports singular fits with
 θ = 0). This replaces lme4's bounded BOBYQA/Nelder-Mead.
+
+Where f, ∇f and H come from (:func:`fit_theta`): with one grouping factor, the
+closed-form per-level derivatives of :func:`~jaxmlm._objective.blockdiag_fgh`
+(exact, a few criterion evaluations); with a small rest block, autodiff; with a
+large dense fill-in block (q_r > 256, crossed designs such as InstEval), the
+exact gradient of :func:`~jaxmlm._objective.criterion_rest` and, in place of H,
+the average-information matrix (AI-REML; Gilmour, Thompson & Cullis 1995) —
+positive semi-definite and close to H near the optimum, for the price of a few
+solves. AI underestimates the curvature along components with few levels; the
+diagonal step clipping of :func:`_clip_diagonals` keeps those steps from
+oscillating across 0. InstEval: 7 iterations / 16 evaluations against BFGS's
+16 / 46.
 """
 
 from __future__ import annotations
@@ -32,7 +44,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _x64  # noqa: F401
-from ._objective import _deviance, deviance
+from ._objective import (
+    _deviance,
+    average_information,
+    blockdiag_fgh,
+    blockdiag_value,
+    criterion_rest,
+    deviance,
+    levels_last,
+    pair_data,
+)
 from ._stats import Layout, Stats
 
 __all__ = ["OptState", "fit_theta", "canonical_theta", "STATUS"]
@@ -86,6 +107,23 @@ def _capped(d: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.where(dmax > cap, d * (cap / dmax), d)
 
 
+def _clip_diagonals(d: jax.Array, x: jax.Array, g: jax.Array, diag) -> jax.Array:
+    """Keep every diagonal θᵢ + dᵢ on θᵢ's side of 0 and at least |θᵢ|/10 from it.
+
+    The criterion is even in each diagonal (module docstring), so a step that jumps across 0
+    lands on the mirror image of a point on the same side: with a curvature estimate that is
+    too small along a component with few levels (the average information for InstEval's 14
+    departments), such steps oscillate between ±θᵢ. Clipped, θᵢ can still shrink tenfold
+    per step towards a boundary optimum. If clipping destroyed descent, the step is scaled
+    instead.
+    """
+    lo = -0.9 * x  # θᵢ + dᵢ = 0.1 θᵢ
+    over = diag & (x != 0) & (d * jnp.sign(x) < jnp.sign(x) * lo)
+    dc = jnp.where(over, lo, d)
+    scale = jnp.min(jnp.where(over, lo / jnp.where(over, d, 1.0), 1.0))
+    return jnp.where(g @ dc < 0, dc, d * scale)
+
+
 def _status(decrement, f_old, f_new, g_new, accepted, it, max_iter, ftol, gtol):
     small_change = accepted & (jnp.abs(f_old - f_new) <= 1e-14 * jnp.maximum(1.0, jnp.abs(f_new)))
     status = jnp.where(
@@ -100,17 +138,26 @@ def _status(decrement, f_old, f_new, g_new, accepted, it, max_iter, ftol, gtol):
     return jnp.where(jnp.isfinite(f_new), status, 4)
 
 
-def _newton(fun, x0, max_iter: int, ftol: float, gtol: float) -> OptState:
-    def grad_aux(x):
-        f, g = jax.value_and_grad(fun)(x)
-        return g, (g, f)
+def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=None) -> OptState:
+    """Modified Newton from ``x0``. ``fun`` gives the criterion (line search); ``fgh``, if
+    given, (f, ∇f, H) at once, else they come from autodiff of ``fun`` (H = ∇²f).
 
-    # One forward-over-reverse program gives f, g and H together.
-    fgh = jax.jacfwd(grad_aux, has_aux=True)
+    ``diag`` (boolean (m,), template diagonals), if given, limits each step so that no
+    diagonal θᵢ shrinks below a tenth of its value or changes sign (:func:`_clip_diagonals`).
+    """
+    if fgh is None:
+        def grad_aux(x):
+            f, g = jax.value_and_grad(fun)(x)
+            return g, (g, f)
 
-    def evaluate(x):
-        H, (g, f) = fgh(x)
-        return f, g, H
+        # One forward-over-reverse program gives f, g and H together.
+        fgh_ad = jax.jacfwd(grad_aux, has_aux=True)
+
+        def evaluate(x):
+            H, (g, f) = fgh_ad(x)
+            return f, g, H
+    else:
+        evaluate = fgh
 
     f0, g0, H0 = evaluate(x0)
     st0 = OptState(x0, f0, g0, jnp.asarray(0), jnp.asarray(1), jnp.where(jnp.isfinite(f0), -1, 4))
@@ -122,6 +169,8 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float) -> OptState:
         wmod = jnp.maximum(wabs, 1e-8 * jnp.maximum(1.0, jnp.max(wabs)))
         d = _capped(-V @ ((V.T @ s.g) / wmod), s.x)
         decrement = -(s.g @ d) / 2.0
+        if diag is not None:
+            d = _clip_diagonals(d, s.x, s.g, diag)
         a, k, accepted = _line_search(fun, s, d)
         x_new = jnp.where(accepted, s.x + a * d, s.x)
         f_new, g_new, H_new = evaluate(x_new)
@@ -171,18 +220,47 @@ def _bfgs(fun, x0, max_iter: int, ftol: float, gtol: float) -> OptState:
 def fit_theta(
     theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, ftol=1e-10, gtol=1e-8, method: str = "newton"
 ) -> OptState:
-    """Minimize the criterion over θ from ``theta0`` by ``method`` ("newton" or "bfgs").
+    """Minimize the criterion over θ from ``theta0`` by ``method`` ("newton", "ai" or "bfgs").
 
-    Data are arguments, not closures, so fits of the same shape reuse one
-    compiled program.
+    * "newton": modified Newton with the exact Hessian — closed form per level when there
+      is one grouping factor (:func:`~jaxmlm._objective.blockdiag_fgh`), else autodiff;
+    * "ai": modified Newton on the average-information matrix
+      (:func:`~jaxmlm._objective.average_information`) with the exact gradient of
+      :func:`~jaxmlm._objective.criterion_rest` and diagonal steps clipped
+      (:func:`_clip_diagonals`): for a large dense fill-in block, where an exact Hessian
+      costs many gradients. With one grouping factor it is "newton";
+    * "bfgs": BFGS with exact gradients.
+
+    All minimize the same criterion, :func:`~jaxmlm._objective.deviance`. Data are
+    arguments, not closures, so fits of the same shape reuse one compiled program.
     """
-    run = _newton if method == "newton" else _bfgs
-    return run(lambda t: _deviance(t, stats, reml, layout), theta0, max_iter, ftol, gtol)
+    if layout.qr == 0 and method in ("newton", "ai"):
+        # One grouping factor: closed-form per-level derivatives (blockdiag_fgh), on
+        # level-last copies of A11 and Z1W made once here, outside the loop.
+        A, Z = levels_last(stats.A11, stats.Z1W)
+        return _newton(
+            lambda t: blockdiag_value(t, A, Z, stats, reml, layout), theta0, max_iter, ftol, gtol,
+            fgh=lambda t: blockdiag_fgh(t, A, Z, stats, reml, layout),
+        )
+    if method == "newton":
+        return _newton(lambda t: _deviance(t, stats, reml, layout), theta0, max_iter, ftol, gtol)
+    if layout.qr == 0:
+        return _bfgs(lambda t: _deviance(t, stats, reml, layout), theta0, max_iter, ftol, gtol)
+    pairs = pair_data(stats, layout)  # θ-free: once, outside the loop
+    fun = lambda t: criterion_rest(t, stats, reml, layout, pairs)[0]  # noqa: E731
+    if method == "bfgs":
+        return _bfgs(fun, theta0, max_iter, ftol, gtol)
+
+    def fg_ai(t):
+        (f, pieces), g = jax.value_and_grad(criterion_rest, has_aux=True)(t, stats, reml, layout, pairs)
+        return f, g, average_information(t, pieces, stats, reml, layout)[0]
+
+    return _newton(fun, theta0, max_iter, ftol, gtol, fgh=fg_ai, diag=jnp.asarray(diagonal_mask(layout)))
 
 
 def choose_method(layout: Layout) -> str:
-    """Newton unless the dense fill-in block makes a Hessian costly (q_r > 256): then BFGS."""
-    return "bfgs" if layout.qr > 256 else "newton"
+    """Newton unless the dense fill-in block makes a Hessian costly (q_r > 256): then "ai"."""
+    return "ai" if layout.qr > 256 else "newton"
 
 
 def diagonal_mask(layout: Layout) -> np.ndarray:

@@ -49,8 +49,11 @@ from ._objective import (
     Factor,
     _deviance,
     batched_solve_lower,
+    blockdiag_fgh,
+    blockdiag_value,
     criterion,
     factorize,
+    levels_last,
 )
 from ._optimize import STATUS, _newton, canonical_theta, diagonal_mask, fit_theta, snap_boundary
 from ._solution import solve
@@ -198,7 +201,12 @@ def _estimates(fac: Factor, stats: Stats, reml, p: int):
 def _fit_one(theta0, base: Stats, zy1, xy, yy, zry, beta0, reml, layout: Layout, max_iter, ftol, gtol) -> _Batch:
     """One replicate: Newton loop, canonical signs, snapping, then β̂, σ̂, vcov and the criterion."""
     st = _with_response(base, zy1, xy, yy, zry, beta0, layout.p)
-    opt = _newton(lambda t: _deviance(t, st, reml, layout), theta0, max_iter, ftol, gtol)
+    if layout.qr == 0:  # one grouping factor: closed-form derivatives, as fit_theta uses
+        A, Z = levels_last(st.A11, st.Z1W)
+        opt = _newton(lambda t: blockdiag_value(t, A, Z, st, reml, layout), theta0, max_iter, ftol, gtol,
+                      fgh=lambda t: blockdiag_fgh(t, A, Z, st, reml, layout))
+    else:
+        opt = _newton(lambda t: _deviance(t, st, reml, layout), theta0, max_iter, ftol, gtol)
     theta = _snap(_canonical(opt.x, layout), opt.f, st, reml, layout)
     fac = factorize(theta, st, layout)
     beta, sigma, vcov = _estimates(fac, st, reml, layout.p)

@@ -41,7 +41,7 @@ class FitRecord:
     ``evaluations`` criterion evaluations (each step adds one gradient and one
     Hessian); ``status`` / ``message``; ``max_abs_gradient`` at the optimizer's
     end; ``seconds`` wall time of the optimization (compile included the first
-    time a shape is seen); ``method`` the optimizer ("newton" or "bfgs").
+    time a shape is seen); ``method`` the optimizer ("newton", "ai" or "bfgs").
     """
 
     theta_start: np.ndarray
@@ -380,14 +380,15 @@ def lmer(
     ``data`` is a pandas DataFrame. Rows with a missing value in any variable
     of the formula are dropped (``m.n_dropped`` counts them). ``data_name``
     labels the data in ``summary()`` (lme4 prints the data argument there).
-    ``optimizer`` is "newton" (exact autodiff Hessian), "bfgs", or "auto":
-    Newton unless a large dense fill-in block (crossed designs) makes the
-    Hessian costly.
+    ``optimizer`` is "newton" (exact Hessian: closed form for one grouping
+    factor, autodiff otherwise), "ai" (Newton with the average-information
+    matrix in place of the Hessian), "bfgs", or "auto": Newton unless a large
+    dense fill-in block (crossed designs) makes the Hessian costly, then "ai".
     """
     if not isinstance(REML, (bool, np.bool_)):
         raise DataError(f"REML must be True or False, got {REML!r}")
-    if optimizer not in ("auto", "newton", "bfgs"):
-        raise DataError(f"optimizer must be 'auto', 'newton' or 'bfgs', got {optimizer!r}")
+    if optimizer not in ("auto", "newton", "ai", "bfgs"):
+        raise DataError(f"optimizer must be 'auto', 'newton', 'ai' or 'bfgs', got {optimizer!r}")
     design = build_design(formula, data)
     layout, stats, _ = sufficient_stats(design)
     reml = np.asarray(1.0 if REML else 0.0)

@@ -144,8 +144,12 @@ def _pair_products(pair_a: np.ndarray, pair_g: np.ndarray, qr: int):
     return e1, e2, pair_a[e1].astype(np.int64) * qr + pair_a[e2]
 
 
-def sufficient_stats(design: Design, chunk_rows: int = CHUNK_ROWS) -> tuple[Layout, Stats, dict]:
-    """One pass over the rows of ``design`` → (layout, statistics, host-side index arrays)."""
+def sufficient_stats(design: Design, chunk_rows: int = CHUNK_ROWS, bbt: str | None = None) -> tuple[Layout, Stats, dict]:
+    """One pass over the rows of ``design`` → (layout, statistics, host-side index arrays).
+
+    ``bbt`` ("sparse" or "dense") overrides the cost-based choice of how B Bᵀ is formed
+    (for tests of both code paths).
+    """
     n, p = design.X.shape
     b1 = design.blocks[0]
     k1, l1 = b1.k, bucket(b1.nlev)
@@ -174,7 +178,8 @@ def sufficient_stats(design: Design, chunk_rows: int = CHUNK_ROWS) -> tuple[Layo
         # Sparse B Bᵀ costs a scatter per pair; the dense product q_r²·l₁·k₁ flops of GEMM.
         sparse_cost = 30.0 * len(e1) * k1
         dense_cost = float(qr) * qr * l1 * k1
-        bbt = "sparse" if sparse_cost < dense_cost else "dense"
+        if bbt is None:
+            bbt = "sparse" if sparse_cost < dense_cost else "dense"
         if bbt == "sparse":
             npairs = bucket(len(e1))
             pad = npairs - len(e1)

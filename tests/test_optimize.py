@@ -1,0 +1,172 @@
+"""The optimizer's fast derivative kernels and the "ai" method.
+
+* blockdiag_fgh (one grouping factor, closed-form per-level derivatives) against the
+  autodiff gradient/Hessian of the criterion and against finite differences;
+* criterion_rest (q_r > 0, custom derivative of the dense step, pair sums through W_g)
+  against the criterion and its autodiff gradient, both B Bᵀ code paths;
+* average_information against an independent dense computation from Z, Λ, X, y;
+* fits by every method reach the same optimum;
+* _clip_diagonals keeps diagonals on their side of 0 and keeps descent.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _dense import dense_z_lambda
+from conftest import CASES, case_data
+
+from jaxmlm._design import build_design
+from jaxmlm._objective import (
+    _deviance,
+    average_information,
+    blockdiag_fgh,
+    blockdiag_value,
+    criterion_rest,
+    deviance,
+    deviance_and_grad,
+    deviance_hessian,
+    levels_last,
+    pair_data,
+)
+from jaxmlm._optimize import _clip_diagonals, choose_method, diagonal_mask, fit_theta
+from jaxmlm._stats import sufficient_stats
+
+ONE_FACTOR = ["sleepstudy_rs", "sleepstudy_uncorr", "slopes3_corr", "hsb_ses_slope", "dyestuff2_singular"]
+CROSSED = ["penicillin_crossed", "pastes_nested", "crossed_subj_slope", "crossed_item_slope", "nested_slash"]
+
+
+def _setup(cid, bbt=None):
+    c = CASES[cid]
+    d = build_design(c["formula"], case_data(c))
+    layout, stats, _ = sufficient_stats(d, bbt=bbt)
+    return c, d, layout, stats
+
+
+def _thetas(layout, seed, n=2):
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(0.2, 1.5, layout.ntheta) * rng.choice([-1, 1], layout.ntheta) for _ in range(n)]
+
+
+@pytest.mark.parametrize("cid", ONE_FACTOR)
+@pytest.mark.parametrize("reml", [1.0, 0.0])
+def test_blockdiag_fgh_matches_autodiff_and_finite_differences(cid, reml):
+    c, d, layout, stats = _setup(cid)
+    assert layout.qr == 0
+    A, Z = levels_last(stats.A11, stats.Z1W)
+    for theta in _thetas(layout, 4) + [np.atleast_1d(c["theta"])]:
+        t = jnp.asarray(theta, dtype=float)
+        f, g, H = (np.asarray(v) for v in blockdiag_fgh(t, A, Z, stats, reml, layout))
+        f_ref, g_ref = deviance_and_grad(t, stats, reml, layout)
+        H_ref = np.asarray(deviance_hessian(t, stats, reml, layout))
+        assert f == pytest.approx(float(f_ref), rel=1e-12)
+        assert float(blockdiag_value(t, A, Z, stats, reml, layout)) == pytest.approx(float(f_ref), rel=1e-12)
+        np.testing.assert_allclose(g, np.asarray(g_ref), rtol=1e-8, atol=1e-7)
+        np.testing.assert_allclose(H, H_ref, rtol=1e-8, atol=1e-6)
+        # and against finite differences of the criterion / of the new gradient
+        h = 1e-5
+        E = np.eye(len(theta))
+        fv = lambda x: float(deviance(jnp.asarray(x), stats, reml, layout))  # noqa: E731
+        gv = lambda x: np.asarray(blockdiag_fgh(jnp.asarray(x), A, Z, stats, reml, layout)[1])  # noqa: E731
+        fd_g = np.array([(fv(theta + h * e) - fv(theta - h * e)) / (2 * h) for e in E])
+        fd_H = np.array([(gv(theta + h * e) - gv(theta - h * e)) / (2 * h) for e in E])
+        np.testing.assert_allclose(g, fd_g, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(H, fd_H, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("cid", CROSSED)
+@pytest.mark.parametrize("bbt", ["sparse", "dense"])
+@pytest.mark.parametrize("reml", [1.0, 0.0])
+def test_criterion_rest_value_and_gradient(cid, bbt, reml):
+    c, d, layout, stats = _setup(cid, bbt)
+    assert layout.qr > 0 and layout.bbt == bbt
+    vg = jax.value_and_grad(lambda t: criterion_rest(t, stats, reml, layout)[0])
+    pairs = pair_data(stats, layout)
+    for theta in _thetas(layout, 5) + [np.atleast_1d(c["theta"])]:
+        t = jnp.asarray(theta, dtype=float)
+        f, g = vg(t)
+        f_ref, g_ref = deviance_and_grad(t, stats, reml, layout)
+        assert float(f) == pytest.approx(float(f_ref), rel=1e-12)
+        assert float(criterion_rest(t, stats, reml, layout, pairs)[0]) == pytest.approx(float(f_ref), rel=1e-12)
+        np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-8, atol=1e-7)
+        h = 1e-5
+        fv = lambda x: float(_deviance(jnp.asarray(x), stats, reml, layout))  # noqa: E731
+        fd_g = np.array([(fv(theta + h * e) - fv(theta - h * e)) / (2 * h) for e in np.eye(len(theta))])
+        np.testing.assert_allclose(np.asarray(g), fd_g, rtol=1e-5, atol=1e-5)
+
+
+def _dense_average_information(d, theta, reml):
+    """c/r² (wᵢᵀPwⱼ − (wᵢᵀê)(wⱼᵀê)/r²), wᵢ = Hᵢê, from full n×n matrices (Hᵢ by differences of ZΛΛᵀZᵀ)."""
+    X, y = d.X, d.y
+    n, p = X.shape
+    Z, Lam = dense_z_lambda(d, theta)
+    H = Z @ Lam @ Lam.T @ Z.T + np.eye(n)
+    Hi = np.linalg.inv(H)
+    P = Hi - Hi @ X @ np.linalg.solve(X.T @ Hi @ X, X.T @ Hi)
+    e = P @ y
+    r2 = y @ P @ y
+    Hs = []
+    for i in range(len(theta)):
+        tp, tm = theta.copy(), theta.copy()
+        tp[i] += 1e-6
+        tm[i] -= 1e-6
+        Zp, Lp = dense_z_lambda(d, tp)
+        Zm, Lm = dense_z_lambda(d, tm)
+        Hs.append((Zp @ Lp @ Lp.T @ Zp.T - Zm @ Lm @ Lm.T @ Zm.T) / 2e-6)
+    w = np.stack([Hk @ e for Hk in Hs], 1)
+    ehe = w.T @ e
+    c = n - reml * p
+    return c / r2 * (w.T @ P @ w - np.outer(ehe, ehe) / r2), ehe
+
+
+@pytest.mark.parametrize("cid", ["penicillin_crossed", "pastes_nested", "crossed_subj_slope", "crossed_item_slope"])
+@pytest.mark.parametrize("reml", [1.0, 0.0])
+def test_average_information_matches_dense(cid, reml):
+    c, d, layout, stats = _setup(cid, "sparse")
+    for theta in _thetas(layout, 6, 1) + [np.atleast_1d(c["theta"])]:
+        t = jnp.asarray(theta, dtype=float)
+        _, pieces = criterion_rest(t, stats, reml, layout)
+        AI, ehe = (np.asarray(v) for v in average_information(t, pieces, stats, reml, layout))
+        AI_ref, ehe_ref = _dense_average_information(d, np.asarray(theta, float), reml)
+        np.testing.assert_allclose(AI, AI_ref, rtol=1e-6, atol=1e-6 * np.max(np.abs(AI_ref)))
+        np.testing.assert_allclose(ehe, ehe_ref, rtol=1e-6, atol=1e-6 * np.max(np.abs(ehe_ref)))
+        assert np.all(np.linalg.eigvalsh(AI) > -1e-8 * np.max(np.abs(AI)))  # PSD
+
+
+@pytest.mark.parametrize("cid", CROSSED + ["sleepstudy_rs", "slopes3_corr"])
+def test_every_method_reaches_the_same_optimum(cid):
+    c, d, layout, stats = _setup(cid)
+    theta0 = jnp.asarray(np.where(diagonal_mask(layout), 1.0, 0.0))
+    reml = jnp.asarray(1.0 if c["REML"] else 0.0)
+    out = {}
+    for method in ("newton", "ai", "bfgs"):
+        st = fit_theta(theta0, stats, reml, layout, max_iter=200, method=method)
+        assert int(st.status) in (0, 1), (method, int(st.status))
+        out[method] = st
+    for method in ("ai", "bfgs"):
+        assert float(out[method].f) == pytest.approx(float(out["newton"].f), rel=1e-10, abs=1e-8)
+
+
+def test_choose_method():
+    _, _, layout, _ = _setup("penicillin_crossed")
+    assert choose_method(layout) == "newton"
+    assert choose_method(layout._replace(qr=300)) == "ai"
+
+
+def test_clip_diagonals_keeps_side_and_descent():
+    rng = np.random.default_rng(0)
+    diag = jnp.asarray([True, False, True])
+    for _ in range(200):
+        x = jnp.asarray(rng.normal(size=3))
+        g = jnp.asarray(rng.normal(size=3))
+        d = -g * jnp.asarray(rng.uniform(0.1, 20, size=3))  # a descent direction
+        dc = np.asarray(_clip_diagonals(d, x, g, diag))
+        xn = np.asarray(x) + dc
+        xd = np.asarray(x)
+        for i in (0, 2):
+            assert np.sign(xn[i]) == np.sign(xd[i]) and abs(xn[i]) >= 0.1 * abs(xd[i]) - 1e-12
+        assert float(np.asarray(g) @ dc) < 0
+    # a step that crosses no limit is left alone
+    x, g = jnp.asarray([1.0, 2.0, -1.0]), jnp.asarray([1.0, 1.0, -1.0])
+    d = jnp.asarray([-0.5, -5.0, 0.5])
+    np.testing.assert_array_equal(np.asarray(_clip_diagonals(d, x, g, diag)), np.asarray(d))
