@@ -165,7 +165,7 @@ def factorize(theta: jax.Array, stats: Stats, layout: Layout) -> Factor:
     Ts = templates(theta, layout)
     T1 = Ts[0]
     k1 = layout.k1
-    M11 = jnp.einsum("ji,gjk,kl->gil", T1, stats.A11, T1) + jnp.eye(k1)
+    M11 = jnp.einsum("ji,gjk,kl->gil", T1, stats.A11, T1) + jnp.eye(k1, dtype=stats.A11.dtype)
     L1 = batched_cholesky(M11)
     C1 = batched_solve_lower(L1, jnp.einsum("ji,gjm->gim", T1, stats.Z1W))
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L1, axis1=1, axis2=2)))
@@ -176,7 +176,7 @@ def factorize(theta: jax.Array, stats: Stats, layout: Layout) -> Factor:
         B = jnp.einsum("ek,ejk->ej", stats.A21, LiT[stats.pair_g])
         Sr = stats.A22 - _bbt(B, stats, layout)
         Rest = Ts[1:]
-        M22 = lam_t_rest(lam_t_rest(Sr, Rest, layout).T, Rest, layout).T + jnp.eye(layout.qr)
+        M22 = lam_t_rest(lam_t_rest(Sr, Rest, layout).T, Rest, layout).T + jnp.eye(layout.qr, dtype=Sr.dtype)
         L2 = jnp.linalg.cholesky(M22)
         BC1 = jax.ops.segment_sum(
             jnp.einsum("ej,ejm->em", B, C1[stats.pair_g]), stats.pair_a, layout.qr
@@ -185,9 +185,9 @@ def factorize(theta: jax.Array, stats: Stats, layout: Layout) -> Factor:
         logdet = logdet + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L2)))
         S = S - C2.T @ C2
     else:
-        B = jnp.zeros((0, k1))
-        L2 = jnp.zeros((0, 0))
-        C2 = jnp.zeros((0, stats.WW.shape[0]))
+        B = jnp.zeros((0, k1), S.dtype)
+        L2 = jnp.zeros((0, 0), S.dtype)
+        C2 = jnp.zeros((0, stats.WW.shape[0]), S.dtype)
     R = jnp.linalg.cholesky(S)
     return Factor(L1, B, L2, C1, C2, R, logdet)
 
@@ -463,7 +463,7 @@ def criterion_rest(theta: jax.Array, stats: Stats, reml, layout: Layout, pairs=N
     p, k1, qr = layout.p, layout.k1, layout.qr
     Ts = templates(theta, layout)
     T1, Rest = Ts[0], Ts[1:]
-    M11 = jnp.einsum("ji,gjk,kl->gil", T1, stats.A11, T1) + jnp.eye(k1)
+    M11 = jnp.einsum("ji,gjk,kl->gil", T1, stats.A11, T1) + jnp.eye(k1, dtype=stats.A11.dtype)
     L1 = batched_cholesky(M11)
     N = batched_solve_lower(L1, jnp.broadcast_to(T1.T, L1.shape))  # L_g⁻¹T₁ᵀ
     W = jnp.einsum("gki,gkj->gij", N, N)  # T₁M_g⁻¹T₁ᵀ
@@ -483,7 +483,7 @@ def criterion_rest(theta: jax.Array, stats: Stats, reml, layout: Layout, pairs=N
         lam = jnp.concatenate([jnp.broadcast_to(T[0, 0], (lev,)) for (_, lev, _), T in zip(layout.rest, Rest)])
         Sr = stats.A22.reshape(-1).at[pairs[2]].add(-_pair_values(W, pairs), wrap_negative_indices=False)
         Sr = Sr.reshape(qr, qr)
-        M22t = (Sr * (lam[:, None] * lam[None, :]) + jnp.eye(qr)).T
+        M22t = (Sr * (lam[:, None] * lam[None, :]) + jnp.eye(qr, dtype=Sr.dtype)).T
     else:
         if layout.bbt == "sparse":
             BBt = _pair_bbt_lower(W, stats, layout, pairs)
@@ -492,7 +492,7 @@ def criterion_rest(theta: jax.Array, stats: Stats, reml, layout: Layout, pairs=N
             B = jnp.einsum("ek,ejk->ej", stats.A21, N[stats.pair_g])
             BBt = _bbt(B, stats, layout)
         Sr = stats.A22 - BBt
-        M22t = lam_t_rest(lam_t_rest(Sr, Rest, layout).T, Rest, layout) + jnp.eye(qr)  # symmetric
+        M22t = lam_t_rest(lam_t_rest(Sr, Rest, layout).T, Rest, layout) + jnp.eye(qr, dtype=Sr.dtype)  # symmetric
     logdet2, Q, L2, C2 = _logdet_quad(M22t, V)
     S = S - Q
     R = jnp.linalg.cholesky(S)

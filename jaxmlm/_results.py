@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -41,8 +42,10 @@ class FitRecord:
     ``evaluations`` criterion evaluations (each step adds one gradient and one
     Hessian); ``status`` / ``message``; ``max_abs_gradient`` at the optimizer's
     end; ``seconds`` wall time of the optimization (compile included the first
-    time a shape is seen); ``method`` the optimizer ("newton", "ai" or "bfgs").
-    """
+    time a shape is seen); ``method`` the optimizer ("newton", "ai" or "bfgs");
+    ``dtype`` the arithmetic of the iterations ("float64", "float32", or
+    "float32+float64 polish"); ``theta_float32`` the optimizer's float32 θ in
+    float32 mode (iterations and evaluations count both stages)."""
 
     theta_start: np.ndarray
     theta_optimizer: np.ndarray
@@ -58,6 +61,8 @@ class FitRecord:
     warnings: tuple[str, ...]
     seconds: float
     method: str = "newton"
+    dtype: str = "float64"
+    theta_float32: np.ndarray | None = None
 
 
 def _readonly(a) -> np.ndarray:
@@ -354,6 +359,12 @@ class LinearMixedModel:
         return self.summary()
 
 
+@jax.jit
+def _as_float32(stats: Stats) -> Stats:
+    """The float64 statistics rounded to float32 (index arrays unchanged), in one program."""
+    return jax.tree.map(lambda a: a.astype(jnp.float32) if a.dtype == jnp.float64 else a, stats)
+
+
 def _condvar_blocks(sol, layout: Layout, design: Design) -> tuple[tuple, tuple]:
     """Cut the padded engine arrays back to each block's real levels."""
     b_list = [np.asarray(sol.b1)[: design.blocks[0].nlev]]
@@ -372,6 +383,8 @@ def lmer(
     *,
     max_iter: int = 200,
     optimizer: str = "auto",
+    dtype: str = "float64",
+    polish: bool = True,
     data_name: str | None = None,
 ) -> LinearMixedModel:
     """Fit a linear mixed model by REML (default) or maximum likelihood, as lme4's ``lmer``.
@@ -384,11 +397,21 @@ def lmer(
     factor, autodiff otherwise), "ai" (Newton with the average-information
     matrix in place of the Hessian), "bfgs", or "auto": Newton unless a large
     dense fill-in block (crossed designs) makes the Hessian costly, then "ai".
+
+    ``dtype="float32"`` runs the optimizer's iterations in float32, the
+    arithmetic accelerators are fast at (the one pass over the rows always
+    accumulates in float64). With ``polish=True`` (default) Newton then
+    continues in float64 from the float32 optimum — usually one or two steps —
+    so the estimates are those of a float64 fit; ``polish=False`` keeps the
+    estimates in float32 (measured accuracy: README, "float32 mode").
+    Inference (``coef_table``, ``confint``, ...) is always in float64.
     """
     if not isinstance(REML, (bool, np.bool_)):
         raise DataError(f"REML must be True or False, got {REML!r}")
     if optimizer not in ("auto", "newton", "ai", "bfgs"):
         raise DataError(f"optimizer must be 'auto', 'newton', 'ai' or 'bfgs', got {optimizer!r}")
+    if dtype not in ("float64", "float32"):
+        raise DataError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
     design = build_design(formula, data)
     layout, stats, _ = sufficient_stats(design)
     reml = np.asarray(1.0 if REML else 0.0)
@@ -396,33 +419,47 @@ def lmer(
 
     t0 = time.perf_counter()
     method = choose_method(layout) if optimizer == "auto" else optimizer
+    fit = dict(layout=layout, max_iter=max_iter, method=method)
     # One transfer of the whole optimizer state: each separate read of a device array waits.
-    st = jax.device_get(
-        _programs.call(fit_theta, (theta0, stats, reml), dict(layout=layout, max_iter=max_iter, method=method))
-    )
-    raw, f, status = np.asarray(st.x), float(st.f), int(st.status)
+    theta32 = None
+    if dtype == "float32":
+        stats32 = _as_float32(stats)
+        st32 = jax.device_get(
+            _programs.call(fit_theta, (theta0.astype(np.float32), stats32, reml.astype(np.float32)), fit)
+        )
+        theta32 = np.asarray(st32.x, dtype=np.float64)
+    if dtype == "float32" and not polish:
+        st, est_stats, est_reml = st32, stats32, reml.astype(np.float32)
+    else:
+        start = theta0 if theta32 is None else theta32
+        st = jax.device_get(_programs.call(fit_theta, (start, stats, reml), fit))
+        est_stats, est_reml = stats, reml
+    iterations = int(st.it) + (int(st32.it) if theta32 is not None and st is not st32 else 0)
+    evaluations = int(st.nfev) + (int(st32.nfev) if theta32 is not None and st is not st32 else 0)
+    raw, f, status = np.asarray(st.x, dtype=np.float64), float(st.f), int(st.status)
     seconds = time.perf_counter() - t0
     if status == 4 or not np.isfinite(f):
         raise ConvergenceError(
             "the criterion became non-finite during optimization; check for a (near-)constant "
             "response or predictors on wildly different scales"
         )
-    theta, f, snapped = snap_boundary(canonical_theta(raw, layout), f, stats, reml, layout)
+    theta, f, snapped = snap_boundary(canonical_theta(raw, layout), f, est_stats, est_reml, layout)
     warns = []
     max_grad = float(np.max(np.abs(st.g))) if len(raw) else 0.0
     if status not in (0, 1):
-        msg = f"optimizer {STATUS[status]} after {int(st.it)} iterations (max |gradient| {max_grad:.2e})"
+        msg = f"optimizer {STATUS[status]} after {iterations} iterations (max |gradient| {max_grad:.2e})"
         warns.append(msg)
         warnings.warn(msg, ConvergenceWarning, stacklevel=2)
-    sol = jax.device_get(_programs.call(solve, (theta, stats, reml), dict(layout=layout)))
+    est_theta = theta.astype(np.float32) if est_stats is not stats else theta
+    sol = jax.device_get(_programs.call(solve, (est_theta, est_stats, est_reml), dict(layout=layout)))
     b, v = _condvar_blocks(sol, layout, design)
     record = FitRecord(
         theta_start=_readonly(theta0),
         theta_optimizer=_readonly(raw),
         theta_end=_readonly(theta),
         objective=float(sol.criterion),
-        iterations=int(st.it),
-        evaluations=int(st.nfev),
+        iterations=iterations,
+        evaluations=evaluations,
         status=status,
         message=STATUS[status],
         converged=status in (0, 1),
@@ -431,6 +468,8 @@ def lmer(
         warnings=tuple(warns),
         seconds=seconds,
         method=method,
+        dtype=dtype if theta32 is None or not polish else "float32+float64 polish",
+        theta_float32=None if theta32 is None else _readonly(theta32),
     )
     return LinearMixedModel(
         formula=design.formula.text,

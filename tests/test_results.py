@@ -128,3 +128,57 @@ def test_bfgs_reaches_the_newton_optimum(fits, cid):
     assert bfgs.objective == pytest.approx(newton.objective, abs=2e-6)
     np.testing.assert_allclose(bfgs.fixef, newton.fixef, rtol=0, atol=2e-4 * newton.se.min())
     np.testing.assert_allclose(bfgs.theta, newton.theta, rtol=2e-3, atol=2e-4)
+
+
+F32_CASES = ["sleepstudy_rs", "penicillin_crossed", "pastes_nested", "crossed_item_slope", "dyestuff2_singular",
+             "rank_deficient", "nlschools_ri_ml"]
+
+
+@pytest.mark.parametrize("cid", F32_CASES)
+def test_float32_with_polish_is_the_float64_fit(fits, cid):
+    """dtype="float32": float32 iterations, then float64 Newton from there — the float64 optimum."""
+    import warnings
+
+    import jaxmlm
+    from conftest import case_data
+
+    c = CASES[cid]
+    ref = fits(cid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jaxmlm.RankDeficiencyWarning)
+        m = jaxmlm.lmer(c["formula"], case_data(c), REML=c["REML"], dtype="float32")
+    assert m.record.dtype == "float32+float64 polish" and m.record.converged
+    assert m.record.theta_float32 is not None and m.record.iterations > 0
+    assert m.objective == pytest.approx(ref.objective, abs=1e-6)
+    np.testing.assert_allclose(m.fixef, ref.fixef, rtol=0, atol=1e-5 * ref.se.min())
+    np.testing.assert_allclose(m.theta, ref.theta, rtol=0, atol=1e-5)
+    assert m.sigma == pytest.approx(ref.sigma, rel=1e-6)
+
+
+@pytest.mark.parametrize("cid", F32_CASES)
+def test_float32_without_polish_stays_within_its_documented_accuracy(fits, cid):
+    """polish=False: everything in float32. README's bounds (measured on every reference case by
+    benchmarks/float32_accuracy.py): β within 0.01 SE, θ within 0.03, σ within 5e-4, criterion 0.02."""
+    import warnings
+
+    import jaxmlm
+    from conftest import case_data
+
+    c = CASES[cid]
+    ref = fits(cid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jaxmlm.RankDeficiencyWarning)
+        m = jaxmlm.lmer(c["formula"], case_data(c), REML=c["REML"], dtype="float32", polish=False)
+    assert m.record.dtype == "float32" and m.record.converged
+    assert abs(m.objective - ref.objective) < 0.02
+    assert np.max(np.abs(m.fixef - ref.fixef) / ref.se) < 0.01
+    np.testing.assert_allclose(m.theta, ref.theta, rtol=0, atol=0.03)
+    assert m.sigma == pytest.approx(ref.sigma, rel=5e-4)
+    assert m.is_singular == ref.is_singular
+
+
+def test_dtype_is_checked():
+    import jaxmlm
+
+    with pytest.raises(jaxmlm.JaxmlmError, match="dtype must be"):
+        jaxmlm.lmer("Reaction ~ Days + (1 | Subject)", jaxmlm.load_example("sleepstudy"), dtype="float16")
