@@ -140,12 +140,8 @@ def lam_t_rest(x: jax.Array, Ts: list[jax.Array], layout: Layout) -> jax.Array:
 
 
 def lam_rest(x: jax.Array, Ts: list[jax.Array], layout: Layout) -> jax.Array:
-    """Λ_r x for x of shape (q_r, m)."""
-    parts = []
-    for (off, lev, k), T in zip(layout.rest, Ts):
-        xb = x[off : off + lev * k].reshape(lev, k, -1)
-        parts.append(jnp.einsum("ij,ljm->lim", T, xb).reshape(lev * k, -1))
-    return jnp.concatenate(parts, axis=0)
+    """Λ_r x for x of shape (q_r, m): Λ_rᵀ with every template transposed."""
+    return lam_t_rest(x, [T.T for T in Ts], layout)
 
 
 def _bbt(B: jax.Array, stats: Stats, layout: Layout) -> jax.Array:
