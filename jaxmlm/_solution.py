@@ -7,8 +7,17 @@ Built from the same :func:`~jaxmlm._objective.factorize` as the criterion
     vcov(β̂) = σ̂² (R_X R_Xᵀ)⁻¹           û = L⁻ᵀ (c_u − R_ZX β̂),   b̂ = Λ û
     Var(b | y) = σ̂² Λ (L Lᵀ)⁻¹ Λᵀ       (lme4's condVar; diagonal blocks only)
 
-The off-diagonal part of L⁻¹ (rest rows, block-1 columns) is formed densely,
-q_r × l₁k₁: done once per fit, never inside the optimizer.
+Var(b | y) needs only diagonal blocks of (L Lᵀ)⁻¹. With the blocked factor of
+:mod:`jaxmlm._objective` (L₂₁ = Λ_rᵀB, B = A21 Λ₁ L₁⁻ᵀ; M₂₂ = L₂L₂ᵀ), those of block 1
+are, per level g,
+
+    L_g⁻ᵀL_g⁻¹ + D_gᵀ K D_g,     D_g = B_g L_g⁻¹,   K = Λ_r M₂₂⁻¹ Λ_rᵀ
+
+(B_g: the rows e of B at level g, in rows a_e), and those of the rest blocks are
+M₂₂⁻¹'s. So M₂₂⁻¹ is formed once (q_r³, from the factor), and block 1's share is a sum of
+D_eᵀ K[a_e, a_e'] D_e' over the pairs (e, e') of rows at the same level: the pair list
+of the sparse B Bᵀ (or, where B Bᵀ is formed densely, a product with the dense rows of
+B). Done once per fit, never inside the optimizer.
 """
 
 from __future__ import annotations
@@ -27,7 +36,6 @@ from ._objective import (
     criterion,
     factorize,
     lam_rest,
-    lam_t_rest,
     templates,
 )
 from ._stats import Layout, Stats
@@ -71,23 +79,20 @@ def solve(theta: jax.Array, stats: Stats, reml, layout: Layout) -> Solution:
     var_rest = ()
     if qr:
         rhs2 = fac.C2[:, p] - fac.C2[:, :p] @ beta_shifted
-        u2 = solve_triangular(fac.L2.T, rhs2, lower=False)
+        u2 = jax.lax.linalg.triangular_solve(fac.L2, rhs2[:, None], left_side=True, lower=True, transpose_a=True)[:, 0]
         w = lam_rest(u2[:, None], Rest, layout)[:, 0]
         # L21ᵀ u2 = Bᵀ Λ_r u2, accumulated per block-1 level.
         back = jax.ops.segment_sum(fac.B * w[stats.pair_a][:, None], stats.pair_g, l1)
         u1 = _solve_lt(fac.L1, rhs1 - back)
         b_rest = w
-        # Rows of L⁻¹ below block 1: −L₂⁻¹ Λ_rᵀ B L₁⁻¹ (dense q_r × l₁k₁, once per fit).
-        cols = stats.pair_g[:, None] * k1 + jnp.arange(k1)[None, :]
-        Bd = jnp.zeros((qr, l1 * k1), dt).at[stats.pair_a[:, None], cols].add(fac.B)
-        Y = solve_triangular(fac.L2, lam_t_rest(Bd, Rest, layout), lower=True).reshape(qr, l1, k1)
-        Vg = jnp.einsum("agk,gkj->agj", Y, L1inv)
-        var1 = var1 + jnp.einsum("agi,agj->gij", Vg, Vg)
-        L2inv = solve_triangular(fac.L2, jnp.eye(qr, dtype=dt), lower=True)
+        # Diagonal blocks of (L Lᵀ)⁻¹ (see the module docstring).
+        Minv = _spd_inverse(fac.L2)
+        D = jnp.einsum("ek,ekj->ej", fac.B, L1inv[stats.pair_g])
+        var1 = var1 + _condvar_rest(Minv, D, Rest, stats, layout)
         parts = []
         for (off, lev, k), T in zip(layout.rest, Rest):
-            blk = L2inv[:, off : off + lev * k].reshape(qr, lev, k)
-            vb = jnp.einsum("ali,alj->lij", blk, blk)
+            idx = off + jnp.arange(lev * k).reshape(lev, k)
+            vb = Minv[idx[:, :, None], idx[:, None, :]]
             parts.append(sigma2 * jnp.einsum("ij,ljm,km->lik", T, vb, T))
         var_rest = tuple(parts)
     else:
@@ -102,3 +107,42 @@ def solve(theta: jax.Array, stats: Stats, reml, layout: Layout) -> Solution:
 def _solve_lt(L: jax.Array, x: jax.Array) -> jax.Array:
     """L_g⁻ᵀ x_g for every level g: L (l, k, k) lower, x (l, k)."""
     return batched_solve_upper_t(L, x[..., None])[..., 0]
+
+
+def _spd_inverse(L: jax.Array) -> jax.Array:
+    """M⁻¹ = L⁻ᵀ(L⁻¹ I) for M = L Lᵀ: two dependent triangular solves (never two independent
+    LAPACK solves side by side, see :func:`~jaxmlm._objective.batched_cholesky`)."""
+    eye = jnp.eye(L.shape[0], dtype=L.dtype)
+    Li = jax.lax.linalg.triangular_solve(L, eye, left_side=True, lower=True)
+    return jax.lax.linalg.triangular_solve(L, Li, left_side=True, lower=True, transpose_a=True)
+
+
+def _condvar_rest(Minv: jax.Array, D: jax.Array, Rest, stats: Stats, layout: Layout) -> jax.Array:
+    """Σ_{e,e' at level g} D_eᵀ K[a_e, a_e'] D_e' per block-1 level g (l₁, k₁, k₁), K = Λ_r M₂₂⁻¹ Λ_rᵀ.
+
+    D (nnz, k₁) holds the rows D_e = B_e L_g⁻¹ (g = g_e). With the sparse B Bᵀ this is a sum
+    over its pair list (pairs e ≥ e' of rows at the same level; the diagonal pairs count
+    once), by the row e: S_e = Σ_e' K[a_e, a_e'] D_e', then Σ_e D_eᵀ S_e per level and the
+    transpose added. Otherwise through the dense q_r × l₁k₁ matrix of the rows.
+    """
+    qr, l1, k1 = layout.qr, layout.l1, layout.k1
+    scalar = all(k == 1 for _, _, k in layout.rest)
+    if scalar:  # Λ_r = diag(λ): fold λ_{a_e} into the rows and use M₂₂⁻¹ itself
+        lam = jnp.concatenate([jnp.broadcast_to(T[0, 0], (lev,)) for (_, lev, _), T in zip(layout.rest, Rest)])
+        D = D * lam[stats.pair_a][:, None]
+        K = Minv
+    else:
+        K = lam_rest(lam_rest(Minv, Rest, layout).T, Rest, layout).T
+    if layout.bbt == "sparse":
+        e1, e2 = stats.bb_e1, stats.bb_e2
+        # K is symmetric: read K[a_e', a_e] (with the column-major M₂₂⁻¹ that LAPACK returns
+        # on CPU, the pairs of one row e then read along a column: a contiguous view).
+        w = K.T.reshape(-1)[stats.bb_t]
+        w = jnp.where(e1 == e2, 0.5, 1.0).astype(w.dtype) * w
+        S = jax.ops.segment_sum(w[:, None] * D[e2], e1, D.shape[0])
+        C = jax.ops.segment_sum(D[:, :, None] * S[:, None, :], stats.pair_g, l1)
+        return C + jnp.swapaxes(C, 1, 2)
+    cols = stats.pair_g[:, None] * k1 + jnp.arange(k1)[None, :]
+    Dd = jnp.zeros((qr, l1 * k1), D.dtype).at[stats.pair_a[:, None], cols].add(D)
+    KD = (K @ Dd).reshape(qr, l1, k1)
+    return jnp.einsum("agi,agj->gij", Dd.reshape(qr, l1, k1), KD)

@@ -82,3 +82,32 @@ def test_sparse_and_dense_bbt_agree():
     lay2 = lay._replace(bbt=other)
     theta = jnp.asarray(np.linspace(0.4, 1.2, lay.ntheta))
     assert float(deviance(theta, st, 1.0, lay)) == pytest.approx(float(deviance(theta, st2, 1.0, lay2)), rel=1e-12)
+
+
+def test_pair_list_is_every_lower_pair_of_a_level():
+    """_pair_products against brute force: all (e, e') of one block-1 level with a_e ≥ a_e', in
+    (g, a_e, a_e') order, targets a_e·q_r + a_e', padding; _pair_count its length."""
+    from jaxmlm._stats import _pair_count, _pair_products
+
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        qr, l1 = int(rng.integers(1, 30)), int(rng.integers(1, 25))
+        keys = np.unique(rng.integers(0, qr * l1, int(rng.integers(1, 200))))
+        perm = rng.permutation(len(keys)) if trial % 2 else np.arange(len(keys))  # sorted or not
+        pa, pg = (keys // l1).astype(np.int32)[perm], (keys % l1).astype(np.int32)[perm]
+        ref = sorted(
+            (int(pg[i]), int(pa[i]), int(pa[j]), i, j)
+            for i in range(len(pa)) for j in range(len(pa))
+            if pg[i] == pg[j] and pa[i] >= pa[j]
+        )
+        e1, e2, t = _pair_products(pa, pg, qr)
+        assert _pair_count(pg) == len(e1) == len(ref)
+        assert [(i, j) for *_, i, j in ref] == list(zip(e1.tolist(), e2.tolist()))
+        np.testing.assert_array_equal(t, pa[e1].astype(np.int64) * qr + pa[e2])
+        size = len(ref) + 5
+        f1, f2, ft = _pair_products(pa, pg, qr, size=size, pad=999)
+        assert f1.dtype == f2.dtype == np.int32 and len(f1) == size
+        np.testing.assert_array_equal(f1[: len(e1)], e1)
+        np.testing.assert_array_equal(f2[: len(e2)], e2)
+        np.testing.assert_array_equal(ft[: len(t)], t)
+        assert np.all(f1[len(e1):] == 999) and np.all(f2[len(e1):] == 999) and np.all(ft[len(e1):] == 0)
