@@ -254,8 +254,9 @@ def sufficient_stats(design: Design, chunk_rows: int = CHUNK_ROWS, bbt: str | No
 def _pad(a: np.ndarray, rows: int) -> np.ndarray:
     if a.shape[0] == rows:
         return a
-    pad = [(0, rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1)
-    return np.pad(a, pad)
+    out = np.zeros((rows, *a.shape[1:]), a.dtype)  # np.pad costs ~20 µs a call: a lot for small data
+    out[: a.shape[0]] = a
+    return out
 
 
 @partial(jax.jit, static_argnames=("l1", "qr", "nnz"), donate_argnums=(0,))
