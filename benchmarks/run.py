@@ -322,29 +322,35 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _timed_loop(fit, repeats: int, slow_s: float, budget_s: float, min_warm: int = 0):
-    """Cold fit, then up to `repeats` warm fits.
+def _timed_loop(fit, repeats: int, slow_s: float, budget_s: float, min_warm: int = 0, keep=None):
+    """Cold fit, then up to `repeats` warm fits: (cold, warm times, kept, last result).
 
     Peers (min_warm = 0) get no warm fit when the cold one took more than
     slow_s; repeats stop once the next one would exceed budget_s. jaxmlm
     (min_warm = 1) always gets at least one warm fit: its cold fit is mostly
-    compilation.
+    compilation. Of every fit only ``keep(result)`` is kept (default: all of
+    it) and the last result whole, and the previous result is released
+    before the next fit starts, so that the peak RSS is one fit's, not the
+    sum of the repeats'.
     """
+    keep = keep or (lambda r: r)
     t0 = time.perf_counter()
-    first = fit()
+    last = fit()
     cold = time.perf_counter() - t0
-    warm, results = [], [first]
+    warm, kept = [], [keep(last)]
     spent = 0.0
     if cold <= slow_s or min_warm > 0:
         for _ in range(max(repeats, min_warm)):
+            last = None
             t0 = time.perf_counter()
-            results.append(fit())
+            last = fit()
             dt = time.perf_counter() - t0
+            kept.append(keep(last))
             warm.append(dt)
             spent += dt
             if len(warm) >= min_warm and spent + dt > budget_s:
                 break
-    return cold, warm, results
+    return cold, warm, kept, last
 
 
 def worker(args) -> int:
@@ -367,27 +373,30 @@ def worker(args) -> int:
         def fit():
             return jaxmlm.lmer(case.formula, df, REML=True)
 
-        cold, warm, res = _timed_loop(fit, args.repeats, args.slow, args.budget, min_warm=1)
-        m = res[-1]
+        cold, warm, records, m = _timed_loop(fit, args.repeats, args.slow, args.budget, min_warm=1,
+                                             keep=lambda r: r.record)
         out["crit"] = float(m.objective)
         out["fixef"] = [float(v) for v in m.fixef.values]
         out["fixef_names"] = [str(k) for k in m.fixef.index]
         out["theta"] = [float(v) for v in m.theta]
         out["sigma"] = float(m.sigma)
-        out["opt_cold"] = float(res[0].record.seconds)
-        out["opt_warm"] = median([float(r.record.seconds) for r in res[1:]]) if len(res) > 1 else None
+        out["opt_cold"] = float(records[0].seconds)
+        out["opt_warm"] = median([float(r.seconds) for r in records[1:]]) if len(records) > 1 else None
         out["iterations"] = int(m.record.iterations)
         out["evaluations"] = int(m.record.evaluations)
         out["converged"] = bool(m.record.converged)
         out["fit_warnings"] = list(m.record.warnings)
         out["ngroups"] = {str(k): int(v) for k, v in m.ngroups.items()}
         # Where the non-optimizer time goes (private API; best effort, timed once, warm).
+        out["peak_rss_fits_mib"] = _peak_rss_mib()  # before the stage split below adds designs of its own
+        m = None
         try:
             from jaxmlm._design import build_design
             from jaxmlm._stats import sufficient_stats
 
             d_times, s_times = [], []
             for _ in range(max(1, min(3, args.repeats))):
+                design = st = None
                 t0 = time.perf_counter()
                 design = build_design(case.formula, df)
                 t1 = time.perf_counter()
@@ -413,8 +422,7 @@ def worker(args) -> int:
             converged.append(bool(getattr(r, "converged", True)))
             return r
 
-        cold, warm, res = _timed_loop(fit, args.repeats, args.slow, args.budget)
-        r = res[-1]
+        cold, warm, _, r = _timed_loop(fit, args.repeats, args.slow, args.budget)
         out["crit"] = None  # llf is on statsmodels' own scale; fixed effects are compared instead
         out["llf"] = float(r.llf)
         out["fixef"] = [float(v) for v in r.fe_params.values]
@@ -428,8 +436,7 @@ def worker(args) -> int:
         def fit():
             return mixedlm.lmer(case.formula, df, REML=True)
 
-        cold, warm, res = _timed_loop(fit, args.repeats, args.slow, args.budget)
-        r = res[-1]
+        cold, warm, _, r = _timed_loop(fit, args.repeats, args.slow, args.budget)
         out["crit"] = float(r.deviance)  # the REML criterion for a REML fit
         fe = r.fixef()
         out["fixef"] = [float(v) for v in fe.values()]
@@ -899,7 +906,7 @@ def jaxmlm_breakdown(all_rows: list[dict]) -> list[dict]:
             "warm_other_s": other,
             "iterations": jx.get("iterations"),
             "evaluations": jx.get("evaluations"),
-            "peak_rss_mib": jx.get("peak_rss_mib"),
+            "peak_rss_mib": jx.get("peak_rss_fits_mib", jx.get("peak_rss_mib")),
             "rss_after_data_mib": jx.get("rss_after_data_mib"),
             "objective": jx.get("crit"),
             "xla_workaround": bool(jx.get("hung_default")),
@@ -945,8 +952,8 @@ def markdown(info: dict, table: list[dict], breakdown: list[dict], opts, elapsed
         L.append("*optimizer* = `FitRecord.seconds` (the θ optimization; the cold one includes compilation); "
                  "*design* = `build_design` (formula → model matrices), *stats* = `sufficient_stats`, both timed "
                  "separately after the warm fits (median of up to 3); *other* = warm total − optimizer − design − stats (final solve, "
-                 "conditional variances, result object). Peak RSS = `ru_maxrss` of the worker process "
-                 "(includes the data).")
+                 "conditional variances, result object). Peak RSS = `ru_maxrss` of the worker process after the fits "
+                 "(the data, one fit at a time, before the stage split).")
         L.append("")
         L.append("| case | rows | groups | cold total | cold optimizer | warm total | warm optimizer | warm design | "
                  "warm stats | warm other | iters / evals | peak RSS MiB | RSS after data MiB |")
