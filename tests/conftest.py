@@ -62,3 +62,21 @@ def fits():
         return cache[case_id]
 
     return get
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after every test module.
+
+    Each XLA:CPU executable holds memory mappings of its code; a process that
+    compiles thousands of programs (this suite, with many eager, un-jitted
+    derivative checks) reaches the kernel's vm.max_map_count (65530) and the
+    next compilation segfaults inside XLA. Clearing the caches between modules
+    keeps the count bounded (the crash this caused was first seen as "XLA
+    crashes late in the suite").
+    """
+    yield
+    import gc
+
+    jax.clear_caches()
+    gc.collect()
