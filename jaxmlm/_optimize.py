@@ -125,13 +125,13 @@ def _clip_diagonals(d: jax.Array, x: jax.Array, g: jax.Array, diag) -> jax.Array
 
 
 def _status(decrement, f_old, f_new, g_new, accepted, it, max_iter, ftol, gtol):
-    small_change = accepted & (jnp.abs(f_old - f_new) <= 1e-14 * jnp.maximum(1.0, jnp.abs(f_new)))
+    rel = 1e-14
     if f_new.dtype == jnp.float32:
         # float32 mode: the criterion is known to a few ulps of |f| only; a predicted or
         # achieved decrease below that is noise, not progress.
-        noise = 64 * jnp.finfo(jnp.float32).eps * jnp.maximum(1.0, jnp.abs(f_new))
-        small_change = accepted & (jnp.abs(f_old - f_new) <= noise)
-        ftol = jnp.maximum(ftol, noise)
+        rel = 64 * jnp.finfo(jnp.float32).eps
+        ftol = jnp.maximum(ftol, rel * jnp.maximum(1.0, jnp.abs(f_new)))
+    small_change = accepted & (jnp.abs(f_old - f_new) <= rel * jnp.maximum(1.0, jnp.abs(f_new)))
     status = jnp.where(
         (decrement < ftol) | small_change,
         0,

@@ -420,22 +420,22 @@ def lmer(
     t0 = time.perf_counter()
     method = choose_method(layout) if optimizer == "auto" else optimizer
     fit = dict(layout=layout, max_iter=max_iter, method=method)
-    # One transfer of the whole optimizer state: each separate read of a device array waits.
-    theta32 = None
+    # The optimizer's stages in order: float32 iterations (float32 mode), then float64 ones
+    # (always, except float32 mode without polish). One transfer of each state: every separate
+    # read of a device array waits.
+    stages = []
+    est_stats, est_reml = stats, reml
     if dtype == "float32":
-        stats32 = _as_float32(stats)
-        st32 = jax.device_get(
-            _programs.call(fit_theta, (theta0.astype(np.float32), stats32, reml.astype(np.float32)), fit)
-        )
-        theta32 = np.asarray(st32.x, dtype=np.float64)
-    if dtype == "float32" and not polish:
-        st, est_stats, est_reml = st32, stats32, reml.astype(np.float32)
-    else:
-        start = theta0 if theta32 is None else theta32
-        st = jax.device_get(_programs.call(fit_theta, (start, stats, reml), fit))
-        est_stats, est_reml = stats, reml
-    iterations = int(st.it) + (int(st32.it) if theta32 is not None and st is not st32 else 0)
-    evaluations = int(st.nfev) + (int(st32.nfev) if theta32 is not None and st is not st32 else 0)
+        stats32, reml32 = _as_float32(stats), reml.astype(np.float32)
+        stages.append(jax.device_get(_programs.call(fit_theta, (theta0.astype(np.float32), stats32, reml32), fit)))
+        if not polish:
+            est_stats, est_reml = stats32, reml32
+    if dtype == "float64" or polish:
+        start = theta0 if not stages else np.asarray(stages[0].x, dtype=np.float64)
+        stages.append(jax.device_get(_programs.call(fit_theta, (start, stats, reml), fit)))
+    st = stages[-1]
+    iterations = sum(int(s.it) for s in stages)
+    evaluations = sum(int(s.nfev) for s in stages)
     raw, f, status = np.asarray(st.x, dtype=np.float64), float(st.f), int(st.status)
     seconds = time.perf_counter() - t0
     if status == 4 or not np.isfinite(f):
@@ -450,7 +450,7 @@ def lmer(
         msg = f"optimizer {STATUS[status]} after {iterations} iterations (max |gradient| {max_grad:.2e})"
         warns.append(msg)
         warnings.warn(msg, ConvergenceWarning, stacklevel=2)
-    est_theta = theta.astype(np.float32) if est_stats is not stats else theta
+    est_theta = theta.astype(est_reml.dtype)
     sol = jax.device_get(_programs.call(solve, (est_theta, est_stats, est_reml), dict(layout=layout)))
     b, v = _condvar_blocks(sol, layout, design)
     record = FitRecord(
@@ -468,8 +468,8 @@ def lmer(
         warnings=tuple(warns),
         seconds=seconds,
         method=method,
-        dtype=dtype if theta32 is None or not polish else "float32+float64 polish",
-        theta_float32=None if theta32 is None else _readonly(theta32),
+        dtype="float32+float64 polish" if len(stages) == 2 else dtype,
+        theta_float32=_readonly(stages[0].x) if dtype == "float32" else None,
     )
     return LinearMixedModel(
         formula=design.formula.text,
