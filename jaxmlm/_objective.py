@@ -32,12 +32,15 @@ differences and a dense computation):
 * one grouping factor (q_r = 0): :func:`blockdiag_fgh`, value, gradient and exact
   Hessian in closed form per level;
 * a rest block (q_r > 0): :func:`criterion_rest`, whose reverse pass costs about one
-  explicit inverse of the dense fill-in block, and :func:`average_information`, a
-  positive semi-definite Hessian approximation that costs a few solves.
+  explicit inverse of the dense fill-in block, :func:`criterion_rest_value_and_grad`, its
+  value and gradient with the reverse pass written by hand for scalar terms, and
+  :func:`average_information`, a positive semi-definite Hessian approximation that costs a
+  few solves.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -49,7 +52,8 @@ from ._stats import Layout, Stats
 
 __all__ = [
     "Factor", "templates", "factorize", "deviance", "deviance_and_grad", "deviance_hessian",
-    "blockdiag_fgh", "blockdiag_value", "criterion_rest", "average_information", "pair_data",
+    "blockdiag_fgh", "blockdiag_value", "criterion_rest", "criterion_rest_value_and_grad",
+    "average_information", "pair_data",
 ]
 
 _LOG2PI = 1.8378770664093453
@@ -238,8 +242,16 @@ deviance_hessian = jax.jit(jax.hessian(_deviance), static_argnames="layout")
 
 
 def _phi(S: jax.Array, n: jax.Array, reml: jax.Array, p: int) -> jax.Array:
-    """φ(S): the criterion's fixed-effects/residual part from S = R Rᵀ (see above)."""
-    R = jax.lax.linalg.cholesky(S, symmetrize_input=False)
+    """φ(S): the criterion's fixed-effects/residual part from S = R Rᵀ (see above).
+
+    A function of S's lower triangle. For small p the Cholesky factor is unrolled
+    (:func:`batched_cholesky`): its derivatives are then elementwise code that XLA fuses,
+    instead of LAPACK calls for a 3 × 3 matrix (each a separate step of the Newton loop;
+    a third of a sleepstudy iteration)."""
+    if S.shape[-1] <= _UNROLL_MAX_K:
+        R = batched_cholesky(S)
+    else:
+        R = jax.lax.linalg.cholesky(S, symmetrize_input=False)
     r2 = R[p, p] ** 2
     logdet_rx = 2.0 * jnp.sum(jnp.log(jnp.diagonal(R)[:p]))
     dof = n - reml * p
@@ -376,7 +388,9 @@ def blockdiag_fgh(theta: jax.Array, A: jax.Array, Z: jax.Array, stats: Stats, re
 # * the dense step is one function h(M, V) = (log|M|, VᵀM⁻¹V) with the derivative rule
 #       dh = (tr(M⁻¹ dM),  dVᵀU + UᵀdV − Uᵀ dM U),   U = M⁻¹V
 #   (matrix calculus; its transpose is M̄ = a·M⁻¹ − U S̄ Uᵀ): one explicit inverse from
-#   the factor instead of differentiating through LAPACK's Cholesky and triangular solve;
+#   the factor (:func:`_inverse_from_cholesky`) instead of differentiating through
+#   LAPACK's Cholesky and triangular solve. The rule is written as a VJP: the forward
+#   pass of a criterion value alone computes no inverse;
 # * B Bᵀ = Σ_pairs A21_e W_g A21_e'ᵀ with W_g = T₁M_g⁻¹T₁ᵀ (k₁×k₁ per level), so θ enters
 #   the pair sum only through the l₁ small matrices W_g: the reverse pass is one gather and
 #   one segment sum into l₁ bins, not scatters into B. Likewise B C₁ = A21_e W_g Z₁ᵀW_g.
@@ -384,7 +398,40 @@ def blockdiag_fgh(theta: jax.Array, A: jax.Array, Z: jax.Array, stats: Stats, re
 # The value is the same as :func:`_deviance`'s (tests/test_optimize.py).
 
 
-@jax.custom_jvp
+_INVERSE_LEAF = 384  # below this size, M⁻¹ by two triangular solves against I
+
+
+def _inverse_from_cholesky(L: jax.Array) -> jax.Array:
+    """M⁻¹ (symmetric, both triangles) from the lower Cholesky factor L of M.
+
+    Two triangular solves against I cost 2n³ flops (LAPACK's trsm cannot use the zeros of
+    the identity); LAPACK's potri, which jaxlib does not expose, n³·2/3. Recursing on the
+    2×2 block partition L = [[A, 0], [C, D]] gives (the blocked inverse; Golub & Van Loan
+    2013, §3.2.11, applied to M = L Lᵀ)
+
+        M⁻¹₂₂ = (D Dᵀ)⁻¹,   M⁻¹₂₁ = −M⁻¹₂₂ C A⁻¹,   M⁻¹₁₁ = (A Aᵀ)⁻¹ − A⁻ᵀ Cᵀ M⁻¹₂₁
+
+    in n³ flops, mostly GEMM: InstEval's 1166 × 1166 block in ~30 ms instead of ~45.
+    The two half-size problems are independent; an optimization barrier runs them one
+    after the other (independent LAPACK calls inside a while_loop can deadlock jaxlib
+    0.10.2's CPU thread pool, see :func:`batched_cholesky`'s note).
+    """
+    n = L.shape[0]
+    if n <= _INVERSE_LEAF:
+        Li = jax.lax.linalg.triangular_solve(L, jnp.eye(n, dtype=L.dtype), left_side=True, lower=True)
+        return jax.lax.linalg.triangular_solve(L, Li, left_side=True, lower=True, transpose_a=True)
+    h = n // 2
+    A, C, D = L[:h, :h], L[h:, :h], L[h:, h:]
+    M22 = _inverse_from_cholesky(D)
+    M21 = -jax.lax.linalg.triangular_solve(A, M22 @ C, left_side=False, lower=True)
+    A, M21 = jax.lax.optimization_barrier((A, M21))
+    M11 = _inverse_from_cholesky(A) - jax.lax.linalg.triangular_solve(
+        A, C.T @ M21, left_side=True, lower=True, transpose_a=True
+    )
+    return jnp.block([[M11, M21.T], [M21, M22]])
+
+
+@jax.custom_vjp
 def _logdet_quad(M: jax.Array, V: jax.Array):
     """(log|M|, VᵀM⁻¹V, L, L⁻¹V) for SPD M given by its lower triangle (the strict upper
     triangle is never read); L and L⁻¹V are returned without derivatives."""
@@ -393,34 +440,37 @@ def _logdet_quad(M: jax.Array, V: jax.Array):
     return 2.0 * jnp.sum(jnp.log(jnp.diagonal(L))), C.T @ C, L, C
 
 
-@_logdet_quad.defjvp
-def _logdet_quad_jvp(primals, tangents):
+def _logdet_quad_fwd(M, V):
+    out = _logdet_quad(M, V)
+    return out, (out[2], V)
+
+
+def _logdet_quad_bwd(res, cotangents):
     # A function of tril(M): dM acts through its lower triangle as the symmetric
-    # tril(dM) + tril(dM)ᵀ − diag(dM), so tr(M⁻¹dM) = Σ_{i≥j} (2 − δᵢⱼ) (M⁻¹)ᵢⱼ dMᵢⱼ.
-    M, V = primals
-    dM, dV = tangents
-    n = M.shape[0]
-    L = jax.lax.linalg.cholesky(M, symmetrize_input=False)
-    # M⁻¹ = L⁻ᵀ(L⁻¹I) by two dependent triangular solves (cheaper here than L⁻¹ and a
-    # product L⁻ᵀL⁻¹; never two independent LAPACK solves, see batched_cholesky's note).
-    Li = jax.lax.linalg.triangular_solve(L, jnp.eye(n, dtype=M.dtype), left_side=True, lower=True)
-    Minv = jax.lax.linalg.triangular_solve(L, Li, left_side=True, lower=True, transpose_a=True)
-    U = Minv @ V
-    C = L.T @ U
+    # tril(dM) + tril(dM)ᵀ − diag(dM). With U = M⁻¹V and S̄ = sym(Q̄), the tangent
+    # (tr(M⁻¹dM), dVᵀU + UᵀdV − Uᵀ dM U) transposes to V̄ = 2US̄ and
+    # M̄ᵢⱼ = (2 − δᵢⱼ) (ā M⁻¹ − U S̄ Uᵀ)ᵢⱼ for i ≥ j, 0 above the diagonal.
+    L, V = res
+    abar, Qbar = cotangents[0], cotangents[1]
+    n = L.shape[0]
+    Minv = _inverse_from_cholesky(L)
+    U = Minv @ V  # a product, not a third solve (see _inverse_from_cholesky's note)
+    Sbar = 0.5 * (Qbar + Qbar.T)
+    US = U @ Sbar
+    G = abar * Minv - US @ U.T
     low = jnp.tril(jnp.ones((n, n), bool))
-    eye = jnp.eye(n, dtype=bool)
-    Mw = jnp.where(low, jnp.where(eye, 1.0, 2.0) * Minv, 0.0)
-    dMl = jnp.where(low, dM, 0.0)
-    X = U.T @ (dMl @ U)
-    dD = jnp.diagonal(dM)
-    dU = dV.T @ U
-    out = (2.0 * jnp.sum(jnp.log(jnp.diagonal(L))), V.T @ U, L, C)
-    tan = (jnp.sum(Mw * dM), dU + dU.T - (X + X.T - (U.T * dD) @ U), jnp.zeros_like(L), jnp.zeros_like(C))
-    return out, tan
+    Mbar = jnp.where(low, jnp.where(jnp.eye(n, dtype=bool), G, 2.0 * G), 0.0)
+    return Mbar, 2.0 * US
+
+
+_logdet_quad.defvjp(_logdet_quad_fwd, _logdet_quad_bwd)
 
 
 def pair_data(stats: Stats, layout: Layout):
-    """θ-free pair data of the sparse B Bᵀ: (A21_eᵀA21_e' (npairs, k₁, k₁), level g of each pair).
+    """θ-free pair data of the sparse B Bᵀ: (A21_eᵀA21_e' (npairs, k₁, k₁), level g of each pair,
+    upper-triangle target, class), the class of a pair with lower target (a, a') being
+    (β(a)·n_b + β(a'))·2 + [a = a'] for β the rest block of a row (for
+    :func:`criterion_rest_value_and_grad`: λ_aλ_a' from a table, no index arithmetic per pair).
 
     An optimizer computes this once, outside its loop (as arguments, the gathers are not
     hoisted by XLA). Empty unless ``layout.bbt == "sparse"``.
@@ -428,15 +478,25 @@ def pair_data(stats: Stats, layout: Layout):
     if layout.bbt != "sparse":
         return None
     a1, a2 = stats.A21[stats.bb_e1], stats.A21[stats.bb_e2]
-    qr = layout.qr
-    t_up = (stats.bb_t % qr) * qr + stats.bb_t // qr  # (a, a') → (a', a): the upper triangle
-    return a1[:, :, None] * a2[:, None, :], stats.pair_g[stats.bb_e1], t_up
+    qr, nb = layout.qr, len(layout.rest)
+    a, a_ = stats.bb_t // qr, stats.bb_t % qr
+    t_up = a_ * qr + a  # (a, a') → (a', a): the upper triangle
+
+    def block(r):
+        b = jnp.zeros(r.shape, jnp.int32)
+        for i, (off, _, _) in enumerate(layout.rest[1:], start=1):
+            b = jnp.where(r >= off, i, b)
+        return b
+
+    cls = (block(a) * nb + block(a_)) * 2 + (a == a_).astype(jnp.int32)
+    cls = cls.astype(jnp.uint8 if 2 * nb * nb <= 256 else jnp.int32)
+    return a1[:, :, None] * a2[:, None, :], stats.pair_g[stats.bb_e1], t_up, cls
 
 
 def _pair_values(W: jax.Array, pairs) -> jax.Array:
     """A21_e W_g A21_e'ᵀ for every pair (e, e') of B Bᵀ's lower triangle."""
     # Indices are in range: no negative-index wrap-around (a select over every pair).
-    pp, gp, _ = pairs
+    pp, gp = pairs[0], pairs[1]
     if pp.shape[1] == 1:
         return W[:, 0, 0].at[gp].get(wrap_negative_indices=False) * pp[:, 0, 0]
     return jnp.sum(W.at[gp].get(wrap_negative_indices=False) * pp, axis=(1, 2))
@@ -449,13 +509,18 @@ def _pair_bbt_lower(W: jax.Array, stats: Stats, layout: Layout, pairs=None) -> j
     return jax.ops.segment_sum(_pair_values(W, pairs), stats.bb_t, qr * qr).reshape(qr, qr)
 
 
-def criterion_rest(theta: jax.Array, stats: Stats, reml, layout: Layout, pairs=None):
-    """(criterion, pieces) for q_r > 0, with the cheap derivative structure above.
+def _rest_phi(S: jax.Array, n: jax.Array, reml, p: int):
+    """(φ(S), R) as :func:`criterion_rest` computes them (R = chol(S) is one of its pieces)."""
+    R = jnp.linalg.cholesky(S)
+    r2 = R[p, p] ** 2
+    dof = n - reml * p
+    return reml * 2.0 * jnp.sum(jnp.log(jnp.diagonal(R)[:p])) + dof * (1.0 + _LOG2PI + jnp.log(r2 / dof)), R
 
-    pieces (not differentiated): N = L₁⁻¹T₁ᵀ per level, W, C1, L2, C2, R. Equals
-    :func:`_deviance` in value and in every derivative. ``pairs``: :func:`pair_data`,
-    if already computed.
-    """
+
+def _rest_forward(theta: jax.Array, stats: Stats, reml, layout: Layout, pairs):
+    """The criterion for q_r > 0, its pieces, and the intermediates a hand-written reverse
+    pass needs (shared by :func:`criterion_rest` and :func:`criterion_rest_value_and_grad`,
+    so that both give the same value)."""
     p, k1, qr = layout.p, layout.k1, layout.qr
     Ts = templates(theta, layout)
     T1, Rest = Ts[0], Ts[1:]
@@ -469,7 +534,9 @@ def criterion_rest(theta: jax.Array, stats: Stats, reml, layout: Layout, pairs=N
     scalar = all(k == 1 for _, _, k in layout.rest)
     WZ = jnp.einsum("gij,gjm->gim", W, stats.Z1W)
     BC1 = jax.ops.segment_sum(jnp.einsum("ej,ejm->em", stats.A21, WZ[stats.pair_g]), stats.pair_a, qr)
-    V = lam_t_rest(stats.ZrW - BC1, Rest, layout)
+    D = stats.ZrW - BC1
+    V = lam_t_rest(D, Rest, layout)
+    lam = None
     if layout.bbt == "sparse" and scalar:
         # Λ_r = diag(λ) and only one triangle is needed: subtract the pair values from A22
         # at the transposed targets (upper triangle) and scale by λλᵀ, in two passes over
@@ -478,7 +545,7 @@ def criterion_rest(theta: jax.Array, stats: Stats, reml, layout: Layout, pairs=N
         pairs = pair_data(stats, layout) if pairs is None else pairs
         lam = jnp.concatenate([jnp.broadcast_to(T[0, 0], (lev,)) for (_, lev, _), T in zip(layout.rest, Rest)])
         Sr = stats.A22.reshape(-1).at[pairs[2]].add(-_pair_values(W, pairs), wrap_negative_indices=False)
-        Sr = Sr.reshape(qr, qr)
+        Sr = Sr.reshape(qr, qr)  # upper triangle valid
         M22t = (Sr * (lam[:, None] * lam[None, :]) + jnp.eye(qr, dtype=Sr.dtype)).T
     else:
         if layout.bbt == "sparse":
@@ -491,12 +558,181 @@ def criterion_rest(theta: jax.Array, stats: Stats, reml, layout: Layout, pairs=N
         M22t = lam_t_rest(lam_t_rest(Sr, Rest, layout).T, Rest, layout) + jnp.eye(qr, dtype=Sr.dtype)  # symmetric
     logdet2, Q, L2, C2 = _logdet_quad(M22t, V)
     S = S - Q
-    R = jnp.linalg.cholesky(S)
-    r2 = R[p, p] ** 2
-    dof = stats.n - reml * p
-    f = logdet1 + logdet2 + reml * 2.0 * jnp.sum(jnp.log(jnp.diagonal(R)[:p])) + dof * (1.0 + _LOG2PI + jnp.log(r2 / dof))
+    fphi, R = _rest_phi(S, stats.n, reml, p)
+    f = logdet1 + logdet2 + fphi
     sg = jax.lax.stop_gradient
-    return f, {"N": sg(N), "W": sg(W), "C1": sg(C1), "L1": sg(L1), "L2": sg(L2), "C2": sg(C2), "R": sg(R)}
+    pieces = {"N": sg(N), "W": sg(W), "C1": sg(C1), "L1": sg(L1), "L2": sg(L2), "C2": sg(C2), "R": sg(R)}
+    inter = {"T1": T1, "M11": M11, "D": D, "V": V, "lam": lam, "Sr": Sr, "S": S, "pairs": pairs}
+    return f, pieces, inter
+
+
+def criterion_rest(theta: jax.Array, stats: Stats, reml, layout: Layout, pairs=None):
+    """(criterion, pieces) for q_r > 0, with the cheap derivative structure above.
+
+    pieces (not differentiated): N = L₁⁻¹T₁ᵀ per level, W, C1, L1, L2, C2, R. Equals
+    :func:`_deviance` in value and in every derivative. ``pairs``: :func:`pair_data`,
+    if already computed.
+    """
+    f, pieces, _ = _rest_forward(theta, stats, reml, layout, pairs)
+    return f, pieces
+
+
+# ---- scalar terms: the whole reverse pass by hand ----------------------------------------------
+#
+# When every term is a scalar intercept (k₁ = 1 and every rest block k = 1) and B Bᵀ is a pair
+# sum, autodiff's transpose of criterion_rest still makes several badly fused passes over the
+# q_r² and pair arrays (a gather fused with a transposed producer, scatter-adds into l₁ bins,
+# transposes): ~6 criterion evaluations on InstEval. Written by hand it is the explicit inverse
+# plus one pass over the pairs and a few q_r-vectors. With t = T₁, λ the per-row rest scale
+# (λᵢ = θ_b on the rows of block b), per level g
+#
+#     M11_g = t²A11_g + 1,  W_g = t²/M11_g,  D = Z_rᵀW − Σ_e A21_e W_g Z₁ᵀW_g,  V = λ ⊙ D,
+#     Sr = A22 − P,  P_aa' = Σ_g W_g Σ_{e,e' in g: (a_e, a_e') = (a, a')} A21_e A21_e',
+#     M = λλᵀ ⊙ Sr + I,  S = WᵀW − Σ_g W_g Z₁ᵀW_gᵀZ₁ᵀW_g − VᵀM⁻¹V,
+#     d = Σ_g log M11_g + log|M| + φ(S).
+#
+# With S̄ = ∇φ(S), U = M⁻¹V and G = M⁻¹ + U S̄ Uᵀ the differential is (as _logdet_quad's rule)
+#
+#     dd = Σ_g dM11_g/M11_g − ⟨S̄, Σ_g dW_g Z₁ᵀW_gᵀZ₁ᵀW_g⟩ − 2⟨U S̄, dV⟩ + ⟨G, dM⟩,
+#     dM = (dλ λᵀ + λ dλᵀ) ⊙ Sr − λλᵀ ⊙ dP,   dV = dλ ⊙ D − λ ⊙ Σ_e A21_e dW_g Z₁ᵀW_g.
+#
+# * t enters only through W_g (dW_g/dt = w_g = 2t/M11_g²) and M11_g:
+#
+#       ∂d/∂t = Σ_g 2tA11_g/M11_g + Σ_g w_g (−Z₁ᵀW_g S̄ Z₁ᵀW_gᵀ + 2 Y_g·Z₁ᵀW_g − Y_g·Ỹ_g)
+#               − Σ_{e,e' in g} A21_e A21_e' w_g λ_a λ_a' M⁻¹_aa'     (a = a_e, a' = a_e'),
+#
+#   Y_g = Σ_{e in g} A21_e λ_a (U S̄)_a, Ỹ_g = Σ_{e in g} A21_e λ_a U_a: the rank-m part U S̄ Uᵀ of
+#   G summed over a level's ordered pairs factors into Y_g·Ỹ_g (per entry, not per pair). The
+#   ordered pairs are twice the stored ones (a_e ≥ a_e') less those with e = e'. This sum over
+#   the pairs gathers M⁻¹ once per pair; the product with w_g needs no segment sum.
+# * θ_b scales rows of M and V. Collecting dλᵢ, ∂d/∂θ_b = Σ_{i in b} 2((G ⊙ Sr)λ)ᵢ − 2⟨(U S̄)ᵢ, Dᵢ⟩,
+#   and as λᵢ((G ⊙ Sr)λ)ᵢ = (G(M − I))ᵢᵢ = 1 + ⟨(U S̄)ᵢ, Vᵢ⟩ − Gᵢᵢ (GM = I + U S̄ Vᵀ),
+#
+#       θ_b ∂d/∂θ_b = 2 Σ_{i in b} (1 − Gᵢᵢ),   Gᵢᵢ = M⁻¹ᵢᵢ + ⟨(U S̄)ᵢ, Uᵢ⟩:
+#
+#   the diagonal of G only, no pass over q_r². But 1 − Gᵢᵢ is O(θ_b²) (the criterion is even in
+#   θ_b) taken from O(1) numbers: its relative error grows as 1/θ_b² (InstEval: 3e-11 at
+#   θ_b = 1e-4, 4e-10 at 1e-5). Below _IDENTITY_MIN the direct form is used instead, without
+#   Sr, which is therefore not kept through the inverse (q_r² more memory): with Sr = A22 − P,
+#   ((M⁻¹ ⊙ A22)λ)ᵢ and A22(λ ⊙ U) for the rank-m part, and P's share from the same pass over
+#   the pairs (its rank-m part again per entry, as Y_g above).
+#
+# The pass over the pairs is one fused multi-output reduction (see _sums); λ_aλ_a' comes from a
+# table indexed by the pair's class (pair_data), not from the target's row and column.
+# tests/test_optimize.py checks f, ∇f and the pieces against autodiff of criterion_rest.
+
+_IDENTITY_MIN = 1e-2  # smallest |θ_b| of a rest block for the diagonal identity
+
+
+def _scalar_rest(layout: Layout) -> bool:
+    return layout.bbt == "sparse" and layout.k1 == 1 and all(k == 1 for _, _, k in layout.rest)
+
+
+def _sums(xs: list[jax.Array]) -> list[jax.Array]:
+    """Σ of each (equally long) vector in xs, in one multi-output reduction.
+
+    A single-output sum goes to XLA:CPU's YNNPACK fusion, which takes no gathers or
+    broadcasts: they would be materialized (8 bytes a pair, and a temporary allocation past
+    glibc's 32 MB mmap threshold, paid in page faults on every call). A multi-output reduce
+    stays in XLA's loop emitter with its operands fused; reducing rows of R lets it run in
+    parallel. A lone vector is therefore summed twice.
+    """
+    if len(xs) == 1:
+        s = _sums([xs[0], xs[0]])
+        return [0.5 * (s[0] + s[1])]
+    n = xs[0].shape[0]
+    R = math.gcd(n, 2048)
+    xs = tuple(x.reshape(-1, R) for x in xs)
+    rs = jax.lax.reduce(xs, tuple(jnp.zeros((), x.dtype) for x in xs),
+                        lambda u, v: tuple(p + q for p, q in zip(u, v)), (1,))
+    return [jnp.sum(r) for r in rs]
+
+
+def criterion_rest_value_and_grad(theta: jax.Array, stats: Stats, reml, layout: Layout, pairs=None):
+    """(criterion, ∇criterion, pieces) with criterion and pieces those of :func:`criterion_rest`.
+
+    For scalar terms with the pair-sum B Bᵀ (layout.k1 = 1, every rest block k = 1,
+    bbt = "sparse") the gradient is the hand-written reverse pass above, at about one
+    criterion evaluation beyond the explicit inverse; otherwise autodiff of
+    :func:`criterion_rest`. ``pairs``: :func:`pair_data`, if already computed.
+    """
+    if not _scalar_rest(layout):
+        (f, pieces), g = jax.value_and_grad(criterion_rest, has_aux=True)(theta, stats, reml, layout, pairs)
+        return f, g, pieces
+    p, qr, l1 = layout.p, layout.qr, layout.l1
+    f, pieces, it = _rest_forward(theta, stats, reml, layout, pairs)
+    t, M11, D, V, lam, S = (it[k] for k in ("T1", "M11", "D", "V", "lam", "S"))
+    t, M11, W = t[0, 0], M11[:, 0, 0], pieces["W"][:, 0, 0]
+    pp, gp = it["pairs"][0][:, 0, 0], it["pairs"][1]
+    rest_t = jnp.stack([theta[idx[0]] for _, _, idx in layout.templates[1:]])
+    _, phi_vjp, _ = jax.vjp(lambda S_: _rest_phi(S_, stats.n, reml, p), S, has_aux=True)
+    Sbar = phi_vjp(jnp.ones_like(f))[0]
+    Sbar = 0.5 * (Sbar + Sbar.T)
+    Minv = _inverse_from_cholesky(pieces["L2"])
+    U = Minv @ V  # a product, not a solve (see _inverse_from_cholesky's note)
+    US = U @ Sbar
+    m = US.shape[1]
+    w = 2.0 * t / M11**2  # dW_g/dt
+    a21, ga, gg = stats.A21[:, 0], stats.pair_a, stats.pair_g
+    Z = stats.Z1W[:, 0, :]
+    YY = jax.ops.segment_sum((a21 * lam[ga])[:, None] * jnp.concatenate([US, U], axis=1)[ga], gg, l1)
+    Y, Yt = YY[:, :m], YY[:, m:]
+    gt = (jnp.sum(2.0 * t * stats.A11[:, 0, 0] / M11)
+          + jnp.sum(w * (jnp.sum(Y * (2.0 * Z - Yt), axis=1) - jnp.einsum("gm,mn,gn->g", Z, Sbar, Z))))
+    USD = jnp.sum(US * D, axis=1)
+    blocks = [(off, lev) for off, lev, _ in layout.rest]
+
+    def pair_terms(rest_blocks: bool):
+        # Per stored pair (lower target (a, a'), a ≥ a'): M⁻¹_aa' times A21_e A21_e'; the sums
+        # for ∂d/∂t (all pairs, and those with e = e', a = a') and, for the direct form, per
+        # block b the pairs' share of Σ_{i in b} ((M⁻¹ ⊙ P) λ)ᵢ (both orders of a pair, e = e'
+        # once). λ_aλ_a' and the block terms come from tables indexed by the pair's class.
+        nb = len(blocks)
+        cls = it["pairs"][3].astype(jnp.int32)
+        get = lambda v, i: v.at[i].get(wrap_negative_indices=False)  # noqa: E731
+        x = get(Minv.reshape(-1), stats.bb_t) * pp
+        on_diag = (cls & 1) == 1
+        ll = jnp.repeat(jnp.outer(rest_t, rest_t).reshape(-1), 2)  # class → λ_aλ_a'
+        xt = x * get(w, gp) * get(ll, cls)
+        terms = [xt, jnp.where(on_diag, xt, 0.0)]
+        if rest_blocks:
+            xW = jnp.where(on_diag, 0.5, 1.0) * x * get(W, gp)
+            e = jnp.eye(nb, dtype=x.dtype)
+            for bi in range(nb):  # class → [β(a) = b] λ_a' + [β(a') = b] λ_a
+                tb = e[bi][:, None] * rest_t[None, :] + rest_t[:, None] * e[bi][None, :]
+                terms.append(xW * get(jnp.repeat(tb.reshape(-1), 2), cls))
+        sums = _sums(terms)
+        return -2.0 * sums[0] + sums[1], sums[2:]
+
+    def identity(_):
+        gt_pairs, _ = pair_terms(False)
+        Gd = jnp.diagonal(Minv) + jnp.sum(US * U, axis=1)
+        return gt_pairs, jnp.stack([2.0 * jnp.sum(1.0 - Gd[o : o + n]) / th for (o, n), th in zip(blocks, rest_t)])
+
+    def direct(_):
+        gt_pairs, p_sums = pair_terms(True)
+        A22 = stats.A22
+        AU = A22 @ (lam[:, None] * U)
+        Yb = jax.ops.segment_sum(
+            jnp.concatenate([jnp.where((ga >= o) & (ga < o + n), a21, 0.0)[:, None] * US[ga] for o, n in blocks], 1),
+            gg, l1,
+        ).reshape(l1, len(blocks), m)
+        # Σ_{i in b} ((M⁻¹ ⊙ A22) λ)ᵢ by masks, not slices (a slice would be a q_r² copy)
+        MAl = Minv * A22 * lam[None, :]
+        rows = jnp.arange(qr)[:, None]
+        a22_sums = _sums([jnp.where((rows >= o) & (rows < o + n), MAl, 0.0).reshape(-1) for o, n in blocks])
+        out = []
+        for bi, (o, n) in enumerate(blocks):
+            a22 = a22_sums[bi] + jnp.sum(US[o : o + n] * AU[o : o + n])
+            pair = p_sums[bi] + jnp.sum(W * jnp.sum(Yb[:, bi] * Yt, axis=1))
+            out.append(2.0 * (a22 - pair) - 2.0 * jnp.sum(USD[o : o + n]))
+        return gt_pairs, jnp.stack(out)
+
+    gt_pairs, grest = jax.lax.cond(jnp.all(jnp.abs(rest_t) >= _IDENTITY_MIN), identity, direct, None)
+    g = jnp.zeros(layout.ntheta, f.dtype).at[layout.templates[0][2][0]].add(gt + gt_pairs)
+    for (_, _, idx), gb in zip(layout.templates[1:], grest):
+        g = g.at[idx[0]].add(gb)
+    return f, g, pieces
 
 
 def average_information(theta: jax.Array, pieces: dict, stats: Stats, reml, layout: Layout):

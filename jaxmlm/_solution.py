@@ -31,6 +31,7 @@ from jax.scipy.linalg import solve_triangular
 
 from . import _x64  # noqa: F401
 from ._objective import (
+    _inverse_from_cholesky,
     batched_solve_lower,
     batched_solve_upper_t,
     criterion,
@@ -86,7 +87,7 @@ def solve(theta: jax.Array, stats: Stats, reml, layout: Layout) -> Solution:
         u1 = _solve_lt(fac.L1, rhs1 - back)
         b_rest = w
         # Diagonal blocks of (L Lᵀ)⁻¹ (see the module docstring).
-        Minv = _spd_inverse(fac.L2)
+        Minv = _inverse_from_cholesky(fac.L2)
         D = jnp.einsum("ek,ekj->ej", fac.B, L1inv[stats.pair_g])
         var1 = var1 + _condvar_rest(Minv, D, Rest, stats, layout)
         parts = []
@@ -107,14 +108,6 @@ def solve(theta: jax.Array, stats: Stats, reml, layout: Layout) -> Solution:
 def _solve_lt(L: jax.Array, x: jax.Array) -> jax.Array:
     """L_g⁻ᵀ x_g for every level g: L (l, k, k) lower, x (l, k)."""
     return batched_solve_upper_t(L, x[..., None])[..., 0]
-
-
-def _spd_inverse(L: jax.Array) -> jax.Array:
-    """M⁻¹ = L⁻ᵀ(L⁻¹ I) for M = L Lᵀ: two dependent triangular solves (never two independent
-    LAPACK solves side by side, see :func:`~jaxmlm._objective.batched_cholesky`)."""
-    eye = jnp.eye(L.shape[0], dtype=L.dtype)
-    Li = jax.lax.linalg.triangular_solve(L, eye, left_side=True, lower=True)
-    return jax.lax.linalg.triangular_solve(L, Li, left_side=True, lower=True, transpose_a=True)
 
 
 def _condvar_rest(Minv: jax.Array, D: jax.Array, Rest, stats: Stats, layout: Layout) -> jax.Array:

@@ -4,6 +4,8 @@
   autodiff gradient/Hessian of the criterion and against finite differences;
 * criterion_rest (q_r > 0, custom derivative of the dense step, pair sums through W_g)
   against the criterion and its autodiff gradient, both B Bᵀ code paths;
+* criterion_rest_value_and_grad (hand-written reverse pass for scalar terms) against
+  autodiff of criterion_rest, on and off the boundary, and its fallback elsewhere;
 * average_information against an independent dense computation from Z, Λ, X, y;
 * fits by every method reach the same optimum;
 * _clip_diagonals keeps diagonals on their side of 0 and keeps descent.
@@ -12,6 +14,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 from _dense import dense_z_lambda
 from conftest import CASES, case_data
@@ -23,6 +26,7 @@ from jaxmlm._objective import (
     blockdiag_fgh,
     blockdiag_value,
     criterion_rest,
+    criterion_rest_value_and_grad,
     deviance,
     deviance_and_grad,
     deviance_hessian,
@@ -93,6 +97,82 @@ def test_criterion_rest_value_and_gradient(cid, bbt, reml):
         fv = lambda x: float(_deviance(jnp.asarray(x), stats, reml, layout))  # noqa: E731
         fd_g = np.array([(fv(theta + h * e) - fv(theta - h * e)) / (2 * h) for e in np.eye(len(theta))])
         np.testing.assert_allclose(np.asarray(g), fd_g, rtol=1e-5, atol=1e-5)
+
+
+def _three_crossed():
+    """Three crossed scalar factors: two rest blocks (λ holds two scales), and block 1 (37
+    levels) and the first rest block (23) padded to the bucket grid (40, 24)."""
+    rng = np.random.default_rng(11)
+    n = 600
+    a, b, c = rng.integers(0, 37, n), rng.integers(0, 23, n), rng.integers(0, 5, n)
+    x = rng.normal(size=n)
+    u = rng.normal(size=37)[a] + 0.7 * rng.normal(size=23)[b] + 0.3 * rng.normal(size=5)[c]
+    y = 1 + 0.5 * x + u + rng.normal(size=n)
+    df = pd.DataFrame({"y": y, "x": x, "a": a, "b": b, "c": c})
+    for col in "abc":
+        df[col] = df[col].astype(str).astype("category")
+    return build_design("y ~ x + (1|a) + (1|b) + (1|c)", df)
+
+
+SCALAR_CROSSED = ["penicillin_crossed", "pastes_nested", "nested_slash", "pastes_interaction", "three_crossed"]
+FALLBACK = [("crossed_item_slope", "sparse"), ("crossed_subj_slope", "sparse"), ("penicillin_crossed", "dense")]
+
+
+def _vg_setup(cid, bbt):
+    d = _three_crossed() if cid == "three_crossed" else build_design(CASES[cid]["formula"], case_data(CASES[cid]))
+    layout, stats, _ = sufficient_stats(d, bbt=bbt)
+    return layout, stats
+
+
+_vg = jax.jit(criterion_rest_value_and_grad, static_argnames="layout")
+_vg_autodiff = jax.jit(jax.value_and_grad(criterion_rest, has_aux=True), static_argnames="layout")
+
+
+def _check_value_and_grad(theta, stats, reml, layout, pairs):
+    t = jnp.asarray(theta, dtype=float)
+    f, g, pieces = _vg(t, stats, reml, layout, pairs)
+    (f_ref, pieces_ref), g_ref = _vg_autodiff(t, stats, reml, layout, pairs)
+    assert float(f) == pytest.approx(float(f_ref), rel=1e-12)
+    g, g_ref = np.asarray(g), np.asarray(g_ref)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-8, atol=1e-9 * max(1.0, np.max(np.abs(g_ref))))
+    assert set(pieces) == set(pieces_ref)
+    for k in pieces:
+        np.testing.assert_allclose(np.asarray(pieces[k]), np.asarray(pieces_ref[k]), rtol=1e-12, atol=1e-12)
+    return g
+
+
+@pytest.mark.parametrize("cid", SCALAR_CROSSED)
+@pytest.mark.parametrize("reml", [1.0, 0.0])
+def test_value_and_grad_scalar_terms_match_autodiff(cid, reml):
+    layout, stats = _vg_setup(cid, "sparse")
+    assert layout.k1 == 1 and all(k == 1 for _, _, k in layout.rest) and layout.bbt == "sparse"
+    pairs = pair_data(stats, layout)
+    thetas = _thetas(layout, 7, 3)
+    if cid in CASES:
+        thetas.append(np.atleast_1d(CASES[cid]["theta"]))
+    for theta in thetas:
+        _check_value_and_grad(theta, stats, reml, layout, pairs)
+    # Near and on the boundary: each entry in turn small (a rest block's gradient then takes
+    # the direct form, not the diagonal identity) or 0, where the criterion is even in it and
+    # its derivative vanishes.
+    for i in range(layout.ntheta):
+        for v in (3e-3, 0.0):
+            theta = np.array(thetas[0], dtype=float)
+            theta[i] = v
+            g = _check_value_and_grad(theta, stats, reml, layout, pairs)
+            if v == 0.0:
+                assert g[i] == pytest.approx(0.0, abs=1e-10)
+    _check_value_and_grad(thetas[0], stats, reml, layout, None)  # pairs made inside
+
+
+@pytest.mark.parametrize("cid,bbt", FALLBACK)
+@pytest.mark.parametrize("reml", [1.0, 0.0])
+def test_value_and_grad_falls_back_to_autodiff(cid, bbt, reml):
+    layout, stats = _vg_setup(cid, bbt)
+    assert not (layout.k1 == 1 and all(k == 1 for _, _, k in layout.rest) and layout.bbt == "sparse")
+    pairs = pair_data(stats, layout)
+    for theta in _thetas(layout, 8, 2):
+        _check_value_and_grad(theta, stats, reml, layout, pairs)
 
 
 def _dense_average_information(d, theta, reml):
