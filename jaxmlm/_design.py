@@ -561,10 +561,11 @@ def _fast_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design | None:
     needed = numeric_needed | set(fixed[1]) | factors
     if not needed <= columns or len(labels) != len(set(labels)):
         return None
-    if not all(_numeric(data[c]) for c in numeric_needed):
-        return None
     cols = [c for c in labels if c in needed]
-    frame = {c: _prepare(data[c], c == lhs) for c in cols}
+    series = {c: data[c] for c in cols}  # one lookup per column: pandas' __getitem__ is slow
+    if not all(_numeric(series[c]) for c in numeric_needed):
+        return None
+    frame = {c: _prepare(series[c], c == lhs) for c in cols}
     categorical = [c for c in fixed[1] if not _numeric(frame[c])]
     for c in categorical:
         dtype = frame[c].dtype

@@ -12,7 +12,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,16 @@ import pandas as pd
 from . import _programs, _x64  # noqa: F401  (float64 before any array exists)
 from ._design import Design, build_design
 from ._errors import ConvergenceError, ConvergenceWarning, DataError
-from ._optimize import STATUS, canonical_theta, choose_method, diagonal_mask, fit_theta, snap_boundary
+from ._optimize import (
+    STATUS,
+    canonical_theta,
+    canonical_theta_jax,
+    choose_method,
+    diagonal_mask,
+    fit_theta,
+    moment_start,
+    snap_boundary,
+)
 from ._solution import solve
 from ._stats import Layout, Stats, sufficient_stats
 
@@ -41,8 +50,8 @@ class FitRecord:
     the criterion at ``theta_end``; ``iterations`` Newton steps;
     ``evaluations`` criterion evaluations (each step adds one gradient and one
     Hessian); ``status`` / ``message``; ``max_abs_gradient`` at the optimizer's
-    end; ``seconds`` wall time of the optimization (compile included the first
-    time a shape is seen); ``method`` the optimizer ("newton", "ai" or "bfgs");
+    end; ``seconds`` wall time of the optimization and the final solve, which
+    run as one program (compile included the first time a shape is seen); ``method`` the optimizer ("newton", "ai" or "bfgs");
     ``dtype`` the arithmetic of the iterations ("float64", "float32", or
     "float32+float64 polish"); ``theta_float32`` the optimizer's float32 θ in
     float32 mode (iterations and evaluations count both stages)."""
@@ -376,6 +385,20 @@ def _condvar_blocks(sol, layout: Layout, design: Design) -> tuple[tuple, tuple]:
     return tuple(_readonly(b) for b in b_list), tuple(_readonly(v) for v in v_list)
 
 
+@partial(jax.jit, static_argnames=("layout", "max_iter", "method"))
+def _fit_and_solve(theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, method: str = "newton"):
+    """:func:`~jaxmlm._optimize.fit_theta`, then :func:`~jaxmlm._solution.solve` at its θ with
+    canonical signs, as one program: (optimizer state, canonical θ, solution).
+
+    For small models a separate dispatch and transfer per stage costs as much as the
+    arithmetic (sleepstudy: ~0.1 of ~0.9 ms). The solution is only used if snapping to the
+    boundary leaves θ unchanged (:func:`lmer`); otherwise ``solve`` runs again at the snapped θ.
+    """
+    st = fit_theta(theta0, stats, reml, layout, max_iter=max_iter, method=method)
+    theta = canonical_theta_jax(st.x, layout)
+    return st, theta, solve(theta, stats, reml, layout)
+
+
 def lmer(
     formula: str,
     data: pd.DataFrame,
@@ -415,25 +438,26 @@ def lmer(
     design = build_design(formula, data)
     layout, stats, _ = sufficient_stats(design)
     reml = np.asarray(1.0 if REML else 0.0)
-    theta0 = np.where(diagonal_mask(layout), 1.0, 0.0)
-
     t0 = time.perf_counter()
     method = choose_method(layout) if optimizer == "auto" else optimizer
+    # lme4's start (θ = 1 on template diagonals), except where every iteration costs a dense
+    # q_r³ step: there a moment estimate saves the first few (_optimize.moment_start).
+    theta0 = moment_start(stats, layout) if method == "ai" else np.where(diagonal_mask(layout), 1.0, 0.0)
     fit = dict(layout=layout, max_iter=max_iter, method=method)
     # The optimizer's stages in order: float32 iterations (float32 mode), then float64 ones
-    # (always, except float32 mode without polish). One transfer of each state: every separate
-    # read of a device array waits.
+    # (always, except float32 mode without polish). The last stage runs with the final solve
+    # as one program. One transfer of each state: every separate read of a device array waits.
     stages = []
-    est_stats, est_reml = stats, reml
+    est_stats, est_reml, start = stats, reml, theta0
     if dtype == "float32":
         stats32, reml32 = _as_float32(stats), reml.astype(np.float32)
-        stages.append(jax.device_get(_programs.call(fit_theta, (theta0.astype(np.float32), stats32, reml32), fit)))
-        if not polish:
-            est_stats, est_reml = stats32, reml32
-    if dtype == "float64" or polish:
-        start = theta0 if not stages else np.asarray(stages[0].x, dtype=np.float64)
-        stages.append(jax.device_get(_programs.call(fit_theta, (start, stats, reml), fit)))
-    st = stages[-1]
+        if polish:
+            stages.append(jax.device_get(_programs.call(fit_theta, (theta0.astype(np.float32), stats32, reml32), fit)))
+            start = np.asarray(stages[0].x, dtype=np.float64)
+        else:
+            est_stats, est_reml, start = stats32, reml32, theta0.astype(np.float32)
+    st, _, sol = jax.device_get(_programs.call(_fit_and_solve, (start, est_stats, est_reml), fit))
+    stages.append(st)
     iterations = sum(int(s.it) for s in stages)
     evaluations = sum(int(s.nfev) for s in stages)
     raw, f, status = np.asarray(st.x, dtype=np.float64), float(st.f), int(st.status)
@@ -450,8 +474,8 @@ def lmer(
         msg = f"optimizer {STATUS[status]} after {iterations} iterations (max |gradient| {max_grad:.2e})"
         warns.append(msg)
         warnings.warn(msg, ConvergenceWarning, stacklevel=2)
-    est_theta = theta.astype(est_reml.dtype)
-    sol = jax.device_get(_programs.call(solve, (est_theta, est_stats, est_reml), dict(layout=layout)))
+    if snapped:
+        sol = jax.device_get(_programs.call(solve, (theta.astype(est_reml.dtype), est_stats, est_reml), dict(layout=layout)))
     b, v = _condvar_blocks(sol, layout, design)
     record = FitRecord(
         theta_start=_readonly(theta0),

@@ -182,3 +182,71 @@ def test_dtype_is_checked():
 
     with pytest.raises(jaxmlm.JaxmlmError, match="dtype must be"):
         jaxmlm.lmer("Reaction ~ Days + (1 | Subject)", jaxmlm.load_example("sleepstudy"), dtype="float16")
+
+
+AI_CASES = ["penicillin_crossed", "pastes_nested", "crossed_item_slope", "dyestuff2_singular", "sleepstudy_rs"]
+
+
+@pytest.mark.parametrize("cid", AI_CASES)
+def test_ai_from_the_moment_start_reaches_the_newton_optimum(fits, cid):
+    """optimizer="ai" (chosen for large crossed designs) starts from moment estimates, not
+    lme4's θ = 1, and must land on the same fit — singular ones (θ = 0) included."""
+    import jaxmlm
+    from conftest import case_data
+
+    from jaxmlm._optimize import diagonal_mask, moment_start
+
+    c = CASES[cid]
+    newton = fits(cid)
+    ai = jaxmlm.lmer(c["formula"], case_data(c), REML=c["REML"], optimizer="ai")
+    assert ai.record.method == "ai" and ai.record.converged
+    start = moment_start(newton.stats, newton.layout)
+    np.testing.assert_array_equal(ai.record.theta_start, start)
+    mask = diagonal_mask(newton.layout)
+    assert np.all(start[~mask] == 0) and np.all((start[mask] >= 0.05) & (start[mask] <= 10))
+    assert ai.objective == pytest.approx(newton.objective, abs=2e-6)
+    np.testing.assert_allclose(ai.fixef, newton.fixef, rtol=0, atol=2e-4 * newton.se.min())
+    np.testing.assert_allclose(ai.theta, newton.theta, rtol=2e-3, atol=2e-4)
+    assert ai.is_singular == newton.is_singular
+
+
+def _anova_theta(df, y, X, factors):
+    """θ_b = σ̂_b/σ̂ of the one-way ANOVA estimator per factor, from the raw rows."""
+    e = y - X @ np.linalg.lstsq(X, y, rcond=None)[0]
+    n, p = X.shape
+    ete = float(e @ e)
+    var = []
+    for f in factors:
+        grp = pd.Series(e).groupby(df[f].to_numpy(), observed=True)
+        ng, sg = grp.size().to_numpy(float), grp.sum().to_numpy()
+        G = len(ng)
+        ssb = float(np.sum(sg**2 / ng))
+        n0 = (n - np.sum(ng**2) / n) / (G - 1)
+        var.append(max((ssb / (G - 1) - (ete - ssb) / (n - G)) / n0, 0.0))
+    s2 = max(ete / (n - p) - sum(var), 0.1 * ete / (n - p))
+    return np.clip(np.sqrt(np.asarray(var) / s2), 0.05, 10.0)
+
+
+@pytest.mark.parametrize("cid, factors", [
+    ("penicillin_crossed", ["plate", "sample"]),
+    ("pastes_nested", ["batch", "cask"]),
+    ("dyestuff2_singular", ["Batch"]),
+])
+def test_moment_start_is_the_anova_estimate(fits, cid, factors):
+    """moment_start (from the sufficient statistics, padded levels and all) equals the
+    one-way ANOVA estimates computed from the rows, in lme4's θ order."""
+    from conftest import case_data
+
+    from jaxmlm._optimize import moment_start
+
+    c, m = CASES[cid], fits(cid)
+    df = case_data(c)
+    d = m.design
+    if cid == "pastes_nested":  # (1 | batch/cask): cask within batch is the interaction factor
+        df = df.assign(cask=df["batch"].astype(str) + ":" + df["cask"].astype(str))
+    expected = _anova_theta(df, np.asarray(d.y), np.asarray(d.X), factors)
+    got = moment_start(m.stats, m.layout)
+    # θ is in term order; a term's grouping factor is a column above ("cask:batch" → cask)
+    order = [factors.index(t.group.split(":")[0]) for t in d.terms]
+    assert sorted(order) == list(range(len(factors)))
+    np.testing.assert_allclose(got, expected[order], rtol=1e-10)
