@@ -424,10 +424,9 @@ def _inverse_from_cholesky(L: jax.Array) -> jax.Array:
     A, C, D = L[:h, :h], L[h:, :h], L[h:, h:]
     M22 = _inverse_from_cholesky(D)
     M21 = -jax.lax.linalg.triangular_solve(A, M22 @ C, left_side=False, lower=True)
-    A, M21 = jax.lax.optimization_barrier((A, M21))
-    M11 = _inverse_from_cholesky(A) - jax.lax.linalg.triangular_solve(
-        A, C.T @ M21, left_side=True, lower=True, transpose_a=True
-    )
+    X = jax.lax.linalg.triangular_solve(A, C.T @ M21, left_side=True, lower=True, transpose_a=True)
+    A, X = jax.lax.optimization_barrier((A, X))  # every solve above before any below
+    M11 = _inverse_from_cholesky(A) - X
     return jnp.block([[M11, M21.T], [M21, M22]])
 
 
@@ -562,7 +561,7 @@ def _rest_forward(theta: jax.Array, stats: Stats, reml, layout: Layout, pairs):
     f = logdet1 + logdet2 + fphi
     sg = jax.lax.stop_gradient
     pieces = {"N": sg(N), "W": sg(W), "C1": sg(C1), "L1": sg(L1), "L2": sg(L2), "C2": sg(C2), "R": sg(R)}
-    inter = {"T1": T1, "M11": M11, "D": D, "V": V, "lam": lam, "Sr": Sr, "S": S, "pairs": pairs}
+    inter = {"T1": T1, "M11": M11, "D": D, "V": V, "lam": lam, "S": S, "pairs": pairs}
     return f, pieces, inter
 
 
@@ -570,8 +569,8 @@ def criterion_rest(theta: jax.Array, stats: Stats, reml, layout: Layout, pairs=N
     """(criterion, pieces) for q_r > 0, with the cheap derivative structure above.
 
     pieces (not differentiated): N = L₁⁻¹T₁ᵀ per level, W, C1, L1, L2, C2, R. Equals
-    :func:`_deviance` in value and in every derivative. ``pairs``: :func:`pair_data`,
-    if already computed.
+    :func:`_deviance` in value and in reverse-mode derivatives (the dense step is a custom
+    VJP: no forward mode). ``pairs``: :func:`pair_data`, if already computed.
     """
     f, pieces, _ = _rest_forward(theta, stats, reml, layout, pairs)
     return f, pieces
@@ -621,7 +620,9 @@ def criterion_rest(theta: jax.Array, stats: Stats, reml, layout: Layout, pairs=N
 # table indexed by the pair's class (pair_data), not from the target's row and column.
 # tests/test_optimize.py checks f, ∇f and the pieces against autodiff of criterion_rest.
 
-_IDENTITY_MIN = 1e-2  # smallest |θ_b| of a rest block for the diagonal identity
+# Smallest |θ_b| of a rest block for the diagonal identity: its relative error is about
+# eps/θ_b², so 1e-2 in float64 (~1e-12) and 0.1 in float32 (~1e-5).
+_IDENTITY_MIN = {jnp.dtype(jnp.float64): 1e-2, jnp.dtype(jnp.float32): 1e-1}
 
 
 def _scalar_rest(layout: Layout) -> bool:
@@ -668,7 +669,9 @@ def criterion_rest_value_and_grad(theta: jax.Array, stats: Stats, reml, layout: 
     _, phi_vjp, _ = jax.vjp(lambda S_: _rest_phi(S_, stats.n, reml, p), S, has_aux=True)
     Sbar = phi_vjp(jnp.ones_like(f))[0]
     Sbar = 0.5 * (Sbar + Sbar.T)
-    Minv = _inverse_from_cholesky(pieces["L2"])
+    # φ's LAPACK calls before the inverse's, never side by side (see _inverse_from_cholesky)
+    Sbar, L2 = jax.lax.optimization_barrier((Sbar, pieces["L2"]))
+    Minv = _inverse_from_cholesky(L2)
     U = Minv @ V  # a product, not a solve (see _inverse_from_cholesky's note)
     US = U @ Sbar
     m = US.shape[1]
@@ -728,7 +731,7 @@ def criterion_rest_value_and_grad(theta: jax.Array, stats: Stats, reml, layout: 
             out.append(2.0 * (a22 - pair) - 2.0 * jnp.sum(USD[o : o + n]))
         return gt_pairs, jnp.stack(out)
 
-    gt_pairs, grest = jax.lax.cond(jnp.all(jnp.abs(rest_t) >= _IDENTITY_MIN), identity, direct, None)
+    gt_pairs, grest = jax.lax.cond(jnp.all(jnp.abs(rest_t) >= _IDENTITY_MIN[jnp.dtype(rest_t.dtype)]), identity, direct, None)
     g = jnp.zeros(layout.ntheta, f.dtype).at[layout.templates[0][2][0]].add(gt + gt_pairs)
     for (_, _, idx), gb in zip(layout.templates[1:], grest):
         g = g.at[idx[0]].add(gb)

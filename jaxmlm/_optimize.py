@@ -30,14 +30,13 @@ the average-information matrix (AI-REML; Gilmour, Thompson & Cullis 1995) —
 positive semi-definite and close to H near the optimum, for the price of a few
 solves. AI underestimates the curvature along components with few levels; the
 diagonal step clipping of :func:`_clip_diagonals` keeps those steps from
-oscillating across 0. InstEval: 7 iterations / 16 evaluations against BFGS's
-16 / 46.
+oscillating across 0. From lme4's start InstEval takes 7 iterations (BFGS: 16); from
+:func:`moment_start`, which :func:`~jaxmlm._results.lmer` uses with "ai", 5.
 """
 
 from __future__ import annotations
 
 import functools
-from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -84,14 +83,20 @@ class OptState(NamedTuple):
     status: jax.Array
 
 
-def _line_search(fun, s: OptState, d: jax.Array):
-    """Armijo backtracking from a full step: (step, criterion there, evaluations, accepted)."""
+def _line_search(fun, s: OptState, d: jax.Array, slack=-jnp.inf):
+    """Armijo backtracking from a full step: (step, evaluations, accepted).
+
+    ``slack``: a step that raises the criterion by at most this much is accepted too (see
+    :func:`_newton`: the last step, whose predicted decrease is rounding noise).
+    """
     slope = s.g @ d
+
+    def accept(a, fa):
+        return jnp.isfinite(fa) & ((fa <= s.f + 1e-4 * a * slope) | (fa <= s.f + slack))
 
     def ls_cond(c):
         a, fa, k = c
-        ok = jnp.isfinite(fa) & (fa <= s.f + 1e-4 * a * slope)
-        return (~ok) & (k < 40)
+        return (~accept(a, fa)) & (k < 40)
 
     def ls_body(c):
         a, _, k = c
@@ -99,7 +104,7 @@ def _line_search(fun, s: OptState, d: jax.Array):
         return a, fun(s.x + a * d), k + 1
 
     a, fa, k = jax.lax.while_loop(ls_cond, ls_body, (jnp.asarray(1.0), fun(s.x + d), jnp.asarray(0)))
-    return a, k + 1, jnp.isfinite(fa) & (fa <= s.f + 1e-4 * a * slope)
+    return a, k + 1, accept(a, fa)
 
 
 def _capped(d: jax.Array, x: jax.Array) -> jax.Array:
@@ -126,6 +131,13 @@ def _clip_diagonals(d: jax.Array, x: jax.Array, g: jax.Array, diag) -> jax.Array
     return jnp.where(g @ dc < 0, dc, d * scale)
 
 
+def _ftol(ftol, f: jax.Array):
+    """The effective ftol: in float32 mode at least the noise in f (see :func:`_noise_rel`)."""
+    if f.dtype == jnp.float32:
+        return jnp.maximum(ftol, _noise_rel(f) * jnp.maximum(1.0, jnp.abs(f)))
+    return ftol
+
+
 def _noise_rel(f: jax.Array) -> float:
     """Relative size of rounding noise in a criterion value: 1e-14 in float64; in float32
     mode the criterion is known to a few ulps of |f| only."""
@@ -134,9 +146,7 @@ def _noise_rel(f: jax.Array) -> float:
 
 def _status(decrement, f_old, f_new, g_new, accepted, it, max_iter, ftol, gtol):
     rel = _noise_rel(f_new)
-    if f_new.dtype == jnp.float32:
-        # a predicted or achieved decrease below the noise is not progress
-        ftol = jnp.maximum(ftol, rel * jnp.maximum(1.0, jnp.abs(f_new)))
+    ftol = _ftol(ftol, f_new)  # a predicted or achieved decrease below the noise is not progress
     small_change = accepted & (jnp.abs(f_old - f_new) <= rel * jnp.maximum(1.0, jnp.abs(f_new)))
     status = jnp.where(
         (decrement < ftol) | small_change,
@@ -161,8 +171,14 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
     ``trial_fgh``: evaluate (f, ∇f, H) at the full step straight away and keep them when the
     step is accepted — the usual case for Newton steps — instead of a criterion evaluation
     for the line search followed by (f, ∇f, H) at the same point. Only where f is a large
-    part of the cost of (f, ∇f, H) and the loop is not ``vmap``-ed (under ``vmap`` the
-    ``lax.cond`` runs both branches).
+    part of the cost of (f, ∇f, H) (the "ai" path: InstEval, 16 of ~65 ms), where the loop is
+    not ``vmap``-ed (under ``vmap`` the ``lax.cond`` runs both branches), and where the
+    program's size does not matter: the second copy of (f, ∇f, H) in the ``lax.cond``
+    makes the one-factor program ~0.1 s slower to load in a fresh process, more than the
+    few criterion values it saves (sleepstudy: ~20 µs).
+
+    Either way, once the predicted decrease (the Newton decrement) is below ftol, a step
+    that raises f by no more than rounding noise is accepted instead of backtracked.
     """
     if fgh is None:
         def grad_aux(x):
@@ -184,8 +200,15 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
     def armijo(s, fa, a, slope):
         return jnp.isfinite(fa) & (fa <= s.f + 1e-4 * a * slope)
 
-    def step_plain(s, d):
-        a, k, accepted = _line_search(fun, s, d)
+    def slack(s, decrement):
+        # A last step whose predicted decrease is below ftol may raise f by rounding noise;
+        # backtracking could not improve on it (it halves ~40 times looking for a decrease
+        # that is not there), so it is taken as it is.
+        noise = _noise_rel(s.f) * jnp.maximum(1.0, jnp.abs(s.f))
+        return jnp.where(decrement < _ftol(ftol, s.f), noise, -jnp.inf)
+
+    def step_plain(s, d, decrement):
+        a, k, accepted = _line_search(fun, s, d, slack(s, decrement))
         x_new = jnp.where(accepted, s.x + a * d, s.x)
         f_new, g_new, H_new = evaluate(x_new)
         return x_new, f_new, g_new, H_new, k + 1, accepted
@@ -201,11 +224,7 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
             f_new, g_new, H_new = evaluate(x_new)
             return x_new, f_new, g_new, H_new, k + 2, accepted
 
-        # A last step whose predicted decrease is below ftol may raise f by rounding noise;
-        # backtracking could not improve on it (it halves ~40 times looking for a decrease
-        # that is not there), so it is taken as it is.
-        noise = _noise_rel(s.f) * jnp.maximum(1.0, jnp.abs(s.f))
-        ok = armijo(s, f1, 1.0, s.g @ d) | ((decrement < ftol) & (f1 <= s.f + noise))
+        ok = armijo(s, f1, 1.0, s.g @ d) | (f1 <= s.f + slack(s, decrement))
         return jax.lax.cond(ok, lambda _: (x1, f1, g1, H1, jnp.asarray(1), jnp.asarray(True)), backtrack, None)
 
     def body(c):
@@ -217,10 +236,8 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
         decrement = -(s.g @ d) / 2.0
         if diag is not None:
             d = _clip_diagonals(d, s.x, s.g, diag)
-        if trial_fgh:
-            x_new, f_new, g_new, H_new, nev, accepted = step_trial(s, d, decrement)
-        else:
-            x_new, f_new, g_new, H_new, nev, accepted = step_plain(s, d)
+        step = step_trial if trial_fgh else step_plain
+        x_new, f_new, g_new, H_new, nev, accepted = step(s, d, decrement)
         it = s.it + 1
         status = _status(decrement, s.f, f_new, g_new, accepted, it, max_iter, ftol, gtol)
         return OptState(x_new, f_new, g_new, it, s.nfev + nev, status), H_new
@@ -263,7 +280,7 @@ def _bfgs(fun, x0, max_iter: int, ftol: float, gtol: float) -> OptState:
     return jax.lax.while_loop(lambda c: c[0].status < 0, body, (st0, jnp.eye(m, dtype=x0.dtype)))[0]
 
 
-@partial(jax.jit, static_argnames=("layout", "max_iter", "method"))
+@functools.partial(jax.jit, static_argnames=("layout", "max_iter", "method"))
 def fit_theta(
     theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, ftol=1e-10, gtol=1e-8, method: str = "newton") -> OptState:
     """Minimize the criterion over θ from ``theta0`` by ``method`` ("newton", "ai" or "bfgs").
@@ -286,7 +303,7 @@ def fit_theta(
         A, Z = levels_last(stats.A11, stats.Z1W)
         return _newton(
             lambda t: blockdiag_value(t, A, Z, stats, reml, layout), theta0, max_iter, ftol, gtol,
-            fgh=lambda t: blockdiag_fgh(t, A, Z, stats, reml, layout), trial_fgh=True,
+            fgh=lambda t: blockdiag_fgh(t, A, Z, stats, reml, layout),
         )
     if method == "newton":
         return _newton(lambda t: _deviance(t, stats, reml, layout), theta0, max_iter, ftol, gtol)
@@ -305,7 +322,7 @@ def fit_theta(
                    trial_fgh=True)
 
 
-@partial(jax.jit, static_argnames="layout")
+@functools.partial(jax.jit, static_argnames="layout")
 def _level_sums(stats: Stats, layout: Layout):
     """(n, eᵀe, (2, l₁k₁ + q_r)): per random-effect coefficient ZᵀZ's diagonal and Zᵀe, e the
     least-squares residual (W's last column), for :func:`moment_start` — small arrays in
@@ -317,10 +334,13 @@ def _level_sums(stats: Stats, layout: Layout):
     return stats.n, stats.WW[p, p], jnp.stack([jnp.concatenate([a1, ar]), jnp.concatenate([r1, rr])])
 
 
-def moment_start(stats: Stats, layout: Layout) -> np.ndarray:
+def moment_start(stats: Stats, layout: Layout, intercepts) -> np.ndarray:
     """A start for θ from one-way ANOVA moment estimates: θ_b = σ̂_b / σ̂ per scalar block.
 
-    For each block with one coefficient per level (a random intercept) the residuals e of
+    ``intercepts`` (one bool per block, in the layout's order) says which blocks are a
+    random intercept alone, ``(1 | g)``: only those get a moment estimate (for a scalar
+    slope ``(0 + x | g)`` the sums below are Σx² and Σxe, not counts and residual sums).
+    For each such block the residuals e of
     the least-squares fit of y on X give, from the sufficient statistics alone,
 
         SSB = Σ_g (Σ_{i∈g} eᵢ)² / n_g,   MSB = SSB / (G − 1),   MSW = (eᵀe − SSB) / (n − G),
@@ -333,8 +353,7 @@ def moment_start(stats: Stats, layout: Layout) -> np.ndarray:
     q_r³ factorization and inverse, the first few steps from lme4's θ = 1 (InstEval: 7
     iterations → 5, the same optimum). Diagonals are kept in [0.05, 10]: the optimizer
     moves each diagonal at most tenfold towards 0 per step, and never across it. Entries
-    of blocks with more than one coefficient per level keep lme4's start (1 on the
-    diagonal, 0 off it).
+    of the other blocks keep lme4's start (1 on the diagonal, 0 off it).
     """
     theta = np.where(diagonal_mask(layout), 1.0, 0.0)
     n, ete, per_level = jax.device_get(_level_sums(stats, layout))
@@ -344,7 +363,8 @@ def moment_start(stats: Stats, layout: Layout) -> np.ndarray:
     sizes = [layout.l1] + [lev for _, lev, _ in layout.rest]
     ks = [layout.k1] + [k for _, _, k in layout.rest]
     bounds = np.cumsum([0] + [lev * k for lev, k in zip(sizes, ks)])
-    blocks = [(per_level[0, a:b], per_level[1, a:b]) if k == 1 else None for a, b, k in zip(bounds, bounds[1:], ks)]
+    blocks = [(per_level[0, a:b], per_level[1, a:b]) if k == 1 and icpt else None
+              for a, b, k, icpt in zip(bounds, bounds[1:], ks, intercepts)]
     var = []
     for blk in blocks:
         if blk is None:
@@ -359,7 +379,7 @@ def moment_start(stats: Stats, layout: Layout) -> np.ndarray:
             continue
         ssb = float(np.sum(rg * rg / ng))
         n0 = (n - float(np.sum(ng * ng)) / n) / (G - 1)
-        var.append(max((ssb / (G - 1) - (ete - ssb) / (n - G)) / n0, 0.0))
+        var.append(max((ssb / (G - 1) - (ete - ssb) / (n - G)) / n0, 0.0) if n0 > 0 else None)
     s2_total = ete / (n - p)
     s2 = max(s2_total - sum(v for v in var if v is not None), 0.1 * s2_total)
     for (kb, pos, idx), v in zip(layout.templates, var):

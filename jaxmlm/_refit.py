@@ -622,7 +622,7 @@ def refit_many(m, Y, progress: bool = True, chunk_size: int | None = None, *, RE
     optimized as :func:`~jaxmlm._results.lmer` does (Newton iterations, sign
     canonicalization, snapping of near-zero variances) and started, like
     ``refit``, at the model's θ̂ (diagonals raised to at least 0.1; ``start=
-    "default"`` uses lmer's start, or pass θ). Rows of Y are responses for the
+    "default"`` uses lme4's start, θ = 1 on the diagonals, or pass θ). Rows of Y are responses for the
     observations used in the fit, in data order (``m.design.y`` is the observed one).
 
     Replicates are fitted ``chunk_size`` at a time by one compiled program
@@ -1049,8 +1049,9 @@ class PBTestResult:
 def _ml_spec(m) -> _Spec:
     """The ML fit of ``m``'s model to its data: ``m`` itself if fitted by ML, else the fit
     ``lmer(m.formula, data, REML = False)`` would give (lme4's ``update(m, REML = FALSE)``),
-    made from ``m``'s statistics with lmer's steps (start, Newton, signs, snapping) and
-    compiled programs."""
+    made from ``m``'s statistics with lmer's steps (Newton from lme4's start, signs,
+    snapping) and compiled programs (for large crossed designs lmer would use the "ai"
+    optimizer from moment estimates instead: the same optimum, reached more slowly here)."""
     spec = _spec(m)
     if not spec.reml:
         return spec

@@ -46,15 +46,18 @@ class FitRecord:
 
     ``theta_start`` / ``theta_end`` in lme4 order (``theta_end`` after sign
     canonicalization and snapping of boundary components, listed in
-    ``snapped``); ``theta_optimizer`` the raw optimizer output; ``objective``
-    the criterion at ``theta_end``; ``iterations`` Newton steps;
-    ``evaluations`` criterion evaluations (each step adds one gradient and one
-    Hessian); ``status`` / ``message``; ``max_abs_gradient`` at the optimizer's
-    end; ``seconds`` wall time of the optimization and the final solve, which
-    run as one program (compile included the first time a shape is seen); ``method`` the optimizer ("newton", "ai" or "bfgs");
-    ``dtype`` the arithmetic of the iterations ("float64", "float32", or
-    "float32+float64 polish"); ``theta_float32`` the optimizer's float32 θ in
-    float32 mode (iterations and evaluations count both stages)."""
+    ``snapped``); ``theta_start`` is lme4's (1 on template diagonals) except
+    for the "ai" optimizer, which starts from moment estimates;
+    ``theta_optimizer`` the raw optimizer output; ``objective`` the criterion
+    at ``theta_end``; ``iterations`` Newton steps; ``evaluations`` points at
+    which the criterion was evaluated, with or without derivatives (an
+    accepted full Newton step costs one); ``status`` / ``message``;
+    ``max_abs_gradient`` at the optimizer's end; ``seconds`` wall time of the
+    optimization and the final solve (one program; compile included the first
+    time a shape is seen); ``method`` the optimizer ("newton", "ai" or
+    "bfgs"); ``dtype`` the arithmetic of the iterations ("float64", "float32",
+    or "float32+float64 polish"); ``theta_float32`` the optimizer's float32 θ
+    in float32 mode (iterations and evaluations count both stages)."""
 
     theta_start: np.ndarray
     theta_optimizer: np.ndarray
@@ -442,7 +445,10 @@ def lmer(
     method = choose_method(layout) if optimizer == "auto" else optimizer
     # lme4's start (θ = 1 on template diagonals), except where every iteration costs a dense
     # q_r³ step: there a moment estimate saves the first few (_optimize.moment_start).
-    theta0 = moment_start(stats, layout) if method == "ai" else np.where(diagonal_mask(layout), 1.0, 0.0)
+    if method == "ai" and layout.qr:
+        theta0 = moment_start(stats, layout, [blk.columns == ("(Intercept)",) for blk in design.blocks])
+    else:
+        theta0 = np.where(diagonal_mask(layout), 1.0, 0.0)
     fit = dict(layout=layout, max_iter=max_iter, method=method)
     # The optimizer's stages in order: float32 iterations (float32 mode), then float64 ones
     # (always, except float32 mode without polish). The last stage runs with the final solve
@@ -461,7 +467,6 @@ def lmer(
     iterations = sum(int(s.it) for s in stages)
     evaluations = sum(int(s.nfev) for s in stages)
     raw, f, status = np.asarray(st.x, dtype=np.float64), float(st.f), int(st.status)
-    seconds = time.perf_counter() - t0
     if status == 4 or not np.isfinite(f):
         raise ConvergenceError(
             "the criterion became non-finite during optimization; check for a (near-)constant "
@@ -476,6 +481,7 @@ def lmer(
         warnings.warn(msg, ConvergenceWarning, stacklevel=2)
     if snapped:
         sol = jax.device_get(_programs.call(solve, (theta.astype(est_reml.dtype), est_stats, est_reml), dict(layout=layout)))
+    seconds = time.perf_counter() - t0
     b, v = _condvar_blocks(sol, layout, design)
     record = FitRecord(
         theta_start=_readonly(theta0),

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _x64  # noqa: F401
+from . import _programs, _x64  # noqa: F401
 from ._design import Design
 
 __all__ = ["Layout", "Stats", "bucket", "sufficient_stats"]
@@ -259,8 +259,10 @@ def _identity(arrays):
 def _to_device(arrays: tuple) -> tuple:
     """Host arrays → device arrays in one transfer. Small ones through a jitted identity:
     its C++ argument path takes ~20 µs where ``jax.device_put`` of a tuple takes ~110 µs (a
-    fifth of a sleepstudy fit); large ones by ``device_put``, which copies them only once."""
-    if sum(a.nbytes for a in arrays) < (1 << 20):
+    fifth of a sleepstudy fit); large ones by ``device_put``, which copies them only once.
+    Not in a process that caches exported programs (the command line): there every program
+    traced costs more than the transfer saves."""
+    if sum(a.nbytes for a in arrays) < (1 << 20) and not _programs.enabled():
         return _identity(arrays)
     return jax.device_put(arrays)
 

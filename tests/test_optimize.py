@@ -172,7 +172,26 @@ def test_value_and_grad_falls_back_to_autodiff(cid, bbt, reml):
     assert not (layout.k1 == 1 and all(k == 1 for _, _, k in layout.rest) and layout.bbt == "sparse")
     pairs = pair_data(stats, layout)
     for theta in _thetas(layout, 8, 2):
-        _check_value_and_grad(theta, stats, reml, layout, pairs)
+        g = _check_value_and_grad(theta, stats, reml, layout, pairs)
+        # and against autodiff of the independent blocked factorization
+        f_dev, g_dev = deviance_and_grad(jnp.asarray(theta, dtype=float), stats, reml, layout)
+        f = criterion_rest_value_and_grad(jnp.asarray(theta, dtype=float), stats, reml, layout, pairs)[0]
+        assert float(f) == pytest.approx(float(f_dev), rel=1e-10)
+        np.testing.assert_allclose(g, np.asarray(g_dev), rtol=1e-7, atol=1e-8 * max(1.0, np.max(np.abs(g))))
+
+
+@pytest.mark.parametrize("cid", CROSSED + ["sleepstudy_rs", "slopes3_corr", "sleepstudy_uncorr"])
+def test_canonical_theta_in_a_program_matches_the_host_version(cid):
+    from jaxmlm._optimize import canonical_theta, canonical_theta_jax
+
+    _, _, layout, _ = _setup(cid)
+    rng = np.random.default_rng(11)
+    for _ in range(5):
+        theta = rng.normal(size=layout.ntheta)
+        ref = canonical_theta(theta, layout)
+        assert np.all(ref[diagonal_mask(layout)] >= 0)
+        got = np.asarray(jax.jit(canonical_theta_jax, static_argnums=1)(jnp.asarray(theta), layout))
+        np.testing.assert_array_equal(got, ref)
 
 
 def _dense_average_information(d, theta, reml):

@@ -200,7 +200,10 @@ def test_ai_from_the_moment_start_reaches_the_newton_optimum(fits, cid):
     newton = fits(cid)
     ai = jaxmlm.lmer(c["formula"], case_data(c), REML=c["REML"], optimizer="ai")
     assert ai.record.method == "ai" and ai.record.converged
-    start = moment_start(newton.stats, newton.layout)
+    if newton.layout.qr:  # with one grouping factor "ai" is Newton from lme4's start
+        start = moment_start(newton.stats, newton.layout, _intercepts(newton))
+    else:
+        start = np.where(diagonal_mask(newton.layout), 1.0, 0.0)
     np.testing.assert_array_equal(ai.record.theta_start, start)
     mask = diagonal_mask(newton.layout)
     assert np.all(start[~mask] == 0) and np.all((start[mask] >= 0.05) & (start[mask] <= 10))
@@ -208,6 +211,10 @@ def test_ai_from_the_moment_start_reaches_the_newton_optimum(fits, cid):
     np.testing.assert_allclose(ai.fixef, newton.fixef, rtol=0, atol=2e-4 * newton.se.min())
     np.testing.assert_allclose(ai.theta, newton.theta, rtol=2e-3, atol=2e-4)
     assert ai.is_singular == newton.is_singular
+
+
+def _intercepts(m):
+    return [blk.columns == ("(Intercept)",) for blk in m.design.blocks]
 
 
 def _anova_theta(df, y, X, factors):
@@ -245,8 +252,44 @@ def test_moment_start_is_the_anova_estimate(fits, cid, factors):
     if cid == "pastes_nested":  # (1 | batch/cask): cask within batch is the interaction factor
         df = df.assign(cask=df["batch"].astype(str) + ":" + df["cask"].astype(str))
     expected = _anova_theta(df, np.asarray(d.y), np.asarray(d.X), factors)
-    got = moment_start(m.stats, m.layout)
+    got = moment_start(m.stats, m.layout, _intercepts(m))
     # θ is in term order; a term's grouping factor is a column above ("cask:batch" → cask)
     order = [factors.index(t.group.split(":")[0]) for t in d.terms]
     assert sorted(order) == list(range(len(factors)))
     np.testing.assert_allclose(got, expected[order], rtol=1e-10)
+
+
+def test_moment_start_leaves_slopes_and_vector_terms_at_lme4s_start(fits):
+    """Only random intercepts get a moment estimate: a scalar slope (0 + x | g) keeps θ = 1,
+    as do the entries of a vector term, whose off-diagonals stay 0."""
+    from jaxmlm._optimize import diagonal_mask, moment_start
+
+    for cid in ("nlschools_slope_only", "crossed_item_slope"):
+        m = fits(cid)
+        start = moment_start(m.stats, m.layout, _intercepts(m))
+        lme4 = np.where(diagonal_mask(m.layout), 1.0, 0.0)
+        for (kb, _, idx), icpt in zip(m.layout.templates, _intercepts(m)):
+            if icpt:
+                assert start[idx[0]] != 1.0
+            else:
+                np.testing.assert_array_equal(start[list(idx)], lme4[list(idx)])
+
+
+def test_snapped_fit_is_solved_at_the_snapped_theta(fits):
+    """When θ is snapped to 0 after the optimizer, the estimates are recomputed there: the
+    reported criterion is the criterion at theta_end."""
+    import jax.numpy as jnp
+
+    import jaxmlm
+    from jaxmlm._objective import deviance
+
+    rng = np.random.default_rng(3)
+    g = np.repeat(np.arange(30), 6)
+    df = pd.DataFrame({"y": rng.normal(size=g.size), "g": g.astype(str)})  # no group variance
+    m = jaxmlm.lmer("y ~ 1 + (1 | g)", df)
+    assert m.theta.tolist() == [0.0]
+    assert m.record.snapped == (0,) and m.record.theta_optimizer[0] != 0.0
+    crit = float(deviance(jnp.asarray(m.theta), m.stats, 1.0, m.layout))
+    assert m.objective == pytest.approx(crit, rel=1e-12)
+    assert np.all(np.asarray(m._b[0]) == 0.0) and np.all(np.asarray(m._condvar[0]) == 0.0)  # Λ = 0 exactly
+    assert m.objective <= float(deviance(jnp.asarray(m.record.theta_optimizer), m.stats, 1.0, m.layout)) + 1e-9
