@@ -192,12 +192,18 @@ def factorize(theta: jax.Array, stats: Stats, layout: Layout) -> Factor:
     return Factor(L1, B, L2, C1, C2, R, logdet)
 
 
+def _phi_from_R(R: jax.Array, n: jax.Array, reml, p: int) -> jax.Array:
+    """The criterion less log|L|², from R = [[R_X, 0], [c_βᵀ, r]] (module docstring):
+    reml·log|R_X|² + (n − reml·p)(1 + log(2π r² / (n − reml·p)))."""
+    r2 = R[p, p] ** 2
+    logdet_rx = 2.0 * jnp.sum(jnp.log(jnp.diagonal(R)[:p]))
+    dof = n - reml * p
+    return reml * logdet_rx + dof * (1.0 + _LOG2PI + jnp.log(r2 / dof))
+
+
 def criterion(fac: Factor, n: jax.Array, reml: jax.Array, p: int) -> jax.Array:
     """ML deviance (reml = 0) or REML criterion (reml = 1) from a factor."""
-    r2 = fac.R[p, p] ** 2
-    logdet_rx = 2.0 * jnp.sum(jnp.log(jnp.diagonal(fac.R)[:p]))
-    dof = n - reml * p
-    return fac.logdet_L + reml * logdet_rx + dof * (1.0 + _LOG2PI + jnp.log(r2 / dof))
+    return fac.logdet_L + _phi_from_R(fac.R, n, reml, p)
 
 
 def _deviance(theta, stats: Stats, reml, layout: Layout):
@@ -252,10 +258,7 @@ def _phi(S: jax.Array, n: jax.Array, reml: jax.Array, p: int) -> jax.Array:
         R = batched_cholesky(S)
     else:
         R = jax.lax.linalg.cholesky(S, symmetrize_input=False)
-    r2 = R[p, p] ** 2
-    logdet_rx = 2.0 * jnp.sum(jnp.log(jnp.diagonal(R)[:p]))
-    dof = n - reml * p
-    return reml * logdet_rx + dof * (1.0 + _LOG2PI + jnp.log(r2 / dof))
+    return _phi_from_R(R, n, reml, p)
 
 
 def _mm(X, Y, k):
@@ -511,9 +514,7 @@ def _pair_bbt_lower(W: jax.Array, stats: Stats, layout: Layout, pairs=None) -> j
 def _rest_phi(S: jax.Array, n: jax.Array, reml, p: int):
     """(φ(S), R) as :func:`criterion_rest` computes them (R = chol(S) is one of its pieces)."""
     R = jnp.linalg.cholesky(S)
-    r2 = R[p, p] ** 2
-    dof = n - reml * p
-    return reml * 2.0 * jnp.sum(jnp.log(jnp.diagonal(R)[:p])) + dof * (1.0 + _LOG2PI + jnp.log(r2 / dof)), R
+    return _phi_from_R(R, n, reml, p), R
 
 
 def _rest_forward(theta: jax.Array, stats: Stats, reml, layout: Layout, pairs):

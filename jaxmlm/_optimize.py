@@ -92,7 +92,7 @@ def _line_search(fun, s: OptState, d: jax.Array, slack=-jnp.inf):
     slope = s.g @ d
 
     def accept(a, fa):
-        return jnp.isfinite(fa) & ((fa <= s.f + 1e-4 * a * slope) | (fa <= s.f + slack))
+        return _acceptable(s, slope, a, fa, slack)
 
     def ls_cond(c):
         a, fa, k = c
@@ -105,6 +105,11 @@ def _line_search(fun, s: OptState, d: jax.Array, slack=-jnp.inf):
 
     a, fa, k = jax.lax.while_loop(ls_cond, ls_body, (jnp.asarray(1.0), fun(s.x + d), jnp.asarray(0)))
     return a, k + 1, accept(a, fa)
+
+
+def _acceptable(s: OptState, slope, a, fa, slack):
+    """Armijo's sufficient decrease at step a (slope = ∇f·d), or a rise of at most ``slack``."""
+    return jnp.isfinite(fa) & ((fa <= s.f + 1e-4 * a * slope) | (fa <= s.f + slack))
 
 
 def _capped(d: jax.Array, x: jax.Array) -> jax.Array:
@@ -197,9 +202,6 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
     f0, g0, H0 = evaluate(x0)
     st0 = OptState(x0, f0, g0, jnp.asarray(0), jnp.asarray(1), jnp.where(jnp.isfinite(f0), -1, 4))
 
-    def armijo(s, fa, a, slope):
-        return jnp.isfinite(fa) & (fa <= s.f + 1e-4 * a * slope)
-
     def slack(s, decrement):
         # A last step whose predicted decrease is below ftol may raise f by rounding noise;
         # backtracking could not improve on it (it halves ~40 times looking for a decrease
@@ -224,7 +226,7 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
             f_new, g_new, H_new = evaluate(x_new)
             return x_new, f_new, g_new, H_new, k + 2, accepted
 
-        ok = armijo(s, f1, 1.0, s.g @ d) | (f1 <= s.f + slack(s, decrement))
+        ok = _acceptable(s, s.g @ d, 1.0, f1, slack(s, decrement))
         return jax.lax.cond(ok, lambda _: (x1, f1, g1, H1, jnp.asarray(1), jnp.asarray(True)), backtrack, None)
 
     def body(c):

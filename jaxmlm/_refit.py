@@ -10,7 +10,7 @@ the response is shared, so the sufficient statistics split in two:
   at once by matrix products and segment sums (:func:`_response_stats`).
 
 One compiled program then fits every replicate of a chunk: ``jax.vmap`` over
-the optimizer's Newton loop (:func:`jaxmlm._optimize._newton`), the sign
+the optimizer's Newton loop (:func:`jaxmlm._optimize.fit_theta`), the sign
 canonicalization and boundary snapping that :func:`~jaxmlm._results.lmer`
 applies, and β̂, σ̂, vcov(β̂) by :func:`~jaxmlm._solution.solve`'s formulas.
 The criterion is :func:`jaxmlm._objective.factorize`'s (block 1's tiny
@@ -49,13 +49,10 @@ from ._objective import (
     Factor,
     _deviance,
     batched_solve_lower,
-    blockdiag_fgh,
-    blockdiag_value,
     criterion,
     factorize,
-    levels_last,
 )
-from ._optimize import STATUS, _newton, canonical_theta, diagonal_mask, fit_theta, snap_boundary
+from ._optimize import STATUS, canonical_theta, diagonal_mask, fit_theta, snap_boundary
 from ._solution import solve
 from ._stats import Layout, Stats, _rest_positions, bucket, sufficient_stats
 
@@ -201,12 +198,8 @@ def _estimates(fac: Factor, stats: Stats, reml, p: int):
 def _fit_one(theta0, base: Stats, zy1, xy, yy, zry, beta0, reml, layout: Layout, max_iter, ftol, gtol) -> _Batch:
     """One replicate: Newton loop, canonical signs, snapping, then β̂, σ̂, vcov and the criterion."""
     st = _with_response(base, zy1, xy, yy, zry, beta0, layout.p)
-    if layout.qr == 0:  # one grouping factor: closed-form derivatives, as fit_theta uses
-        A, Z = levels_last(st.A11, st.Z1W)
-        opt = _newton(lambda t: blockdiag_value(t, A, Z, st, reml, layout), theta0, max_iter, ftol, gtol,
-                      fgh=lambda t: blockdiag_fgh(t, A, Z, st, reml, layout))
-    else:
-        opt = _newton(lambda t: _deviance(t, st, reml, layout), theta0, max_iter, ftol, gtol)
+    # lmer's Newton (no trial steps: safe under vmap), inlined into this program
+    opt = fit_theta(theta0, st, reml, layout, max_iter=max_iter, ftol=ftol, gtol=gtol, method="newton")
     theta = _snap(_canonical(opt.x, layout), opt.f, st, reml, layout)
     fac = factorize(theta, st, layout)
     beta, sigma, vcov = _estimates(fac, st, reml, layout.p)

@@ -24,7 +24,6 @@ from ._design import Design, build_design
 from ._errors import ConvergenceError, ConvergenceWarning, DataError
 from ._optimize import (
     STATUS,
-    canonical_theta,
     canonical_theta_jax,
     choose_method,
     diagonal_mask,
@@ -462,7 +461,7 @@ def lmer(
             start = np.asarray(stages[0].x, dtype=np.float64)
         else:
             est_stats, est_reml, start = stats32, reml32, theta0.astype(np.float32)
-    st, _, sol = jax.device_get(_programs.call(_fit_and_solve, (start, est_stats, est_reml), fit))
+    st, theta_c, sol = jax.device_get(_programs.call(_fit_and_solve, (start, est_stats, est_reml), fit))
     stages.append(st)
     iterations = sum(int(s.it) for s in stages)
     evaluations = sum(int(s.nfev) for s in stages)
@@ -472,7 +471,7 @@ def lmer(
             "the criterion became non-finite during optimization; check for a (near-)constant "
             "response or predictors on wildly different scales"
         )
-    theta, f, snapped = snap_boundary(canonical_theta(raw, layout), f, est_stats, est_reml, layout)
+    theta, f, snapped = snap_boundary(np.asarray(theta_c, dtype=np.float64), f, est_stats, est_reml, layout)
     warns = []
     max_grad = float(np.max(np.abs(st.g))) if len(raw) else 0.0
     if status not in (0, 1):
