@@ -43,10 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _programs, _x64  # noqa: F401
+from . import _x64  # noqa: F401
 from ._design import Design
 
-__all__ = ["Layout", "Stats", "bucket", "sufficient_stats"]
+__all__ = ["Layout", "OneChunk", "Stats", "bucket", "one_chunk", "stats_from_chunk", "sufficient_stats"]
 
 CHUNK_ROWS = 1 << 16
 
@@ -170,27 +170,40 @@ def _pair_products(pair_a: np.ndarray, pair_g: np.ndarray, qr: int, size: int | 
     return e1, e2, tgt
 
 
-def sufficient_stats(design: Design, chunk_rows: int = CHUNK_ROWS, bbt: str | None = None) -> tuple[Layout, Stats, dict]:
-    """One pass over the rows of ``design`` → (layout, statistics, host-side index arrays).
+class _PassInputs(NamedTuple):
+    """The host side of the pass: its row arrays (unpadded) and the engine sizes known before it."""
 
-    ``bbt`` ("sparse" or "dense") overrides the cost-based choice of how B Bᵀ is formed
-    (for tests of both code paths).
-    """
+    W: np.ndarray  # (n, p+1): X and y − Xβ₀
+    g1: np.ndarray  # (n,) block-1 codes
+    Z1: np.ndarray  # (n, k₁)
+    P: np.ndarray  # (n, m_r) positions in Z_r
+    V: np.ndarray  # (n, m_r) values there
+    E: np.ndarray  # (n, m_r) entries of A21
+    beta0: np.ndarray
+    chunk: int  # rows per chunk
+    l1: int
+    rest: tuple
+    qr: int
+    nnz: int
+    nnz_true: int
+    pair_a: np.ndarray
+    pair_g: np.ndarray
+
+
+def _pass_inputs(design: Design, chunk_rows: int) -> _PassInputs:
     n, p = design.X.shape
     b1 = design.blocks[0]
-    k1, l1 = b1.k, bucket(b1.nlev)
+    l1 = bucket(b1.nlev)
     rest, off = [], 0
     for blk in design.blocks[1:]:
         lp = bucket(blk.nlev)
         rest.append((off, lp, blk.k))
         off += lp * blk.k
-    rest = tuple(rest)
     qr = off
     beta0 = np.linalg.lstsq(design.X, design.y, rcond=None)[0] if p else np.zeros(0)
     W = np.column_stack([design.X, design.y - design.X @ beta0])
-
     if qr:
-        P, V = _rest_positions(design, rest)
+        P, V = _rest_positions(design, tuple(rest))
         keys = P.astype(np.int64) * l1 + b1.codes[:, None]
         uniq, E = np.unique(keys.ravel(), return_inverse=True)
         E = E.reshape(P.shape).astype(np.int32)
@@ -201,38 +214,36 @@ def sufficient_stats(design: Design, chunk_rows: int = CHUNK_ROWS, bbt: str | No
         pair_a[:nnz_true] = uniq // l1
         pair_g[:nnz_true] = uniq % l1
     else:
-        P = np.zeros((n, 0), np.int32)
-        V = np.zeros((n, 0))
-        E = np.zeros((n, 0), np.int32)
-        nnz = 0
+        P, V, E = np.zeros((n, 0), np.int32), np.zeros((n, 0)), np.zeros((n, 0), np.int32)
+        nnz = nnz_true = 0
         pair_a = pair_g = np.zeros(0, np.int32)
+    chunk = min(chunk_rows, max(256, 1 << (n - 1).bit_length()))
+    return _PassInputs(W, b1.codes.astype(np.int32), b1.Z, P, V, E, beta0, chunk, l1, tuple(rest), qr, nnz,
+                       nnz_true, pair_a, pair_g)
 
-    c = min(chunk_rows, max(256, 1 << (n - 1).bit_length()))
-    acc = None  # the first chunk starts the accumulators inside the compiled kernel
-    g1 = b1.codes.astype(np.int32)
+
+def _chunks(inp: _PassInputs):
+    """The pass's chunks, each padded to ``inp.chunk`` rows: (W, g1, Z1, P, V, E)."""
+    n, c = len(inp.W), inp.chunk
     for start in range(0, n, c):
         stop = min(start + c, n)
-        acc = _chunk_stats(
-            acc,
-            _pad(W[start:stop], c),
-            _pad(g1[start:stop], c),
-            _pad(b1.Z[start:stop], c),
-            _pad(P[start:stop], c),
-            _pad(V[start:stop], c),
-            _pad(E[start:stop], c),
-            l1=l1, qr=qr, nnz=nnz,
-        )
-    # The pass above runs asynchronously; meanwhile the host makes B Bᵀ's pair list.
+        yield tuple(_pad(a[start:stop], c) for a in (inp.W, inp.g1, inp.Z1, inp.P, inp.V, inp.E))
+
+
+def _layout_and_index(design: Design, inp: _PassInputs, bbt: str | None) -> tuple[Layout, tuple]:
+    """The layout and the statistics made on the host (n, pair lists, β₀), as host arrays."""
+    k1, qr, nnz_true = design.blocks[0].k, inp.qr, inp.nnz_true
     if qr:
-        npairs_true = _pair_count(pair_g[:nnz_true])
+        npairs_true = _pair_count(inp.pair_g[:nnz_true])
         # Sparse B Bᵀ costs a scatter per pair; the dense product q_r²·l₁·k₁ flops of GEMM.
         sparse_cost = 30.0 * npairs_true * k1
-        dense_cost = float(qr) * qr * l1 * k1
+        dense_cost = float(qr) * qr * inp.l1 * k1
         if bbt is None:
             bbt = "sparse" if sparse_cost < dense_cost else "dense"
         if bbt == "sparse":
             npairs = bucket(npairs_true)
-            bb_e1, bb_e2, bb_t = _pair_products(pair_a[:nnz_true], pair_g[:nnz_true], qr, size=npairs, pad=nnz - 1)
+            bb_e1, bb_e2, bb_t = _pair_products(inp.pair_a[:nnz_true], inp.pair_g[:nnz_true], qr, size=npairs,
+                                                pad=inp.nnz - 1)
         else:
             npairs = 0
             bb_e1 = bb_e2 = bb_t = np.zeros(0, np.int32)
@@ -241,29 +252,75 @@ def sufficient_stats(design: Design, chunk_rows: int = CHUNK_ROWS, bbt: str | No
         bb_e1 = bb_e2 = bb_t = np.zeros(0, np.int32)
     templates = theta_layout(design)
     layout = Layout(
-        p=p, k1=k1, l1=l1, rest=rest, qr=qr, nnz=nnz, npairs=npairs, bbt=bbt,
+        p=design.X.shape[1], k1=k1, l1=inp.l1, rest=inp.rest, qr=qr, nnz=inp.nnz, npairs=npairs, bbt=bbt,
         templates=templates, ntheta=sum(len(t[2]) for t in templates),
     )
-    # One transfer for the host-made arrays (each jnp.asarray outside jit is a program of its own).
-    index = _to_device((np.asarray(float(n)), pair_a, pair_g, bb_e1, bb_e2, bb_t, beta0))
-    stats = Stats(index[0], *acc, *index[1:])
-    host = {"P": P, "V": V}
-    return layout, stats, host
+    index = (np.asarray(float(len(inp.W))), inp.pair_a, inp.pair_g, bb_e1, bb_e2, bb_t, inp.beta0)
+    return layout, index
 
 
-@jax.jit
-def _identity(arrays):
-    return arrays
+def sufficient_stats(design: Design, chunk_rows: int = CHUNK_ROWS, bbt: str | None = None) -> tuple[Layout, Stats, dict]:
+    """One pass over the rows of ``design`` → (layout, statistics, host-side index arrays).
+
+    ``bbt`` ("sparse" or "dense") overrides the cost-based choice of how B Bᵀ is formed
+    (for tests of both code paths).
+    """
+    inp = _pass_inputs(design, chunk_rows)
+    acc = None  # the first chunk starts the accumulators inside the compiled kernel
+    for chunk in _chunks(inp):
+        acc = _chunk_stats(acc, *chunk, l1=inp.l1, qr=inp.qr, nnz=inp.nnz)
+    # The pass above runs asynchronously; meanwhile the host makes B Bᵀ's pair list.
+    layout, index = _layout_and_index(design, inp, bbt)
+    index = _to_device(index)
+    return layout, Stats(index[0], *acc, *index[1:]), {"P": inp.P, "V": inp.V}
+
+
+class OneChunk(NamedTuple):
+    """Data that fit in one chunk, ready for a program that runs the pass itself
+    (:func:`stats_from_chunk`): one program for the pass and what follows it, and its
+    inputs in two arrays, ``floats`` and ``ints`` (each input flattened, in ``spec``'s order).
+
+    For small data every program launched and every host array passed costs more than
+    the arithmetic (sleepstudy, 2 cores: a program of its own for the pass ~70 µs, each
+    host argument ~3 µs, of a ~0.7 ms fit)."""
+
+    layout: Layout
+    floats: np.ndarray  # float64
+    ints: np.ndarray
+    spec: tuple  # static: (dtype, shape) of (W, g1, Z1, P, V, E) padded, then n, pair lists, β₀
+
+
+def one_chunk(design: Design, chunk_rows: int = CHUNK_ROWS) -> OneChunk | None:
+    """The inputs of :func:`stats_from_chunk` if the rows fit in one chunk, else None."""
+    if design.n > chunk_rows:
+        return None
+    inp = _pass_inputs(design, chunk_rows)
+    layout, index = _layout_and_index(design, inp, None)
+    arrays = (*next(_chunks(inp)), *index)
+    floats = np.concatenate([a.ravel() for a in arrays if a.dtype.kind == "f"])
+    ints = np.concatenate([a.ravel() for a in arrays if a.dtype.kind != "f"])
+    return OneChunk(layout, floats, ints, tuple((a.dtype.str, a.shape) for a in arrays))
+
+
+def stats_from_chunk(floats, ints, spec: tuple, layout: Layout) -> Stats:
+    """The statistics of :class:`OneChunk`'s inputs (traceable: inside a caller's program)."""
+    arrays, at = [], {"f": 0, "i": 0}
+    for dt, shape in spec:
+        kind = "f" if np.dtype(dt).kind == "f" else "i"
+        src, size = (floats if kind == "f" else ints), math.prod(shape)
+        arrays.append(src[at[kind] : at[kind] + size].reshape(shape).astype(dt))
+        at[kind] += size
+    acc = _accumulate(None, *arrays[:6], l1=layout.l1, qr=layout.qr, nnz=layout.nnz)
+    return Stats(arrays[6], *acc, *arrays[7:])
 
 
 def _to_device(arrays: tuple) -> tuple:
-    """Host arrays → device arrays in one transfer. Small ones through a jitted identity:
-    its C++ argument path takes ~20 µs where ``jax.device_put`` of a tuple takes ~110 µs (a
-    fifth of a sleepstudy fit); large ones by ``device_put``, which copies them only once.
-    Not in a process that caches exported programs (the command line): there every program
-    traced costs more than the transfer saves."""
-    if sum(a.nbytes for a in arrays) < (1 << 20) and not _programs.enabled():
-        return _identity(arrays)
+    """Host arrays for the statistics: large ones (the pair lists of crossed designs) moved to
+    the device once, by ``jax.device_put``; small ones left on the host. Each program call
+    copies those along with its other arguments, which costs less than a transfer of its own
+    (sleepstudy: ~20 µs of a ~0.8 ms fit) and traces nothing new in a fresh process."""
+    if sum(a.nbytes for a in arrays) < (1 << 20):
+        return arrays
     return jax.device_put(arrays)
 
 
@@ -275,8 +332,7 @@ def _pad(a: np.ndarray, rows: int) -> np.ndarray:
     return out
 
 
-@partial(jax.jit, static_argnames=("l1", "qr", "nnz"), donate_argnums=(0,))
-def _chunk_stats(acc, W, g1, Z1, P, V, E, *, l1: int, qr: int, nnz: int):
+def _accumulate(acc, W, g1, Z1, P, V, E, *, l1: int, qr: int, nnz: int):
     """Add one chunk's cross-products to the accumulators (None: start them). Shapes:
     W (c, p+1), g1 (c,), Z1 (c, k₁), P/V/E (c, m_r)."""
     if acc is None:
@@ -299,3 +355,6 @@ def _chunk_stats(acc, W, g1, Z1, P, V, E, *, l1: int, qr: int, nnz: int):
         ZrW = ZrW + seg((V[:, :, None] * W[:, None, :]).reshape(-1, W.shape[1]), P.reshape(-1), qr)
         A21 = A21 + seg((V[:, :, None] * Z1[:, None, :]).reshape(-1, Z1.shape[1]), E.reshape(-1), nnz)
     return A11, Z1W, WW, A22, ZrW, A21
+
+
+_chunk_stats = partial(jax.jit, static_argnames=("l1", "qr", "nnz"), donate_argnums=(0,))(_accumulate)
