@@ -8,6 +8,7 @@ the arrays of :class:`~jaxmlm._solution.Solution`; nothing is mutated later.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -24,6 +25,7 @@ from ._design import Design, build_design
 from ._errors import ConvergenceError, ConvergenceWarning, DataError
 from ._optimize import (
     STATUS,
+    OptState,
     canonical_theta_jax,
     choose_method,
     diagonal_mask,
@@ -31,8 +33,8 @@ from ._optimize import (
     moment_start,
     snap_boundary,
 )
-from ._solution import solve
-from ._stats import Layout, Stats, sufficient_stats
+from ._solution import Solution, solve
+from ._stats import Layout, Stats, one_chunk, stats_from_chunk, sufficient_stats
 
 __all__ = ["FitRecord", "LinearMixedModel", "lmer"]
 
@@ -52,7 +54,8 @@ class FitRecord:
     which the criterion was evaluated, with or without derivatives (an
     accepted full Newton step costs one); ``status`` / ``message``;
     ``max_abs_gradient`` at the optimizer's end; ``seconds`` wall time of the
-    optimization and the final solve (one program; compile included the first
+    optimization and the final solve (one program, which for data that fit in
+    one chunk also makes the pass over the rows; compile included the first
     time a shape is seen); ``method`` the optimizer ("newton", "ai" or
     "bfgs"); ``dtype`` the arithmetic of the iterations ("float64", "float32",
     or "float32+float64 polish"); ``theta_float32`` the optimizer's float32 θ
@@ -390,15 +393,59 @@ def _condvar_blocks(sol, layout: Layout, design: Design) -> tuple[tuple, tuple]:
 @partial(jax.jit, static_argnames=("layout", "max_iter", "method"))
 def _fit_and_solve(theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, method: str = "newton"):
     """:func:`~jaxmlm._optimize.fit_theta`, then :func:`~jaxmlm._solution.solve` at its θ with
-    canonical signs, as one program: (optimizer state, canonical θ, solution).
+    canonical signs, as one program; its outputs packed into one float64 vector
+    (:func:`_unpack_fit` takes it apart: (optimizer state, canonical θ, solution)).
 
-    For small models a separate dispatch and transfer per stage costs as much as the
-    arithmetic (sleepstudy: ~0.1 of ~0.9 ms). The solution is only used if snapping to the
-    boundary leaves θ unchanged (:func:`lmer`); otherwise ``solve`` runs again at the snapped θ.
+    For small models a separate dispatch and transfer per stage or per output array costs
+    as much as the arithmetic (sleepstudy: reading 14 arrays took ~0.15 ms of ~1 ms, one
+    takes ~0.01). The solution is only used if snapping to the boundary leaves θ unchanged
+    (:func:`lmer`); otherwise ``solve`` runs again at the snapped θ.
     """
     st = fit_theta(theta0, stats, reml, layout, max_iter=max_iter, method=method)
     theta = canonical_theta_jax(st.x, layout)
-    return st, theta, solve(theta, stats, reml, layout)
+    out = (st, theta, solve(theta, stats, reml, layout))
+    # Every value is exact in float64: θ and the estimates are float64 or float32, the
+    # counters small integers.
+    return jnp.concatenate([jnp.ravel(a).astype(jnp.float64) for a in jax.tree.leaves(out)])
+
+
+@partial(jax.jit, static_argnames=("spec", "layout"))
+def _pass(floats, ints, spec: tuple, layout: Layout) -> Stats:
+    """:func:`~jaxmlm._stats.stats_from_chunk` as a program of its own."""
+    return stats_from_chunk(floats, ints, spec, layout)
+
+
+@partial(jax.jit, static_argnames=("spec", "layout", "max_iter", "method"))
+def _pass_fit_and_solve(theta0, floats, ints, reml, spec: tuple, layout: Layout, max_iter: int = 200,
+                        method: str = "newton"):
+    """The pass over one chunk of rows, then :func:`_fit_and_solve`, as one program:
+    (statistics, packed fit). For small data each program launched costs ~0.1 ms on a
+    2-core machine (waking XLA's worker threads), more than the pass's arithmetic."""
+    stats = stats_from_chunk(floats, ints, spec, layout)
+    return stats, _fit_and_solve(theta0, stats, reml, layout, max_iter=max_iter, method=method)
+
+
+@functools.lru_cache(maxsize=256)
+def _fit_pieces(layout: Layout) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
+    """(start, stop, shape) of each leaf in :func:`_fit_and_solve`'s packed vector, in tree order."""
+    m, p, l1, k1 = layout.ntheta, layout.p, layout.l1, layout.k1
+    shapes = [(m,), (), (m,), (), (), (), (m,), (p,), (), (p, p), (l1, k1), (layout.qr,), (l1, k1, k1)]
+    shapes += [(lev, k, k) for _, lev, k in layout.rest] + [()]
+    stops = np.cumsum([math.prod(s) for s in shapes]).tolist()
+    return tuple(zip([0, *stops[:-1]], stops, map(tuple, shapes)))
+
+
+def _unpack_fit(vec: np.ndarray, layout: Layout) -> tuple[OptState, np.ndarray, Solution]:
+    """The host side of :func:`_fit_and_solve`'s packing: its leaves in tree order, with
+    shapes known from the layout (no tracing needed, so exported programs can use it too)."""
+    pieces = _fit_pieces(layout)
+    if vec.shape != (pieces[-1][1],):
+        raise AssertionError(f"packed fit output of shape {vec.shape}, expected ({pieces[-1][1]},)")
+    parts = [vec[a:b].reshape(s) for a, b, s in pieces]
+    x, f, g, it, nfev, status, theta, beta, sigma, vcov, b1, b_rest, var1 = parts[:13]
+    st = OptState(x, f, g, it.astype(np.int64), nfev.astype(np.int64), status.astype(np.int64))
+    sol = Solution(beta, sigma, vcov, b1, b_rest, var1, tuple(parts[13:-1]), parts[-1])
+    return st, theta, sol
 
 
 def lmer(
@@ -438,30 +485,43 @@ def lmer(
     if dtype not in ("float64", "float32"):
         raise DataError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
     design = build_design(formula, data)
-    layout, stats, _ = sufficient_stats(design)
+    # Data in one chunk (float64 mode): the pass over the rows runs in the optimizer's
+    # program (_pass_fit_and_solve), unless the start needs the statistics first.
+    one = one_chunk(design) if dtype == "float64" else None
+    layout, stats = (one.layout, None) if one is not None else sufficient_stats(design)[:2]
     reml = np.asarray(1.0 if REML else 0.0)
     t0 = time.perf_counter()
     method = choose_method(layout) if optimizer == "auto" else optimizer
+    fit = dict(layout=layout, max_iter=max_iter, method=method)
     # lme4's start (θ = 1 on template diagonals), except where every iteration costs a dense
     # q_r³ step: there a moment estimate saves the first few (_optimize.moment_start).
-    if method == "ai" and layout.qr:
-        theta0 = moment_start(stats, layout, [blk.columns == ("(Intercept)",) for blk in design.blocks])
-    else:
+    moment = method == "ai" and layout.qr > 0
+    if one is not None and not moment:
         theta0 = np.where(diagonal_mask(layout), 1.0, 0.0)
-    fit = dict(layout=layout, max_iter=max_iter, method=method)
-    # The optimizer's stages in order: float32 iterations (float32 mode), then float64 ones
-    # (always, except float32 mode without polish). The last stage runs with the final solve
-    # as one program. One transfer of each state: every separate read of a device array waits.
-    stages = []
-    est_stats, est_reml, start = stats, reml, theta0
-    if dtype == "float32":
-        stats32, reml32 = _as_float32(stats), reml.astype(np.float32)
-        if polish:
-            stages.append(jax.device_get(_programs.call(fit_theta, (theta0.astype(np.float32), stats32, reml32), fit)))
-            start = np.asarray(stages[0].x, dtype=np.float64)
+        stats, packed = _programs.call(_pass_fit_and_solve, (theta0, one.floats, one.ints, reml), dict(fit, spec=one.spec))
+        st, theta_c, sol = _unpack_fit(np.asarray(packed), layout)
+        stages, est_stats, est_reml = [], stats, reml
+    else:
+        if stats is None:
+            stats = _programs.call(_pass, (one.floats, one.ints), dict(spec=one.spec, layout=layout))
+        if moment:
+            theta0 = moment_start(stats, layout, [blk.columns == ("(Intercept)",) for blk in design.blocks])
         else:
-            est_stats, est_reml, start = stats32, reml32, theta0.astype(np.float32)
-    st, theta_c, sol = jax.device_get(_programs.call(_fit_and_solve, (start, est_stats, est_reml), fit))
+            theta0 = np.where(diagonal_mask(layout), 1.0, 0.0)
+        # The optimizer's stages in order: float32 iterations (float32 mode), then float64 ones
+        # (always, except float32 mode without polish). The last stage runs with the final solve
+        # as one program. One transfer of each state: every separate read of a device array waits.
+        stages = []
+        est_stats, est_reml, start = stats, reml, theta0
+        if dtype == "float32":
+            stats32, reml32 = _as_float32(stats), reml.astype(np.float32)
+            if polish:
+                stages.append(jax.device_get(_programs.call(fit_theta, (theta0.astype(np.float32), stats32, reml32), fit)))
+                start = np.asarray(stages[0].x, dtype=np.float64)
+            else:
+                est_stats, est_reml, start = stats32, reml32, theta0.astype(np.float32)
+        packed = _programs.call(_fit_and_solve, (start, est_stats, est_reml), fit)
+        st, theta_c, sol = _unpack_fit(np.asarray(packed), layout)
     stages.append(st)
     iterations = sum(int(s.it) for s in stages)
     evaluations = sum(int(s.nfev) for s in stages)

@@ -293,3 +293,35 @@ def test_snapped_fit_is_solved_at_the_snapped_theta(fits):
     assert m.objective == pytest.approx(crit, rel=1e-12)
     assert np.all(np.asarray(m._b[0]) == 0.0) and np.all(np.asarray(m._condvar[0]) == 0.0)  # Λ = 0 exactly
     assert m.objective <= float(deviance(jnp.asarray(m.record.theta_optimizer), m.stats, 1.0, m.layout)) + 1e-9
+
+
+@pytest.mark.parametrize("cid", ["sleepstudy_rs", "penicillin_crossed", "pastes_nested", "crossed_item_slope",
+                                 "hsb_ses_slope"])
+def test_one_program_fit_is_the_staged_fit(fits, cid, monkeypatch):
+    """Data in one chunk are fitted by one program (pass, optimizer, solve); without it
+    (the path of larger data) the fit is the same, and so is everything it reports."""
+    import jaxmlm
+    import jaxmlm._results as results
+    from conftest import case_data
+
+    m = fits(cid)
+    c = CASES[cid]
+    assert results.one_chunk(m.design) is not None  # the reference fit took the one-program path
+    monkeypatch.setattr(results, "one_chunk", lambda design: None)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jaxmlm.RankDeficiencyWarning)
+        s = jaxmlm.lmer(c["formula"], case_data(c), REML=c["REML"])
+    assert m.layout == s.layout
+    for a, b in zip(m.stats, s.stats):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=1e-9)
+    np.testing.assert_allclose(m.theta, s.theta, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(m.fixef.values, s.fixef.values, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(m.vcov.values, s.vcov.values, rtol=1e-7, atol=1e-12)
+    assert m.sigma == pytest.approx(s.sigma, rel=1e-9)
+    assert m.objective == pytest.approx(s.objective, rel=1e-12, abs=1e-9)
+    for a, b in zip(m._b + m._condvar, s._b + s._condvar):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
+    assert (m.record.iterations, m.record.evaluations, m.record.status) == (
+        s.record.iterations, s.record.evaluations, s.record.status)
