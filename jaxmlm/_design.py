@@ -37,6 +37,7 @@ creating a dense cross block between two terms on the same factor.
 from __future__ import annotations
 
 import difflib
+import functools
 import keyword
 import re
 import warnings
@@ -219,8 +220,8 @@ def _prepare(col: pd.Series, response: bool) -> pd.Series:
     strings become factors with sorted levels; Categoricals are kept.
     """
     dtype = col.dtype
-    if isinstance(dtype, pd.CategoricalDtype):
-        return col
+    if isinstance(dtype, pd.CategoricalDtype) or (isinstance(dtype, np.dtype) and dtype.kind in "iuf"):
+        return col  # the common cases, before the costlier inference below
     kind = pd.api.types.infer_dtype(col, skipna=True)
     if pd.api.types.is_bool_dtype(dtype) or kind == "boolean":
         if response:
@@ -228,8 +229,6 @@ def _prepare(col: pd.Series, response: bool) -> pd.Series:
         labels = col.map({True: "TRUE", False: "FALSE"}, na_action="ignore")
         return pd.Series(pd.Categorical(labels, categories=["FALSE", "TRUE"]), index=col.index)
     if pd.api.types.is_numeric_dtype(dtype) or kind in ("integer", "floating", "mixed-integer-float", "decimal"):
-        if isinstance(dtype, np.dtype) and dtype.kind in "iuf":
-            return col
         return pd.Series(col.to_numpy(dtype=np.float64, na_value=np.nan), index=col.index)
     if response:
         return col
@@ -328,6 +327,8 @@ def _r_number(v: float) -> str:
 
 def _labels(values) -> pd.Index:
     """Level labels as R's ``as.character`` writes them (vectorized for the common dtypes)."""
+    if isinstance(values, pd.Index) and isinstance(values.dtype, pd.StringDtype):
+        return values  # already R's labels; an Index is immutable, so it can be shared
     kind = getattr(values.dtype, "kind", "O")
     if kind in "iu":
         return pd.Index(np.asarray(values).astype(str), dtype=object)
@@ -496,8 +497,10 @@ _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _SIMPLE_RHS = re.compile(r"\s*[+-]?\s*\w+(?:\s*[+-]\s*\w+)*\s*\Z")
 
 
-def _simple_terms(rhs: str) -> tuple[bool, list[str]] | None:
-    """``1 + a + b``, ``a - 1``, ``0 + a`` → (intercept, [names]); None for anything else.
+@functools.lru_cache(maxsize=1024)
+def _simple_terms(rhs: str) -> tuple[bool, tuple[str, ...]] | None:
+    """``1 + a + b``, ``a - 1``, ``0 + a`` → (intercept, (names)); None for anything else.
+    (Cached: a pure function of the text, and refits ask for the same formulas again.)
 
     Anything formulaic would read differently from a list of plain columns —
     calls, interactions, repeated or removed names, ``1`` and ``0`` together —
@@ -519,7 +522,7 @@ def _simple_terms(rhs: str) -> tuple[bool, list[str]] | None:
             names.append(tok)
         else:
             return None
-    return (True if intercept is None else intercept), names
+    return (True if intercept is None else intercept), tuple(names)
 
 
 def _numeric(col: pd.Series) -> bool:
@@ -632,7 +635,7 @@ def _fast_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design | None:
         codes, labels_t = groupings[term.factors]
         raw.append((term, Z, cols_t, codes, labels_t, _Deferred(lambda t=t: specs.get()[1][t])))
     fixed_spec = _Deferred(lambda: specs.get()[0])
-    return _assemble(parsed, data, cols, complete, y, X, names_all, raw, fixed_spec)
+    return _assemble(parsed, data, cols, complete, y, X, names_all, raw, fixed_spec, series)
 
 
 def _formulaic_specs(parsed: ParsedFormula, frame: dict, index: pd.Index, complete: np.ndarray, cols: list[str]):
@@ -644,12 +647,13 @@ def _formulaic_specs(parsed: ParsedFormula, frame: dict, index: pd.Index, comple
 # ---- both paths end here -----------------------------------------------------------------------------
 
 
-def _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, fixed_spec) -> Design:
+def _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, fixed_spec, series=None) -> Design:
     """lme4's term order and checks, aliased columns, blocks: the design from its matrices.
 
     ``y`` (n,), ``X_all`` (n, p_all) and each raw term's Z are already cut to
     the ``complete`` rows; ``raw`` holds (term, Z, column names, codes, level
-    labels, spec) per random-effects term in formula order.
+    labels, spec) per random-effects term in formula order; ``series``, if given, the
+    columns ``cols`` of ``data`` as Series already taken from it.
     """
     n = len(y)
     nl = [len(r[4]) for r in raw]
@@ -701,11 +705,22 @@ def _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, fixed_spec
         )
     every = bool(complete.all())
     if _COPY_ON_WRITE:
-        # A shallow copy is a snapshot under copy-on-write: later changes to `data` do not reach
-        # it. Cutting it to the formula's columns and rows (pandas' slowest step for small
-        # data) waits until a refit asks for the frame.
-        snapshot = data.copy(deep=False)
-        frame = _Deferred(lambda: snapshot[cols] if every else snapshot[cols].iloc[np.flatnonzero(complete)])
+        # A shallow copy, or a Series taken from `data`, is a snapshot under copy-on-write:
+        # later changes to `data` do not reach it. Cutting it to the formula's columns and
+        # rows (pandas' slowest step for small data) waits until a refit asks for the frame.
+        if series is not None:
+            index, columns = data.index, data.columns  # both immutable
+
+            def from_series():
+                out = pd.DataFrame({c: series[c] for c in cols}, index=index, copy=False)
+                out.columns = columns[columns.get_indexer(cols)]  # the labels' dtype as in `data`
+                return out
+
+            snapshot = _Deferred(from_series)
+        else:
+            shallow = data.copy(deep=False)
+            snapshot = _Deferred(lambda: shallow[cols])
+        frame = _Deferred(lambda: snapshot.get() if every else snapshot.get().iloc[np.flatnonzero(complete)])
     else:
         frame = data[cols] if every else data[cols].iloc[np.flatnonzero(complete)]
     return Design(
