@@ -52,7 +52,7 @@ from ._stats import Layout, Stats
 
 __all__ = [
     "Factor", "templates", "factorize", "deviance", "deviance_and_grad", "deviance_hessian",
-    "blockdiag_fgh", "blockdiag_value", "criterion_rest", "criterion_rest_value_and_grad",
+    "blockdiag_fgh", "criterion_rest", "criterion_rest_value_and_grad",
     "average_information", "pair_data",
 ]
 
@@ -275,9 +275,9 @@ def levels_last(A11: jax.Array, Z1W: jax.Array):
     return jnp.moveaxis(A11, 0, -1), jnp.moveaxis(Z1W, 0, -1)
 
 
-def _level_algebra(theta: jax.Array, A: jax.Array, layout: Layout, full: bool):
+def _level_algebra(theta: jax.Array, A: jax.Array, layout: Layout):
     """Per-level k₁×k₁ quantities (nested lists of (l₁,) vectors): T, (r, c) of each θ entry,
-    L⁻¹Tᵀ and log|M| summed over levels; with ``full`` also P, N, K, F, Q (see above)."""
+    L⁻¹Tᵀ and log|M| summed over levels, and P, N, K, F, Q (see above)."""
     k = layout.k1
     kb, pos, idx = layout.templates[0]
     rc = [None] * layout.ntheta  # (r, c) of every θ entry in T
@@ -304,18 +304,15 @@ def _level_algebra(theta: jax.Array, A: jax.Array, layout: Layout, full: bool):
             Li[i][c] = r / L[i][i]
     V = _mm(Li, _tr(T, k), k)  # L⁻¹Tᵀ:  C = V Z (factorize's C₁),  U = VᵀV
     logdet = 2.0 * sum(jnp.sum(jnp.log(L[i][i])) for i in range(k))
-    out = {"rc": rc, "V": V, "logdet": logdet}
-    if full:
-        P = _mm(_tr(Li, k), Li, k)
-        N = _mm(P, _tr(T, k), k)
-        U = _mm(T, N, k)
-        K = _mm(N, Al, k)
-        UA = _mm(U, Al, k)
-        F = [[(1.0 if i == j else 0.0) - UA[i][j] for j in range(k)] for i in range(k)]
-        ATK = _mm(AT, K, k)
-        Q = [[Al[i][j] - ATK[i][j] for j in range(k)] for i in range(k)]
-        out.update(P=P, N=N, K=K, F=F, Q=Q)
-    return out
+    P = _mm(_tr(Li, k), Li, k)
+    N = _mm(P, _tr(T, k), k)
+    U = _mm(T, N, k)
+    K = _mm(N, Al, k)
+    UA = _mm(U, Al, k)
+    F = [[(1.0 if i == j else 0.0) - UA[i][j] for j in range(k)] for i in range(k)]
+    ATK = _mm(AT, K, k)
+    Q = [[Al[i][j] - ATK[i][j] for j in range(k)] for i in range(k)]
+    return {"rc": rc, "V": V, "logdet": logdet, "P": P, "N": N, "K": K, "F": F, "Q": Q}
 
 
 def _blockdiag_S(V, Z, WW, k):
@@ -323,13 +320,6 @@ def _blockdiag_S(V, Z, WW, k):
     Zl = [Z[a] for a in range(k)]
     C = jnp.concatenate([sum(V[a][b] * Zl[b] for b in range(k)) for a in range(k)], axis=1)
     return WW - C @ C.T
-
-
-def blockdiag_value(theta: jax.Array, A: jax.Array, Z: jax.Array, stats: Stats, reml, layout: Layout):
-    """The criterion for q_r = 0 from level-last A, Z (as :func:`blockdiag_fgh`; equals :func:`deviance`)."""
-    la = _level_algebra(theta, A, layout, full=False)
-    S = _blockdiag_S(la["V"], Z, stats.WW, layout.k1)
-    return la["logdet"] + _phi(S, stats.n, reml, layout.p)
 
 
 def blockdiag_fgh(theta: jax.Array, A: jax.Array, Z: jax.Array, stats: Stats, reml, layout: Layout):
@@ -340,7 +330,7 @@ def blockdiag_fgh(theta: jax.Array, A: jax.Array, Z: jax.Array, stats: Stats, re
     """
     assert layout.qr == 0
     p, k = layout.p, layout.k1
-    la = _level_algebra(theta, A, layout, full=True)
+    la = _level_algebra(theta, A, layout)
     rc, V, logdet = la["rc"], la["V"], la["logdet"]
     P, N, K, F, Q = la["P"], la["N"], la["K"], la["F"], la["Q"]
 

@@ -48,7 +48,6 @@ from ._objective import (
     _deviance,
     average_information,
     blockdiag_fgh,
-    blockdiag_value,
     criterion_rest,
     criterion_rest_value_and_grad,
     deviance,
@@ -167,8 +166,9 @@ def _status(decrement, f_old, f_new, g_new, accepted, it, max_iter, ftol, gtol):
 
 def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=None,
             trial_fgh: bool = False) -> OptState:
-    """Modified Newton from ``x0``. ``fun`` gives the criterion (line search); ``fgh``, if
-    given, (f, ∇f, H) at once, else they come from autodiff of ``fun`` (H = ∇²f).
+    """Modified Newton from ``x0``. ``fun`` gives the criterion (the value line search;
+    None with ``trial_fgh``); ``fgh``, if given, (f, ∇f, H) at once, else they come from
+    autodiff of ``fun`` (H = ∇²f).
 
     The step is the Newton step on H with eigenvalues replaced by their absolute values
     (floored), capped in length (:func:`_capped`), then Armijo backtracking from the full
@@ -179,10 +179,12 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
     ``trial_fgh``: every trial point of the line search gets (f, ∇f, H) at once, and an
     accepted one keeps them — one evaluation per Newton step, the usual case, instead of a
     criterion value for the line search followed by (f, ∇f, H) at the same point. For
-    closed-form or average-information derivatives, which cost little more than f, this
-    halves the evaluations (sleepstudy: 13 → 7; InstEval's f is 16 of ~65 ms). With
-    autodiff Hessians (m gradients each), a backtracking step would cost m times more than
-    a criterion value, so there the line search uses values only. The loop runs one trial
+    closed-form derivatives, which cost about as much as f, this halves the evaluations
+    (sleepstudy: 13 → 7). For the average information (InstEval: f ~16 of ~65 ms) a
+    backtracked step costs a full evaluation instead of a value, but a step backtracked
+    once no more than before (a value at a = ½, then (f, ∇f, H) there). With autodiff
+    Hessians (m gradients each), every backtracking step would cost m times more than a
+    criterion value, so there the line search uses values only. The loop runs one trial
     point per pass, the start included: one copy of (f, ∇f, H) in the program (it compiles
     in less time than with a separate first evaluation), and nothing that runs both
     branches under ``vmap``.
@@ -190,6 +192,8 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
     Either way, once the predicted decrease (the Newton decrement) is below ftol, a step
     that raises f by no more than rounding noise is accepted instead of backtracked.
     """
+    if trial_fgh and fgh is None:
+        raise ValueError("trial_fgh needs fgh")
     if fgh is None:
         def grad_aux(x):
             f, g = jax.value_and_grad(fun)(x)
@@ -234,8 +238,10 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
             accepted = first | _acceptable(s, s.g @ d, a, f_t, slack(s, decrement))
             done = accepted | (k >= 40)
             it = s.it + (done & ~first).astype(s.it.dtype)
+            # A step that ends rejected (the 41st halving) is judged at the point kept.
+            f_new, g_new = jnp.where(accepted, f_t, s.f), jnp.where(accepted, g_t, s.g)
             status = jnp.where(first, jnp.where(jnp.isfinite(f_t), -1, 4),
-                               _status(decrement, s.f, f_t, g_t, accepted, it, max_iter, ftol, gtol))
+                               _status(decrement, s.f, f_new, g_new, accepted, it, max_iter, ftol, gtol))
             new = OptState(x_t, f_t, g_t, it, s.nfev + 1, status)
             kept = OptState(s.x, s.f, s.g, it, s.nfev + 1, jnp.where(done, status, -1))
             s = jax.tree.map(lambda u, v: jnp.where(accepted, u, v), new, kept)
@@ -321,24 +327,21 @@ def fit_theta(
         # One grouping factor: closed-form per-level derivatives (blockdiag_fgh), on
         # level-last copies of A11 and Z1W made once here, outside the loop.
         A, Z = levels_last(stats.A11, stats.Z1W)
-        return _newton(
-            lambda t: blockdiag_value(t, A, Z, stats, reml, layout), theta0, max_iter, ftol, gtol,
-            fgh=lambda t: blockdiag_fgh(t, A, Z, stats, reml, layout), trial_fgh=True,
-        )
+        return _newton(None, theta0, max_iter, ftol, gtol, fgh=lambda t: blockdiag_fgh(t, A, Z, stats, reml, layout),
+                       trial_fgh=True)
     if method == "newton":
         return _newton(lambda t: _deviance(t, stats, reml, layout), theta0, max_iter, ftol, gtol)
     if layout.qr == 0:
         return _bfgs(lambda t: _deviance(t, stats, reml, layout), theta0, max_iter, ftol, gtol)
     pairs = pair_data(stats, layout)  # θ-free: once, outside the loop
-    fun = lambda t: criterion_rest(t, stats, reml, layout, pairs)[0]  # noqa: E731
     if method == "bfgs":
-        return _bfgs(fun, theta0, max_iter, ftol, gtol)
+        return _bfgs(lambda t: criterion_rest(t, stats, reml, layout, pairs)[0], theta0, max_iter, ftol, gtol)
 
     def fg_ai(t):
         f, g, pieces = criterion_rest_value_and_grad(t, stats, reml, layout, pairs)
         return f, g, average_information(t, pieces, stats, reml, layout)[0]
 
-    return _newton(fun, theta0, max_iter, ftol, gtol, fgh=fg_ai, diag=jnp.asarray(diagonal_mask(layout)),
+    return _newton(None, theta0, max_iter, ftol, gtol, fgh=fg_ai, diag=jnp.asarray(diagonal_mask(layout)),
                    trial_fgh=True)
 
 
