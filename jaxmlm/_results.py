@@ -54,8 +54,8 @@ class FitRecord:
     which the criterion was evaluated, with or without derivatives (an
     accepted full Newton step costs one); ``status`` / ``message``;
     ``max_abs_gradient`` at the optimizer's end; ``seconds`` wall time of the
-    optimization and the final solve (one program, which for data that fit in
-    one chunk also makes the pass over the rows; compile included the first
+    optimization and the final solve (one program, which for small data, at most
+    ``ONE_PROGRAM_ROWS`` = 256 rows, also makes the pass over the rows; compile included the first
     time a shape is seen); ``method`` the optimizer ("newton", "ai" or
     "bfgs"); ``dtype`` the arithmetic of the iterations ("float64", "float32",
     or "float32+float64 polish"); ``theta_float32`` the optimizer's float32 θ
@@ -485,8 +485,9 @@ def lmer(
     if dtype not in ("float64", "float32"):
         raise DataError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
     design = build_design(formula, data)
-    # Data in one chunk (float64 mode): the pass over the rows runs in the optimizer's
-    # program (_pass_fit_and_solve), unless the start needs the statistics first.
+    # Small data (float64 mode): the pass over the rows runs in the optimizer's program
+    # (_pass_fit_and_solve), unless the start needs the statistics first. A layout fitted
+    # both to small and to larger data compiles both programs (once).
     one = one_chunk(design) if dtype == "float64" else None
     layout, stats = (one.layout, None) if one is not None else sufficient_stats(design)[:2]
     reml = np.asarray(1.0 if REML else 0.0)

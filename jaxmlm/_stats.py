@@ -46,7 +46,8 @@ import numpy as np
 from . import _x64  # noqa: F401
 from ._design import Design
 
-__all__ = ["Layout", "OneChunk", "Stats", "bucket", "one_chunk", "stats_from_chunk", "sufficient_stats"]
+__all__ = ["Layout", "ONE_PROGRAM_ROWS", "OneChunk", "Stats", "bucket", "one_chunk", "stats_from_chunk",
+           "sufficient_stats"]
 
 CHUNK_ROWS = 1 << 16
 
@@ -290,11 +291,19 @@ class OneChunk(NamedTuple):
     spec: tuple  # static: (dtype, shape) of (W, g1, Z1, P, V, E) padded, then n, pair lists, β₀
 
 
-def one_chunk(design: Design, chunk_rows: int = CHUNK_ROWS) -> OneChunk | None:
-    """The inputs of :func:`stats_from_chunk` if the rows fit in one chunk, else None."""
-    if design.n > chunk_rows:
+#: Data of at most this many rows are fitted by one program (:class:`OneChunk`), their
+#: chunk padded to exactly this size: one program per layout, whatever the number of rows.
+#: (Padded to the usual power-of-two chunk instead, every other data size would compile
+#: the whole fit again: ~2 s for sleepstudy's model, against ~0.1 s for the pass alone.)
+ONE_PROGRAM_ROWS = 256
+
+
+def one_chunk(design: Design, rows: int = ONE_PROGRAM_ROWS) -> OneChunk | None:
+    """The inputs of :func:`stats_from_chunk`, in a chunk of ``rows`` rows, if the data fit
+    in it, else None."""
+    if design.n > rows:
         return None
-    inp = _pass_inputs(design, chunk_rows)
+    inp = _pass_inputs(design, rows)._replace(chunk=rows)
     layout, index = _layout_and_index(design, inp, None)
     arrays = (*next(_chunks(inp)), *index)
     floats = np.concatenate([a.ravel() for a in arrays if a.dtype.kind == "f"])
@@ -316,10 +325,13 @@ def stats_from_chunk(floats, ints, spec: tuple, layout: Layout) -> Stats:
 
 def _to_device(arrays: tuple) -> tuple:
     """Host arrays for the statistics: large ones (the pair lists of crossed designs) moved to
-    the device once, by ``jax.device_put``; small ones left on the host. Each program call
-    copies those along with its other arguments, which costs less than a transfer of its own
-    (sleepstudy: ~20 µs of a ~0.8 ms fit) and traces nothing new in a fresh process."""
+    the device once, by ``jax.device_put``; small ones left on the host (read-only, as device
+    arrays are). Each program call copies those along with its other arguments, which costs
+    less than a transfer of its own (sleepstudy: ~20 µs of a ~0.8 ms fit) and traces nothing
+    new in a fresh process."""
     if sum(a.nbytes for a in arrays) < (1 << 20):
+        for a in arrays:
+            a.flags.writeable = False
         return arrays
     return jax.device_put(arrays)
 

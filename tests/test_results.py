@@ -295,11 +295,12 @@ def test_snapped_fit_is_solved_at_the_snapped_theta(fits):
     assert m.objective <= float(deviance(jnp.asarray(m.record.theta_optimizer), m.stats, 1.0, m.layout)) + 1e-9
 
 
-@pytest.mark.parametrize("cid", ["sleepstudy_rs", "penicillin_crossed", "pastes_nested", "crossed_item_slope",
-                                 "hsb_ses_slope"])
+@pytest.mark.parametrize("cid", ["sleepstudy_rs", "penicillin_crossed", "pastes_nested", "nested_slash",
+                                 "factors_na", "dyestuff2_singular"])
 def test_one_program_fit_is_the_staged_fit(fits, cid, monkeypatch):
-    """Data in one chunk are fitted by one program (pass, optimizer, solve); without it
-    (the path of larger data) the fit is the same, and so is everything it reports."""
+    """Small data (at most ONE_PROGRAM_ROWS rows) are fitted by one program (pass,
+    optimizer, solve); without it (the path of larger data) the fit is the same, and so is
+    everything it reports."""
     import jaxmlm
     import jaxmlm._results as results
     from conftest import case_data
@@ -323,5 +324,6 @@ def test_one_program_fit_is_the_staged_fit(fits, cid, monkeypatch):
     assert m.objective == pytest.approx(s.objective, rel=1e-12, abs=1e-9)
     for a, b in zip(m._b + m._condvar, s._b + s._condvar):
         np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
-    assert (m.record.iterations, m.record.evaluations, m.record.status) == (
-        s.record.iterations, s.record.evaluations, s.record.status)
+    assert (m.record.iterations, m.record.evaluations, m.record.status, m.record.snapped) == (
+        s.record.iterations, s.record.evaluations, s.record.status, s.record.snapped)
+    assert results.one_chunk(fits("hsb_ses_slope").design) is None  # 7185 rows: the staged path

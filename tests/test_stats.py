@@ -113,13 +113,13 @@ def test_pair_list_is_every_lower_pair_of_a_level():
         assert np.all(f1[len(e1):] == 999) and np.all(f2[len(e1):] == 999) and np.all(ft[len(e1):] == 0)
 
 
-@pytest.mark.parametrize("cid", ["sleepstudy_rs", "penicillin_crossed", "pastes_nested", "crossed_item_slope"])
+@pytest.mark.parametrize("cid", ["sleepstudy_rs", "penicillin_crossed", "pastes_nested", "nested_slash", "factors_na"])
 def test_one_chunk_program_makes_the_pass_statistics(cid):
     """The pass run inside a caller's program (one_chunk + stats_from_chunk) gives the
     statistics and layout of sufficient_stats; data over one chunk are left to the latter."""
     import jax
 
-    from jaxmlm._stats import one_chunk, stats_from_chunk
+    from jaxmlm._stats import ONE_PROGRAM_ROWS, one_chunk, stats_from_chunk
 
     c = CASES[cid]
     d = build_design(c["formula"], case_data(c))
@@ -131,4 +131,5 @@ def test_one_chunk_program_makes_the_pass_statistics(cid):
     for name, a, b in zip(st._fields, st, st_b):
         assert np.asarray(a).dtype == np.asarray(b).dtype and np.shape(a) == np.shape(b), name
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-13, atol=1e-9, err_msg=name)
-    assert one_chunk(d, chunk_rows=d.n - 1) is None
+    assert oc.spec[0][1][0] == ONE_PROGRAM_ROWS  # every data size up to it: one program
+    assert one_chunk(d, rows=d.n - 1) is None
