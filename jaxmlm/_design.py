@@ -36,6 +36,7 @@ creating a dense cross block between two terms on the same factor.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import keyword
@@ -327,8 +328,6 @@ def _r_number(v: float) -> str:
 
 def _labels(values) -> pd.Index:
     """Level labels as R's ``as.character`` writes them (vectorized for the common dtypes)."""
-    if isinstance(values, pd.Index) and isinstance(values.dtype, pd.StringDtype):
-        return values  # already R's labels; an Index is immutable, so it can be shared
     kind = getattr(values.dtype, "kind", "O")
     if kind in "iu":
         return pd.Index(np.asarray(values).astype(str), dtype=object)
@@ -710,10 +709,12 @@ def _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, fixed_spec
         # rows (pandas' slowest step for small data) waits until a refit asks for the frame.
         if series is not None:
             index, columns = data.index, data.columns  # both immutable
+            attrs = copy.deepcopy(data.attrs) if data.attrs else {}
 
             def from_series():
                 out = pd.DataFrame({c: series[c] for c in cols}, index=index, copy=False)
                 out.columns = columns[columns.get_indexer(cols)]  # the labels' dtype as in `data`
+                out.attrs = attrs
                 return out
 
             snapshot = _Deferred(from_series)

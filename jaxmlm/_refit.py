@@ -198,7 +198,7 @@ def _estimates(fac: Factor, stats: Stats, reml, p: int):
 def _fit_one(theta0, base: Stats, zy1, xy, yy, zry, beta0, reml, layout: Layout, max_iter, ftol, gtol) -> _Batch:
     """One replicate: Newton loop, canonical signs, snapping, then β̂, σ̂, vcov and the criterion."""
     st = _with_response(base, zy1, xy, yy, zry, beta0, layout.p)
-    # lmer's Newton (no trial steps: safe under vmap), inlined into this program
+    # lmer's Newton, inlined into this program (one while loop, no lax.cond: safe under vmap)
     opt = fit_theta(theta0, st, reml, layout, max_iter=max_iter, ftol=ftol, gtol=gtol, method="newton")
     theta = _snap(_canonical(opt.x, layout), opt.f, st, reml, layout)
     fac = factorize(theta, st, layout)
