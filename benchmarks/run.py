@@ -395,7 +395,7 @@ def worker(args) -> int:
         m = None
         try:
             from jaxmlm._design import build_design
-            from jaxmlm._stats import CHUNK_ROWS, sufficient_stats
+            from jaxmlm._stats import ONE_PROGRAM_ROWS, sufficient_stats
 
             d_times, s_times = [], []
             for _ in range(max(1, min(3, args.repeats))):
@@ -410,8 +410,8 @@ def worker(args) -> int:
                 s_times.append(t2 - t1)
             out["design_s"] = median(d_times)
             out["stats_s"] = median(s_times)
-            # Data in one chunk: lmer runs the pass inside the optimizer's program (FitRecord.seconds).
-            out["stats_in_optimizer"] = bool(design.n <= CHUNK_ROWS)
+            # Small data: lmer runs the pass inside the optimizer's program (FitRecord.seconds).
+            out["stats_in_optimizer"] = bool(design.n <= ONE_PROGRAM_ROWS)
         except Exception as exc:  # noqa: BLE001
             notes.append(f"stage split unavailable: {type(exc).__name__}: {exc}")
     elif args.worker == "statsmodels":
@@ -964,9 +964,10 @@ def markdown(info: dict, table: list[dict], breakdown: list[dict], opts, elapsed
         L.append("*optimizer* = `FitRecord.seconds` (the θ optimization and the final solve, one program; the cold "
                  "one includes compilation); "
                  "*design* = `build_design` (formula → model matrices), *stats* = `sufficient_stats`, both timed "
-                 "separately after the warm fits (median of up to 3; *in optimizer*: data in one chunk, whose pass "
+                 "separately after the warm fits (median of up to 3; *in optimizer*: small data, whose pass "
                  "`lmer` runs inside the optimizer's program); *other* = warm total − optimizer − design − stats "
-                 "(conditional-variance blocks, result object). Peak RSS = `ru_maxrss` of the worker process after the fits "
+                 "(conditional-variance blocks, result object; with the pass in the optimizer, also its host part: "
+                 "least squares for β₀, packing the rows). Peak RSS = `ru_maxrss` of the worker process after the fits "
                  "(the data, one fit at a time, before the stage split).")
         L.append("")
         L.append("| case | rows | groups | cold total | cold optimizer | warm total | warm optimizer | warm design | "
