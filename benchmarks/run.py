@@ -395,7 +395,7 @@ def worker(args) -> int:
         m = None
         try:
             from jaxmlm._design import build_design
-            from jaxmlm._stats import ONE_PROGRAM_ROWS, sufficient_stats
+            from jaxmlm._stats import one_chunk, sufficient_stats
 
             d_times, s_times = [], []
             for _ in range(max(1, min(3, args.repeats))):
@@ -411,7 +411,7 @@ def worker(args) -> int:
             out["design_s"] = median(d_times)
             out["stats_s"] = median(s_times)
             # Small data: lmer runs the pass inside the optimizer's program (FitRecord.seconds).
-            out["stats_in_optimizer"] = bool(design.n <= ONE_PROGRAM_ROWS)
+            out["stats_in_optimizer"] = one_chunk(design) is not None
         except Exception as exc:  # noqa: BLE001
             notes.append(f"stage split unavailable: {type(exc).__name__}: {exc}")
     elif args.worker == "statsmodels":

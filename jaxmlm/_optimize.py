@@ -56,7 +56,7 @@ from ._objective import (
 )
 from ._stats import Layout, Stats
 
-__all__ = ["OptState", "fit_theta", "canonical_theta", "STATUS"]
+__all__ = ["OptState", "fit_theta", "canonical_theta", "lme4_start", "STATUS"]
 
 STATUS = {
     0: "converged: Newton decrement below ftol",
@@ -308,7 +308,8 @@ def _bfgs(fun, x0, max_iter: int, ftol: float, gtol: float) -> OptState:
 
 @functools.partial(jax.jit, static_argnames=("layout", "max_iter", "method"))
 def fit_theta(
-    theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, ftol=1e-10, gtol=1e-8, method: str = "newton") -> OptState:
+    theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, ftol=1e-10, gtol=1e-8, method: str = "newton"
+) -> OptState:
     """Minimize the criterion over θ from ``theta0`` by ``method`` ("newton", "ai" or "bfgs").
 
     * "newton": modified Newton with the exact Hessian — closed form per level when there
@@ -378,7 +379,7 @@ def moment_start(stats: Stats, layout: Layout, intercepts) -> np.ndarray:
     moves each diagonal at most tenfold towards 0 per step, and never across it. Entries
     of the other blocks keep lme4's start (1 on the diagonal, 0 off it).
     """
-    theta = np.where(diagonal_mask(layout), 1.0, 0.0)
+    theta = lme4_start(layout)
     n, ete, per_level = jax.device_get(_level_sums(stats, layout))
     n, ete, p = float(n), float(ete), layout.p
     if n - p <= 1 or ete <= 0:
@@ -419,6 +420,11 @@ def choose_method(layout: Layout) -> str:
 def diagonal_mask(layout: Layout) -> np.ndarray:
     """Boolean (m,): which θ entries are template diagonals (lower bound 0 in lme4)."""
     return _diagonals(layout)[0].copy()
+
+
+def lme4_start(layout: Layout) -> np.ndarray:
+    """lme4's starting θ (m,): 1 on the template diagonals, 0 off them (Λ = I)."""
+    return np.where(_diagonals(layout)[0], 1.0, 0.0)
 
 
 @functools.lru_cache(maxsize=256)

@@ -52,7 +52,7 @@ from ._objective import (
     criterion,
     factorize,
 )
-from ._optimize import STATUS, canonical_theta, diagonal_mask, fit_theta, snap_boundary
+from ._optimize import STATUS, canonical_theta, diagonal_mask, fit_theta, lme4_start, snap_boundary
 from ._solution import solve
 from ._stats import Layout, Stats, _rest_positions, bucket, sufficient_stats
 
@@ -268,7 +268,7 @@ def _start(spec: _Spec, start) -> np.ndarray:
         th = canonical_theta(spec.theta, spec.layout)
         return np.where(mask, np.maximum(np.nan_to_num(th, nan=1.0), _START_FLOOR), np.nan_to_num(th))
     if isinstance(start, str) and start == "default":
-        return np.where(mask, 1.0, 0.0)
+        return lme4_start(spec.layout)
     if isinstance(start, str):
         raise DataError(f"start must be 'fit', 'default' or an array of {len(mask)} numbers, got {start!r}")
     th = np.asarray(start, float).ravel()
@@ -1049,8 +1049,7 @@ def _ml_spec(m) -> _Spec:
     if not spec.reml:
         return spec
     layout, stats, zero = spec.layout, spec.stats, jnp.asarray(0.0)
-    mask = diagonal_mask(layout)
-    st = fit_theta(jnp.asarray(np.where(mask, 1.0, 0.0)), stats, zero, layout)
+    st = fit_theta(jnp.asarray(lme4_start(layout)), stats, zero, layout)
     f = float(st.f)
     if int(st.status) not in (0, 1) or not np.isfinite(f):
         raise ConvergenceError(f"the ML refit of {m.formula!r} did not converge ({STATUS[int(st.status)]})")

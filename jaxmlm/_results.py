@@ -30,6 +30,7 @@ from ._optimize import (
     choose_method,
     diagonal_mask,
     fit_theta,
+    lme4_start,
     moment_start,
     snap_boundary,
 )
@@ -497,8 +498,8 @@ def lmer(
     # lme4's start (θ = 1 on template diagonals), except where every iteration costs a dense
     # q_r³ step: there a moment estimate saves the first few (_optimize.moment_start).
     moment = method == "ai" and layout.qr > 0
+    theta0 = lme4_start(layout)
     if one is not None and not moment:
-        theta0 = np.where(diagonal_mask(layout), 1.0, 0.0)
         stats, packed = _programs.call(_pass_fit_and_solve, (theta0, one.floats, one.ints, reml), dict(fit, spec=one.spec))
         st, theta_c, sol = _unpack_fit(np.asarray(packed), layout)
         stages, est_stats, est_reml = [], stats, reml
@@ -507,8 +508,6 @@ def lmer(
             stats = _programs.call(_pass, (one.floats, one.ints), dict(spec=one.spec, layout=layout))
         if moment:
             theta0 = moment_start(stats, layout, [blk.columns == ("(Intercept)",) for blk in design.blocks])
-        else:
-            theta0 = np.where(diagonal_mask(layout), 1.0, 0.0)
         # The optimizer's stages in order: float32 iterations (float32 mode), then float64 ones
         # (always, except float32 mode without polish). The last stage runs with the final solve
         # as one program. One transfer of each state: every separate read of a device array waits.

@@ -327,8 +327,8 @@ def _to_device(arrays: tuple) -> tuple:
     """Host arrays for the statistics: large ones (the pair lists of crossed designs) moved to
     the device once, by ``jax.device_put``; small ones left on the host (read-only, as device
     arrays are). Each program call copies those along with its other arguments, which costs
-    less than a transfer of its own (sleepstudy: ~20 µs of a ~0.8 ms fit) and traces nothing
-    new in a fresh process."""
+    less than a transfer of its own (~20 µs for sleepstudy's, before small data got a
+    program of their own: :class:`OneChunk`) and traces nothing new in a fresh process."""
     if sum(a.nbytes for a in arrays) < (1 << 20):
         for a in arrays:
             a.flags.writeable = False
