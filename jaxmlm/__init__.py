@@ -42,6 +42,8 @@ _LAZY = {
     "anova": "._compare",
     "pseudo_r2": "._compare",
     "power": "._refit",
+    "emmeans": "._emmeans",
+    "ref_grid": "._emmeans",
 }
 
 __all__ = [
@@ -53,6 +55,8 @@ __all__ = [
     "anova",
     "pseudo_r2",
     "power",
+    "emmeans",
+    "ref_grid",
     "JaxmlmError",
     "FormulaError",
     "FormulaSyntaxError",

@@ -202,8 +202,12 @@ def _check_same_rows(models, names) -> None:
 # ---- anova -------------------------------------------------------------------------------------------
 
 
-def anova(*models, refit: bool = True, names=None, method: str = "lrt", nsim: int = 1000, seed=None) -> pd.DataFrame:
+def anova(*models, refit: bool = True, names=None, method: str = "lrt", nsim: int = 1000, seed=None,
+          type=3, ddf: str = "Satterthwaite") -> pd.DataFrame:
     """Likelihood-ratio comparison of nested models, as lme4's ``anova(m0, m1, ...)``.
+
+    With one model, ``anova(m, type=3, ddf="Satterthwaite")`` is lmerTest's
+    table of F tests of its fixed-effects terms (``m.anova()``).
 
     Returns a DataFrame indexed by model name (``names``, default ``m0``, ``m1``,
     … in argument order), rows ordered by ``npar`` (stable), columns ``npar``,
@@ -219,9 +223,11 @@ def anova(*models, refit: bool = True, names=None, method: str = "lrt", nsim: in
     """
     if len(models) == 1 and isinstance(models[0], (list, tuple)):
         models = tuple(models[0])
+    if len(models) == 1:
+        _check_model(models[0], "the argument of anova")
+        return models[0].anova(type=type, ddf=ddf)
     if len(models) < 2:
-        raise JaxmlmError("anova needs at least two fitted models to compare, e.g. anova(m0, m1); "
-                          "for F tests of the fixed effects of one model use m.coef_table() or drop terms and compare")
+        raise JaxmlmError("anova needs a fitted model, or several to compare: anova(m) or anova(m0, m1)")
     for i, m in enumerate(models):
         _check_model(m, f"argument {i + 1} of anova")
     if method not in ("lrt", "pb"):

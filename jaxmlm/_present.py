@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from ._errors import JaxmlmError
+from ._rnum import format_pvalues_r, r_format, zapsmall
 
-__all__ = ["summary_text", "format_table", "format_pvalue", "signif_stars"]
+__all__ = ["summary_text", "format_table", "format_pvalue", "signif_stars", "format_anova", "format_matrix"]
 
 SIGNIF_LEGEND = "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"
 
@@ -76,6 +77,51 @@ def signif_stars(p: float) -> str:
         if p < cut:
             return star
     return ""
+
+
+def format_matrix(cells: dict[str, list[str]], index: list[str], index_header: str = "") -> str:
+    """A character matrix as R's print.default(right = TRUE) prints it: row names left, cells right."""
+    w0 = max([len(index_header)] + [len(r) for r in index])
+    widths = {c: max([len(c)] + [len(v) for v in vals]) for c, vals in cells.items()}
+    lines = [index_header.ljust(w0) + "".join(" " + c.rjust(widths[c]) for c in cells)]
+    for i, r in enumerate(index):
+        lines.append(r.ljust(w0) + "".join(" " + vals[i].rjust(widths[c]) for c, vals in cells.items()))
+    return "\n".join(lines)
+
+
+def format_anova(table: pd.DataFrame, digits: int = 5) -> str:
+    """An F-test table as R's ``print.anova`` prints it (printCoefmat with digits 5, stars, legend)."""
+    heading = table.attrs.get("heading")
+    out = [heading] if heading else []
+    cols = list(table.columns)
+    cells: dict[str, list[str]] = {}
+    p_col = cols[-1] if cols and cols[-1].startswith(("Pr(", "P(")) else None
+    dig_tst = max(1, min(5, digits - 1))
+    for c in cols:
+        v = table[c].to_numpy(dtype=float)
+        if c == p_col:
+            cells[c] = format_pvalues_r(v, dig_tst)
+        elif c.endswith(" value") or c in ("F", "Chisq"):
+            cells[c] = r_format(np.round(v, dig_tst), digits)
+        else:
+            shown = zapsmall(v, digits)
+            cells[c] = r_format(shown, digits)
+            # printCoefmat: a non-zero value that prints as zero is printed alone with one digit less
+            for j, (x, s) in enumerate(zip(v, cells[c])):
+                if np.isfinite(x) and x != 0 and float(s) == 0:
+                    cells[c][j] = r_format([x], max(1, digits - 1))[0]
+        cells[c] = ["" if not np.isfinite(x) else s for x, s in zip(v, cells[c])]
+    stars = False
+    if p_col is not None:
+        p = table[p_col].to_numpy(dtype=float)
+        if np.any(np.isfinite(p) & (p < 0.1)):
+            stars = True
+            marks = [signif_stars(x) or (" " if np.isfinite(x) else "") for x in p]
+            cells[""] = [m.ljust(3) for m in marks]
+    out.append(format_matrix(cells, [str(i) for i in table.index]))
+    if stars:
+        out += ["---", SIGNIF_LEGEND]
+    return "\n".join(out)
 
 
 def _fixed_effects_table(m) -> tuple[list[str], bool]:

@@ -328,6 +328,31 @@ class LinearMixedModel:
 
         return contest(self, L, ddf=ddf, rhs=rhs)
 
+    def anova(self, type=3, ddf: str = "Satterthwaite"):
+        """lmerTest's ANOVA table: an F test of each fixed-effects term (see :func:`jaxmlm._anova.anova_table`).
+
+        ``type`` 3 (default), 2 or 1; ``ddf`` "Satterthwaite" (default) or
+        "Kenward-Roger" (REML fits). A DataFrame indexed by term: Sum Sq,
+        Mean Sq, NumDF, DenDF, F value, Pr(>F); it prints as lmerTest prints it.
+        """
+        from ._anova import anova_table
+
+        return anova_table(self, type=type, ddf=ddf)
+
+    def all_fit(self, optimizers=None, n_random: int = 3, seed=0, max_iter: int = 200):
+        """Refit with every optimizer jaxmlm has, from several starts, batched (lme4's ``allFit``).
+
+        ``optimizers``: a list out of "newton", "ai", "bfgs" (default: every one
+        that differs for this model); starts: lme4's, the moment estimates (for
+        crossed designs) and ``n_random`` random ones drawn with ``seed``. Returns
+        an ``AllFit``: ``table`` (criterion, excess over the best, convergence,
+        iterations, evaluations, gradient), ``fixef``, ``theta``, ``sdcor``,
+        ``llik``, ``times``; it prints as lme4's ``summary(allFit(m))``.
+        """
+        from ._allfit import all_fit
+
+        return all_fit(self, optimizers=optimizers, n_random=n_random, seed=seed, max_iter=max_iter)
+
     def variance_components(self, level: float = 0.95, **kwargs) -> pd.DataFrame:
         """Each SD / variance / correlation with its standard error and a Wald interval (as Stata)."""
         from ._inference import variance_components

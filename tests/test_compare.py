@@ -121,8 +121,10 @@ def test_anova_refuses_different_responses():
 
 
 def test_anova_argument_errors(sleep_models):
-    with pytest.raises(jaxmlm.JaxmlmError, match="at least two"):
-        anova(sleep_models["fm0"])
+    with pytest.raises(jaxmlm.JaxmlmError, match="fitted model"):
+        anova()
+    with pytest.raises(jaxmlm.JaxmlmError, match="lmer"):
+        anova("not a model")
     with pytest.raises(jaxmlm.JaxmlmError, match="lmer"):
         anova(sleep_models["fm0"], "not a model")
     with pytest.raises(jaxmlm.JaxmlmError, match="method"):

@@ -1,0 +1,100 @@
+"""R's rules for rounding and printing numbers, in one place (R 4.2, the reference version).
+
+``zapsmall`` rounds before hypotheses are compared (lmerTest) and before
+columns are printed (printCoefmat); ``r_format`` is ``format(x, digits)``
+of a numeric vector; ``format_pvalues_r`` is ``format.pval``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["zapsmall", "r_format", "format_pvalues_r"]
+
+
+def zapsmall(x, digits: int = 7) -> np.ndarray:
+    """R 4.2's ``zapsmall``: round to ``digits`` significant digits of the largest finite entry.
+
+    The number of decimals is ``digits − log10(max|x|)`` rounded half up (R's
+    ``round`` rounds a fractional ``digits`` so), at least 0.
+    """
+    x = np.asarray(x, dtype=float)
+    fin = np.abs(x[np.isfinite(x)])
+    mx = fin.max() if fin.size else 0.0
+    d = max(0, int(np.floor(digits - np.log10(mx) + 0.5))) if mx > 0 else digits
+    return np.round(x, d) + 0.0  # + 0.0: no negative zeros
+
+
+def _sig_digits(x: float, digits: int) -> tuple[int, int]:
+    """(significant digits needed, decimal exponent) of x rounded to ``digits`` significant digits."""
+    mant, exp = f"{abs(x):.{digits - 1}e}".split("e")
+    return len(mant.replace(".", "").rstrip("0")) or 1, int(exp)
+
+
+def r_format(values, digits: int = 7) -> list[str]:
+    """R's ``format(x, digits)`` of a numeric vector: one common layout, fixed unless scientific is narrower.
+
+    Each element keeps at least ``digits`` significant digits (trailing zeros
+    dropped), the column shares one number of decimals, and scientific
+    notation is chosen only when it is narrower than fixed (R's formatReal
+    with scipen = 0). Non-finite values print as NA, NaN, Inf.
+    """
+    x = np.asarray(values, dtype=float)
+    fin = x[np.isfinite(x)]
+    if not fin.size:
+        return ["NaN" if np.isnan(v) else ("NA" if not np.isfinite(v) else str(v)) for v in x]
+    neg = int(np.any(fin < 0))
+    sig, exps = zip(*(_sig_digits(v, digits) if v != 0 else (1, 0) for v in fin))
+    rgt = max(0, max(s - 1 - e for s, e in zip(sig, exps)))
+    left = max(max(e + 1, 1) for e in exps)
+    fixed_w = neg + left + (rgt > 0) + rgt
+    mf = max(sig)
+    big = max(abs(e) for e in exps) >= 100
+    sci_w = neg + (mf + 1 if mf > 1 else mf) + (5 if big else 4)
+    out = []
+    for v in x:
+        if np.isnan(v):
+            out.append("NA")
+        elif not np.isfinite(v):
+            out.append("Inf" if v > 0 else "-Inf")
+        elif fixed_w <= sci_w:
+            out.append(f"{v:.{rgt}f}")
+        else:
+            m, e = f"{v:.{mf - 1}e}".split("e")
+            out.append(f"{m}e{int(e):+03d}")
+    w = max(len(s) for s in out)
+    return [s.rjust(w) for s in out]
+
+
+def format_pvalues_r(p, digits: int = 4) -> list[str]:
+    """R's ``format.pval(p, digits, eps = .Machine$double.eps)``.
+
+    p-values ≥ 1e-3 (≥ 1e-4 when digits > 1) are formatted together, smaller ones together;
+    values below eps print as ``< 2.2e-16`` (fewer digits when the others are
+    narrow, as R shortens it); missing ones as "".
+    """
+    p = np.asarray(p, dtype=float)
+    eps = np.finfo(float).eps
+    out = [""] * len(p)
+    ok = np.isfinite(p)
+    small = ok & (p < eps)
+    rest = ok & ~small
+    expo = np.floor(np.log10(np.where(p > 0, p, 1e-50)))
+    fixp = (expo >= -3) | ((expo == -4) & (digits > 1))
+    for group in (rest & fixp, rest & ~fixp):
+        idx = np.flatnonzero(group)
+        for i, s in zip(idx, r_format(p[idx], digits) if idx.size else []):
+            out[i] = s.strip()
+    if small.any():
+        d = max(1, digits - 2)
+        if rest.any():
+            nc = max(len(out[i]) for i in np.flatnonzero(rest))
+            if d > 1 and d + 6 > nc:
+                d = max(1, nc - 7)
+            sep = "" if d == 1 and nc <= 6 else " "
+        else:
+            sep = "" if d == 1 else " "
+        text = "<" + sep + r_format([eps], d)[0].strip()
+        for i in np.flatnonzero(small):
+            out[i] = text
+    return out
