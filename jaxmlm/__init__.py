@@ -17,6 +17,7 @@ from ._errors import (
     ConvergenceError,
     ConvergenceWarning,
     DataError,
+    DataWarning,
     FormulaError,
     FormulaSyntaxError,
     GroupingError,
@@ -72,6 +73,7 @@ __all__ = [
     "ConvergenceWarning",
     "MissingDataWarning",
     "InferenceWarning",
+    "DataWarning",
 ]
 
 

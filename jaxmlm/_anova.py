@@ -177,15 +177,17 @@ def _type2(ft: FixedTerms, X: np.ndarray) -> dict[str, np.ndarray]:
 
 def _factor_matrices(m, ft: FixedTerms) -> dict[str, np.ndarray]:
     """Each variable of the fixed part on the fit's rows: numeric columns, or one indicator per level."""
+    from ._design import _doubles
     from ._formulaic import FORMULA_CONTEXT
-    from ._predict import _column
+    from ._predict import _column, factor_text
 
     spec = m.design.fixed_spec
     frame = m.design.frame
-    frame = pd.DataFrame({c: _column(frame[c]) for c in frame.columns}, index=frame.index)
+    frame = _doubles(pd.DataFrame({c: _column(frame[c]) for c in frame.columns}, index=frame.index))
+    by_expr = {f.expr: f for term in spec.terms for f in term.factors}
     out = {}
     for f in dict.fromkeys(f for fs in ft.factors for f in fs):
-        one = spec.update(formula=f"0 + {f}", structure=None)
+        one = spec.update(formula=f"0 + {factor_text(by_expr[f])}", structure=None)
         mm = one.get_model_matrix(frame, context=FORMULA_CONTEXT, na_action="ignore")
         out[f] = np.asarray(mm, dtype=float)
     return out

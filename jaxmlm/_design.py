@@ -37,6 +37,7 @@ creating a dense cross block between two terms on the same factor.
 from __future__ import annotations
 
 import copy
+import datetime
 import difflib
 import functools
 import keyword
@@ -49,6 +50,7 @@ import pandas as pd
 
 from ._errors import (
     DataError,
+    DataWarning,
     FormulaError,
     GroupingError,
     RankDeficiencyWarning,
@@ -213,12 +215,17 @@ def _sorted_levels(values) -> list:
         return sorted(uniq, key=str)
 
 
-def _prepare(col: pd.Series, response: bool) -> pd.Series:
+def _prepare(col: pd.Series, response: bool, name: str | None = None) -> pd.Series:
     """One data column as formulaic and R's model.frame should see it (a new Series).
 
-    Numbers stay numbers (nullable ones become float with NaN); booleans become
-    the factor R makes of a logical (levels FALSE, TRUE; a response stays 0/1);
-    strings become factors with sorted levels; Categoricals are kept.
+    Numbers stay numbers (nullable ones become float with NaN; integers stay
+    integers here, for the grouping labels, and become doubles before formulaic
+    evaluates anything: see :func:`_doubles`); booleans become the factor R
+    makes of a logical (levels FALSE, TRUE; a response stays 0/1); strings
+    become factors with sorted levels; Categoricals are kept. A column mixing
+    numbers and text (object dtype) is a factor of R's ``as.character`` labels,
+    so ``1`` and ``"1"`` are one level, as in R's character column; with
+    ``name`` (the column is a predictor) that draws a :class:`DataWarning`.
     """
     dtype = col.dtype
     if isinstance(dtype, pd.CategoricalDtype) or (isinstance(dtype, np.dtype) and dtype.kind in "iuf"):
@@ -234,8 +241,84 @@ def _prepare(col: pd.Series, response: bool) -> pd.Series:
     if response:
         return col
     values = col.to_numpy(dtype=object)
-    present = values[~pd.isna(values)]
+    missing = pd.isna(values)
+    if kind in ("mixed-integer", "mixed"):
+        if name is not None:
+            _warn_mixed(name, values[~missing])
+        values = values.copy()
+        values[~missing] = [_label(v) for v in values[~missing]]
+    present = values[~missing]
     return pd.Series(pd.Categorical(values, categories=_sorted_levels(present)), index=col.index)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _warn_mixed(name: str, present: np.ndarray) -> None:
+    """Warn that a predictor column mixing numbers and text is fitted as a factor (R reads it as text)."""
+    numbers = np.fromiter((_is_number(v) for v in present), dtype=bool, count=len(present))
+    if not numbers.any() or numbers.all():
+        return
+    text = list(pd.unique(present[~numbers]))
+    shown = ", ".join(repr(v) for v in text[:5]) + (f" and {len(text) - 5} more" if len(text) > 5 else "")
+    warnings.warn(
+        f"column {name!r} mixes numbers and values that are not numbers ({shown}); it is used as a factor "
+        "(one coefficient per level, as R does with such a column). If it holds numbers, convert it first, "
+        f"e.g. df[{name!r}] = pd.to_numeric(df[{name!r}], errors='coerce') (what is not a number becomes missing)",
+        DataWarning,
+        stacklevel=5,
+    )
+
+
+def _date_like(col: pd.Series) -> str | None:
+    """``"dates"`` or ``"time spans"`` when a column holds datetimes/dates or timedeltas, else None."""
+    dtype = col.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return None  # an explicit factor of dates is a factor
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "dates"
+    if pd.api.types.is_timedelta64_dtype(dtype):
+        return "time spans"
+    if dtype == object:
+        values = col.to_numpy()
+        present = pd.notna(values)
+        if not present.any():
+            return None
+        value = values[int(np.argmax(present))]  # the first value tells; infer_dtype (a pass) confirms
+        if isinstance(value, (datetime.date, datetime.timedelta, np.datetime64, np.timedelta64)):
+            kind = pd.api.types.infer_dtype(col, skipna=True)
+            if kind in ("datetime", "datetime64", "date"):
+                return "dates"
+            if kind in ("timedelta", "timedelta64"):
+                return "time spans"
+    return None
+
+
+def _refuse_dates(col: pd.Series, name: str, what: str) -> None:
+    """lme4 fits one numeric slope for a Date/difftime predictor; a datetime here would become a factor."""
+    kind = _date_like(col)
+    if kind is None:
+        return
+    if kind == "dates":
+        how = f"days since the first date: df[{name!r}] = (df[{name!r}] - df[{name!r}].min()).dt.days"
+    else:
+        how = f"days: df[{name!r}] = df[{name!r}].dt.days (or .dt.total_seconds() for seconds)"
+    raise DataError(
+        f"column {name!r} in {what} holds {kind} (dtype {col.dtype}), which jaxmlm does not turn into numbers "
+        f"(lme4 fits one numeric slope for a Date or difftime; used as they are they would become a factor with "
+        f"one level per value). Convert it to numbers, e.g. {how}. (As a grouping factor a date column is fine.)"
+    )
+
+
+def _doubles(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with integer columns as float64 (a new frame when any), for formulaic to evaluate.
+
+    R computes formulas in double; numpy would compute ``I(x*x)`` or ``a:b`` in
+    the column's integer type, which overflows silently.
+    """
+    ints = {c: np.float64 for c, dt in frame.dtypes.items() if isinstance(dt, np.dtype) and dt.kind in "iu"}
+    return frame.astype(ints) if ints else frame
 
 
 def _restrict_levels(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
@@ -347,20 +430,38 @@ def _factor_codes(col: pd.Series) -> tuple[np.ndarray, pd.Index]:
         if not used.all():  # drop unused levels (R's droplevels)
             codes = np.where(codes >= 0, np.cumsum(used)[codes] - 1, -1)
             cats = cats[used]
-        return codes, _labels(cats)
+        return _merge_labels(codes, _labels(cats))
     values = col.to_numpy()
     if values.dtype.kind in "iu" and values.size:
-        lo, hi = int(values.min()), int(values.max())
-        if hi - lo <= 4 * values.size:  # counting instead of sorting
-            shifted = values - lo
-            present = np.bincount(shifted, minlength=hi - lo + 1) > 0
+        lo, hi = values.min(), values.max()
+        if int(hi) - int(lo) <= 4 * values.size:  # counting instead of sorting
+            # Shift in the unsigned type of the column's width: modular arithmetic, exact for
+            # 0 <= value - lo < 2**bits (int8 -100..100, uint64 ids >= 2**63 alike).
+            unsigned = np.dtype(f"u{values.dtype.itemsize}")
+            shifted = values.view(unsigned) - lo.astype(unsigned)
+            shifted = shifted.view(np.int64) if unsigned.itemsize == 8 else shifted.astype(np.int64)
+            present = np.bincount(shifted, minlength=int(hi) - int(lo) + 1) > 0
             codes = (np.cumsum(present) - 1)[shifted]
-            return codes.astype(np.int64), _labels(np.flatnonzero(present) + lo)
+            uniques = (np.flatnonzero(present).astype(unsigned) + lo.astype(unsigned)).astype(values.dtype)
+            return codes.astype(np.int64), _labels(uniques)
     try:
         uniques, codes = np.unique(values, return_inverse=True)
-    except TypeError:  # mixed types: compare as strings
-        uniques, codes = np.unique(values.astype(str), return_inverse=True)
-    return codes.astype(np.int64).ravel(), _labels(uniques)
+    except TypeError:  # mixed types: compare as R's labels
+        uniques, codes = np.unique(np.asarray([_label(v) for v in values], dtype=object), return_inverse=True)
+    return _merge_labels(codes.astype(np.int64).ravel(), _labels(uniques))
+
+
+def _merge_labels(codes: np.ndarray, labels: pd.Index) -> tuple[np.ndarray, pd.Index]:
+    """Levels with the same label as one level, as R's factor() matches values by ``as.character``.
+
+    (Doubles 0.1 + 0.2 and 0.3 are both "0.3" at R's 15 significant digits.)
+    The first of the merged levels keeps its place; codes of -1 (missing) stay.
+    """
+    if labels.is_unique:
+        return codes, labels
+    new, uniques = pd.factorize(np.asarray(labels, dtype=object))
+    merged = np.where(codes >= 0, new[np.maximum(codes, 0)], -1) if codes.size else codes
+    return merged.astype(np.int64), pd.Index(uniques, dtype=object)
 
 
 def _grouping(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray, pd.Index]:
@@ -474,7 +575,7 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
     (``predict``); everything else goes through formulaic. Both give the same
     design (``tests/test_design.py`` builds every case both ways).
     """
-    parsed = parse_formula(formula) if isinstance(formula, str) else formula
+    parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)  # parse_formula refuses non-text
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     if parsed.lhs.startswith("cbind("):
@@ -567,7 +668,8 @@ def _fast_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design | None:
     series = {c: data[c] for c in cols}  # one lookup per column: pandas' __getitem__ is slow
     if not all(_numeric(series[c]) for c in numeric_needed):
         return None
-    frame = {c: _prepare(series[c], c == lhs) for c in cols}
+    predictors = set(fixed[1])
+    frame = {c: _prepare(series[c], c == lhs, c if c in predictors else None) for c in cols}
     categorical = [c for c in fixed[1] if not _numeric(frame[c])]
     for c in categorical:
         dtype = frame[c].dtype

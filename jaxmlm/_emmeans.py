@@ -116,6 +116,7 @@ def _null_basis(m, X_all: np.ndarray) -> np.ndarray | None:
 
 def ref_grid(m, at=None) -> ReferenceGrid:
     """emmeans' reference grid of a fitted model (see the module docstring)."""
+    from ._design import _doubles
     from ._predict import _column, _evaluate
 
     design = m.design
@@ -167,12 +168,12 @@ def ref_grid(m, at=None) -> ReferenceGrid:
         col = _column(frame[f])
         if isinstance(col.dtype, pd.CategoricalDtype):
             grid[f] = pd.Categorical(grid[f], categories=col.cat.categories)
-    evaluate_on = grid if grid.shape[1] else pd.DataFrame({"__rows__": np.zeros(len(grid))})
+    evaluate_on = _doubles(grid) if grid.shape[1] else pd.DataFrame({"__rows__": np.zeros(len(grid))})
     linfct, names = _evaluate(design.fixed_spec, evaluate_on, "the reference grid")
     keep = tuple(design.fixed_columns_all.index(nm) for nm in design.fixef_names)
     nbasis = None
     if design.dropped_columns:
-        fit_frame = pd.DataFrame({c: _column(frame[c]) for c in frame.columns}, index=frame.index)
+        fit_frame = _doubles(pd.DataFrame({c: _column(frame[c]) for c in frame.columns}, index=frame.index))
         X_all, _ = _evaluate(design.fixed_spec, fit_frame, "the fixed-effects part")
         nbasis = _null_basis(m, X_all)
     return ReferenceGrid(grid, factors, levels, covariates, linfct, keep, nbasis)

@@ -25,6 +25,7 @@ __all__ = [
     "ConvergenceWarning",
     "MissingDataWarning",
     "InferenceWarning",
+    "DataWarning",
 ]
 
 
@@ -113,3 +114,7 @@ class InferenceWarning(JaxmlmWarning):
 
 class MissingDataWarning(JaxmlmWarning):
     """Rows with missing values were dropped."""
+
+
+class DataWarning(JaxmlmWarning):
+    """The data are used, but perhaps not as meant (e.g. a column mixing numbers and text fitted as a factor)."""

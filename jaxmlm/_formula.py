@@ -313,7 +313,9 @@ def parse_formula(formula: str) -> ParsedFormula:
     random-effects term.
     """
     if not isinstance(formula, str):
-        raise FormulaError(f"the formula must be a string, got {type(formula).__name__}")
+        raise FormulaError(
+            f"formula must be a string such as 'y ~ x + (1 | g)', got {type(formula).__name__} {formula!r:.80}"
+        )
     return _parse(formula)
 
 

@@ -29,11 +29,13 @@ from formulaic.utils.stateful_transforms import stateful_transform
 from ._design import (
     Design,
     _assemble,
+    _doubles,
     _grouping,
     _no_complete_rows,
     _nonfinite,
     _prepare,
     _quote_columns,
+    _refuse_dates,
     _restrict_levels,
     _term_start,
     _unknown_column,
@@ -82,6 +84,25 @@ def _center(data, _state={}):  # noqa: B006
     return _scale(data, scale=False, _state=_state)
 
 
+def _factor(data, *args, **kwargs):
+    """formulaic's ``C``, with whole-number doubles as integers (levels ``1``, ``2``, not ``1.0``, ``2.0``).
+
+    Integer columns reach formulaic as doubles (``_design._doubles``), as R
+    computes; R's ``factor()`` labels a double by ``as.character`` (``2``, not
+    ``2.0``), which for whole numbers is the integer's label.
+    """
+    values = data.__wrapped__ if hasattr(data, "__wrapped__") else data
+    if isinstance(values, (pd.Series, np.ndarray)) and values.dtype.kind == "f" and values.ndim == 1:
+        arr = np.asarray(values)
+        ok = ~np.isnan(arr)
+        present = arr[ok]
+        if present.size and np.all(present == np.round(present)) and np.all(np.abs(present) < 2.0**53):
+            obj = np.full(arr.shape, None, dtype=object)
+            obj[ok] = present.astype(np.int64).tolist()
+            data = pd.Series(obj, index=values.index) if isinstance(values, pd.Series) else obj
+    return C(data, *args, **kwargs)
+
+
 #: Names available in formulas besides formulaic's transforms and the data:
 #: R spellings (``sqrt``, ``factor``) and NA-skipping ``scale``/``center``.
 #: Pass it as ``context=`` when re-evaluating a saved ModelSpec on new data.
@@ -90,7 +111,8 @@ FORMULA_CONTEXT: dict[str, object] = {
     "abs": np.abs,
     "log1p": np.log1p,
     "expm1": np.expm1,
-    "factor": C,
+    "factor": _factor,
+    "C": _factor,
     "scale": _scale,
     "center": _center,
 }
@@ -186,12 +208,15 @@ def _python_names(code: str, columns: set[str]) -> tuple[set[str], set[str], set
     return used, unknown, functions
 
 
-def _variables(expr: str, columns: set[str], text: str, start: int, what: str) -> set[str]:
+def _variables(
+    expr: str, columns: set[str], text: str, start: int, what: str, direct: set[str] | None = None
+) -> set[str]:
     """The data columns ``expr`` reads; unknown names and functions are errors.
 
     Done here rather than with formulaic's ``required_variables``, which
     drops backquoted names inside calls (``log(`my x`)``) and reads
-    ``Sepal.Length`` as column ``Sepal``.
+    ``Sepal.Length`` as column ``Sepal``. ``direct``, if given, collects the
+    columns used as they are (``x``, ``a:b``), not inside a call.
     """
     used: set[str] = set()
     unknown: set[str] = set()
@@ -200,6 +225,8 @@ def _variables(expr: str, columns: set[str], text: str, start: int, what: str) -
         kind = factor.eval_method.name
         if kind == "LOOKUP":
             (used if factor.expr in columns else unknown).add(factor.expr)
+            if direct is not None and factor.expr in columns:
+                direct.add(factor.expr)
         elif kind == "PYTHON":
             try:
                 u, n, f = _python_names(factor.expr, columns)
@@ -260,10 +287,19 @@ def formulaic_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
     lhs = _quote_columns(parsed.lhs, columns)
     exprs = [_quote_columns(t.expr, columns) for t in parsed.random]
     lhs_cols = _variables(lhs, columns, text, 0, "the response")
-    needed = _variables(fixed, columns, text, 0, "the fixed-effects part") | lhs_cols
+    direct: dict[str, str] = {}  # column used as it is -> where (dates are refused there)
+    seen: set[str] = set()
+    predictors = _variables(fixed, columns, text, 0, "the fixed-effects part", seen)
+    direct.update(dict.fromkeys(seen - lhs_cols, "the fixed-effects part"))
+    needed = predictors | lhs_cols
     for term, expr in zip(parsed.random, exprs):
         where = f"the random-effects term ({term.expr} | {term.group_name})"
-        needed |= _variables(expr, columns, text, _term_start(term), where)
+        seen = set()
+        used = _variables(expr, columns, text, _term_start(term), where, seen)
+        for c in seen:
+            direct.setdefault(c, where)
+        predictors |= used
+        needed |= used
         for f in term.factors:
             if f not in columns:
                 _unknown_column(f, columns)
@@ -272,9 +308,15 @@ def formulaic_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
     if dup:
         raise DataError(f"column(s) {dup} appear more than once in the data")
     cols = [c for c in data.columns if c in needed]
+    for c in cols:
+        if c in direct:
+            _refuse_dates(data[c], c, direct[c])
 
     # The model frame: prepared columns (a new frame; `data` is never modified).
-    frame = pd.DataFrame({c: _prepare(data[c], c in lhs_cols) for c in cols}, index=data.index)
+    predictors -= lhs_cols
+    frame = pd.DataFrame(
+        {c: _prepare(data[c], c in lhs_cols, c if c in predictors else None) for c in cols}, index=data.index
+    )
     for c in sorted(lhs_cols):
         s = frame[c]
         if not pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
@@ -290,7 +332,8 @@ def formulaic_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
         if not complete.any():
             raise _no_complete_rows()
         model_frame = _restrict_levels(frame, complete)
-        mm = _model_matrix(fixed, model_frame, text, 0, "the fixed-effects part")
+        doubles = _doubles(model_frame)  # R computes in double: no integer overflow in I(k*k), a:b
+        mm = _model_matrix(fixed, doubles, text, 0, "the fixed-effects part")
         y_all = _as_float(mm.lhs, f"the response {parsed.lhs!r}")
         if y_all.ndim != 2 or y_all.shape[1] != 1:
             raise DataError(f"the response {parsed.lhs!r} must be one numeric column")
@@ -298,7 +341,7 @@ def formulaic_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
         zms = []
         for term, expr in zip(parsed.random, exprs):
             where = f"the random-effects term ({term.expr} | {term.group_name})"
-            zm = _model_matrix(expr, model_frame, text, _term_start(term), where)
+            zm = _model_matrix(expr, doubles, text, _term_start(term), where)
             zms.append((zm, _as_float(zm, where)))
         nan_rows = np.isnan(y_all[:, 0]) | np.isnan(X_all).any(axis=1)
         for _, Z in zms:
@@ -330,6 +373,7 @@ def formulaic_specs(parsed: ParsedFormula, model_frame: pd.DataFrame, cols: list
     """formulaic's specs for a design built by the fast path, made as the general path makes them."""
     columns = set(cols)
     text = parsed.text
+    model_frame = _doubles(model_frame)
     mm = _model_matrix(_quote_columns(parsed.fixed, columns), model_frame, text, 0, "the fixed-effects part")
     terms = []
     for term in parsed.random:

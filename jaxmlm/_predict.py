@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 from formulaic.parser.types.factor import Factor
 
-from ._design import _grouping, _label, _prepare, _quote_columns, _unknown_column
+from ._design import _doubles, _grouping, _label, _prepare, _quote_columns, _unknown_column
 from ._formulaic import FORMULA_CONTEXT, _variables
 from ._errors import DataError, FormulaError, FormulaSyntaxError, NewLevelsError, PredictArgumentError
 from ._formula import _plain, parse_formula
@@ -349,7 +349,7 @@ def _needed_columns(model, selected: tuple[_Selected, ...], columns: set[str]) -
     random: set[str] = set()
     for sel in selected:
         term = design.terms[sel.term]
-        expr = " + ".join(str(e.term) for e in sel.structure)
+        expr = " + ".join(_term_text(e.term) for e in sel.structure)
         where = f"the random-effects term on {term.group!r}"
         random |= _variables(_quote_columns(expr, columns), columns, text, 0, where)
         for f in design.blocks[term.block].factors:
@@ -357,6 +357,21 @@ def _needed_columns(model, selected: tuple[_Selected, ...], columns: set[str]) -
                 _unknown_column(f, columns)
             random.add(f)
     return fixed, random
+
+
+def _term_text(term) -> str:
+    """A formulaic term as formula text that parses back: ``x 1:z`` → ```x 1`:z``.
+
+    (``str(term)`` drops the backquotes of a looked-up name such as ```x 1```.)
+    """
+    return ":".join(factor_text(f) for f in term.factors) or "1"
+
+
+def factor_text(factor) -> str:
+    """A formulaic factor as formula text: a looked-up name that is not an identifier backquoted."""
+    name = factor.expr
+    looked_up = factor.eval_method.name == "LOOKUP"
+    return f"`{name}`" if looked_up and not (name.isidentifier() and name.isascii()) else name
 
 
 def _level_index(frame: pd.DataFrame, block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -414,6 +429,8 @@ def _predict_new(model, newdata: pd.DataFrame, selected: tuple[_Selected, ...], 
         # An intercept-only model reads no column, but formulaic takes the number of rows from the data.
         frame = pd.DataFrame({"__rows__": np.zeros(len(newdata))}, index=newdata.index)
 
+    doubles = _doubles(frame)  # formulaic computes on doubles, as in the fit (and as R does)
+
     # Fixed part: the frozen spec, then the columns lme4 kept (aliased ones were dropped).
     _check_levels(
         design.fixed_spec,
@@ -422,7 +439,7 @@ def _predict_new(model, newdata: pd.DataFrame, selected: tuple[_Selected, ...], 
         "A fixed effect has no coefficient for a new level (allow_new_levels applies to grouping factors only)",
     )
     _check_numeric(design.fixed_spec, frame, "the fixed-effects part")
-    X_all, _ = _evaluate(design.fixed_spec, frame, "the fixed-effects part")
+    X_all, _ = _evaluate(design.fixed_spec, doubles, "the fixed-effects part")
     keep = [design.fixed_columns_all.index(nm) for nm in design.fixef_names]
     mu = X_all[:, keep] @ np.asarray(model.fixef)
     if fixed_cols:
@@ -457,7 +474,7 @@ def _predict_new(model, newdata: pd.DataFrame, selected: tuple[_Selected, ...], 
         )
         _check_numeric(term.spec, frame, f"the random-effects term on {term.group!r}")
         sub = term.spec.subset([e.term for e in sel.structure])
-        Z, names = _evaluate(sub, frame, f"the random-effects term on {term.group!r}")
+        Z, names = _evaluate(sub, doubles, f"the random-effects term on {term.group!r}")
         # Columns by formulaic name: the subset may order its terms differently from the model.
         cols = [term.offset + term.spec.column_indices[c] for c in names]
         b_all = model.ranef[design.blocks[term.block].group].to_numpy()[:, cols]

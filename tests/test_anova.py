@@ -162,6 +162,20 @@ def test_anova_argument_errors():
         fit("exam_ml").anova(ddf="Kenward-Roger")
 
 
+def test_tables_do_not_depend_on_column_names():
+    """Invariance: backquoted names with spaces and integer columns give the tables of plain ones."""
+    df = reference_data(CASES["exam_factors"]).rename(columns={"intake": "in take"})
+    df["lrt"] = np.round(df["standLRT"] * 10).astype(np.int16)
+    m = jaxmlm.lmer("normexam ~ `in take` * sex + lrt + (1 | school)", df)
+    df2 = df.rename(columns={"in take": "intake"}).assign(lrt=df["lrt"].astype(float))
+    m2 = jaxmlm.lmer("normexam ~ intake * sex + lrt + (1 | school)", df2)
+    for t in (1, 2, 3):
+        np.testing.assert_allclose(m.anova(type=t).to_numpy(), m2.anova(type=t).to_numpy(), rtol=1e-10)
+    a = jaxmlm.emmeans(m, "in take")
+    b = jaxmlm.emmeans(m2, "intake")
+    np.testing.assert_allclose(a["emmean"].to_numpy(), b["emmean"].to_numpy(), rtol=1e-10)
+
+
 def test_intercept_only_model_has_an_empty_table():
     m = jaxmlm.lmer("Yield ~ 1 + (1 | Batch)", jaxmlm.load_example("Dyestuff"))
     tab = m.anova()

@@ -7,6 +7,7 @@ principles; none comes from the code under test. Tests never need R.
 """
 
 import copy
+import datetime
 import warnings
 
 import numpy as np
@@ -17,6 +18,8 @@ import jaxmlm
 from jaxmlm._design import Design, build_design, r_column_name
 from jaxmlm._errors import (
     DataError,
+    DataWarning,
+    DataWarning,
     FormulaError,
     FormulaSyntaxError,
     GroupingError,
@@ -1006,3 +1009,205 @@ def test_model_frame_is_a_snapshot(formula, columns):
     pd.testing.assert_frame_equal(d.frame, original[columns].loc[d.rows])
     np.testing.assert_array_equal(d.y, y_before)
     assert len(d.frame) == len(d.y) == len(df) - original[columns].isna().any(axis=1).sum()
+
+
+# ---- regressions found against lme4: integers, dates, ids, mixed columns, formula type -----------------------
+
+
+def int_data(n: int = 60) -> pd.DataFrame:
+    """Integer columns whose products overflow their own type (R computes formulas in double)."""
+    i = np.arange(n)
+    return pd.DataFrame(
+        {
+            "y": np.sin(i * 1.3) + 0.01 * i,
+            "a": (i * 37 % 201 - 100).astype(np.int8),  # -100..100: a*b overflows int8
+            "b": (i % 7 + 90).astype(np.int8),
+            "xi": (i * 1000 + 50000).astype(np.int32),  # xi*xi > 2**31
+            "xl": (i + 1).astype(np.int64) * 10**9,  # xl**2 > 2**63
+            "u": (i % 5 + 250).astype(np.uint8),
+            "k": (i % 3 + 1) * 100000,  # an int column both a covariate and a grouping factor
+            "g": np.array([f"g{j}" for j in i % 6], dtype=object),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "formula, column",
+    [
+        ("y ~ a:b + (1 | g)", lambda d: d.a * d.b),
+        ("y ~ a*b + (1 | g)", lambda d: d.a * d.b),
+        ("y ~ I(xi*xi) + (1 | g)", lambda d: d.xi * d.xi),
+        ("y ~ I(xl**2) + (1 | g)", lambda d: d.xl**2),
+        ("y ~ I(xl^2) + (1 | g)", lambda d: d.xl**2),
+        ("y ~ I(u + u) + (1 | g)", lambda d: d.u + d.u),
+        ("y ~ 1 + (0 + I(xi*xi) | g)", lambda d: d.xi * d.xi),
+        ("y ~ 1 + (0 + a:b | g)", lambda d: d.a * d.b),
+    ],
+    ids=[
+        "int8-interaction", "int8-star", "int32-product", "int64-power", "int64-r-power", "uint8-sum",
+        "random-product", "random-interaction",
+    ],
+)
+def test_integer_columns_are_computed_in_double(formula, column):
+    df = int_data()
+    before = df.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RankDeficiencyWarning)
+        d = build_design(formula, df)
+        floats = build_design(formula, df.astype({c: np.float64 for c in "a b xi xl u".split()}))
+    expected = column(df.drop(columns="g").astype(np.float64)).to_numpy()  # R's double arithmetic
+    matrix = d.X if d.terms[0].columns == ("(Intercept)",) else d.blocks[0].Z
+    assert np.any(np.all(np.isclose(matrix, expected[:, None], rtol=1e-12, atol=0), axis=0))  # some column is it
+    np.testing.assert_array_equal(d.X, floats.X)
+    for bi, bf in zip(d.blocks, floats.blocks):
+        np.testing.assert_array_equal(bi.Z, bf.Z)
+    pd.testing.assert_frame_equal(df, before)
+
+
+@pytest.mark.parametrize(
+    "formula, names",
+    [
+        # R: colnames(model.matrix(y ~ factor(k), d)) with integer k = 1e5L, 2e5L, 3e5L
+        ("y ~ factor(k) + (1 | g)", ["(Intercept)", "factor(k)200000", "factor(k)300000"]),
+        ("y ~ C(u) + (1 | g)", ["(Intercept)", "C(u)251", "C(u)252", "C(u)253", "C(u)254"]),
+        ("y ~ 1 + (0 + factor(u) | g)", [f"factor(u){v}" for v in range(250, 255)]),
+        # R: a double with whole values is labelled by as.character: "factor(w)2", not "2.0"
+        ("y ~ factor(w) + (1 | g)", ["(Intercept)", "factor(w)2", "factor(w)3"]),
+    ],
+    ids=["int-factor", "uint8-C", "random-factor", "whole-double-factor"],
+)
+def test_integer_factors_keep_integer_labels(formula, names):
+    df = int_data().assign(w=lambda d: (np.arange(len(d)) % 3 + 1).astype(float))
+    d = design(formula, df)
+    assert list(d.fixef_names if names[0] == "(Intercept)" else d.terms[0].columns) == names
+
+
+@pytest.mark.parametrize(
+    "values, levels",
+    [
+        # int8 ids spanning more than the type's positive range (counting path: the shift overflowed int8)
+        (np.array([-100, 100, 5, 7, -3, 0] * 10, dtype=np.int8), ["-100", "-3", "0", "5", "7", "100"]),
+        # uint64 ids >= 2**63, close together (counting path) and spread out (sorting path): R's decimal text
+        (
+            np.array([2**63 + 5, 2**63, 2**63 + 1, 2**63 + 2, 2**63 + 3, 2**63 + 4] * 10, dtype=np.uint64),
+            [str(2**63 + j) for j in range(6)],
+        ),
+        (
+            np.array([2**64 - 1, 2**63, 1, 2**62, 7, 2**63 + 9] * 10, dtype=np.uint64),
+            ["1", "7", str(2**62), str(2**63), str(2**63 + 9), str(2**64 - 1)],
+        ),
+        (
+            np.array([2**63 - 1, -(2**63), 0, 1, 2, 3] * 10, dtype=np.int64),
+            [str(-(2**63)), "0", "1", "2", "3", str(2**63 - 1)],
+        ),
+        # integers keep their own text, not a double's ("100000", not "1e+05")
+        (np.array([1, 2, 3, 4, 5, 6] * 10) * 100000, [str(j * 100000) for j in range(1, 7)]),
+    ],
+    ids=["int8-wide", "uint64-high-close", "uint64-high-spread", "int64-extremes", "int-large"],
+)
+@pytest.mark.parametrize("formula", ["y ~ 1 + (1 | id)", "y ~ I(a * b) + (1 | id)"], ids=["fast", "formulaic"])
+def test_integer_grouping_ids_of_any_width(values, levels, formula):
+    d = design(formula, int_data().assign(id=values))
+    assert list(d.blocks[0].levels) == levels
+    assert list(np.asarray(d.blocks[0].levels)[d.blocks[0].codes]) == [str(v) for v in values]
+
+
+def test_integer_grouping_column_also_in_a_transform_keeps_its_labels():
+    d = design("y ~ I(k * k) + (1 | k)", int_data())
+    assert list(d.blocks[0].levels) == ["100000", "200000", "300000"]
+    np.testing.assert_array_equal(d.X[:, 1], int_data().k.to_numpy(dtype=float) ** 2)
+
+
+@pytest.mark.parametrize(
+    "values, levels, first_rows",
+    [
+        # R: levels(factor(c(0.1 + 0.2, 0.3, 2, 1.5))) is "0.3" "1.5" "2": one level per as.character label
+        ([0.1 + 0.2, 0.3, 2.0, 1.5] * 6, ["0.3", "1.5", "2"], ["0.3", "0.3", "2", "1.5"]),
+        # an object column holding int 1 and str "1" is R's character column c("1", "1", "2", "b")
+        (pd.Series([1, "1", 2, "b"] * 6, dtype=object), ["1", "2", "b"], ["1", "1", "2", "b"]),
+        (pd.Series([1.0, "1", 2, "b"] * 6, dtype=object), ["1", "2", "b"], ["1", "1", "2", "b"]),
+        (pd.Categorical([1, "1", 2, "b"] * 6, categories=["b", 1, "1", 2]), ["b", "1", "2"], ["1", "1", "2", "b"]),
+    ],
+    ids=["float-same-label", "object-int-and-str", "object-float-and-str", "categorical-int-and-str"],
+)
+def test_grouping_values_with_one_label_are_one_level(values, levels, first_rows):
+    df = small(24).assign(g=values)
+    d = design("y ~ x + (1 | g)", df)
+    blk = d.blocks[0]
+    assert list(blk.levels) == levels
+    assert list(np.asarray(blk.levels)[blk.codes]) == first_rows * 6
+    _both_ways("y ~ x + (1 | g)", df)
+
+
+DATES = pd.Series(pd.date_range("2020-01-01", periods=24, freq="D"))
+SPANS = pd.Series(pd.timedelta_range("0D", periods=24, freq="D"))
+
+
+@pytest.mark.parametrize(
+    "formula, column, what",
+    [
+        ("y ~ t + (1 | g)", DATES, "dates"),
+        ("y ~ t + (1 | g)", pd.Series(pd.date_range("2020-01-01", periods=24, freq="h", tz="UTC")), "dates"),
+        ("y ~ t + (1 | g)", SPANS, "time spans"),
+        ("y ~ x:t + (1 | g)", DATES, "dates"),
+        ("y ~ x + (t | g)", DATES, "dates"),
+        ("y ~ x + (0 + t | g)", SPANS, "time spans"),
+        ("y ~ t + (1 | g)", pd.Series([d.date() for d in DATES], dtype=object), "dates"),
+        ("y ~ t + (1 | t)", DATES, "dates"),  # a predictor and a grouping factor: the predictor is refused
+    ],
+    ids=["datetime64", "datetime-tz", "timedelta64", "interaction", "random-slope", "random-timedelta",
+         "date-objects", "also-grouping"],
+)
+def test_date_predictors_are_refused(formula, column, what):
+    # lme4 fits one numeric slope for a Date/difftime; as a factor it would be one dummy per date
+    df = small(24).assign(t=column)
+    with pytest.raises(DataError, match=f"column 't' in the .* holds {what}.*dt.days"):
+        build_design(formula, df)
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        pd.Series(np.repeat(pd.date_range("2020-01-01", periods=6, freq="D").to_numpy(), 4)),
+        pd.Series(np.repeat(pd.timedelta_range("1D", periods=6, freq="D").to_numpy(), 4)),
+    ],
+    ids=["datetime", "timedelta"],
+)
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | t)", "y ~ I(x * 2) + (x | t)"], ids=["fast", "formulaic"])
+def test_date_grouping_factor_is_fine(column, formula):
+    d = design(formula, small(24).assign(t=column))
+    assert list(d.blocks[0].levels) == [str(v) for v in column.unique()]  # labelled as before
+
+
+@pytest.mark.parametrize(
+    "values, shown, names",
+    [
+        (pd.Series([1, 2, "3a", 4] * 6, dtype=object), "'3a'", ["m2", "m3a", "m4"]),
+        (pd.Series([1.5, "n/a", 2.5, "?"] * 6, dtype=object), "'n/a', '\\?'", ["m2.5", "m?", "mn/a"]),
+        (pd.Series([1, 2, "3", None] * 6, dtype=object), "'3'", ["m2", "m3"]),
+    ],
+    ids=["int-and-text", "float-and-text", "numeric-string"],
+)
+def test_predictor_mixing_numbers_and_text_warns(values, shown, names):
+    df = small(24).assign(m=values)
+    with pytest.warns(DataWarning, match=rf"column 'm' mixes numbers .*\({shown}\).*pd.to_numeric"):
+        d = build_design("y ~ m + (1 | g)", df)
+    assert list(d.fixef_names) == ["(Intercept)", *names]  # still a factor, as R reads such a column (text)
+    with pytest.warns(DataWarning):
+        _both_ways("y ~ m + (1 | g)", df)
+    with pytest.warns(DataWarning):  # the general path too, e.g. in a random-effects term
+        build_design("y ~ x + (0 + m | f)", df)
+
+
+def test_mixed_column_as_grouping_factor_or_all_text_does_not_warn():
+    df = small(24).assign(m=pd.Series([1, 2, "3a", 4] * 6, dtype=object))
+    design("y ~ x + (1 | m)", df)  # fails on any warning
+    design("y ~ f + (1 | g)", df)
+
+
+@pytest.mark.parametrize("formula", [None, 3, 2.5, ["y ~ x + (1 | g)"], b"y ~ x + (1 | g)"])
+@pytest.mark.parametrize("entry", ["build_design", "lmer"])
+def test_formula_must_be_a_string(formula, entry):
+    call = build_design if entry == "build_design" else jaxmlm.lmer
+    with pytest.raises(FormulaError, match=r"formula must be a string such as 'y ~ x \+ \(1 \| g\)', got"):
+        call(formula, small())

@@ -349,3 +349,46 @@ def test_numeric_column_given_as_text_is_refused(model):
     m = model("sleepstudy_rs")
     with pytest.raises(jaxmlm.DataError, match="pd.to_numeric"):
         m.predict(pd.DataFrame({"Days": ["1", "2"], "Subject": ["308", "309"]}))
+
+
+# ---- non-syntactic names and integer columns in newdata -------------------------------------------
+
+
+def _spaced_data() -> pd.DataFrame:
+    rng = np.random.default_rng(11)
+    n = 90
+    g = np.repeat(np.arange(9), 10)
+    x = rng.standard_normal(n)
+    return pd.DataFrame(
+        {
+            "y": 1 + 0.5 * x + rng.standard_normal(9)[g] * 0.8 + rng.standard_normal(9)[g] * x * 0.5
+            + rng.standard_normal(n) * 0.3,
+            "x 1": x,
+            "z.w": rng.standard_normal(n),
+            "k": (np.arange(n) % 4 + 1) * 50000,  # int: k*k overflows int32, not double
+            "my g": g,
+        }
+    ).astype({"k": np.int32})
+
+
+@pytest.mark.parametrize(
+    "formula, re_form",
+    [
+        ("y ~ 1 + (`x 1` | `my g`)", None),
+        ("y ~ `x 1` + (`x 1` || `my g`)", None),
+        ("y ~ 1 + (`x 1`:z.w | `my g`)", None),
+        ("y ~ 1 + (log(`x 1` + 5) | `my g`)", None),
+        ("y ~ 1 + (`x 1` | `my g`)", "~(0 + `x 1` | `my g`)"),
+        ("y ~ `x 1` + I(k * k / 1e9) + (1 + I(k * k / 1e9) | `my g`)", None),
+    ],
+    ids=["slope", "uncorrelated", "interaction", "transform", "partial-re-form", "integer-product"],
+)
+def test_newdata_with_backquoted_and_integer_columns(formula, re_form):
+    """The fit's own data as newdata gives the fitted values (lme4's predict(fit, newdata = data))."""
+    df = _spaced_data()
+    m = jaxmlm.lmer(formula, df)
+    expected = m.predict(re_form=re_form)
+    np.testing.assert_allclose(m.predict(df, re_form=re_form), expected, rtol=1e-10, atol=1e-10)
+    # integer columns given as another integer width or as doubles predict the same
+    np.testing.assert_allclose(m.predict(df.astype({"k": np.int64}), re_form=re_form), expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(m.predict(df.astype({"k": float}), re_form=re_form), expected, rtol=1e-10, atol=1e-10)
