@@ -599,9 +599,10 @@ def _run_worker(cmd, timeout: float, tool: str, env=None, stall_s: float | None 
 def _py_env(extra_xla: str | None = None) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    # The library itself never turns on JAX's persistent cache; make sure no
-    # environment setting does either, so "cold" means compile from scratch.
+    # Workers compile from scratch: no jaxmlm cache (the library keeps one by default) and no
+    # JAX cache from the environment. The "cold" case sets its own JAXMLM_CACHE_DIR.
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env["JAXMLM_CACHE_DIR"] = "off"
     if extra_xla:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + extra_xla).strip()
     return env

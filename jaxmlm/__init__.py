@@ -45,6 +45,8 @@ _LAZY = {
     "power": "._refit",
     "emmeans": "._emmeans",
     "ref_grid": "._emmeans",
+    "set_cache_dir": "._cache",
+    "cache_dir": "._cache",
 }
 
 __all__ = [
@@ -58,6 +60,8 @@ __all__ = [
     "power",
     "emmeans",
     "ref_grid",
+    "set_cache_dir",
+    "cache_dir",
     "JaxmlmError",
     "FormulaError",
     "FormulaSyntaxError",

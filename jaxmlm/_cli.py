@@ -15,11 +15,10 @@ print as ``jaxmlm: warning: ...``.
 
 This module imports only the standard library at import time: JAX, pandas
 and the fitting machinery are imported inside the commands, so argument
-errors are reported without waiting for them. The CLI process (and only it)
-turns on JAX's persistent compilation cache, because a fresh process spends
-most of its time compiling; the cache lives in ``$JAXMLM_CACHE_DIR`` or
-``~/.cache/jaxmlm/jax`` (``$XDG_CACHE_HOME/jaxmlm/jax`` where that is set),
-and ``--no-cache`` turns it off.
+errors are reported without waiting for them. A fresh process spends most
+of its time tracing and compiling: the caches the library keeps
+(``_cache.py``: ``$JAXMLM_CACHE_DIR``, else ``~/.cache/jaxmlm``) save both;
+``--no-cache`` turns them off.
 """
 
 from __future__ import annotations
@@ -113,44 +112,14 @@ def _build_parser() -> tuple[_Parser, _Parser]:
 # ---- compilation cache --------------------------------------------------------
 
 
-def cache_dir(environ=None) -> Path:
-    """Where the CLI keeps JAX's persistent compilation cache."""
-    env = os.environ if environ is None else environ
-    if env.get("JAXMLM_CACHE_DIR"):
-        return Path(env["JAXMLM_CACHE_DIR"]).expanduser()
-    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "jaxmlm" / "jax"
-
-
 def _configure_jax_cache(enabled: bool) -> Path | None:
-    """Point JAX at a persistent compilation cache before anything compiles.
+    """The library's caches of traced and compiled programs (``_cache.py``), off with ``--no-cache``.
 
-    Called only by the CLI: a library must not change its caller's JAX
-    settings. Returns the cache directory, or None when the cache is off (or
-    its directory cannot be created, which only costs speed).
+    Returns the cache directory, or None when the cache is off.
     """
-    import jax
+    from . import _cache
 
-    from . import _programs
-
-    _programs.disable()
-    if not enabled:
-        jax.config.update("jax_enable_compilation_cache", False)
-        return None
-    path = cache_dir()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    # Cache every executable: the engine's programs are small and quick to
-    # compile one by one, but a fresh process compiles dozens of them.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    # ... and the engine's traced programs, so that a warm process does not trace them again
-    # (see _programs.py; off where jax.export's serialization is unavailable).
-    _programs.enable(path / "programs")
-    return path
+    return _cache.set_cache_dir(_cache.base_dir() if enabled else None)
 
 
 # ---- data -------------------------------------------------------------------

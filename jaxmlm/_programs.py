@@ -8,8 +8,8 @@ second per process. :mod:`jax.export` serializes the lowered program instead;
 a later process deserializes it and calls it (the call is compiled, or found in
 the persistent compilation cache, as usual), skipping the tracing.
 
-Off unless :func:`enable` is called (the command line does, next to JAX's
-persistent cache; a library must not write files of its own accord) and
+On where jaxmlm's cache is on (``_cache.py``: beside JAX's persistent
+compilation cache, in the user's cache directory unless turned off) and
 ``jax.export``'s serialization is available (it needs the ``flatbuffers``
 package). When off, :func:`call` is ``fn(*args, **static)``.
 

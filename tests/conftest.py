@@ -6,9 +6,14 @@ Tests never need R.
 """
 
 import json
+import os
 from pathlib import Path
 
-import jax
+# Tests never read or write the user's compilation cache (tests/test_cache.py turns it on in
+# fresh processes): set before jaxmlm's engine loads and configures it.
+os.environ["JAXMLM_CACHE_DIR"] = "off"
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 

@@ -1,0 +1,118 @@
+"""The persistent compilation cache: on by default, keyed by jaxmlm's version and source, safe.
+
+The test suite itself runs with the cache off (conftest sets JAXMLM_CACHE_DIR=off, so tests
+never depend on what an earlier run left on disk); these tests turn it on in fresh processes,
+where a user meets it.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxmlm import _cache
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FIT = r"""
+import json, sys
+import jax.monitoring
+events = []
+jax.monitoring.register_event_listener(lambda e, **k: events.append(e))
+import jaxmlm
+m = jaxmlm.lmer("Reaction ~ Days + (Days | Subject)", jaxmlm.load_example("sleepstudy"))
+print(json.dumps(dict(
+    fixef=m.fixef.tolist(), objective=m.objective, dir=str(jaxmlm.cache_dir()),
+    hits=events.count("/jax/compilation_cache/cache_hits"),
+    misses=events.count("/jax/compilation_cache/cache_misses"),
+)))
+"""
+
+
+def _run(env_dir) -> tuple[dict, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAXMLM_CACHE_DIR=str(env_dir))
+    out = subprocess.run([sys.executable, "-c", FIT], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
+
+
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({"JAXMLM_CACHE_DIR": "/x/c"}, Path("/x/c")),
+        ({"XDG_CACHE_HOME": "/x"}, Path("/x") / "jaxmlm"),
+        ({}, Path(os.path.expanduser("~")) / ".cache" / "jaxmlm"),
+        ({"JAXMLM_CACHE_DIR": "off"}, None),
+        ({"JAXMLM_CACHE_DIR": "0"}, None),
+        ({"JAXMLM_CACHE_DIR": ""}, None),
+    ],
+)
+def test_cache_dir_from_the_environment(env, expected):
+    assert _cache.base_dir(env) == expected
+
+
+def test_the_directory_names_the_version_and_the_source(monkeypatch, tmp_path):
+    """A new jaxmlm version or an edited kernel gets a directory of its own: no program is reused."""
+    from jaxmlm import _programs
+
+    base = _cache._xla_dir(tmp_path)
+    assert base.parent == tmp_path and base.name.startswith("xla-")
+    monkeypatch.setattr(_cache, "_version", lambda: "99.0")
+    newer = _cache._xla_dir(tmp_path)
+    assert newer != base and "99.0" in newer.name
+    monkeypatch.setattr(_programs, "_source_digest", lambda: "f" * 64)
+    assert _cache._xla_dir(tmp_path) not in (base, newer)
+
+
+def test_set_cache_dir_configures_jax(monkeypatch, tmp_path):
+    import jax
+
+    calls = {}
+    monkeypatch.setattr(jax.config, "update", lambda k, v: calls.__setitem__(k, v))
+    state = dict(_cache._state)
+    try:
+        path = _cache.set_cache_dir(tmp_path)
+        assert path.is_dir() and path.parent == tmp_path
+        assert calls == {
+            "jax_enable_compilation_cache": True,
+            "jax_compilation_cache_dir": str(path),
+            "jax_persistent_cache_min_compile_time_secs": 0,
+            "jax_persistent_cache_min_entry_size_bytes": 0,
+        }
+        calls.clear()
+        assert _cache.set_cache_dir(None) is None
+        assert calls == {"jax_enable_compilation_cache": False}
+        assert _cache._state["dir"] is None
+    finally:
+        _cache._state.update(state)
+    for name in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+                 "jax_persistent_cache_min_entry_size_bytes", "jax_enable_compilation_cache"):
+        assert name in jax.config.values
+
+
+def test_a_second_process_reuses_compiled_programs(tmp_path):
+    first, _ = _run(tmp_path)
+    assert first["misses"] > 0 and Path(first["dir"]).parent == tmp_path
+    assert any(p.is_file() for p in Path(first["dir"]).iterdir()), "no compiled program was written"
+    assert any((Path(first["dir"]) / "programs").glob("*.jaxexport")), "no traced program was written"
+    second, _ = _run(tmp_path)
+    assert second["hits"] > 0 and second["misses"] == 0
+    assert second["fixef"] == first["fixef"] and second["objective"] == first["objective"]
+
+
+def test_a_corrupt_entry_is_ignored_with_a_warning(tmp_path):
+    first, _ = _run(tmp_path)
+    for f in Path(first["dir"]).rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"not a compiled program")
+    again, stderr = _run(tmp_path)
+    assert "Error reading persistent compilation cache entry" in stderr
+    assert again["fixef"] == first["fixef"] and again["objective"] == first["objective"]
+
+
+def test_the_cache_can_be_turned_off(tmp_path):
+    off, _ = _run("off")
+    assert off["dir"] == "None" and off["hits"] == 0
