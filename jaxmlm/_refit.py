@@ -825,7 +825,7 @@ def _spec_from_formula(formula: str, data: pd.DataFrame, REML: bool) -> _Spec:
     if lhs not in data.columns and lhs.isidentifier():
         data = data.assign(**{lhs: 0.0})
     design = build_design(formula, data)
-    layout, stats, _ = sufficient_stats(design)
+    layout, stats, _ = sufficient_stats(design, response=False)
     m = layout.ntheta
     return _Spec(design, layout, stats, bool(REML), np.full(design.p, np.nan), np.full(m, np.nan), float("nan"), None,
                  float("nan"))
@@ -909,7 +909,7 @@ def _drop_fixef(spec: _Spec, j: int) -> _Spec:
     d = spec.design
     keep = [i for i in range(d.p) if i != j]
     d2 = dataclasses.replace(d, X=d.X[:, keep], fixef_names=tuple(d.fixef_names[i] for i in keep))
-    layout, stats, _ = sufficient_stats(d2)
+    layout, stats, _ = sufficient_stats(d2, response=False)
     return spec._replace(design=d2, layout=layout, stats=stats, beta=spec.beta[keep], b=None)
 
 

@@ -45,6 +45,7 @@ import numpy as np
 
 from . import _x64  # noqa: F401
 from ._design import Design
+from ._errors import DataError
 
 __all__ = ["Layout", "ONE_PROGRAM_ROWS", "OneChunk", "Stats", "bucket", "one_chunk", "stats_from_chunk",
            "sufficient_stats"]
@@ -191,7 +192,28 @@ class _PassInputs(NamedTuple):
     pair_g: np.ndarray
 
 
-def _pass_inputs(design: Design, chunk_rows: int) -> _PassInputs:
+def _check_response_varies(design: Design, resid: np.ndarray) -> None:
+    """Refuse a response with nothing left after its least-squares fit on X (constant, or exactly linear).
+
+    Nothing is left for random effects or the residual to explain: the criterion has no
+    minimum (σ → 0), and lme4 returns σ ≈ 1e-16 with convergence warnings.
+    """
+    y = design.y
+    scale = float(np.max(np.abs(y))) if y.size else 0.0
+    if y.size and np.max(np.abs(resid)) > 1e-10 * scale:
+        return
+    name = design.formula.lhs
+    if y.size and np.all(y == y[0]):
+        what = f"is constant (every value is {y[0]:.6g})"
+    else:
+        what = "is an exact linear function of the fixed-effects columns (the residuals of its least-squares fit are 0)"
+    raise DataError(
+        f"the response {name!r} {what}: nothing is left for random effects or residuals to explain, so the model "
+        "has no maximum-likelihood estimate; check the response column (and whether it was computed from the predictors)"
+    )
+
+
+def _pass_inputs(design: Design, chunk_rows: int, response: bool = True) -> _PassInputs:
     n, p = design.X.shape
     b1 = design.blocks[0]
     l1 = bucket(b1.nlev)
@@ -202,7 +224,10 @@ def _pass_inputs(design: Design, chunk_rows: int) -> _PassInputs:
         off += lp * blk.k
     qr = off
     beta0 = np.linalg.lstsq(design.X, design.y, rcond=None)[0] if p else np.zeros(0)
-    W = np.column_stack([design.X, design.y - design.X @ beta0])
+    resid = design.y - design.X @ beta0
+    if response:
+        _check_response_varies(design, resid)
+    W = np.column_stack([design.X, resid])
     if qr:
         P, V = _rest_positions(design, tuple(rest))
         keys = P.astype(np.int64) * l1 + b1.codes[:, None]
@@ -260,13 +285,15 @@ def _layout_and_index(design: Design, inp: _PassInputs, bbt: str | None) -> tupl
     return layout, index
 
 
-def sufficient_stats(design: Design, chunk_rows: int = CHUNK_ROWS, bbt: str | None = None) -> tuple[Layout, Stats, dict]:
+def sufficient_stats(design: Design, chunk_rows: int = CHUNK_ROWS, bbt: str | None = None,
+                     response: bool = True) -> tuple[Layout, Stats, dict]:
     """One pass over the rows of ``design`` → (layout, statistics, host-side index arrays).
 
     ``bbt`` ("sparse" or "dense") overrides the cost-based choice of how B Bᵀ is formed
-    (for tests of both code paths).
+    (for tests of both code paths). ``response=False``: the design's y is a placeholder
+    (a design to simulate from), not checked for having anything to explain.
     """
-    inp = _pass_inputs(design, chunk_rows)
+    inp = _pass_inputs(design, chunk_rows, response)
     acc = None  # the first chunk starts the accumulators inside the compiled kernel
     for chunk in _chunks(inp):
         acc = _chunk_stats(acc, *chunk, l1=inp.l1, qr=inp.qr, nnz=inp.nnz)

@@ -9,8 +9,9 @@ conditional SDs; singular flag and nobs exact.
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import CASES
+
+import jaxmlm
 
 # lme4's default optimizer stopped short on nlschools_rs_ml (max|grad| 0.049, logLik 4e-6
 # below bobyqa's); its bobyqa twin is the strict reference and this one is checked below.
@@ -327,3 +328,24 @@ def test_one_program_fit_is_the_staged_fit(fits, cid, monkeypatch):
     assert (m.record.iterations, m.record.evaluations, m.record.status, m.record.snapped) == (
         s.record.iterations, s.record.evaluations, s.record.status, s.record.snapped)
     assert results.one_chunk(fits("hsb_ses_slope").design) is None  # 7185 rows: the staged path
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda d: d.assign(y=3.0), "is constant"),
+        (lambda d: d.assign(y=1.0 + 2.0 * d.x), "exact linear function"),
+        (lambda d: d.assign(y=d.x * 1e6 - 7.0), "exact linear function"),
+    ],
+)
+def test_response_with_nothing_to_explain_is_refused(make, match):
+    """lme4 fits these with sigma ~ 1e-16 and convergence warnings; jaxmlm says what is wrong (issue 11)."""
+    rng = np.random.default_rng(3)
+    d = pd.DataFrame({"x": rng.normal(size=60), "g": np.repeat(np.arange(10), 6)})
+    for n in (60, 600):  # the one-program path (<= 256 rows) and the staged one
+        data = make(pd.concat([d] * (n // 60), ignore_index=True))
+        with pytest.raises(jaxmlm.DataError, match=match):
+            jaxmlm.lmer("y ~ x + (1 | g)", data)
+    # a response that varies a little (1e-6 of its size) is fitted
+    ok = make(d).assign(y=lambda t: t.y + 1e-6 * t.y.abs().max() * rng.normal(size=60))
+    assert jaxmlm.lmer("y ~ x + (1 | g)", ok).sigma > 0
