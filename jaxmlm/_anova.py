@@ -35,9 +35,10 @@ import numpy as np
 import pandas as pd
 
 from ._errors import InferenceError, InferenceWarning
+from ._present import AnovaTable
 from ._rnum import zapsmall
 
-__all__ = ["FixedTerms", "fixed_terms", "anova_table", "hypotheses", "doolittle", "AnovaTable"]
+__all__ = ["FixedTerms", "fixed_terms", "anova_table", "hypotheses", "doolittle"]
 
 _TYPES = {1: "1", 2: "2", 3: "3", "1": "1", "2": "2", "3": "3", "I": "1", "II": "2", "III": "3"}
 _ROMAN = {"1": "I", "2": "II", "3": "III"}
@@ -304,29 +305,6 @@ def hypotheses(m, type=3) -> tuple[dict[str, np.ndarray], list[str]]:
 _COLUMNS = ["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"]
 
 
-class AnovaTable(pd.DataFrame):
-    """A DataFrame (one row per term) that prints as R prints an ANOVA table: heading, table, stars.
-
-    ``attrs["heading"]`` the heading, ``attrs["hypotheses"]`` each term's L
-    (a DataFrame over the fixed effects), ``attrs["notes"]`` remarks.
-    """
-
-    @property
-    def _constructor(self):
-        return pd.DataFrame
-
-    def __str__(self) -> str:
-        from ._present import format_anova
-
-        return format_anova(self)
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        heading = self.attrs.get("heading", "")
-        return f"<p><b>{heading}</b></p>" + pd.DataFrame(self).to_html()
-
-
 def anova_table(m, type=3, ddf: str = "Satterthwaite") -> AnovaTable:
     """lmerTest's ``anova(m, type, ddf)``: F test of each fixed-effects term.
 
@@ -361,9 +339,9 @@ def anova_table(m, type=3, ddf: str = "Satterthwaite") -> AnovaTable:
                           "computed, Satterthwaite's is used instead (as lmerTest does)", InferenceWarning, stacklevel=3)
             use = "Satterthwaite"
         rows.append(contest(m, L, ddf=use).iloc[0].to_list())
-    out = AnovaTable(np.array(rows, dtype=float).reshape(len(rows), 6), index=list(Ls), columns=_COLUMNS)
+    out = pd.DataFrame(np.array(rows, dtype=float).reshape(len(rows), 6), index=list(Ls), columns=_COLUMNS)
     way = "Satterthwaite's" if method == "Satterthwaite" else "Kenward-Roger's"
-    out.attrs["heading"] = f"Type {_ROMAN[key]} Analysis of Variance Table with {way} method"
+    out = AnovaTable.of(out, f"Type {_ROMAN[key]} Analysis of Variance Table with {way} method")
     out.attrs["type"] = int(key)
     out.attrs["ddf"] = method
     out.attrs["hypotheses"] = {t: pd.DataFrame(L, columns=names) for t, L in Ls.items()}

@@ -71,6 +71,7 @@ from . import _x64  # noqa: F401
 from ._errors import ConvergenceWarning, DataError, JaxmlmError
 from ._objective import deviance
 from ._optimize import choose_method, diagonal_mask, fit_theta
+from ._present import AnovaTable
 
 __all__ = ["anova", "ranova", "lrt_vs_ols", "LRTest", "icc", "r2_nakagawa", "pseudo_r2", "zero_columns", "refit_criterion"]
 
@@ -271,7 +272,9 @@ def anova(*models, refit: bool = True, names=None, method: str = "lrt", nsim: in
     table.attrs["refitted"] = [names[i] for i in order if refit and models[i].REML]
     if method == "pb":
         table = _add_pb(table, [models[i] for i in order], nsim, seed)
-    return table
+    data = models[order[0]].data_name
+    heading = ([f"Data: {data}"] if data else []) + ["Models:"] + [f"{nm}: {f}" for nm, f in table.attrs["formulas"].items()]
+    return AnovaTable.of(table, heading)
 
 
 def _add_pb(table: pd.DataFrame, ordered, nsim: int, seed) -> pd.DataFrame:
@@ -446,10 +449,21 @@ def ranova(m, reduce_terms: bool = True) -> pd.DataFrame:
     with np.errstate(invalid="ignore"):
         p = np.where(df > 0, sps.chi2.sf(lrt, np.where(df > 0, df, 1.0)), np.nan)
     p[0] = np.nan
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {"npar": npar.astype(int), "logLik": ll, "AIC": -2.0 * ll + 2.0 * npar, "LRT": lrt, "Df": df, "Pr(>Chisq)": p},
         index=pd.Index([r[0] for r in rows]),
     )
+    heading = ["ANOVA-like table for random-effects: Single term deletions", "", "Model:", _model_formula(design)]
+    return AnovaTable.of(table, heading)
+
+
+def _model_formula(design) -> str:
+    """The model's formula as lme4 keeps it: the text given, with ``||`` terms expanded into their parts."""
+    parsed = design.formula
+    if "||" not in parsed.text:
+        return parsed.text
+    bars = " + ".join(f"({_deparse(rt.expr)} | {rt.group_name})" for rt in parsed.random)
+    return f"{parsed.lhs} ~ {_deparse(parsed.fixed_rhs)} + {bars}"
 
 
 def _zeroed_fit(m, cols) -> float:

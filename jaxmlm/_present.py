@@ -13,7 +13,7 @@ import pandas as pd
 from ._errors import JaxmlmError
 from ._rnum import format_pvalues_r, r_format, zapsmall
 
-__all__ = ["summary_text", "format_table", "format_pvalue", "signif_stars", "format_anova", "format_matrix"]
+__all__ = ["summary_text", "format_table", "format_pvalue", "signif_stars", "format_anova", "format_matrix", "AnovaTable"]
 
 SIGNIF_LEGEND = "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"
 
@@ -89,10 +89,41 @@ def format_matrix(cells: dict[str, list[str]], index: list[str], index_header: s
     return "\n".join(lines)
 
 
+class AnovaTable(pd.DataFrame):
+    """A DataFrame that prints as R prints an ANOVA table (``print.anova``): heading, table, stars.
+
+    Used for lmerTest's F tests (``m.anova()``), lme4's likelihood-ratio
+    table (``anova(m0, m1)``) and lmerTest's ``ranova``. ``attrs["heading"]``
+    holds the heading lines; slices and arithmetic give plain DataFrames.
+    """
+
+    @property
+    def _constructor(self):
+        return pd.DataFrame
+
+    def __str__(self) -> str:
+        return format_anova(self)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        heading = self.attrs.get("heading") or []
+        heading = [heading] if isinstance(heading, str) else heading
+        return "".join(f"<p>{line}</p>" for line in heading if line) + pd.DataFrame(self).to_html()
+
+    @classmethod
+    def of(cls, table: pd.DataFrame, heading) -> "AnovaTable":
+        """``table`` (its attrs kept) with ``heading`` (a line or a list of lines)."""
+        out = cls(table)
+        out.attrs = dict(table.attrs)
+        out.attrs["heading"] = heading
+        return out
+
+
 def format_anova(table: pd.DataFrame, digits: int = 5) -> str:
-    """An F-test table as R's ``print.anova`` prints it (printCoefmat with digits 5, stars, legend)."""
+    """An ANOVA table as R's ``print.anova`` prints it (printCoefmat with digits 5, stars, legend)."""
     heading = table.attrs.get("heading")
-    out = [heading] if heading else []
+    out = ([heading] if isinstance(heading, str) else list(heading)) if heading else []
     cols = list(table.columns)
     cells: dict[str, list[str]] = {}
     p_col = cols[-1] if cols and cols[-1].startswith(("Pr(", "P(")) else None

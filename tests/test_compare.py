@@ -284,3 +284,30 @@ def test_model_methods_delegate(fits):
     assert m.r2_nakagawa().equals(r2_nakagawa(m))
     assert m.lrt_vs_ols() == lrt_vs_ols(m)
     assert math.isclose(m.ranova().loc["(1 | Subject)", "LRT"], CASES["sleepstudy_ri"]["ranova"][1]["LRT"], rel_tol=1e-6)
+
+
+# How R prints these tables: tests/reference/compare/make_printed_reference.R
+PRINTED_JSON = Path(__file__).parent / "reference" / "compare" / "printed_reference.json"
+PRINTED = {c["id"]: c for c in json.loads(PRINTED_JSON.read_text())["cases"]}
+
+
+def _r_lines(cid):
+    return [line.replace("\u2018", "'").replace("\u2019", "'") for line in PRINTED[cid]["printed"]]
+
+
+@pytest.mark.parametrize("cid,names", [("anova_sleepstudy", ["fm0", "fm1"]), ("anova_sleepstudy_three", ["fm0", "fm2", "fm1"])])
+def test_anova_prints_as_lme4(cid, names):
+    df = jaxmlm.load_example("sleepstudy")
+    forms = {"fm0": "Reaction ~ Days + (1 | Subject)", "fm1": "Reaction ~ Days + (Days | Subject)",
+             "fm2": "Reaction ~ Days + (Days || Subject)"}
+    models = [jaxmlm.lmer(forms[n], df, data_name="sleepstudy") for n in names]
+    table = anova(*models, names=names)
+    assert str(table).split("\n") == _r_lines(cid)
+    assert isinstance(table, pd.DataFrame) and list(table.index) == names
+
+
+@pytest.mark.parametrize("cid,formula", [("ranova_sleepstudy", "Reaction ~ Days + (Days | Subject)"),
+                                         ("ranova_sleepstudy_uncorr", "Reaction ~ Days + (Days || Subject)")])
+def test_ranova_prints_as_lmertest(cid, formula):
+    table = jaxmlm.lmer(formula, jaxmlm.load_example("sleepstudy")).ranova()
+    assert str(table).split("\n") == _r_lines(cid)
