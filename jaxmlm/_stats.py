@@ -53,8 +53,15 @@ __all__ = ["Layout", "ONE_PROGRAM_ROWS", "OneChunk", "Stats", "bucket", "one_chu
 CHUNK_ROWS = 1 << 16
 
 
+#: Points per octave of the grid for sizes whose cost is linear (levels of the block-diagonal
+#: block, pair lists): ≤ 25 % padding, so data of nearly the same size — a subset, a few rows
+#: dropped for missing values — share one compiled program. Sizes of the dense block (cubic
+#: cost) keep ``bucket``'s default, 8 (≤ 12.5 %).
+LINEAR_STEPS = 4
+
+
 def bucket(n: int, steps: int = 8) -> int:
-    """Smallest value ≥ n on a grid with ``steps`` points per octave (≤ 12.5 % padding)."""
+    """Smallest value ≥ n on a grid with ``steps`` points per octave (≤ 1/steps padding)."""
     if n <= 16:
         return max(n, 1)
     e = math.floor(math.log2(n))
@@ -216,7 +223,7 @@ def _check_response_varies(design: Design, resid: np.ndarray) -> None:
 def _pass_inputs(design: Design, chunk_rows: int, response: bool = True) -> _PassInputs:
     n, p = design.X.shape
     b1 = design.blocks[0]
-    l1 = bucket(b1.nlev)
+    l1 = bucket(b1.nlev, LINEAR_STEPS)
     rest, off = [], 0
     for blk in design.blocks[1:]:
         lp = bucket(blk.nlev)
@@ -234,7 +241,7 @@ def _pass_inputs(design: Design, chunk_rows: int, response: bool = True) -> _Pas
         uniq, E = np.unique(keys.ravel(), return_inverse=True)
         E = E.reshape(P.shape).astype(np.int32)
         nnz_true = len(uniq)
-        nnz = bucket(nnz_true + 1)  # at least one all-zero padding entry
+        nnz = bucket(nnz_true + 1, LINEAR_STEPS)  # at least one all-zero padding entry
         pair_a = np.zeros(nnz, np.int32)
         pair_g = np.zeros(nnz, np.int32)
         pair_a[:nnz_true] = uniq // l1
@@ -267,7 +274,7 @@ def _layout_and_index(design: Design, inp: _PassInputs, bbt: str | None) -> tupl
         if bbt is None:
             bbt = "sparse" if sparse_cost < dense_cost else "dense"
         if bbt == "sparse":
-            npairs = bucket(npairs_true)
+            npairs = bucket(npairs_true, LINEAR_STEPS)
             bb_e1, bb_e2, bb_t = _pair_products(inp.pair_a[:nnz_true], inp.pair_g[:nnz_true], qr, size=npairs,
                                                 pad=inp.nnz - 1)
         else:
