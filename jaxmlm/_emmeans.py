@@ -185,10 +185,9 @@ def ref_grid(m, at=None) -> ReferenceGrid:
 def _df_method(m, ddf) -> str:
     if ddf is None:
         if m.REML:
-            from ._inference import KR_MAX_BYTES
+            from ._inference import KR_MAX_BYTES, kr_bytes
 
-            q = m.layout.l1 * m.layout.k1 + m.layout.qr
-            if 8.0 * q * q * ((len(m.theta) + 2) ** 2 + 4) <= KR_MAX_BYTES:
+            if kr_bytes(m) <= KR_MAX_BYTES:
                 return "kenward-roger"
         return "satterthwaite"
     key = str(ddf).lower()
@@ -290,6 +289,14 @@ class _Table(pd.DataFrame):
     def _footer(self) -> list[str]:
         return list(self._info.get("footer", []))
 
+    def _groups(self) -> list[tuple]:
+        """(by levels, row positions) of each ``by`` group, in the table's order (one group without by)."""
+        by = self._info.get("by", [])
+        if not by:
+            return [(None, np.arange(len(self)))]
+        frame = pd.DataFrame(self).reset_index(drop=True)
+        return [(key, np.sort(idx)) for key, idx in frame.groupby(by, sort=False, observed=True).indices.items()]
+
     def __str__(self) -> str:
         """emmeans' print: numbers as ``format(column, digits = 3)``, t ratios with 3 decimals,
         p-values with 4 (``<.0001`` when that rounds to 0), non-estimable means as ``nonEst``; one block per by group."""
@@ -319,15 +326,13 @@ class _Table(pd.DataFrame):
         def line(values: dict) -> str:
             return " " + " ".join(values[c].ljust(width[c]) if c in names else values[c].rjust(width[c]) for c in cells)
 
-        groups = [(None, np.arange(len(self)))] if not by else list(
-            pd.DataFrame(self).reset_index(drop=True).groupby(by, sort=False, observed=True).indices.items())
         out = []
-        for key, idx in groups:
+        for key, idx in self._groups():
             if by:
                 key = key if isinstance(key, tuple) else (key,)
                 out.append(", ".join(f"{b} = {_label([k])}" for b, k in zip(by, key)) + ":")
             out.append(line({c: c for c in cells}).rstrip())
-            out += [line({c: vals[i] for c, vals in cells.items()}).rstrip() for i in sorted(idx)]
+            out += [line({c: vals[i] for c, vals in cells.items()}).rstrip() for i in idx]
             out.append("")
         return "\n".join(out + self._footer())
 
@@ -369,22 +374,16 @@ class EMMeans(_Table):
         if adjust not in _ADJUST:
             raise InferenceError(f"adjust must be one of {list(_ADJUST)}, got {adjust!r}")
         by = info["by"]
-        groups = [(None, np.arange(len(self)))] if not by else [
-            (key, idx) for key, idx in pd.DataFrame(self).reset_index(drop=True).groupby(by, sort=False, observed=True).indices.items()
-        ]
-        rows, L_rows, fams, notes = [], [], [], []
+        rows, L_rows, families, notes = [], [], [], []
         labels = info["row_labels"]
         if not isinstance(method, str) and adjust == "tukey":
             adjust = "sidak"
             notes.append("Note: adjust = 'tukey' was changed to 'sidak' because the contrasts are not pairwise")
-        for key, idx in groups:
-            idx = np.asarray(sorted(idx))
+        for key, idx in self._groups():
             if isinstance(method, str):
-                pairs = [(j, i) if reverse else (i, j) for i, j in itertools.combinations(range(len(idx)), 2)]
-                if reverse:
-                    pairs = sorted(pairs, key=lambda ij: (ij[1], ij[0]))
                 coefs = []
-                for a, b in pairs:
+                for a, b in itertools.combinations(range(len(idx)), 2):
+                    a, b = (b, a) if reverse else (a, b)
                     c = np.zeros(len(idx))
                     c[a], c[b] = 1.0, -1.0
                     coefs.append((f"{labels[idx[a]]} - {labels[idx[b]]}", c))
@@ -398,26 +397,26 @@ class EMMeans(_Table):
                             "in each group"
                         )
                     coefs.append((str(name), c))
+            key_t = () if key is None else (key if isinstance(key, tuple) else (key,))
+            families.append((list(range(len(rows), len(rows) + len(coefs))), len(idx)))
             for name, c in coefs:
-                key_t = () if key is None else (key if isinstance(key, tuple) else (key,))
                 rows.append((name, *key_t))
                 L_rows.append(c @ info["linfct"][idx])
-                fams.append((len(idx), len(coefs), len(rows) - 1, key_t))
         L = np.array(L_rows).reshape(len(L_rows), -1)
         m = info["model"]
         est, se, df = _estimate(m, L, info["keep"], info["nbasis"], info["method"])
         with np.errstate(divide="ignore", invalid="ignore"):
             t = est / se
-        p = _adjusted_p(t, df, fams, adjust)
+        p = _adjusted_p(t, df, families, adjust)
         out = EMMContrasts(
             {"contrast": [r[0] for r in rows], **{b: [r[1 + i] for r in rows] for i, b in enumerate(by)},
              "estimate": est, "SE": se, "df": df, "t_ratio": t, "p_value": p}
         )
-        family = max((f[0] for f in fams), default=0)
+        family = max((k for _, k in families), default=0)
         footer = [f"Degrees-of-freedom method: {info['method']}"]
         if info["averaged"]:
             footer.insert(0, f"Results are averaged over the levels of: {', '.join(info['averaged'])}")
-        n_tests = max((f[1] for f in fams), default=0)
+        n_tests = max((len(r) for r, _ in families), default=0)
         if adjust == "tukey" and n_tests > 1:  # one test per family: nothing to adjust, and emmeans says nothing
             footer.append(f"P value adjustment: tukey method for comparing a family of {family} estimates")
         elif adjust != "none" and n_tests > 1:
@@ -432,24 +431,21 @@ class EMMContrasts(_Table):
     ``t_ratio``, ``p_value`` (adjusted as the footer says)."""
 
 
-def _adjusted_p(t, df, fams, adjust: str) -> np.ndarray:
+def _adjusted_p(t, df, families, adjust: str) -> np.ndarray:
+    """Two-sided p-values, adjusted within each family: (its rows, its number of means)."""
     from scipy import stats as sps
 
     raw = 2.0 * sps.t.sf(np.abs(t), df)
     if adjust == "none":
         return raw
     out = np.full(len(t), np.nan)
-    groups: dict = {}
-    for k, n, row, key in fams:
-        groups.setdefault(key, []).append((row, k))
-    for key, members in groups.items():
-        rows = np.array([r for r, _ in members])
+    for rows, k in families:
+        rows = np.asarray(rows, dtype=int)
         ok = rows[np.isfinite(raw[rows])]
         n = len(ok)
         if not n:
             continue
         if adjust == "tukey":
-            k = members[0][1]
             out[ok] = sps.studentized_range.sf(np.sqrt(2.0) * np.abs(t[ok]), k, df[ok])
         elif adjust == "bonferroni":
             out[ok] = np.minimum(1.0, raw[ok] * n)
@@ -457,8 +453,7 @@ def _adjusted_p(t, df, fams, adjust: str) -> np.ndarray:
             out[ok] = 1.0 - (1.0 - raw[ok]) ** n
         elif adjust == "holm":
             order = np.argsort(raw[ok], kind="stable")
-            adj = np.minimum(1.0, np.maximum.accumulate(raw[ok][order] * (n - np.arange(n))))
-            out[ok[order]] = adj
+            out[ok[order]] = np.minimum(1.0, np.maximum.accumulate(raw[ok][order] * (n - np.arange(n))))
     return out
 
 

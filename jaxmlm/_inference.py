@@ -375,6 +375,13 @@ def _gamma_index(m):
     return np.asarray(gamma), cat(rows), cat(cols), cat(pidx)
 
 
+def kr_bytes(m) -> float:
+    """Working memory of :func:`kenward_roger`: dense q × q tangents of G, σ²I + G ZᵀZ and its LU, per pair."""
+    q = m.layout.l1 * m.layout.k1 + m.layout.qr
+    npar = len(m.theta) + 1
+    return 8.0 * q * q * ((npar + 1) ** 2 + 4)
+
+
 def kenward_roger(m):
     """pbkrtest's ``vcovAdj``: (Φ, Φ_A, P (m, p, p), W (m, m)) at the fit (REML fits only)."""
     if not m.REML:
@@ -383,8 +390,7 @@ def kenward_roger(m):
             "refit with REML=True, or use ddf='Satterthwaite'"
         )
     q = m.layout.l1 * m.layout.k1 + m.layout.qr
-    npar = len(m.theta) + 1
-    need = 8.0 * q * q * ((npar + 1) ** 2 + 4)  # tangents of G, σ²I + G ZᵀZ and its LU, per pair
+    need = kr_bytes(m)
     if need > KR_MAX_BYTES:
         raise InferenceError(
             f"Kenward-Roger needs dense {q} x {q} matrices (one row per random effect; about "

@@ -79,11 +79,11 @@ def signif_stars(p: float) -> str:
     return ""
 
 
-def format_matrix(cells: dict[str, list[str]], index: list[str], index_header: str = "") -> str:
+def format_matrix(cells: dict[str, list[str]], index: list[str]) -> str:
     """A character matrix as R's print.default(right = TRUE) prints it: row names left, cells right."""
-    w0 = max([len(index_header)] + [len(r) for r in index])
+    w0 = max([0] + [len(r) for r in index])
     widths = {c: max([len(c)] + [len(v) for v in vals]) for c, vals in cells.items()}
-    lines = [index_header.ljust(w0) + "".join(" " + c.rjust(widths[c]) for c in cells)]
+    lines = [" " * w0 + "".join(" " + c.rjust(widths[c]) for c in cells)]
     for i, r in enumerate(index):
         lines.append(r.ljust(w0) + "".join(" " + vals[i].rjust(widths[c]) for c, vals in cells.items()))
     return "\n".join(lines)

@@ -31,18 +31,22 @@ def _sig_digits(x: float, digits: int) -> tuple[int, int]:
     return len(mant.replace(".", "").rstrip("0")) or 1, int(exp)
 
 
+def _nonfinite(v: float) -> str:
+    return "NA" if np.isnan(v) else ("Inf" if v > 0 else "-Inf")
+
+
 def r_format(values, digits: int = 7) -> list[str]:
     """R's ``format(x, digits)`` of a numeric vector: one common layout, fixed unless scientific is narrower.
 
     Each element keeps at least ``digits`` significant digits (trailing zeros
     dropped), the column shares one number of decimals, and scientific
     notation is chosen only when it is narrower than fixed (R's formatReal
-    with scipen = 0). Non-finite values print as NA, NaN, Inf.
+    with scipen = 0). Non-finite values print as NA, Inf, -Inf.
     """
     x = np.asarray(values, dtype=float)
     fin = x[np.isfinite(x)]
     if not fin.size:
-        return ["NaN" if np.isnan(v) else ("NA" if not np.isfinite(v) else str(v)) for v in x]
+        return [_nonfinite(v) for v in x]
     neg = int(np.any(fin < 0))
     sig, exps = zip(*(_sig_digits(v, digits) if v != 0 else (1, 0) for v in fin))
     rgt = max(0, max(s - 1 - e for s, e in zip(sig, exps)))
@@ -53,10 +57,8 @@ def r_format(values, digits: int = 7) -> list[str]:
     sci_w = neg + (mf + 1 if mf > 1 else mf) + (5 if big else 4)
     out = []
     for v in x:
-        if np.isnan(v):
-            out.append("NA")
-        elif not np.isfinite(v):
-            out.append("Inf" if v > 0 else "-Inf")
+        if not np.isfinite(v):
+            out.append(_nonfinite(v))
         elif fixed_w <= sci_w:
             out.append(f"{v:.{rgt}f}")
         else:

@@ -191,3 +191,12 @@ def _same_print(ours: list[str], want: list[str]) -> None:
                 raise AssertionError((a, b)) from None
             unit = 10.0 ** -(len(y.split(".")[1]) if "." in y and "e" not in y else 0)
             assert abs(fx - fy) <= unit * 1.0001 or "e" in y and abs(fx / fy - 1) < 1e-2, (a, b)
+
+
+def test_reverse_pairs_negate_the_pairs():
+    e = jaxmlm.emmeans(fit("exam_main"), "schgend", ddf="Satterthwaite")
+    fwd, rev = e.pairs(adjust="none"), e.pairs(adjust="none", reverse=True)
+    assert list(rev["contrast"]) == ["boys - mixed", "girls - mixed", "girls - boys"]
+    np.testing.assert_allclose(rev["estimate"], -fwd["estimate"], rtol=1e-12)
+    np.testing.assert_allclose(rev["p_value"], fwd["p_value"], rtol=1e-12)
+    pd.testing.assert_frame_equal(pd.DataFrame(e.contrast("revpairwise")), pd.DataFrame(rev))
