@@ -99,6 +99,8 @@ def fixed_terms(design) -> FixedTerms:
         if not term.factors or all(f.expr == "1" for f in term.factors):
             intercept = True
             continue
+        if any(f.expr.startswith("offset(") for f in term.factors):
+            continue  # a known part of the linear predictor: nothing to test
         sl = spec.term_slices[term]
         cols = [kept.get(design.fixed_columns_all[j]) for j in range(sl.start, sl.stop)]
         labels.append(str(term))

@@ -100,6 +100,8 @@ def _build_parser() -> tuple[_Parser, _Parser]:
     fit.add_argument("--example", metavar="NAME", help=f"use a shipped example data set (see `{PROG} examples`)")
     fit.add_argument("--ml", action="store_true", help="fit by maximum likelihood instead of REML")
     fit.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    fit.add_argument("--weights", metavar="COLUMN", help="prior weights: residual variance sigma^2 / w (lme4's weights)")
+    fit.add_argument("--offset", metavar="COLUMN", help="an offset added to the linear predictor (lme4's offset)")
     fit.add_argument(
         "--no-cache",
         action="store_true",
@@ -297,7 +299,7 @@ def _cmd_fit(ns) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", jaxmlm.JaxmlmWarning)
-        m = jaxmlm.lmer(formula, data, REML=not ns.ml, data_name=data_name)
+        m = jaxmlm.lmer(formula, data, REML=not ns.ml, data_name=data_name, weights=ns.weights, offset=ns.offset)
     for w in caught:
         if issubclass(w.category, jaxmlm.JaxmlmWarning):
             print(f"{PROG}: warning: {_warn_line(w.message)}", file=sys.stderr)

@@ -198,6 +198,12 @@ def _check_same_rows(models, names) -> None:
                 "likelihoods of different responses are not comparable: fit every model to the same "
                 "response and data"
             )
+        if not (_same(m.design.weights, first.design.weights) and _same(m.design.offset, first.design.offset)):
+            raise DataError(
+                f"the models have different prior weights or offsets ({n0}: {first.formula!r}, {nm}: "
+                f"{m.formula!r}); likelihoods of differently weighted data are not comparable: fit every model "
+                "with the same weights= and offset"
+            )
 
 
 # ---- anova -------------------------------------------------------------------------------------------
@@ -480,6 +486,13 @@ def _zeroed_fit(m, cols) -> float:
     return refit_criterion(m, m.REML, stats=zero_columns(m, cols), theta0=theta0)[0]
 
 
+def _same(a, b) -> bool:
+    """Whether two optional arrays (weights, offsets) are the same (None: none given)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return bool(np.array_equal(a, b))
+
+
 def _refit_terms(m, terms: list[str]) -> tuple[int, float]:
     """Fit the formula with the random terms ``terms`` on the model frame (same REML setting)."""
     from ._results import lmer
@@ -488,7 +501,7 @@ def _refit_terms(m, terms: list[str]) -> tuple[int, float]:
     formula = f"{parsed.lhs} ~ {parsed.fixed_rhs} + " + " + ".join(terms)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        r = lmer(formula, _frame(m), REML=m.REML)
+        r = lmer(formula, _frame(m), REML=m.REML, weights=m.design.weights, offset=m.design.arg_offset)
     if r.nobs != m.nobs:
         raise DataError(f"the reduced model {formula!r} uses {r.nobs} rows, the model {m.nobs}; "
                         "remove rows with missing values before fitting")

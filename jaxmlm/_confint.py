@@ -299,7 +299,7 @@ def _prof_objective(phi, v, spec: _Spec, stats: Stats, layout: Layout):
     vs = jnp.where(spec.kind == SIGMA, v, 1.0)
     ls = jnp.where(spec.kind == SD, logsig, 0.0)
     sig2 = jnp.where(spec.kind == SIGMA, vs**2, jnp.where(spec.kind == SD, jnp.exp(2.0 * ls), r2 / n))
-    return fac.logdet_L + r2 / sig2 + n * (_LOG2PI + jnp.log(sig2))
+    return fac.logdet_L + r2 / sig2 + n * (_LOG2PI + jnp.log(sig2)) - stats.ldw
 
 
 @partial(jax.jit, static_argnames="layout")

@@ -37,6 +37,7 @@ creating a dense cross block between two terms on the same factor.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import difflib
 import functools
@@ -58,7 +59,7 @@ from ._errors import (
 )
 from ._formula import ParsedFormula, RandomTerm, _mask_quoted, parse_formula
 
-__all__ = ["Term", "Block", "Design", "build_design", "r_column_name"]
+__all__ = ["Term", "Block", "Design", "build_design", "r_column_name", "with_prior"]
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,14 @@ class Design:
     ``rows`` are the data's index labels of the rows used; ``n_dropped_na``
     counts the rows dropped for missing values; ``frame`` is a copy of the
     data's rows used and the formula's columns, as given (lme4's model frame),
-    from which refits (ML refits for anova, reduced models for ranova) start.
+    from which refits (ML refits for anova, reduced models for ranova) start;
+    ``positions`` the rows' positions in the data (None: every row).
+
+    Prior weights and offsets (lme4's ``weights=`` and ``offset=``, and
+    ``offset(expr)`` terms): ``weights`` (n,) or None; ``formula_offset`` the
+    sum of the ``offset()`` columns (named ``offset_columns`` in
+    ``fixed_columns_all``, not in X); ``arg_offset`` the ``offset=``
+    argument's values, ``offset_column`` its column name when it was given as one.
     """
 
     formula: ParsedFormula
@@ -133,6 +141,12 @@ class Design:
     _fixed_spec: object = field(repr=False, compare=False)
     fixed_columns_all: tuple[str, ...] = ()
     _frame: object = field(default=None, repr=False, compare=False)
+    positions: np.ndarray | None = field(default=None, repr=False)
+    offset_columns: tuple[str, ...] = ()
+    formula_offset: np.ndarray | None = field(default=None, repr=False)
+    weights: np.ndarray | None = field(default=None, repr=False)
+    arg_offset: np.ndarray | None = field(default=None, repr=False)
+    offset_column: str | None = None
 
     @property
     def frame(self) -> pd.DataFrame | None:
@@ -143,6 +157,14 @@ class Design:
     def fixed_spec(self):
         """formulaic's ModelSpec of the fixed-effects model matrix, before aliased columns are dropped."""
         return _resolve(self._fixed_spec)
+
+    @property
+    def offset(self) -> np.ndarray | None:
+        """The known part of the linear predictor: ``offset()`` terms plus the ``offset=`` argument (None: none)."""
+        parts = [o for o in (self.formula_offset, self.arg_offset) if o is not None]
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
     @property
     def n(self) -> int:
@@ -566,8 +588,11 @@ def _no_complete_rows() -> DataError:
     return DataError("no complete rows: every row has a missing value in a variable of the formula")
 
 
-def build_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
+def build_design(formula: str | ParsedFormula, data: pd.DataFrame, weights=None, offset=None) -> Design:
     """Materialize ``formula`` on ``data`` (rows with missing values dropped; ``data`` is not modified).
+
+    ``weights`` and ``offset`` (lme4's prior weights and offset): a column name of
+    ``data`` or an array with one value per row of ``data``; see :func:`with_prior`.
 
     Formulas made only of plain columns — numeric ones, and with an intercept
     string/categorical ones in the fixed part — take a fast path that builds
@@ -580,12 +605,68 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame) -> Design:
         raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     if parsed.lhs.startswith("cbind("):
         raise FormulaError("a two-column (binomial) response needs glmer, which jaxmlm does not provide yet")
-    fast = _fast_design(parsed, data)
-    if fast is not None:
-        return fast
-    from ._formulaic import formulaic_design
+    design = _fast_design(parsed, data)
+    if design is None:
+        from ._formulaic import formulaic_design
 
-    return formulaic_design(parsed, data)
+        design = formulaic_design(parsed, data)
+    if weights is None and offset is None:
+        return design
+    return with_prior(design, data, weights, offset)
+
+
+def _prior_values(value, data: pd.DataFrame, design: Design, what: str) -> tuple[np.ndarray, str | None]:
+    """The ``weights=``/``offset=`` argument's values at the rows of the fit, and its column name if any."""
+    name = None
+    if isinstance(value, str):
+        if value not in data.columns:
+            _unknown_column(value, {c for c in data.columns if isinstance(c, str)})
+        name, col = value, data[value]
+        if isinstance(col, pd.DataFrame):
+            raise DataError(f"column {value!r} ({what}) appears more than once in the data")
+        values = col.to_numpy()
+    else:
+        if isinstance(value, (pd.DataFrame, dict)) or np.ndim(value) != 1:
+            raise DataError(f"{what} must be a column name or one value per row of the data (a 1-d array)")
+        values = value.to_numpy() if isinstance(value, pd.Series) else np.asarray(value)
+        if len(values) != len(data):
+            raise DataError(f"{what} has {len(values)} values but the data have {len(data)} rows; give one value per "
+                            "row of the data (rows dropped for missing values are dropped from it too)")
+    if values.dtype.kind not in "iuf" and not (values.dtype == object and all(_is_number(v) for v in values)):
+        raise DataError(f"{what} must be numeric, got values of dtype {values.dtype}")
+    values = np.asarray(values, dtype=np.float64)
+    used = values if design.positions is None else values[design.positions]
+    bad = ~np.isfinite(used)
+    if bad.any():
+        rows = design.rows[np.flatnonzero(bad)[:5]].tolist()
+        raise DataError(f"{what} is missing or not finite in {int(bad.sum())} row(s) the model uses (data index "
+                        f"{rows}{' ...' if bad.sum() > 5 else ''}); give a finite value for every complete row")
+    return np.array(used), name
+
+
+def with_prior(design: Design, data: pd.DataFrame, weights=None, offset=None) -> Design:
+    """``design`` with lme4's prior weights and offset argument.
+
+    Prior weights wᵢ ≥ 0 make the residual variance σ²/wᵢ (lme4's ``weights``);
+    a row of weight 0 carries no information (it is kept for ``fitted`` and
+    ``predict``). The offset is added to the linear predictor with coefficient 1.
+    Values are taken at the rows the model uses (rows dropped for missing values
+    in the formula's variables are dropped from them too); non-finite values there,
+    negative weights or all weights 0 are errors.
+    """
+    w = arg_offset = name = None
+    if weights is not None:
+        w, _ = _prior_values(weights, data, design, "weights")
+        if (w < 0).any():
+            raise DataError(f"weights must be >= 0 (a weight is the inverse of a row's relative residual variance); "
+                            f"{int((w < 0).sum())} are negative, e.g. {w[w < 0][0]:g}")
+        if not (w > 0).any():
+            raise DataError("every weight is 0: no row carries information")
+        w.flags.writeable = False
+    if offset is not None:
+        arg_offset, name = _prior_values(offset, data, design, "offset")
+        arg_offset.flags.writeable = False
+    return dataclasses.replace(design, weights=w, arg_offset=arg_offset, offset_column=name)
 
 
 # ---- the fast path: plain columns, no formulaic ------------------------------------------------------
@@ -764,9 +845,17 @@ def _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, fixed_spec
     raw = [raw[i] for i in order]
     _check_grouping(raw, n)
 
+    # offset() columns are part of the linear predictor with coefficient 1, not of X.
+    offsets = [j for j, nm in enumerate(names_all) if nm.startswith("offset(")]
+    formula_offset = None
+    names_fit = list(names_all)
+    if offsets:
+        formula_offset = X_all[:, offsets].sum(axis=1)
+        rest = [j for j in range(X_all.shape[1]) if j not in offsets]
+        X_all, names_fit = X_all[:, rest], [names_all[j] for j in rest]
     # Fixed effects: drop aliased columns as lme4's chkRank.drop.cols does.
-    keep = _prune_aliased(X_all, names_all)
-    dropped = tuple(nm for j, nm in enumerate(names_all) if j not in keep)
+    keep = _prune_aliased(X_all, names_fit)
+    dropped = tuple(nm for j, nm in enumerate(names_fit) if j not in keep)
     if dropped:
         warnings.warn(
             f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
@@ -830,7 +919,7 @@ def _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, fixed_spec
         formula=parsed,
         y=y,
         X=X,
-        fixef_names=tuple(names_all[j] for j in keep),
+        fixef_names=tuple(names_fit[j] for j in keep),
         dropped_columns=dropped,
         terms=tuple(terms),
         blocks=tuple(blocks),
@@ -839,4 +928,7 @@ def _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, fixed_spec
         _fixed_spec=fixed_spec,
         fixed_columns_all=tuple(names_all),
         _frame=frame,
+        positions=None if every else np.flatnonzero(complete),
+        offset_columns=tuple(names_all[j] for j in offsets),
+        formula_offset=formula_offset,
     )

@@ -120,6 +120,9 @@ def ref_grid(m, at=None) -> ReferenceGrid:
     from ._predict import _column, _evaluate
 
     design = m.design
+    if design.offset is not None:
+        raise InferenceError("estimated marginal means of a model with an offset are not supported yet (emmeans "
+                             "evaluates the offset on the reference grid); use m.predict on a grid of your own")
     frame = design.frame
     variables = _variables(m)
     at = _check_at(at, variables)

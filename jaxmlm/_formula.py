@@ -341,11 +341,6 @@ def _parse(formula: str) -> ParsedFormula:
         raise FormulaSyntaxError("unbalanced parenthesis: this '(' is never closed", formula, unclosed)
     if "|" in masked[:tilde]:
         raise FormulaSyntaxError("random-effects terms belong on the right of '~'", formula, masked.index("|"))
-    m = re.search(r"(?<![\w.])offset\s*\(", masked)
-    if m:
-        raise FormulaSyntaxError(
-            "offset() terms are not supported yet; subtract the offset from the response instead", formula, m.start()
-        )
 
     random: list[RandomTerm] = []
     spans: list[tuple[int, int]] = []
@@ -386,6 +381,10 @@ def _parse(formula: str) -> ParsedFormula:
             raise FormulaSyntaxError("no grouping factor after '|'", formula, g0)
         if masked[g0:g1].lstrip().startswith("|"):
             raise FormulaSyntaxError("'|||' is not a random-effects operator; use '|' or '||'", formula, g0)
+        off = re.search(r"(?<![\w.])offset\s*\(", masked[a + 1 : bar_at])
+        if off:
+            raise FormulaSyntaxError("offset() belongs in the fixed part of the formula, not in a random-effects term",
+                                     formula, a + 1 + off.start())
         expr = _translate_r_operators(expr)
         exprs = _expand_double_vert(expr, formula, a + 1) if width == 2 else [expr]
         nests = _parse_group(formula, masked, g0, g1)

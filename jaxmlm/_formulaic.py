@@ -103,6 +103,19 @@ def _factor(data, *args, **kwargs):
     return C(data, *args, **kwargs)
 
 
+def _offset(data):
+    """lme4's ``offset(expr)``: a known part of the linear predictor, one numeric column.
+
+    In the fixed-effects matrix it is a column named ``offset(...)`` that
+    :mod:`jaxmlm._design` moves out of X into the model's offset (its
+    coefficient is fixed at 1); ``predict(newdata)`` re-evaluates it the same way."""
+    values = data.__wrapped__ if hasattr(data, "__wrapped__") else data
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "biuf" or arr.dtype.kind == "b" or arr.ndim != 1:
+        raise DataError(f"offset() needs one numeric column, got values of dtype {arr.dtype}")
+    return np.asarray(arr, dtype=np.float64)
+
+
 #: Names available in formulas besides formulaic's transforms and the data:
 #: R spellings (``sqrt``, ``factor``) and NA-skipping ``scale``/``center``.
 #: Pass it as ``context=`` when re-evaluating a saved ModelSpec on new data.
@@ -115,6 +128,7 @@ FORMULA_CONTEXT: dict[str, object] = {
     "C": _factor,
     "scale": _scale,
     "center": _center,
+    "offset": _offset,
 }
 _KNOWN_NAMES = set(TRANSFORMS) | set(FORMULA_CONTEXT)
 

@@ -122,7 +122,7 @@ def _one_shot_jit(**kwargs):
 def varpar_deviance(varpar: jax.Array, stats: Stats, reml, layout: Layout) -> jax.Array:
     """lmerTest's ``devfun_vp``: the ML deviance or REML criterion at varpar = (θ, σ), β profiled.
 
-    ML: log|L|² + r²/σ² + n log(2πσ²); REML adds log|R_X|² − p log(2πσ²).
+    ML: log|L|² + r²/σ² + n log(2πσ²) − Σ log wᵢ; REML adds log|R_X|² − p log(2πσ²).
     At σ = σ̂(θ) it equals the profiled criterion of :mod:`jaxmlm._objective`.
     """
     theta, sigma = varpar[:-1], varpar[-1]
@@ -131,7 +131,7 @@ def varpar_deviance(varpar: jax.Array, stats: Stats, reml, layout: Layout) -> ja
     s2 = sigma**2
     r2 = fac.R[p, p] ** 2
     log2pis2 = _LOG2PI + jnp.log(s2)
-    dev = fac.logdet_L + r2 / s2 + stats.n * log2pis2
+    dev = fac.logdet_L + r2 / s2 + stats.n * log2pis2 - stats.ldw  # ldw: prior weights' constant
     logdet_rx = 2.0 * jnp.sum(jnp.log(jnp.diagonal(fac.R)[:p]))
     return dev + reml * (logdet_rx - p * log2pis2)
 

@@ -192,22 +192,25 @@ def factorize(theta: jax.Array, stats: Stats, layout: Layout) -> Factor:
     return Factor(L1, B, L2, C1, C2, R, logdet)
 
 
-def _phi_from_R(R: jax.Array, n: jax.Array, reml, p: int) -> jax.Array:
+def _phi_from_R(R: jax.Array, stats: Stats, reml, p: int) -> jax.Array:
     """The criterion less log|L|², from R = [[R_X, 0], [c_βᵀ, r]] (module docstring):
-    reml·log|R_X|² + (n − reml·p)(1 + log(2π r² / (n − reml·p)))."""
+    reml·log|R_X|² + (n − reml·p)(1 + log(2π r² / (n − reml·p))) − Σ log wᵢ.
+
+    The last term is 0 without prior weights; with them it turns the criterion of
+    the √w-scaled rows into that of the weighted model (lme4's ``ldW``)."""
     r2 = R[p, p] ** 2
     logdet_rx = 2.0 * jnp.sum(jnp.log(jnp.diagonal(R)[:p]))
-    dof = n - reml * p
-    return reml * logdet_rx + dof * (1.0 + _LOG2PI + jnp.log(r2 / dof))
+    dof = stats.n - reml * p
+    return reml * logdet_rx + dof * (1.0 + _LOG2PI + jnp.log(r2 / dof)) - stats.ldw
 
 
-def criterion(fac: Factor, n: jax.Array, reml: jax.Array, p: int) -> jax.Array:
+def criterion(fac: Factor, stats: Stats, reml: jax.Array, p: int) -> jax.Array:
     """ML deviance (reml = 0) or REML criterion (reml = 1) from a factor."""
-    return fac.logdet_L + _phi_from_R(fac.R, n, reml, p)
+    return fac.logdet_L + _phi_from_R(fac.R, stats, reml, p)
 
 
 def _deviance(theta, stats: Stats, reml, layout: Layout):
-    return criterion(factorize(theta, stats, layout), stats.n, reml, layout.p)
+    return criterion(factorize(theta, stats, layout), stats, reml, layout.p)
 
 
 deviance = jax.jit(_deviance, static_argnames="layout")
@@ -247,7 +250,7 @@ deviance_hessian = jax.jit(jax.hessian(_deviance), static_argnames="layout")
 # differences.
 
 
-def _phi(S: jax.Array, n: jax.Array, reml: jax.Array, p: int) -> jax.Array:
+def _phi(S: jax.Array, stats: Stats, reml: jax.Array, p: int) -> jax.Array:
     """φ(S): the criterion's fixed-effects/residual part from S = R Rᵀ (see above).
 
     A function of S's lower triangle. For small p the Cholesky factor is unrolled
@@ -258,7 +261,7 @@ def _phi(S: jax.Array, n: jax.Array, reml: jax.Array, p: int) -> jax.Array:
         R = batched_cholesky(S)
     else:
         R = jax.lax.linalg.cholesky(S, symmetrize_input=False)
-    return _phi_from_R(R, n, reml, p)
+    return _phi_from_R(R, stats, reml, p)
 
 
 def _mm(X, Y, k):
@@ -342,7 +345,7 @@ def blockdiag_fgh(theta: jax.Array, A: jax.Array, Z: jax.Array, stats: Stats, re
     XY = jnp.einsum("tal,tbl->tab", X_, Y_)
     dS = -(XY + jnp.swapaxes(XY, 1, 2))  # (t, m, m)
 
-    phi = lambda S_: _phi(S_, stats.n, reml, p)  # noqa: E731
+    phi = lambda S_: _phi(S_, stats, reml, p)  # noqa: E731
     f_phi, Sbar = jax.value_and_grad(phi)(S)
     Sbar = 0.5 * (Sbar + Sbar.T)
     HdS = jax.vmap(lambda v: jax.jvp(jax.grad(phi), (S,), (v,))[1])(dS)
@@ -501,10 +504,10 @@ def _pair_bbt_lower(W: jax.Array, stats: Stats, layout: Layout, pairs=None) -> j
     return jax.ops.segment_sum(_pair_values(W, pairs), stats.bb_t, qr * qr).reshape(qr, qr)
 
 
-def _rest_phi(S: jax.Array, n: jax.Array, reml, p: int):
+def _rest_phi(S: jax.Array, stats: Stats, reml, p: int):
     """(φ(S), R) as :func:`criterion_rest` computes them (R = chol(S) is one of its pieces)."""
     R = jnp.linalg.cholesky(S)
-    return _phi_from_R(R, n, reml, p), R
+    return _phi_from_R(R, stats, reml, p), R
 
 
 def _rest_forward(theta: jax.Array, stats: Stats, reml, layout: Layout, pairs):
@@ -548,7 +551,7 @@ def _rest_forward(theta: jax.Array, stats: Stats, reml, layout: Layout, pairs):
         M22t = lam_t_rest(lam_t_rest(Sr, Rest, layout).T, Rest, layout) + jnp.eye(qr, dtype=Sr.dtype)  # symmetric
     logdet2, Q, L2, C2 = _logdet_quad(M22t, V)
     S = S - Q
-    fphi, R = _rest_phi(S, stats.n, reml, p)
+    fphi, R = _rest_phi(S, stats, reml, p)
     f = logdet1 + logdet2 + fphi
     sg = jax.lax.stop_gradient
     pieces = {"N": sg(N), "W": sg(W), "C1": sg(C1), "L1": sg(L1), "L2": sg(L2), "C2": sg(C2), "R": sg(R)}
@@ -657,7 +660,7 @@ def criterion_rest_value_and_grad(theta: jax.Array, stats: Stats, reml, layout: 
     t, M11, W = t[0, 0], M11[:, 0, 0], pieces["W"][:, 0, 0]
     pp, gp = it["pairs"][0][:, 0, 0], it["pairs"][1]
     rest_t = jnp.stack([theta[idx[0]] for _, _, idx in layout.templates[1:]])
-    _, phi_vjp, _ = jax.vjp(lambda S_: _rest_phi(S_, stats.n, reml, p), S, has_aux=True)
+    _, phi_vjp, _ = jax.vjp(lambda S_: _rest_phi(S_, stats, reml, p), S, has_aux=True)
     Sbar = phi_vjp(jnp.ones_like(f))[0]
     Sbar = 0.5 * (Sbar + Sbar.T)
     # φ's LAPACK calls before the inverse's, never side by side (see _inverse_from_cholesky)

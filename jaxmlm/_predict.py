@@ -234,6 +234,8 @@ def _predict_fit_rows(model, selected: tuple[_Selected, ...]) -> np.ndarray:
     """Predictions for the rows used in the fit, from the design's own X and Z (lme4 without newdata)."""
     design = model.design
     mu = design.X @ np.asarray(model.fixef)
+    if design.offset is not None:
+        mu = mu + design.offset
     for sel in selected:
         term = design.terms[sel.term]
         block = design.blocks[term.block]
@@ -415,10 +417,40 @@ def _column(col: pd.Series) -> pd.Series:
     return _prepare(col, False)
 
 
-def _predict_new(model, newdata: pd.DataFrame, selected: tuple[_Selected, ...], allow_new_levels: bool) -> np.ndarray:
+def _argument_offset(design, newdata: pd.DataFrame, offset) -> np.ndarray | None:
+    """The ``offset=`` argument's values for the rows of ``newdata``.
+
+    A model fitted with ``offset="column"`` reads that column of ``newdata``; one
+    fitted with an array needs the new rows' values as ``predict(..., offset=)``.
+    (lme4 1.1-31 silently leaves such an offset out of predictions for new data,
+    lme4 issue #447; here it is always included.)"""
+    if design.arg_offset is None:
+        if offset is not None:
+            raise PredictArgumentError("offset= is for models fitted with an offset= argument; this one has none "
+                                       "(offset() terms in the formula are evaluated on newdata)")
+        return None
+    if offset is None:
+        if design.offset_column is None:
+            raise PredictArgumentError(
+                "the model was fitted with offset= given as values, so predictions for new data need the new rows' "
+                "offsets: pass predict(newdata, offset=...) with one value per row (or fit with offset='column')")
+        if design.offset_column not in newdata.columns:
+            raise PredictArgumentError(f"newdata has no column {design.offset_column!r}, the model's offset")
+        values = newdata[design.offset_column]
+    else:
+        values = offset
+    values = np.asarray(values.to_numpy() if isinstance(values, pd.Series) else values)
+    if values.ndim != 1 or len(values) != len(newdata) or values.dtype.kind not in "iuf":
+        raise PredictArgumentError(f"the offset for newdata must be {len(newdata)} numbers, one per row")
+    return values.astype(np.float64)
+
+
+def _predict_new(model, newdata: pd.DataFrame, selected: tuple[_Selected, ...], allow_new_levels: bool,
+                 offset=None) -> np.ndarray:
     """Predictions for the rows of ``newdata`` (lme4's predict with ``newdata``, ``na.action = na.pass``)."""
     design = model.design
     columns = {c for c in newdata.columns if isinstance(c, str)}
+    arg_offset = _argument_offset(design, newdata, offset)
     fixed_cols, random_cols = _needed_columns(model, selected, columns)
     needed = fixed_cols | random_cols
     dup = sorted(c for c in needed if list(newdata.columns).count(c) > 1)
@@ -442,6 +474,11 @@ def _predict_new(model, newdata: pd.DataFrame, selected: tuple[_Selected, ...], 
     X_all, _ = _evaluate(design.fixed_spec, doubles, "the fixed-effects part")
     keep = [design.fixed_columns_all.index(nm) for nm in design.fixef_names]
     mu = X_all[:, keep] @ np.asarray(model.fixef)
+    offsets = [design.fixed_columns_all.index(nm) for nm in design.offset_columns]
+    if offsets:
+        mu = mu + X_all[:, offsets].sum(axis=1)
+    if arg_offset is not None:
+        mu = mu + arg_offset
     if fixed_cols:
         # na.pass: a missing predictor (also a missing factor level, which formulaic codes as zeros) gives NA.
         mu[frame[sorted(fixed_cols)].isna().any(axis=1).to_numpy()] = np.nan
@@ -488,7 +525,7 @@ def _predict_new(model, newdata: pd.DataFrame, selected: tuple[_Selected, ...], 
 
 
 def predict(
-    model, newdata: pd.DataFrame | None = None, re_form=None, allow_new_levels: bool = False, **kwargs
+    model, newdata: pd.DataFrame | None = None, re_form=None, allow_new_levels: bool = False, offset=None, **kwargs
 ) -> np.ndarray:
     """Predictions ``X β̂ + Z b̂`` as lme4's ``predict.merMod`` (``type = "link"``, the response scale of an LMM).
 
@@ -501,19 +538,25 @@ def predict(
     the fit never saw zero random effects instead of raising
     :class:`NewLevelsError`. Returns a float64 numpy array, one value per row
     (NaN where a predictor is missing, as lme4's default ``na.pass``).
+
+    Offsets are part of every prediction: ``offset()`` terms are evaluated on
+    ``newdata``; an ``offset=`` argument of the fit is read from ``newdata`` when
+    it was a column name, else passed here as ``offset`` (one value per new row).
     """
     if kwargs:
         raise PredictArgumentError(
-            f"predict() does not support {', '.join(sorted(kwargs))}; its arguments are newdata, re_form and "
-            "allow_new_levels"
+            f"predict() does not support {', '.join(sorted(kwargs))}; its arguments are newdata, re_form, "
+            "allow_new_levels and offset"
         )
     if not isinstance(allow_new_levels, (bool, np.bool_)):
         raise PredictArgumentError(f"allow_new_levels must be True or False, got {allow_new_levels!r}")
     selected = _select(model, re_form)
     if newdata is None:
+        if offset is not None:
+            raise PredictArgumentError("offset= goes with newdata: the rows of the fit have their offsets")
         if re_form is None:
             return np.array(model.fitted, dtype=np.float64)
         return _predict_fit_rows(model, selected)
     if not isinstance(newdata, pd.DataFrame):
         raise DataError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
-    return _predict_new(model, newdata, selected, bool(allow_new_levels))
+    return _predict_new(model, newdata, selected, bool(allow_new_levels), offset)

@@ -54,7 +54,7 @@ from ._objective import (
 )
 from ._optimize import STATUS, canonical_theta, diagonal_mask, fit_theta, lme4_start, snap_boundary
 from ._solution import solve
-from ._stats import Layout, Stats, _rest_positions, bucket, sufficient_stats
+from ._stats import Layout, Stats, _rest_positions, bucket, sufficient_stats, weighted_rows
 
 __all__ = [
     "simulate",
@@ -85,8 +85,10 @@ _XLA_OPTIONS: dict = {}
 
 
 class _Ops(NamedTuple):
-    """Design arrays the y-dependent statistics need: X (n, p), X⁺ (p, n), block-1 codes
-    g1 (n,) and values Z1 (n, k₁), and the rest blocks' positions P and values V (n, m_r)."""
+    """Design arrays the y-dependent statistics need, in the weighted rows of
+    :func:`jaxmlm._stats.weighted_rows`: X (n, p), X⁺ (p, n), block-1 codes g1 (n,) and
+    values Z1 (n, k₁), the rest blocks' positions P and values V (n, m_r); and how a
+    response becomes a weighted one, y* = √w (y − offset): sw = √w (n,), offset (n,)."""
 
     X: jax.Array
     Xpinv: jax.Array
@@ -94,18 +96,24 @@ class _Ops(NamedTuple):
     Z1: jax.Array
     P: jax.Array
     V: jax.Array
+    sw: jax.Array
+    offset: jax.Array
 
 
 def _ops(design, layout: Layout) -> _Ops:
-    X = np.asarray(design.X, float)
+    rows = weighted_rows(design)
+    X = np.asarray(rows.X, float)
     if layout.qr:
-        P, V = _rest_positions(design, layout.rest)
+        P, V = _rest_positions(design, layout.rest, rows.Z)
     else:
         P, V = np.zeros((design.n, 0), np.int32), np.zeros((design.n, 0))
     b1 = design.blocks[0]
     Xpinv = np.linalg.pinv(X) if X.shape[1] else np.zeros((0, design.n))
+    sw = np.ones(design.n) if rows.sw is None else rows.sw
+    offset = np.zeros(design.n) if design.offset is None else design.offset
     return _Ops(jnp.asarray(X), jnp.asarray(Xpinv), jnp.asarray(b1.codes.astype(np.int32)),
-                jnp.asarray(np.asarray(b1.Z, float)), jnp.asarray(P), jnp.asarray(np.asarray(V, float)))
+                jnp.asarray(np.asarray(rows.Z[0], float)), jnp.asarray(P), jnp.asarray(np.asarray(V, float)),
+                jnp.asarray(sw), jnp.asarray(offset, float))
 
 
 def _response_stats(Y: jax.Array, ops: _Ops, layout: Layout):
@@ -115,6 +123,8 @@ def _response_stats(Y: jax.Array, ops: _Ops, layout: Layout):
     the cross-products from cancelling, as in :mod:`jaxmlm._stats`), y' = y − Xβ₀,
     then Xᵀy' (c, p), y'ᵀy' (c,), Z₁ᵀy' per level (c, l₁, k₁), Z_rᵀy' (c, q_r).
     """
+    # Rows of weight 0 carry nothing (a simulated one is NaN: its variance is infinite).
+    Y = jnp.where(ops.sw > 0, (Y - ops.offset) * ops.sw, 0.0)
     beta0 = Y @ ops.Xpinv.T
     Yc = Y - beta0 @ ops.X.T
     xy = Yc @ ops.X
@@ -204,7 +214,7 @@ def _fit_one(theta0, base: Stats, zy1, xy, yy, zry, beta0, reml, layout: Layout,
     fac = factorize(theta, st, layout)
     beta, sigma, vcov = _estimates(fac, st, reml, layout.p)
     gmax = jnp.max(jnp.abs(opt.g))
-    return _Batch(theta, beta, sigma, vcov, criterion(fac, st.n, reml, layout.p), opt.status, opt.it, opt.nfev, gmax)
+    return _Batch(theta, beta, sigma, vcov, criterion(fac, st, reml, layout.p), opt.status, opt.it, opt.nfev, gmax)
 
 
 @partial(jax.jit, static_argnames=("layout", "max_iter"), compiler_options=_XLA_OPTIONS)
@@ -318,24 +328,34 @@ def _sim_kernel(mu, sigma, Ts, Zs, codes, U, E):
 def _simulate_spec(spec: _Spec, nsim: int, seed, use_u: bool) -> np.ndarray:
     d = spec.design
     n = d.n
+    mu = d.X @ spec.beta
+    if d.offset is not None:
+        mu = mu + d.offset
     if use_u:
         if spec.b is None:
             raise DataError("use_u=True needs the conditional modes of a fitted model")
-        mu = d.X @ spec.beta
         for blk, b in zip(d.blocks, spec.b):
             mu = mu + np.einsum("nk,nk->n", blk.Z, b[blk.codes])
         (E,) = _normals(seed, [(nsim, n)])
-        return np.asarray(mu[None, :] + spec.sigma * E)
+        return np.asarray(mu[None, :] + spec.sigma * _residual_scale(d) * E)
     shapes = [(nsim, blk.nlev, blk.k) for blk in d.blocks] + [(nsim, n)]
     *U, E = _normals(seed, shapes)
     Ts = [jnp.asarray(T) for T in _block_templates(spec.theta, spec.layout)]
     y = _sim_kernel(
-        jnp.asarray(d.X @ spec.beta), jnp.asarray(spec.sigma), tuple(Ts),
+        jnp.asarray(mu), jnp.asarray(spec.sigma), tuple(Ts),
         tuple(jnp.asarray(np.asarray(b.Z, float)) for b in d.blocks),
         tuple(jnp.asarray(b.codes.astype(np.int32)) for b in d.blocks),
-        tuple(jnp.asarray(u) for u in U), jnp.asarray(E),
+        tuple(jnp.asarray(u) for u in U), jnp.asarray(E * _residual_scale(d)),
     )
     return np.asarray(y)
+
+
+def _residual_scale(design) -> np.ndarray | float:
+    """1/√wᵢ: each row's residual SD relative to σ (NaN for a weight of 0: no finite variance)."""
+    if design.weights is None:
+        return 1.0
+    w = design.weights
+    return np.where(w > 0, 1.0 / np.sqrt(np.where(w > 0, w, 1.0)), np.nan)
 
 
 def _check_nsim(nsim) -> int:

@@ -276,26 +276,41 @@ class LinearMixedModel:
     def _fitted(self) -> np.ndarray:
         d = self.design
         mu = d.X @ self._beta
+        if d.offset is not None:
+            mu = mu + d.offset
         for i, blk in enumerate(d.blocks):
             mu = mu + np.einsum("nk,nk->n", blk.Z, self._b[i][blk.codes])
         return _readonly(mu)
 
     @property
     def fitted(self) -> np.ndarray:
-        """Fitted values Xβ̂ + Zb̂, one per row used in the fit."""
+        """Fitted values Xβ̂ + Zb̂ (+ the offset), one per row used in the fit."""
         return self._fitted
 
     @property
     def resid(self) -> np.ndarray:
-        """Response residuals y − fitted."""
+        """Response residuals y − fitted (not scaled by the prior weights, as lme4's default)."""
         return _readonly(self.design.y - self._fitted)
 
+    @property
+    def weights(self) -> np.ndarray:
+        """Prior weights of the rows used (all 1 without ``weights=``), as lme4's ``weights(m)``."""
+        w = self.design.weights
+        return _readonly(np.ones(self.nobs) if w is None else w)
+
+    @property
+    def pearson_resid(self) -> np.ndarray:
+        """Pearson residuals √wᵢ (yᵢ − fittedᵢ) / σ̂: scaled to unit variance (lme4's
+        ``residuals(m, "pearson", scaled = TRUE)``, which ``summary`` describes)."""
+        return _readonly(np.sqrt(self.weights) * (self.design.y - self._fitted) / self.sigma)
+
     # ---- prediction and simulation (jaxmlm/_predict.py, jaxmlm/_refit.py) -------
-    def predict(self, newdata: pd.DataFrame | None = None, re_form=None, allow_new_levels: bool = False, **kwargs):
+    def predict(self, newdata: pd.DataFrame | None = None, re_form=None, allow_new_levels: bool = False,
+                offset=None, **kwargs):
         """Predictions as lme4's ``predict.merMod`` (see :func:`jaxmlm._predict.predict`)."""
         from ._predict import predict
 
-        return predict(self, newdata, re_form=re_form, allow_new_levels=allow_new_levels, **kwargs)
+        return predict(self, newdata, re_form=re_form, allow_new_levels=allow_new_levels, offset=offset, **kwargs)
 
     def simulate(self, nsim: int = 1, seed=None, use_u: bool = False, **kwargs) -> np.ndarray:
         """Responses simulated from the fitted model, (nsim, nobs), as lme4's ``simulate.merMod``."""
@@ -484,6 +499,8 @@ def lmer(
     dtype: str = "float64",
     polish: bool = True,
     data_name: str | None = None,
+    weights=None,
+    offset=None,
 ) -> LinearMixedModel:
     """Fit a linear mixed model by REML (default) or maximum likelihood, as lme4's ``lmer``.
 
@@ -503,6 +520,15 @@ def lmer(
     so the estimates are those of a float64 fit; ``polish=False`` keeps the
     estimates in float32 (measured accuracy: README, "float32 mode").
     Inference (``coef_table``, ``confint``, ...) is always in float64.
+
+    ``weights``: prior weights, a column name or one value per row of ``data``
+    (lme4's ``weights``): row i's residual variance is σ²/wᵢ, so a weight is a
+    precision (or the number of observations a row averages); weights must be
+    ≥ 0, and a row of weight 0 carries no information. ``offset``: a known part
+    of the linear predictor with coefficient 1 (a column name or values), as
+    lme4's ``offset`` argument; ``offset(expr)`` terms in the formula do the same
+    and may be combined with it. ``fitted``, ``predict`` and ``simulate`` include
+    the offset.
     """
     if not isinstance(REML, (bool, np.bool_)):
         raise DataError(f"REML must be True or False, got {REML!r}")
@@ -510,7 +536,7 @@ def lmer(
         raise DataError(f"optimizer must be 'auto', 'newton', 'ai' or 'bfgs', got {optimizer!r}")
     if dtype not in ("float64", "float32"):
         raise DataError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
-    design = build_design(formula, data)
+    design = build_design(formula, data, weights=weights, offset=offset)
     # Small data (float64 mode): the pass over the rows runs in the optimizer's program
     # (_pass_fit_and_solve), unless the start needs the statistics first. A layout fitted
     # both to small and to larger data compiles both programs (once).

@@ -102,7 +102,7 @@ def solve(theta: jax.Array, stats: Stats, reml, layout: Layout) -> Solution:
     b1 = jnp.einsum("ij,gj->gi", T1, u1)
     var1 = sigma2 * jnp.einsum("ij,gjm,km->gik", T1, var1, T1)
     return Solution(beta_shifted + stats.beta0, jnp.sqrt(sigma2), vcov, b1, b_rest, var1, var_rest,
-                    criterion(fac, stats.n, reml, p))
+                    criterion(fac, stats, reml, p))
 
 
 def _solve_lt(L: jax.Array, x: jax.Array) -> jax.Array:

@@ -47,8 +47,8 @@ from . import _x64  # noqa: F401
 from ._design import Design
 from ._errors import DataError
 
-__all__ = ["Layout", "ONE_PROGRAM_ROWS", "OneChunk", "Stats", "bucket", "one_chunk", "stats_from_chunk",
-           "sufficient_stats"]
+__all__ = ["Layout", "ONE_PROGRAM_ROWS", "OneChunk", "Stats", "WeightedRows", "bucket", "one_chunk",
+           "stats_from_chunk", "sufficient_stats", "weighted_rows", "weights_constant"]
 
 CHUNK_ROWS = 1 << 16
 
@@ -92,7 +92,10 @@ class Layout(NamedTuple):
 
 
 class Stats(NamedTuple):
-    """Sufficient statistics (a pytree of arrays; see the module docstring)."""
+    """Sufficient statistics (a pytree of arrays; see the module docstring).
+
+    ``n`` counts the rows that carry information (weight > 0) and ``ldw`` is
+    Σ log wᵢ over them (0 without prior weights): the criterion's constant."""
 
     n: jax.Array
     A11: jax.Array
@@ -107,6 +110,7 @@ class Stats(NamedTuple):
     bb_e2: jax.Array
     bb_t: jax.Array
     beta0: jax.Array
+    ldw: jax.Array
 
 
 def theta_layout(design: Design) -> tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...]:
@@ -124,13 +128,46 @@ def theta_layout(design: Design) -> tuple[tuple[int, tuple[int, ...], tuple[int,
     return tuple((blk.k, tuple(p), tuple(i)) for blk, (p, i) in zip(design.blocks, per_block))
 
 
-def _rest_positions(design: Design, rest: tuple[tuple[int, int, int], ...]):
-    """Per row, the scalar rows of Z_r it touches (n, m_r) and the values there."""
+class WeightedRows(NamedTuple):
+    """The rows of the problem the engine solves: each row times √wᵢ, the response less its offset.
+
+    With prior weights wᵢ (residual variance σ²/wᵢ) and offset oᵢ, the model
+    y = Xβ + Zb + o + ε is the unweighted one for y* = √w (y − o), X* = √w X,
+    Z* = √w Z, whose likelihood differs by the constant ½ Σ log wᵢ (lme4's
+    ``ldW``; Bates et al. 2015, §3.6). ``sw`` is √w (None without weights)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    Z: tuple
+    sw: np.ndarray | None
+
+
+def weighted_rows(design: Design) -> WeightedRows:
+    """:class:`WeightedRows` of ``design`` (its own arrays where there are no weights and no offset)."""
+    y = design.y if design.offset is None else design.y - design.offset
+    if design.weights is None:
+        return WeightedRows(design.X, y, tuple(blk.Z for blk in design.blocks), None)
+    sw = np.sqrt(design.weights)
+    return WeightedRows(design.X * sw[:, None], y * sw, tuple(blk.Z * sw[:, None] for blk in design.blocks), sw)
+
+
+def weights_constant(design: Design) -> tuple[float, float]:
+    """(n, Σ log wᵢ) over the rows that carry information (wᵢ > 0): the criterion's n and constant."""
+    if design.weights is None:
+        return float(design.n), 0.0
+    pos = design.weights[design.weights > 0]
+    return float(len(pos)), float(np.sum(np.log(pos)))
+
+
+def _rest_positions(design: Design, rest: tuple[tuple[int, int, int], ...], Z: tuple | None = None):
+    """Per row, the scalar rows of Z_r it touches (n, m_r) and the values there (``Z``: the
+    blocks' matrices to use, default the design's)."""
     P, V = [], []
-    for (off, _, k), blk in zip(rest, design.blocks[1:]):
+    Z = tuple(blk.Z for blk in design.blocks) if Z is None else Z
+    for (off, _, k), blk, Zb in zip(rest, design.blocks[1:], Z[1:]):
         base = off + blk.codes[:, None] * k + np.arange(k)[None, :]
         P.append(base)
-        V.append(blk.Z)
+        V.append(Zb)
     return np.concatenate(P, axis=1).astype(np.int32), np.concatenate(V, axis=1)
 
 
@@ -182,7 +219,7 @@ def _pair_products(pair_a: np.ndarray, pair_g: np.ndarray, qr: int, size: int | 
 class _PassInputs(NamedTuple):
     """The host side of the pass: its row arrays (unpadded) and the engine sizes known before it."""
 
-    W: np.ndarray  # (n, p+1): X and y − Xβ₀
+    W: np.ndarray  # (n, p+1): X and y − Xβ₀ (weighted rows: :class:`WeightedRows`)
     g1: np.ndarray  # (n,) block-1 codes
     Z1: np.ndarray  # (n, k₁)
     P: np.ndarray  # (n, m_r) positions in Z_r
@@ -197,6 +234,8 @@ class _PassInputs(NamedTuple):
     nnz_true: int
     pair_a: np.ndarray
     pair_g: np.ndarray
+    n_info: float
+    ldw: float
 
 
 def _check_response_varies(design: Design, resid: np.ndarray) -> None:
@@ -205,7 +244,9 @@ def _check_response_varies(design: Design, resid: np.ndarray) -> None:
     Nothing is left for random effects or the residual to explain: the criterion has no
     minimum (σ → 0), and lme4 returns σ ≈ 1e-16 with convergence warnings.
     """
-    y = design.y
+    y = design.y if design.offset is None else design.y - design.offset
+    if design.weights is not None:
+        y = y * np.sqrt(design.weights)
     scale = float(np.max(np.abs(y))) if y.size else 0.0
     if y.size and np.max(np.abs(resid)) > 1e-10 * scale:
         return
@@ -230,13 +271,14 @@ def _pass_inputs(design: Design, chunk_rows: int, response: bool = True) -> _Pas
         rest.append((off, lp, blk.k))
         off += lp * blk.k
     qr = off
-    beta0 = np.linalg.lstsq(design.X, design.y, rcond=None)[0] if p else np.zeros(0)
-    resid = design.y - design.X @ beta0
+    rows = weighted_rows(design)
+    beta0 = np.linalg.lstsq(rows.X, rows.y, rcond=None)[0] if p else np.zeros(0)
+    resid = rows.y - rows.X @ beta0
     if response:
         _check_response_varies(design, resid)
-    W = np.column_stack([design.X, resid])
+    W = np.column_stack([rows.X, resid])
     if qr:
-        P, V = _rest_positions(design, tuple(rest))
+        P, V = _rest_positions(design, tuple(rest), rows.Z)
         keys = P.astype(np.int64) * l1 + b1.codes[:, None]
         uniq, E = np.unique(keys.ravel(), return_inverse=True)
         E = E.reshape(P.shape).astype(np.int32)
@@ -251,8 +293,9 @@ def _pass_inputs(design: Design, chunk_rows: int, response: bool = True) -> _Pas
         nnz = nnz_true = 0
         pair_a = pair_g = np.zeros(0, np.int32)
     chunk = min(chunk_rows, max(256, 1 << (n - 1).bit_length()))
-    return _PassInputs(W, b1.codes.astype(np.int32), b1.Z, P, V, E, beta0, chunk, l1, tuple(rest), qr, nnz,
-                       nnz_true, pair_a, pair_g)
+    n_info, ldw = weights_constant(design)
+    return _PassInputs(W, b1.codes.astype(np.int32), rows.Z[0], P, V, E, beta0, chunk, l1, tuple(rest), qr, nnz,
+                       nnz_true, pair_a, pair_g, n_info, ldw)
 
 
 def _chunks(inp: _PassInputs):
@@ -288,7 +331,7 @@ def _layout_and_index(design: Design, inp: _PassInputs, bbt: str | None) -> tupl
         p=design.X.shape[1], k1=k1, l1=inp.l1, rest=inp.rest, qr=qr, nnz=inp.nnz, npairs=npairs, bbt=bbt,
         templates=templates, ntheta=sum(len(t[2]) for t in templates),
     )
-    index = (np.asarray(float(len(inp.W))), inp.pair_a, inp.pair_g, bb_e1, bb_e2, bb_t, inp.beta0)
+    index = (np.asarray(inp.n_info), inp.pair_a, inp.pair_g, bb_e1, bb_e2, bb_t, inp.beta0, np.asarray(inp.ldw))
     return layout, index
 
 

@@ -224,6 +224,20 @@ def test_options_after_positionals(capsys, sleepstudy_file):
     assert json.loads(out)["REML"] is False
 
 
+def test_weights_and_offset_columns(capsys, tmp_path):
+    df = jaxmlm.load_example("sleepstudy").assign(w=np.linspace(0.5, 2.0, 180), o=np.linspace(-1.0, 1.0, 180),
+                                                  s="a")
+    path = tmp_path / "w.csv"
+    df.to_csv(path, index=False)
+    status, out, err = run_cli(capsys, "fit", "--no-cache", "--json", str(path), "Reaction ~ Days + (Days | Subject)",
+                               "--weights", "w", "--offset", "o")
+    assert status == 0, err
+    m = jaxmlm.lmer("Reaction ~ Days + (Days | Subject)", df, weights="w", offset="o")
+    assert abs(json.loads(out)["loglik"] - m.loglik) < 1e-8
+    status, out, err = run_cli(capsys, "fit", "--no-cache", str(path), "Reaction ~ Days + (1 | Subject)", "--weights", "s")
+    assert status == 2 and "weights must be numeric" in err and "Traceback" not in err
+
+
 def test_missing_values_dropped_and_reported(capsys, tmp_path):
     df = jaxmlm.load_example("sleepstudy")
     df.loc[[3, 7], "Reaction"] = np.nan
