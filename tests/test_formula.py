@@ -190,7 +190,7 @@ SYNTAX_ERRORS = [
     ("y ~ x + (1 ||| g)", "'|||'", 13),
     ("y | z ~ x + (1 | g)", "right of '~'", 2),
     ("y ~ `x + (1 | g)", "never closed", 4),
-    ("y ~ x + offset(z) + (1 | g)", "offset", 8),
+    ("y ~ x + (1 + offset(z) | g)", "offset", 13),
     ("y ~ (x ** || g)", "cannot parse the random-effects term", 5),
 ]
 
