@@ -151,21 +151,13 @@ def _ols_criterion(m, reml: bool) -> float:
     return float(deviance(jnp.zeros(m.layout.ntheta), m.stats, jnp.asarray(1.0 if reml else 0.0), m.layout))
 
 
-def _frame(m) -> pd.DataFrame:
-    frame = getattr(m.design, "frame", None)
-    if frame is None:
-        raise JaxmlmError("this model does not carry its model frame (m.design.frame), which a refit of "
-                          "a different formula needs; refit the model with the current jaxmlm version")
-    return frame
-
-
 # ---- checks shared by the comparisons ------------------------------------------------------------
 
 
 def _check_model(m, what: str) -> None:
-    from ._results import LinearMixedModel
-
-    if not isinstance(m, LinearMixedModel):
+    """A fitted model is what these functions read: its design, layout, statistics and estimates
+    (checked by what it has, so that this module needs no model class)."""
+    if not all(hasattr(m, a) for a in ("design", "layout", "stats", "theta", "objective", "update")):
         raise JaxmlmError(f"{what} must be a model fitted with jaxmlm.lmer, got {type(m).__name__}")
 
 
@@ -495,13 +487,11 @@ def _same(a, b) -> bool:
 
 def _refit_terms(m, terms: list[str]) -> tuple[int, float]:
     """Fit the formula with the random terms ``terms`` on the model frame (same REML setting)."""
-    from ._results import lmer
-
     parsed = m.design.formula
     formula = f"{parsed.lhs} ~ {parsed.fixed_rhs} + " + " + ".join(terms)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        r = lmer(formula, _frame(m), REML=m.REML, weights=m.design.weights, offset=m.design.arg_offset)
+        r = m.update(formula)
     if r.nobs != m.nobs:
         raise DataError(f"the reduced model {formula!r} uses {r.nobs} rows, the model {m.nobs}; "
                         "remove rows with missing values before fitting")

@@ -836,7 +836,7 @@ def _with_parameters(spec: _Spec, fixef=None, theta=None, varcorr=None, sigma=No
 def _spec_from_formula(formula: str, data: pd.DataFrame, REML: bool) -> _Spec:
     """A design without fitted parameters, for simulation from given values. A response
     column missing from ``data`` is added as a placeholder (its values are never used)."""
-    from ._design import build_design
+    from ._frontend import build_design
     from ._formula import parse_formula
 
     if not isinstance(data, pd.DataFrame):

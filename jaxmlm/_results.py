@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from . import _programs, _x64  # noqa: F401  (float64 before any array exists)
-from ._design import Design, build_design
-from ._errors import ConvergenceError, ConvergenceWarning, DataError
+from ._design import Design
+from ._frontend import build_design
+from ._errors import ConvergenceError, ConvergenceWarning, DataError, JaxmlmError
 from ._optimize import (
     STATUS,
     OptState,
@@ -303,6 +304,17 @@ class LinearMixedModel:
         """Pearson residuals √wᵢ (yᵢ − fittedᵢ) / σ̂: scaled to unit variance (lme4's
         ``residuals(m, "pearson", scaled = TRUE)``, which ``summary`` describes)."""
         return _readonly(np.sqrt(self.weights) * (self.design.y - self._fitted) / self.sigma)
+
+    # ---- refitting --------------------------------------------------------------------
+    def update(self, formula: str | None = None, *, REML: bool | None = None) -> LinearMixedModel:
+        """The model refitted, as lme4's ``update``: with another ``formula`` and/or REML setting,
+        on the same rows (the model frame), prior weights and ``offset=`` argument."""
+        d = self.design
+        if d.frame is None:
+            raise JaxmlmError("this model does not carry its model frame (m.design.frame), which a refit of a "
+                              "different formula needs; refit the model with the current jaxmlm version")
+        return lmer(self.formula if formula is None else formula, d.frame, REML=self.REML if REML is None else REML,
+                    weights=d.weights, offset=d.arg_offset, data_name=self.data_name)
 
     # ---- prediction and simulation (jaxmlm/_predict.py, jaxmlm/_refit.py) -------
     def predict(self, newdata: pd.DataFrame | None = None, re_form=None, allow_new_levels: bool = False,

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 import jaxmlm
-from jaxmlm._design import Design, build_design, r_column_name
+from jaxmlm._design import Design, r_column_name
+from jaxmlm._frontend import build_design
 from jaxmlm._errors import (
     DataError,
     DataWarning,
@@ -861,7 +862,7 @@ def test_saved_spec_rebuilds_the_fixed_columns():
 # ---- the fast path (plain columns, no formulaic) builds what formulaic builds --------------------------
 
 from conftest import CASES, case_data  # noqa: E402
-from jaxmlm._design import _fast_design  # noqa: E402
+from jaxmlm._frontend import _fast_design  # noqa: E402
 from jaxmlm._formulaic import formulaic_design as _formulaic_design  # noqa: E402
 from jaxmlm._formula import parse_formula  # noqa: E402
 

@@ -17,7 +17,7 @@ from conftest import CASES, case_data
 from jax import export
 
 import jaxmlm
-from jaxmlm._design import build_design
+from jaxmlm._frontend import build_design
 from jaxmlm._inference import theta_derivatives
 from jaxmlm._optimize import diagonal_mask
 from jaxmlm._refit import _ops, _refit_chunk

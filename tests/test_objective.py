@@ -7,7 +7,7 @@ import pytest
 from _dense import dense_criterion
 from conftest import CASES, case_data
 
-from jaxmlm._design import build_design
+from jaxmlm._frontend import build_design
 from jaxmlm._objective import deviance, deviance_and_grad, deviance_hessian
 from jaxmlm._solution import solve
 from jaxmlm._stats import sufficient_stats

@@ -21,7 +21,7 @@ import pytest
 from _dense import dense_z_lambda
 from conftest import CASES, case_data
 
-from jaxmlm._design import build_design
+from jaxmlm._frontend import build_design
 from jaxmlm._objective import (
     _deviance,
     average_information,

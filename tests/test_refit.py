@@ -74,7 +74,7 @@ def test_refit_many_matches_individual_fits(fits, cid):
 
 
 def test_sdcor_columns_are_lme4_confint_names():
-    from jaxmlm._design import build_design
+    from jaxmlm._frontend import build_design
 
     for cid in ["sleepstudy_rs", "sleepstudy_uncorr", "pastes_nested", "penicillin_crossed"]:
         design = build_design(CASES[cid]["formula"], case_data(CASES[cid]))

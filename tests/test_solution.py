@@ -12,7 +12,7 @@ import pytest
 from _dense import dense_criterion, dense_z_lambda
 from conftest import CASES, case_data
 
-from jaxmlm._design import build_design
+from jaxmlm._frontend import build_design
 from jaxmlm._solution import solve
 from jaxmlm._stats import sufficient_stats
 

@@ -6,7 +6,7 @@ import pytest
 from _dense import dense_z_lambda
 from conftest import CASES, case_data
 
-from jaxmlm._design import build_design
+from jaxmlm._frontend import build_design
 from jaxmlm._objective import deviance
 from jaxmlm._stats import bucket, sufficient_stats
 

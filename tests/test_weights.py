@@ -1,4 +1,4 @@
-"""Prior weights and offsets (jaxmlm/_design.py ``with_prior``, jaxmlm/_stats.py ``weighted_rows``).
+"""Prior weights and offsets (jaxmlm/_frontend.py ``with_prior``, jaxmlm/_stats.py ``weighted_rows``).
 
 * lme4 1.1-31 parity on generated cases (tests/reference/weights/, made by
   make_weights_reference.R): log-likelihood, θ, σ, fixed effects and their
@@ -12,7 +12,6 @@
 """
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +291,15 @@ def test_lme4_predictions_with_offsets(which):
     _close(m.predict(new, re_form=False, **kwargs), ref["manual_newdata_re_na_with_offset"], rtol=1e-4, atol=1e-4)
     if which == "offset_formula":
         _close(m.predict(new, allow_new_levels=True), ref["predict_newdata"], rtol=1e-4, atol=1e-4)
+
+
+def test_update_keeps_rows_weights_and_offset(sleep):
+    df = sleep.copy()
+    df.loc[df.index[:3], "Days"] = np.nan  # rows the model drops stay dropped in the update
+    m = jaxmlm.lmer("Reaction ~ Days + (Days | Subject)", df, weights="w", offset=2.0 * df.z.to_numpy())
+    u = m.update("Reaction ~ Days + (1 | Subject)", REML=False)
+    direct = jaxmlm.lmer("Reaction ~ Days + (1 | Subject)", df, weights="w", offset=2.0 * df.z.to_numpy(), REML=False)
+    assert u.nobs == direct.nobs == len(df) - 3
+    _close(u.loglik, direct.loglik, rtol=1e-10)
+    _close(u.fixef, direct.fixef)
+    _close(m.update().loglik, m.loglik, rtol=1e-12)
