@@ -142,7 +142,7 @@ def all_fit(m, optimizers=None, n_random: int = 3, seed=0, max_iter: int = 200) 
             )
             fixefs.append(beta)
             thetas.append(theta)
-            sdcors.append(np.append(_sdcor(theta, np.array([sigma]), design)[0], sigma))
+            sdcors.append(np.append(_sdcor(theta, np.array([sigma]), design, m.layout)[0], sigma))
         times[opt] = time.perf_counter() - t0
     index = pd.MultiIndex.from_frame(pd.DataFrame([(r["optimizer"], r["start"]) for r in rows],
                                                   columns=["optimizer", "start"]))

@@ -378,7 +378,9 @@ def _reductions(design, i: int, pos: list[int]):
     nonint = [(s, idx, t) for s, idx, t in by_term if s != "1"]
     k = term.k
     block_cols = [(term.block, term.offset + c) for c in range(k)]
-    ntheta = k * (k + 1) // 2
+    ntheta = term.cov.nparams
+    if term.cov.kind != "us":  # a structured term is removed whole (its structure has no smaller version)
+        return [(term.cov.text(lhs, rt.group_name), "zero", (block_cols, ntheta))]
     if not nonint:
         return [(label_form, "zero", (block_cols, ntheta))]
     fsets = [frozenset(str(f) for f in t.factors) for _, _, t in nonint]
@@ -403,7 +405,8 @@ def _reductions(design, i: int, pos: list[int]):
             kk = len(new_cols)
             out.append((label, "zero", ([(term.block, term.offset + c) for c in drop], ntheta - kk * (kk + 1) // 2)))
         else:
-            terms = [f"({parsed[h].expr} | {_group_text(parsed[h])})" for h in range(len(parsed)) if h != i]
+            terms = [design.terms[pos[h]].cov.text(parsed[h].expr, _group_text(parsed[h]))
+                     for h in range(len(parsed)) if h != i]
             terms.append(f"({new_lhs} | {_group_text(rt)})")
             out.append((label, "refit", terms))
     return out
@@ -431,8 +434,8 @@ def ranova(m, reduce_terms: bool = True) -> pd.DataFrame:
         else:
             t = design.terms[pos[i]]
             rt = design.formula.random[i]
-            reds = [(f"({_deparse(rt.expr)} | {rt.group_name})", "zero",
-                     ([(t.block, t.offset + c) for c in range(t.k)], t.k * (t.k + 1) // 2))]
+            reds = [(t.cov.text(_deparse(rt.expr), rt.group_name), "zero",
+                     ([(t.block, t.offset + c) for c in range(t.k)], t.cov.nparams))]
         for label, action, payload in reds:
             if action == "zero":
                 cols, removed = payload
@@ -460,7 +463,8 @@ def _model_formula(design) -> str:
     parsed = design.formula
     if "||" not in parsed.text:
         return parsed.text
-    bars = " + ".join(f"({_deparse(rt.expr)} | {rt.group_name})" for rt in parsed.random)
+    pos = _formula_positions(design)
+    bars = " + ".join(design.terms[q].cov.text(_deparse(rt.expr), rt.group_name) for rt, q in zip(parsed.random, pos))
     return f"{parsed.lhs} ~ {_deparse(parsed.fixed_rhs)} + {bars}"
 
 

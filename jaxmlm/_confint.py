@@ -67,7 +67,7 @@ from scipy import stats as sps
 
 from . import _x64  # noqa: F401
 from ._compare import lift_zero_diagonals, refit_criterion, zero_columns
-from ._errors import ConvergenceWarning, JaxmlmError
+from ._errors import ConvergenceWarning, InferenceError, JaxmlmError
 from ._objective import factorize
 from ._optimize import canonical_theta, diagonal_mask
 from ._solution import solve
@@ -100,13 +100,9 @@ def _theta_index(t0: int, k: int, r: int, c: int) -> int:
 def _params(m) -> list[_Param]:
     out = []
     for t, term in enumerate(m.design.terms):
-        cols = term.columns
-        for c in range(term.k):
-            for r in range(c, term.k):
-                if r == c:
-                    out.append(_Param(f"sd_{cols[r]}|{term.group}", SD, t, r))
-                else:
-                    out.append(_Param(f"cor_{cols[r]}.{cols[c]}|{term.group}", COR, t, r, c))
+        names = term.cov.sdcor_names(term.columns, term.group)
+        for name, (kind, r, c) in zip(names, term.cov.sdcor_labels()):
+            out.append(_Param(name, SD, t, r) if kind == "sd" else _Param(name, COR, t, r, c))
     out.append(_Param("sigma", SIGMA))
     out += [_Param(nm, BETA, fixef=j) for j, nm in enumerate(m.design.fixef_names)]
     return out
@@ -183,6 +179,12 @@ def confint(m, method: str = "profile", level: float = 0.95, parm=None, nsim: in
     if key == "wald":
         return _wald(m, float(level), parm)
     if key == "profile":
+        other = sorted({t.cov.kind for t in m.design.terms if t.cov.kind != "us"})
+        if other:
+            raise InferenceError(
+                f"profile intervals for models with {'/'.join(k + '()' for k in other)} terms are not supported yet; "
+                "use method='boot', method='wald' (fixed effects) or m.variance_components() (Wald intervals of "
+                "the SDs and correlations)")
         return _profile(m, float(level), parm, **kwargs)
     if key in ("boot", "bootstrap"):
         out = m.bootstrap(nsim, seed=seed, **kwargs).confint(level)

@@ -51,10 +51,12 @@ import pandas as pd
 from ._errors import (
     DataError,
     DataWarning,
+    FormulaError,
     GroupingError,
     RankDeficiencyWarning,
     UnknownColumnError,
 )
+from ._covariance import Structure, make_structure
 from ._formula import ParsedFormula, RandomTerm, _mask_quoted
 
 __all__ = ["Term", "Block", "Design", "r_column_name"]
@@ -67,7 +69,8 @@ class Term:
     Attributes: ``group`` (grouping factor label, e.g. ``"cask:batch"``),
     ``vc_name`` (label in VarCorr, made unique as R's ``make.unique``),
     ``columns`` (names of the k model-matrix columns), ``block`` (index of
-    the engine block holding it), ``offset`` (first column in that block).
+    the engine block holding it), ``offset`` (first column in that block),
+    ``cov`` its covariance structure (:mod:`jaxmlm._covariance`).
     """
 
     group: str
@@ -76,6 +79,11 @@ class Term:
     block: int
     offset: int
     _spec: object = field(repr=False, compare=False)
+    cov: Structure = None  # type: ignore[assignment]  # set in __post_init__ when not given
+
+    def __post_init__(self):
+        if self.cov is None:
+            object.__setattr__(self, "cov", make_structure("us", len(self.columns)))
 
     @property
     def k(self) -> int:
@@ -582,6 +590,33 @@ def _resolve(spec):
     return spec.get() if isinstance(spec, _Deferred) else spec
 
 
+def _check_ar1(term: RandomTerm, columns: tuple[str, ...], spec) -> None:
+    """ar1() needs the indicator columns of one factor (its levels the ordered, equally spaced times)."""
+    where = f"ar1({term.expr} | {term.group_name})"
+    spec = _resolve(spec)
+    kinds = {str(f): state[0] for f, state in spec.encoder_state.items()}
+    from formulaic.parser.types import Factor
+
+    factor_terms = [t for t in spec.terms if t.factors and not all(f.expr == "1" for f in t.factors)]
+    intercept = any(not t.factors or all(f.expr == "1" for f in t.factors) for t in spec.terms)
+    if (intercept or len(factor_terms) != 1 or len(kinds) != 1
+            or next(iter(kinds.values())) is not Factor.Kind.CATEGORICAL):
+        raise FormulaError(
+            f"{where}: ar1() correlates the levels of one factor (times in order), written without an intercept, "
+            "e.g. ar1(0 + time | g) with time a factor; for a numeric time use factor(time)")
+    state = next(iter(spec.encoder_state.values()))[1]
+    levels = [str(v) for v in state.get("categories", [])]
+    try:
+        values = np.array([float(v) for v in levels])
+    except ValueError:
+        return  # labels that are not numbers: their order is the time order
+    steps = np.diff(values)
+    if len(steps) and (np.any(steps <= 0) or not np.allclose(steps, steps[0])):
+        raise DataError(
+            f"{where}: ar1() needs equally spaced times, but the levels of its factor are {', '.join(levels)}; "
+            "add the missing times as levels (pd.Categorical with every time) or use cs() or us()")
+
+
 def _no_complete_rows() -> DataError:
     return DataError("no complete rows: every row has a missing value in a variable of the formula")
 
@@ -643,7 +678,9 @@ def _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, fixed_spec
         off = 0
         for i in idx:
             term, Z, cols_t, codes, labels, spec = raw[i]
-            terms[i] = Term(g, vc_names[i], cols_t, b, off, spec)
+            if term.structure == "ar1":
+                _check_ar1(term, cols_t, spec)
+            terms[i] = Term(g, vc_names[i], cols_t, b, off, spec, make_structure(term.structure, len(cols_t), term.hom))
             off += len(cols_t)
         first = raw[idx[0]]
         blocks.append(

@@ -45,13 +45,17 @@ class RandomTerm:
     ``"1 + Days"``); ``factors`` the grouping columns, outermost last as lme4
     orders them (``b:a`` is ``("b", "a")``); ``group_name`` lme4's label;
     ``span`` the ``(start, stop)`` slice of the whole bar term in the formula
-    text, for error messages (``None`` when built by hand).
+    text, for error messages (``None`` when built by hand); ``structure`` its
+    covariance structure (:data:`STRUCTURES`) and ``hom`` whether its variances
+    are one (``hom = TRUE``; ar1's default, as glmmTMB's).
     """
 
     expr: str
     factors: tuple[str, ...]
     group_name: str
     span: tuple[int, int] | None = field(default=None, compare=False)
+    structure: str = "us"
+    hom: bool = False
 
 
 @dataclass(frozen=True)
@@ -354,7 +358,11 @@ def _parse(formula: str) -> ParsedFormula:
             continue
         j = _matching_paren(masked, i, formula, 0)
         a, b = _unwrap(masked, i, j)
-        bar = None if _is_call(masked, i) else _top_level_bar(masked[a + 1 : b])
+        structure, hom, start = "us", None, i
+        if _is_call(masked, i) and "|" in masked[i:j]:
+            structure, hom, start, b = _structure_call(formula, masked, i, j)
+            a = i
+        bar = None if _is_call(masked, i) and structure == "us" and start == i else _top_level_bar(masked[a + 1 : b])
         if bar is None:
             if "|" in masked[i:j]:
                 raise FormulaSyntaxError(
@@ -364,14 +372,17 @@ def _parse(formula: str) -> ParsedFormula:
                 )
             i = j + 1
             continue
-        before, after = _neighbours(masked, i, j + 1)
+        before, after = _neighbours(masked, start, j + 1)
         if before is not None and masked[before] == "-":
-            raise FormulaSyntaxError("a random-effects term cannot be subtracted", formula, i)
+            raise FormulaSyntaxError("a random-effects term cannot be subtracted", formula, start)
         if (before is not None and masked[before] not in "+~") or (after is not None and masked[after] not in "+-"):
             raise FormulaSyntaxError(
-                "a random-effects term (expr | group) must be added to the formula with '+'", formula, i
+                "a random-effects term (expr | group) must be added to the formula with '+'", formula, start
             )
         pos, width = bar
+        if width == 2 and start != i:
+            raise FormulaSyntaxError(f"'||' inside {structure}(): write diag(... | g) for uncorrelated effects",
+                                     formula, a + 1 + pos)
         bar_at = a + 1 + pos
         expr = formula[a + 1 : bar_at].strip()
         if not expr:
@@ -391,8 +402,9 @@ def _parse(formula: str) -> ParsedFormula:
         # lme4 expands '||' first, then the slash in each resulting term.
         for e in exprs:
             for factors, label in nests:
-                random.append(RandomTerm(e, factors, label, span=(i, j + 1)))
-        spans.append((i, j + 1))
+                random.append(RandomTerm(e, factors, label, span=(start, j + 1), structure=structure,
+                                         hom=bool(hom) if hom is not None else structure == "ar1"))
+        spans.append((start, j + 1))
         i = j + 1
 
     if not random:
@@ -406,6 +418,41 @@ def _parse(formula: str) -> ParsedFormula:
         fixed_rhs=_translate_r_operators(_fixed_part(formula, masked, tilde, spans)),
         random=tuple(random),
     )
+
+
+#: Covariance structures of a random-effects term, as lme4 ≥ 2.0 and glmmTMB write them:
+#: ``us(1 + x | g)`` (unstructured, the default), ``diag(...)``, ``cs(...)``, ``ar1(...)``.
+STRUCTURES = ("us", "diag", "cs", "ar1")
+
+
+def _structure_call(formula: str, masked: str, i: int, j: int) -> tuple[str, bool | None, int, int]:
+    """A structure call ``name(expr | g[, hom = TRUE])`` whose '(' is at ``i`` and ')' at ``j``:
+    (name, hom or None, where the name starts, where the bar term ends)."""
+    m = re.search(r"([A-Za-z_.][A-Za-z0-9_.]*)\s*$", masked[:i])
+    name = m.group(1) if m else ""
+    if name not in STRUCTURES:
+        raise FormulaSyntaxError(
+            f"unknown covariance structure {name + '()' if name else ''}: a random-effects term is (expr | g) or "
+            "one of us(expr | g) (unstructured), diag(expr | g), cs(expr | g) (compound symmetry), ar1(expr | g)",
+            formula, m.start(1) if m else i)
+    depth, commas = 0, []
+    for k in range(i + 1, j):
+        depth += masked[k] == "("
+        depth -= masked[k] == ")"
+        if masked[k] == "," and depth == 0:
+            commas.append(k)
+    end = commas[0] if commas else j
+    hom = None
+    for c0, c1 in zip(commas, [*commas[1:], j]):
+        opt = re.fullmatch(r"\s*hom\s*=\s*(TRUE|FALSE|True|False|T|F)\s*", formula[c0 + 1 : c1])
+        if not opt:
+            raise FormulaSyntaxError(f"{name}() takes one random-effects term and optionally hom = TRUE or FALSE",
+                                     formula, c0 + 1)
+        hom = opt.group(1).startswith("T")
+    if hom is not None and name == "us":
+        raise FormulaSyntaxError("us() has no hom option (an unstructured covariance has a variance per column)",
+                                 formula, commas[0] + 1)
+    return name, hom, m.start(1), end
 
 
 def _fixed_part(formula: str, masked: str, tilde: int, spans: list[tuple[int, int]]) -> str:

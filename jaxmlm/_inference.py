@@ -244,36 +244,20 @@ def kr_parts(gamma, stats: Stats, rows, cols, pidx, layout: Layout):
 def _theta_from_eta(eta, theta_hat, spec):
     """η (log SDs, atanh correlations per free term; log σ last) → (θ, σ).
 
-    ``spec`` (static): per free term (k, offset in η, offset in θ). Terms not
-    listed keep θ̂. T_t = D chol(R) / σ is lower triangular with a positive
-    diagonal: exactly lme4's template.
+    ``spec`` (static): per free term (structure, offset in η, offset in θ). Terms not
+    listed keep θ̂. Each structure maps its SDs and correlations back to its
+    parameters (:meth:`jaxmlm._covariance.Structure.params_from_sdcor`; for us,
+    T = D chol(R) / σ: exactly lme4's template).
     """
     sigma = jnp.exp(eta[-1])
     theta = theta_hat
-    for k, eo, to in spec:
-        sd = jnp.exp(eta[eo : eo + k])
-        R = jnp.eye(k)
-        il, jl = _corr_pairs(k)
-        if len(il):
-            r = jnp.tanh(eta[eo + k : eo + k + len(il)])
-            R = R.at[il, jl].set(r).at[jl, il].set(r)
-        T = sd[:, None] * jnp.linalg.cholesky(R) / sigma
-        jj, ii = _colmajor_lower(k)
-        theta = theta.at[to : to + len(ii)].set(T[ii, jj])
+    for cov, eo, to in spec:
+        labels = cov.sdcor_labels()
+        ns = sum(kind == "sd" for kind, _, _ in labels)
+        sd = jnp.exp(eta[eo : eo + ns])
+        cor = jnp.tanh(eta[eo + ns : eo + len(labels)])
+        theta = theta.at[to : to + cov.nparams].set(cov.params_from_sdcor(sd, cor, sigma))
     return theta, sigma
-
-
-def _corr_pairs(k: int):
-    """(row, column) of each correlation in varcorr's order: column j, then rows i > j."""
-    pairs = [(i, j) for j in range(k) for i in range(j + 1, k)]
-    return np.array([i for i, _ in pairs], dtype=int), np.array([j for _, j in pairs], dtype=int)
-
-
-def _colmajor_lower(k: int):
-    """(column, row) indices of a k × k lower triangle, column by column (lme4's θ order)."""
-    jj = np.array([j for j in range(k) for i in range(j, k)], dtype=int)
-    ii = np.array([i for j in range(k) for i in range(j, k)], dtype=int)
-    return jj, ii
 
 
 def vc_deviance(eta, theta_hat, stats: Stats, reml, layout: Layout, spec):
@@ -738,35 +722,37 @@ def contest(m, L, ddf: str = "Satterthwaite", rhs=0.0) -> pd.DataFrame:
 
 
 def _vc_spec(m):
-    """Free terms (no zero template diagonal) as (k, η offset, θ offset); their indices; the boundary terms."""
+    """Free terms (no scale at 0) as (structure, η offset, θ offset); their indices; the boundary terms."""
     spec, free, boundary = [], [], []
     eo = to = 0
     for t, term in enumerate(m.design.terms):
-        k = term.k
-        ntheta = k * (k + 1) // 2
-        jj, ii = _colmajor_lower(k)
-        diag = m.theta[to : to + ntheta][jj == ii]
-        if np.all(diag >= BOUNDARY_TOL):
-            spec.append((k, eo, to))
+        cov = term.cov
+        scales = m.theta[to : to + cov.nparams][cov.scale_mask()]
+        if np.all(np.abs(scales) >= BOUNDARY_TOL):
+            spec.append((cov, eo, to))
             free.append(t)
-            eo += k + k * (k - 1) // 2
+            eo += len(cov.sdcor_labels())
         else:
             boundary.append(t)
-        to += ntheta
+        to += cov.nparams
     return tuple(spec), tuple(free), tuple(boundary)
+
+
+def _sd_first(cov) -> list[int]:
+    """Positions of a structure's natural parameters with the SDs first (η's order)."""
+    labels = cov.sdcor_labels()
+    return [n for n, lab in enumerate(labels) if lab[0] == "sd"] + [n for n, lab in enumerate(labels) if lab[0] == "cor"]
 
 
 def _eta_hat(m, free):
     """η̂: log SDs and atanh correlations of the free terms, log σ̂."""
     eta = []
     for t in free:
-        k = m.design.terms[t].k
-        S = m._term_cov(t)
-        sd = np.sqrt(np.diag(S))
-        eta.extend(np.log(sd))
-        for j in range(k):
-            for i in range(j + 1, k):
-                eta.append(np.arctanh(S[i, j] / (sd[i] * sd[j])))
+        cov = m.design.terms[t].cov
+        v = cov.sdcor(m._term_cov(t))[_sd_first(cov)]
+        ns = sum(kind == "sd" for kind, _, _ in cov.sdcor_labels())
+        eta.extend(np.log(v[:ns]))
+        eta.extend(np.arctanh(v[ns:]))
     eta.append(np.log(m.sigma))
     return np.asarray(eta)
 
@@ -837,40 +823,30 @@ def variance_components(m, level: float = 0.95) -> pd.DataFrame:
     rows = []
     free = {t: eo for t, (_, eo, _) in zip(free_terms, spec)}
     for t, term in enumerate(m.design.terms):
-        S = m._term_cov(t)
-        sd = np.sqrt(np.diag(S))
-        k = term.k
+        cov = term.cov
+        labels = cov.sdcor_labels()
+        values = cov.sdcor(m._term_cov(t))
+        order = _sd_first(cov)  # η holds the SDs first, then the correlations
+        se = np.full(len(labels), np.nan)
         if t in free:
-            eo = free[t]
-            se_log = se_eta[eo : eo + k]
-            se_z = list(se_eta[eo + k : eo + k + k * (k - 1) // 2])
-        else:
-            se_log = np.full(k, np.nan)
-            se_z = [np.nan] * (k * (k - 1) // 2)
-        for i, c in enumerate(term.columns):
-            lo, hi = _log_ci(sd[i], se_log[i], z)
-            rows.append((f"sd_{c}|{term.vc_name}", term.vc_name, c, None, "sd", sd[i], sd[i] * se_log[i], lo, hi))
-            rows.append(
-                (f"var_{c}|{term.vc_name}", term.vc_name, c, None, "var", sd[i] ** 2,
-                 2.0 * sd[i] ** 2 * se_log[i], lo**2, hi**2)
-            )
-        n = 0
-        for j in range(k):
-            for i in range(j + 1, k):
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    r = S[i, j] / (sd[i] * sd[j])
-                s = se_z[n]
-                n += 1
+            se[order] = se_eta[free[t] : free[t] + len(labels)]
+        names = cov.sdcor_names(term.columns, term.group)  # confint's names (the factor, not VarCorr's g.1)
+        for n in order:  # SDs (and variances) first, then correlations
+            (kind, i, j), v, s, name = labels[n], values[n], se[n], names[n]
+            c = term.columns[i]
+            if kind == "sd":
+                lo, hi = _log_ci(v, s, z)
+                rows.append((name, term.vc_name, c, None, "sd", v, v * s, lo, hi))
+                rows.append((name.replace("sd_", "var_", 1), term.vc_name, c, None, "var", v**2, 2.0 * v**2 * s,
+                             lo**2, hi**2))
+            else:
                 lo, hi = (np.nan, np.nan)
                 if np.isfinite(s):
-                    lo, hi = np.tanh(np.arctanh(r) - z * s), np.tanh(np.arctanh(r) + z * s)
-                rows.append(
-                    (f"cor_{term.columns[i]}.{term.columns[j]}|{term.vc_name}", term.vc_name,
-                     term.columns[j], term.columns[i], "cor", r, (1.0 - r**2) * s, lo, hi)
-                )
+                    lo, hi = np.tanh(np.arctanh(v) - z * s), np.tanh(np.arctanh(v) + z * s)
+                rows.append((name, term.vc_name, term.columns[j], c, "cor", v, (1.0 - v**2) * s, lo, hi))
         if t in boundary:
             notes.append(
-                f"term ({' + '.join(term.columns)} | {term.vc_name}) is on the boundary of the parameter space "
+                f"term {cov.text(' + '.join(term.columns), term.vc_name)} is on the boundary of the parameter space "
                 "(a variance at 0 or a correlation at ±1): no standard errors; the others are conditional "
                 "on it fixed at its estimate"
             )

@@ -126,11 +126,15 @@ def batched_solve_upper_t(L: jax.Array, B: jax.Array) -> jax.Array:
 
 
 def templates(theta: jax.Array, layout: Layout) -> list[jax.Array]:
-    """θ (lme4 order) → the lower-triangular template T_b of every block."""
+    """θ (lme4 order) → the lower-triangular template T_b of every block: entries of linear
+    structures placed, the other terms' blocks made by their structures (:mod:`jaxmlm._covariance`)."""
+    theta = jnp.asarray(theta)
     out = []
     for kb, pos, idx in layout.templates:
-        T = jnp.zeros(kb * kb, theta.dtype).at[jnp.asarray(pos)].set(theta[jnp.asarray(idx)])
+        T = jnp.zeros(kb * kb, theta.dtype).at[jnp.asarray(pos, dtype=int)].set(theta[jnp.asarray(idx, dtype=int)])
         out.append(T.reshape(kb, kb))
+    for b, off, cov, first in layout.structured:
+        out[b] = out[b].at[off : off + cov.k, off : off + cov.k].set(cov.factor(theta[first : first + cov.nparams]))
     return out
 
 

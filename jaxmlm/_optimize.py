@@ -324,6 +324,10 @@ def fit_theta(
     All minimize the same criterion, :func:`~jaxmlm._objective.deviance`. Data are
     arguments, not closures, so fits of the same shape reuse one compiled program.
     """
+    if layout.structured:
+        if method == "bfgs":
+            return _bfgs(lambda t: _deviance(t, stats, reml, layout), theta0, max_iter, ftol, gtol)
+        return _newton(None, theta0, max_iter, ftol, gtol, fgh=_structured_fgh(stats, reml, layout), trial_fgh=True)
     if layout.qr == 0 and method in ("newton", "ai"):
         # One grouping factor: closed-form per-level derivatives (blockdiag_fgh), on
         # level-last copies of A11 and Z1W made once here, outside the loop.
@@ -344,6 +348,65 @@ def fit_theta(
 
     return _newton(None, theta0, max_iter, ftol, gtol, fgh=fg_ai, diag=jnp.asarray(diagonal_mask(layout)),
                    trial_fgh=True)
+
+
+@functools.lru_cache(maxsize=256)
+def unstructured_layout(layout: Layout) -> tuple[Layout, tuple[int, ...]]:
+    """The layout in which every term is unstructured (us), and which θ entries of ``layout``
+    keep their meaning in it (those of linear structures, in order; after them come the
+    template entries of the other terms, column by column)."""
+    kept = tuple(i for kb, pos, idx in layout.templates for i in idx)
+    order = {t: n for n, t in enumerate(sorted(kept))}
+    blocks = [(list(pos), [order[i] for i in idx]) for kb, pos, idx in layout.templates]
+    t = len(kept)
+    for b, off, cov, _ in layout.structured:
+        kb = layout.templates[b][0]
+        for j in range(cov.k):
+            for i in range(j, cov.k):
+                blocks[b][0].append((off + i) * kb + off + j)
+                blocks[b][1].append(t)
+                t += 1
+    templates = tuple((kb, tuple(p), tuple(i)) for (kb, _, _), (p, i) in zip(layout.templates, blocks))
+    return layout._replace(templates=templates, ntheta=t, structured=()), tuple(sorted(kept))
+
+
+def unstructured_theta(theta: jax.Array, layout: Layout) -> jax.Array:
+    """θ of :func:`unstructured_layout`: the same templates as ``theta`` gives in ``layout`` (traceable)."""
+    _, kept = unstructured_layout(layout)
+    parts = [theta[jnp.asarray(kept, dtype=int)]]
+    for _, _, cov, first in layout.structured:
+        T = cov.factor(theta[first : first + cov.nparams])
+        jj, ii = np.triu_indices(cov.k)  # (column, row) pairs with row ≥ column, column by column
+        parts.append(T[ii, jj])
+    return jnp.concatenate(parts)
+
+
+def _structured_fgh(stats: Stats, reml, layout: Layout):
+    """(f, ∇f, ∇²f) in θ of a layout with structures not linear in θ, by the chain rule through
+    the unstructured templates: f(θ) = F(u(θ)), u = :func:`unstructured_theta`, so
+    ∇f = Jᵀ∇F and ∇²f = Jᵀ∇²F J + Σᵢ ∂ᵢF ∇²uᵢ. F's derivatives are the engine's own
+    (closed form for one grouping factor); u's, by autodiff of a k × k map, are cheap."""
+    lay, _ = unstructured_layout(layout)
+    if lay.qr == 0:
+        A, Z = levels_last(stats.A11, stats.Z1W)
+
+        def inner(u):
+            return blockdiag_fgh(u, A, Z, stats, reml, lay)
+    else:
+        def inner(u):
+            f, g = jax.value_and_grad(_deviance)(u, stats, reml, lay)
+            return f, g, jax.hessian(_deviance)(u, stats, reml, lay)
+
+    def u_of(t):
+        return unstructured_theta(t, layout)
+
+    def fgh(theta):
+        f, g, H = inner(u_of(theta))
+        J = jax.jacfwd(u_of)(theta)
+        K = jax.hessian(u_of)(theta)
+        return f, J.T @ g, J.T @ H @ J + jnp.einsum("i,ijk->jk", g, K)
+
+    return fgh
 
 
 @functools.partial(jax.jit, static_argnames="layout")
@@ -413,8 +476,9 @@ def moment_start(stats: Stats, layout: Layout, intercepts) -> np.ndarray:
 
 
 def choose_method(layout: Layout) -> str:
-    """Newton unless the dense fill-in block makes a Hessian costly (q_r > 256): then "ai"."""
-    return "ai" if layout.qr > 256 else "newton"
+    """Newton unless the dense fill-in block makes a Hessian costly (q_r > 256): then "ai"
+    (not with structures that are not linear in θ: average information assumes linear ones)."""
+    return "ai" if layout.qr > 256 and not layout.structured else "newton"
 
 
 def diagonal_mask(layout: Layout) -> np.ndarray:
@@ -423,7 +487,7 @@ def diagonal_mask(layout: Layout) -> np.ndarray:
 
 
 def lme4_start(layout: Layout) -> np.ndarray:
-    """lme4's starting θ (m,): 1 on the template diagonals, 0 off them (Λ = I)."""
+    """lme4's starting θ (m,): 1 on the template diagonals (and scales), 0 off them (Λ = I)."""
     return np.where(_diagonals(layout)[0], 1.0, 0.0)
 
 
@@ -441,6 +505,9 @@ def _diagonals(layout: Layout):
             if diag.size:
                 m[diag[0]] = True
                 columns.append((int(diag[0]), idx[cols == j]))
+    for _, _, cov, first in layout.structured:
+        m[first : first + cov.nparams] = cov.scale_mask()
+        columns += [(first + i, first + np.asarray(flip)) for i, flip in cov.sign_columns()]
     m.flags.writeable = False
     return m, tuple(columns)
 

@@ -51,8 +51,17 @@ from ._objective import (
     batched_solve_lower,
     criterion,
     factorize,
+    templates,
 )
-from ._optimize import STATUS, canonical_theta, diagonal_mask, fit_theta, lme4_start, snap_boundary
+from ._optimize import (
+    STATUS,
+    canonical_theta,
+    canonical_theta_jax,
+    diagonal_mask,
+    fit_theta,
+    lme4_start,
+    snap_boundary,
+)
 from ._solution import solve
 from ._stats import Layout, Stats, _rest_positions, bucket, sufficient_stats, weighted_rows
 
@@ -152,16 +161,7 @@ def _with_response(base: Stats, zy1, xy, yy, zry, beta0, p: int) -> Stats:
 def _canonical(theta: jax.Array, layout: Layout) -> jax.Array:
     """Flip each template column whose diagonal is negative (criterion unchanged):
     :func:`jaxmlm._optimize.canonical_theta` in traceable form."""
-    for kb, pos, idx in layout.templates:
-        rows = [q // kb for q in pos]
-        cols = [q % kb for q in pos]
-        for j in range(kb):
-            diag = [i for i, r, c in zip(idx, rows, cols) if r == j and c == j]
-            col = [i for i, c in zip(idx, cols) if c == j]
-            if diag:
-                s = jnp.where(theta[diag[0]] < 0, -1.0, 1.0)
-                theta = theta.at[jnp.asarray(col)].multiply(s)
-    return theta
+    return canonical_theta_jax(theta, layout)
 
 
 def _snap(theta, f, stats: Stats, reml, layout: Layout):
@@ -261,12 +261,7 @@ def _spec(m) -> _Spec:
 
 def _block_templates(theta: np.ndarray, layout: Layout) -> list[np.ndarray]:
     """θ → the lower-triangular template of every engine block (numpy)."""
-    out = []
-    for kb, pos, idx in layout.templates:
-        T = np.zeros(kb * kb)
-        T[list(pos)] = np.asarray(theta)[list(idx)]
-        out.append(T.reshape(kb, kb))
-    return out
+    return [np.asarray(T, dtype=np.float64) for T in templates(np.asarray(theta, dtype=np.float64), layout)]
 
 
 def _start(spec: _Spec, start) -> np.ndarray:
@@ -385,50 +380,34 @@ def simulate(m, nsim: int = 1, seed=None, use_u: bool = False) -> np.ndarray:
 
 def _vc_params(design) -> list[tuple[str, int, int, int]]:
     """lme4's names of the sd/cor parameters (``profnames(oldNames = FALSE)`` without σ), with
-    (term, i, j): per term, its lower triangle column by column — the order of θ."""
+    (term, i, j): per term its structure's natural parameters (for us, its lower triangle
+    column by column — the order of θ)."""
     out = []
     for t, term in enumerate(design.terms):
-        cols = term.columns
-        for j in range(term.k):
-            for i in range(j, term.k):
-                name = f"sd_{cols[j]}|{term.group}" if i == j else f"cor_{cols[i]}.{cols[j]}|{term.group}"
-                out.append((name, t, i, j))
+        names = term.cov.sdcor_names(term.columns, term.group)
+        out += [(nm, t, i, j) for nm, (_, i, j) in zip(names, term.cov.sdcor_labels())]
     return out
 
 
-def _sdcor(theta: np.ndarray, sigma: np.ndarray, design) -> np.ndarray:
-    """θ (r, m), σ (r,) → the sd/cor parameters (r, len(_vc_params)) of every replicate.
-
-    Per term Σ = σ² T Tᵀ; sd_i = √Σ_ii, cor_ij = Σ_ij / (sd_i sd_j) (NaN when an sd
-    is 0, as lme4's Cv_to_Sv gives)."""
+def _sdcor(theta: np.ndarray, sigma: np.ndarray, design, layout: Layout) -> np.ndarray:
+    """θ (r, m), σ (r,) → the sd/cor parameters (r, len(_vc_params)) of every replicate:
+    per term Σ = σ² T Tᵀ and its structure's SDs and correlations."""
     theta = np.atleast_2d(theta)
     sigma = np.asarray(sigma, float).reshape(-1)
-    out, off = [], 0
+    Ts = [np.asarray(T) for T in jax.vmap(lambda th: templates(th, layout))(jnp.asarray(theta, dtype=jnp.float64))]
+    out = []
     for term in design.terms:
-        k = term.k
-        T = np.zeros((theta.shape[0], k, k))
-        for j in range(k):
-            for i in range(j, k):
-                T[:, i, j] = theta[:, off]
-                off += 1
+        sl = slice(term.offset, term.offset + term.k)
+        T = Ts[term.block][:, sl, sl]
         S = sigma[:, None, None] ** 2 * T @ np.swapaxes(T, 1, 2)
-        sd = np.sqrt(np.diagonal(S, axis1=1, axis2=2))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            for j in range(k):
-                for i in range(j, k):
-                    out.append(sd[:, i] if i == j else S[:, i, j] / (sd[:, i] * sd[:, j]))
-    return np.column_stack(out) if out else np.zeros((theta.shape[0], 0))
+        out.append(term.cov.sdcor(S))
+    return np.concatenate(out, axis=1) if out else np.zeros((theta.shape[0], 0))
 
 
 def _theta_names(design) -> list[str]:
-    """lme4's θ names: ``group.column`` on the diagonal, ``group.row.column`` below it."""
-    out = []
-    for term in design.terms:
-        c = term.columns
-        for j in range(term.k):
-            for i in range(j, term.k):
-                out.append(f"{term.group}.{c[i]}" if i == j else f"{term.group}.{c[i]}.{c[j]}")
-    return out
+    """θ's names: lme4's ``group.column`` on the diagonal, ``group.row.column`` below it (see
+    :meth:`jaxmlm._covariance.Structure.param_names` for the other structures)."""
+    return [nm for term in design.terms for nm in term.cov.param_names(term.columns, term.group)]
 
 
 def _readonly(a, dtype=float) -> np.ndarray:
@@ -606,7 +585,7 @@ def _refit_spec(spec: _Spec, Y: np.ndarray, *, reml: bool, progress: bool = True
         bar.close()
     cat = _Batch(*[np.concatenate(x) for x in zip(*parts)])
     names = tuple(p[0] for p in _vc_params(d)) + ("sigma",)
-    sdcor = np.column_stack([_sdcor(cat.theta, cat.sigma, d), cat.sigma])
+    sdcor = np.column_stack([_sdcor(cat.theta, cat.sigma, d, layout), cat.sigma])
     return RefitResult(
         REML=bool(reml),
         fixef_names=tuple(d.fixef_names),
@@ -753,7 +732,7 @@ def bootstrap(m, nsim: int, seed=None, level: float = 0.95, progress: bool = Tru
     names = list(res.sdcor_names) + list(res.fixef_names)
     vals = np.column_stack([res.sdcor_values, res.beta])
     vals[~res.ok] = np.nan
-    sdcor0 = _sdcor(spec.theta[None], np.array([spec.sigma]), spec.design)[0]
+    sdcor0 = _sdcor(spec.theta[None], np.array([spec.sigma]), spec.design, spec.layout)[0]
     t0_vals = np.concatenate([sdcor0, [spec.sigma], spec.beta])
     return BootstrapResult(
         t0=pd.Series(t0_vals, index=names, name="original"),

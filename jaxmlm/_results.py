@@ -22,8 +22,9 @@ import pandas as pd
 
 from . import _programs, _x64  # noqa: F401  (float64 before any array exists)
 from ._design import Design
-from ._frontend import build_design
 from ._errors import ConvergenceError, ConvergenceWarning, DataError, JaxmlmError
+from ._frontend import build_design
+from ._objective import templates
 from ._optimize import (
     STATUS,
     OptState,
@@ -177,12 +178,11 @@ class LinearMixedModel:
         return self.sigma**2 * Tt @ Tt.T
 
     def _templates(self) -> list[np.ndarray]:
-        out = []
-        for kb, pos, idx in self.layout.templates:
-            T = np.zeros(kb * kb)
-            T[list(pos)] = self.theta[list(idx)]
-            out.append(T.reshape(kb, kb))
-        return out
+        return self._template_list
+
+    @cached_property
+    def _template_list(self) -> list[np.ndarray]:
+        return [_readonly(T) for T in templates(self.theta, self.layout)]
 
     @property
     def varcorr(self) -> pd.DataFrame:
@@ -198,7 +198,7 @@ class LinearMixedModel:
             sd = np.sqrt(np.diag(S))
             for i, c in enumerate(term.columns):
                 rows.append((term.vc_name, c, None, S[i, i], sd[i]))
-            for j in range(term.k):
+            for j in range(term.k if term.cov.shows_covariances() else 0):
                 for i in range(j + 1, term.k):
                     corr = S[i, j] / (sd[i] * sd[j]) if sd[i] > 0 and sd[j] > 0 else np.nan
                     rows.append((term.vc_name, term.columns[j], term.columns[i], S[i, j], corr))

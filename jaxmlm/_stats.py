@@ -75,7 +75,8 @@ class Layout(NamedTuple):
 
     ``rest`` holds (offset, padded levels, k) of each block after the first;
     ``templates`` per block its k, the flat positions (in its k×k template)
-    and the indices of the θ entries that fill them; ``bbt`` the method for the sparse
+    and the indices of the θ entries that fill them; ``structured`` the terms whose
+    structure is not linear in θ (see :func:`theta_layout`); ``bbt`` the method for the sparse
     product B Bᵀ ("none", "sparse" or "dense").
     """
 
@@ -89,6 +90,7 @@ class Layout(NamedTuple):
     bbt: str
     templates: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...]
     ntheta: int
+    structured: tuple = ()
 
 
 class Stats(NamedTuple):
@@ -113,19 +115,32 @@ class Stats(NamedTuple):
     ldw: jax.Array
 
 
-def theta_layout(design: Design) -> tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...]:
-    """Map θ (lme4 order: terms in order, lower triangle column by column) into block templates."""
+def theta_layout(design: Design):
+    """Map θ (lme4 order: each term's parameters in turn) into block templates.
+
+    Returns (templates, structured): per block (k, flat positions, θ indices) of the
+    parameters of *linear* structures (each one entry of the template: for us, the
+    lower triangle column by column, lme4's θ), and (block, offset, structure, first θ
+    index) of every other term, whose template block its structure computes
+    (:mod:`jaxmlm._covariance`)."""
     per_block: list[tuple[list[int], list[int]]] = [([], []) for _ in design.blocks]
+    structured = []
     t = 0
     for term in design.terms:
         kb = design.blocks[term.block].k
-        pos, idx = per_block[term.block]
-        for j in range(term.k):
-            for i in range(j, term.k):
+        cov = term.cov
+        if cov.linear:
+            pos, idx = per_block[term.block]
+            for flat in cov.positions():
+                i, j = divmod(flat, term.k)
                 pos.append((term.offset + i) * kb + term.offset + j)
                 idx.append(t)
                 t += 1
-    return tuple((blk.k, tuple(p), tuple(i)) for blk, (p, i) in zip(design.blocks, per_block))
+        else:
+            structured.append((term.block, term.offset, cov, t))
+            t += cov.nparams
+    templates = tuple((blk.k, tuple(p), tuple(i)) for blk, (p, i) in zip(design.blocks, per_block))
+    return templates, tuple(structured)
 
 
 class WeightedRows(NamedTuple):
@@ -326,10 +341,11 @@ def _layout_and_index(design: Design, inp: _PassInputs, bbt: str | None) -> tupl
     else:
         npairs, bbt = 0, "none"
         bb_e1 = bb_e2 = bb_t = np.zeros(0, np.int32)
-    templates = theta_layout(design)
+    templates, structured = theta_layout(design)
     layout = Layout(
         p=design.X.shape[1], k1=k1, l1=inp.l1, rest=inp.rest, qr=qr, nnz=inp.nnz, npairs=npairs, bbt=bbt,
-        templates=templates, ntheta=sum(len(t[2]) for t in templates),
+        templates=templates, ntheta=sum(len(t[2]) for t in templates) + sum(s[2].nparams for s in structured),
+        structured=structured,
     )
     index = (np.asarray(inp.n_info), inp.pair_a, inp.pair_g, bb_e1, bb_e2, bb_t, inp.beta0, np.asarray(inp.ldw))
     return layout, index
