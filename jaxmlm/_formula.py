@@ -359,7 +359,7 @@ def _parse(formula: str) -> ParsedFormula:
         j = _matching_paren(masked, i, formula, 0)
         a, b = _unwrap(masked, i, j)
         structure, hom, start = "us", None, i
-        if _is_call(masked, i) and "|" in masked[i:j]:
+        if _is_call(masked, i) and _top_level_bar(masked[i + 1 : j]) is not None:  # name(expr | g, ...)
             structure, hom, start, b = _structure_call(formula, masked, i, j)
             a = i
         bar = None if _is_call(masked, i) and structure == "us" and start == i else _top_level_bar(masked[a + 1 : b])
