@@ -84,7 +84,7 @@ def test_sdcor_columns_are_lme4_confint_names():
 
 def test_sdcor_values_match_varcorr(fits):
     m = fits("sleepstudy_rs")
-    vals = _refit._sdcor(m.theta[None], np.array([m.sigma]), m.design)[0]
+    vals = _refit._sdcor(m.theta[None], np.array([m.sigma]), m.design, m.layout)[0]
     vc = m.varcorr
     expect = [vc.sdcor[0], vc.sdcor[2], vc.sdcor[1]]  # sd, cor, sd in θ order; VarCorr lists sds first
     np.testing.assert_allclose(vals, expect, rtol=1e-12)
@@ -351,8 +351,8 @@ def test_power_checks_its_arguments(fits):
 def test_changing_sigma_keeps_random_effect_variances(fits):
     m = fits("sleepstudy_rs")
     spec = _refit._with_parameters(_refit._spec(m), sigma=2 * m.sigma)
-    before = _refit._sdcor(m.theta[None], np.array([m.sigma]), m.design)
-    after = _refit._sdcor(spec.theta[None], np.array([spec.sigma]), m.design)
+    before = _refit._sdcor(m.theta[None], np.array([m.sigma]), m.design, m.layout)
+    after = _refit._sdcor(spec.theta[None], np.array([spec.sigma]), m.design, m.layout)
     np.testing.assert_allclose(after, before, rtol=1e-12)
     assert spec.sigma == 2 * m.sigma
 
