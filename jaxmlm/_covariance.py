@@ -34,7 +34,6 @@ where the optimizer starts (Σ = σ² I: lme4's start), and which rows
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import jax.numpy as jnp
@@ -98,10 +97,6 @@ class Structure:
                 t += k - j
             return tuple(out)
         return tuple((i, (i,)) for i in range(self.nscales))
-
-    def start(self) -> np.ndarray:
-        """lme4's start: Σ = σ² I (scales 1, correlations 0)."""
-        return self.scale_mask().astype(float)
 
     def rho(self, eta):
         """The correlation of cs and ar1 from its unconstrained parameter η."""
@@ -195,16 +190,9 @@ class Structure:
         hom = "" if self.hom == default_hom else f", hom = {'TRUE' if self.hom else 'FALSE'}"
         return f"{self.kind}({expr} | {group}{hom})"
 
-    def correlation(self, par) -> float | None:
-        """ρ of cs and ar1 at ``par`` (None for us and diag)."""
-        if self.kind in ("us", "diag"):
-            return None
-        return float(self.rho(jnp.asarray(par)[self.nscales]))
-
     def shows_covariances(self) -> bool:
         """Whether VarCorr lists the covariances of the term's columns (not for diag)."""
         return self.kind != "diag"
-
 
 
 def _cs_cholesky(rho, k: int, dtype) -> jnp.ndarray:
@@ -229,6 +217,6 @@ def make_structure(kind: str, k: int, hom: bool = False) -> Structure:
     """The structure object of a term (kind as written in the formula)."""
     if kind not in ("us", "diag", "cs", "ar1"):
         raise ValueError(kind)
-    if kind in ("cs", "ar1") and k < 2 and not math.isnan(k):
+    if kind in ("cs", "ar1") and k < 2:
         hom = True
     return Structure(kind, k, bool(hom) if kind != "us" else False)

@@ -355,8 +355,8 @@ def unstructured_layout(layout: Layout) -> tuple[Layout, tuple[int, ...]]:
     """The layout in which every term is unstructured (us), and which θ entries of ``layout``
     keep their meaning in it (those of linear structures, in order; after them come the
     template entries of the other terms, column by column)."""
-    kept = tuple(i for kb, pos, idx in layout.templates for i in idx)
-    order = {t: n for n, t in enumerate(sorted(kept))}
+    kept = tuple(sorted(i for kb, pos, idx in layout.templates for i in idx))
+    order = {t: n for n, t in enumerate(kept)}
     blocks = [(list(pos), [order[i] for i in idx]) for kb, pos, idx in layout.templates]
     t = len(kept)
     for b, off, cov, _ in layout.structured:
@@ -367,7 +367,7 @@ def unstructured_layout(layout: Layout) -> tuple[Layout, tuple[int, ...]]:
                 blocks[b][1].append(t)
                 t += 1
     templates = tuple((kb, tuple(p), tuple(i)) for (kb, _, _), (p, i) in zip(layout.templates, blocks))
-    return layout._replace(templates=templates, ntheta=t, structured=()), tuple(sorted(kept))
+    return layout._replace(templates=templates, ntheta=t, structured=()), kept
 
 
 def unstructured_theta(theta: jax.Array, layout: Layout) -> jax.Array:

@@ -158,12 +158,6 @@ def _with_response(base: Stats, zy1, xy, yy, zry, beta0, p: int) -> Stats:
 # ---- one replicate's fit, as lmer does it, in traceable form ------------------------------------
 
 
-def _canonical(theta: jax.Array, layout: Layout) -> jax.Array:
-    """Flip each template column whose diagonal is negative (criterion unchanged):
-    :func:`jaxmlm._optimize.canonical_theta` in traceable form."""
-    return canonical_theta_jax(theta, layout)
-
-
 def _snap(theta, f, stats: Stats, reml, layout: Layout):
     """Set near-zero diagonals (|θᵢ| < 1e-3) to exactly 0, one at a time in θ order, where
     that raises the criterion by at most min(1e-6, 1e-10·max(1, |f|)) — the rule of
@@ -210,7 +204,7 @@ def _fit_one(theta0, base: Stats, zy1, xy, yy, zry, beta0, reml, layout: Layout,
     st = _with_response(base, zy1, xy, yy, zry, beta0, layout.p)
     # lmer's Newton, inlined into this program (one while loop, no lax.cond: safe under vmap)
     opt = fit_theta(theta0, st, reml, layout, max_iter=max_iter, ftol=ftol, gtol=gtol, method="newton")
-    theta = _snap(_canonical(opt.x, layout), opt.f, st, reml, layout)
+    theta = _snap(canonical_theta_jax(opt.x, layout), opt.f, st, reml, layout)
     fac = factorize(theta, st, layout)
     beta, sigma, vcov = _estimates(fac, st, reml, layout.p)
     gmax = jnp.max(jnp.abs(opt.g))
@@ -257,11 +251,6 @@ class _Spec(NamedTuple):
 def _spec(m) -> _Spec:
     return _Spec(m.design, m.layout, m.stats, bool(m.REML), np.asarray(m._beta, float),
                  np.asarray(m.theta, float), float(m.sigma), tuple(m._b), float(m.objective))
-
-
-def _block_templates(theta: np.ndarray, layout: Layout) -> list[np.ndarray]:
-    """θ → the lower-triangular template of every engine block (numpy)."""
-    return [np.asarray(T, dtype=np.float64) for T in templates(np.asarray(theta, dtype=np.float64), layout)]
 
 
 def _start(spec: _Spec, start) -> np.ndarray:
@@ -335,7 +324,7 @@ def _simulate_spec(spec: _Spec, nsim: int, seed, use_u: bool) -> np.ndarray:
         return np.asarray(mu[None, :] + spec.sigma * _residual_scale(d) * E)
     shapes = [(nsim, blk.nlev, blk.k) for blk in d.blocks] + [(nsim, n)]
     *U, E = _normals(seed, shapes)
-    Ts = [jnp.asarray(T) for T in _block_templates(spec.theta, spec.layout)]
+    Ts = templates(jnp.asarray(spec.theta, dtype=jnp.float64), spec.layout)
     y = _sim_kernel(
         jnp.asarray(mu), jnp.asarray(spec.sigma), tuple(Ts),
         tuple(jnp.asarray(np.asarray(b.Z, float)) for b in d.blocks),

@@ -173,15 +173,13 @@ class LinearMixedModel:
     def _term_cov(self, t: int) -> np.ndarray:
         """σ² T_t T_tᵀ for term t (lme4 order)."""
         term = self.design.terms[t]
-        T = self._templates()[term.block]
+        T = self._templates[term.block]
         Tt = T[term.offset : term.offset + term.k, term.offset : term.offset + term.k]
         return self.sigma**2 * Tt @ Tt.T
 
-    def _templates(self) -> list[np.ndarray]:
-        return self._template_list
-
     @cached_property
-    def _template_list(self) -> list[np.ndarray]:
+    def _templates(self) -> list[np.ndarray]:
+        """The template T_b of every engine block at θ̂ (numpy)."""
         return [_readonly(T) for T in templates(self.theta, self.layout)]
 
     @property
