@@ -82,6 +82,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    if name == "core":  # the engine's public stages (jaxmlm/core.py), loaded on first use
+        return importlib.import_module(".core", __name__)
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value

@@ -21,21 +21,21 @@ import pandas as pd
 from . import _programs
 from ._errors import DataError
 from ._inference import _ONE_SHOT_OPTIONS, _one_shot_jit
-from ._optimize import STATUS, canonical_theta, fit_theta, lme4_start, moment_start, snap_boundary
+from ._fit import fit
+from ._optimize import STATUS, lme4_start, moment_start
 from ._refit import _sdcor, _theta_names, _vc_params
-from ._solution import solve
 
 __all__ = ["AllFit", "all_fit"]
 
 
 @_one_shot_jit(static_argnames=("layout", "max_iter", "method"))
 def _fit_starts(theta0s, stats, reml, layout, max_iter: int, method: str):
-    """fit_theta from each row of ``theta0s``: one program per (layout, method), batched over starts.
+    """:func:`~jaxmlm._fit.fit` from each row of ``theta0s``: one program per (layout, method), batched over starts.
 
     Compiled with XLA's backend optimization level 0, as the inference kernels: all_fit
     is usually run once per model, and that saves a quarter of the compile time (about
     0.5 s per optimizer) for a few milliseconds more per call."""
-    return jax.vmap(lambda t: fit_theta(t, stats, reml, layout, max_iter=max_iter, method=method))(theta0s)
+    return jax.vmap(lambda t: fit(t, stats, reml, layout, max_iter=max_iter, method=method))(theta0s)
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,17 +122,15 @@ def all_fit(m, optimizers=None, n_random: int = 3, seed=0, max_iter: int = 200) 
     rows, fixefs, thetas, sdcors, times = [], [], [], [], {}
     for opt in optimizers:
         t0 = time.perf_counter()
-        st = jax.device_get(_programs.call(_fit_starts, (theta0s, m.stats, reml),
-                                           dict(layout=layout, max_iter=max_iter, method=opt),
-                                           compiler_options=_ONE_SHOT_OPTIONS))
+        res = jax.device_get(_programs.call(_fit_starts, (theta0s, m.stats, reml),
+                                            dict(layout=layout, max_iter=max_iter, method=opt),
+                                            compiler_options=_ONE_SHOT_OPTIONS))
+        st, sol = res.state, res.solution
         for i, (start, _) in enumerate(starts):
             status = int(st.status[i])
-            theta = canonical_theta(np.asarray(st.x[i], dtype=float), layout)
-            f = float(st.f[i])
-            if np.isfinite(f):
-                theta, f, _ = snap_boundary(theta, f, m.stats, reml, layout)
-                sol = jax.device_get(_programs.call(solve, (theta, m.stats, reml), dict(layout=layout)))
-                beta, sigma, crit = np.asarray(sol.beta, float), float(sol.sigma), float(sol.criterion)
+            theta = np.asarray(res.theta[i], dtype=float)
+            if np.isfinite(float(st.f[i])):
+                beta, sigma, crit = np.asarray(sol.beta[i], float), float(sol.sigma[i]), float(sol.criterion[i])
             else:
                 beta, sigma, crit = np.full(len(m.fixef), np.nan), np.nan, np.nan
             rows.append(

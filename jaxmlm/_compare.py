@@ -30,7 +30,7 @@ model with some columns of Z set to zero: the rows of Λ that multiply them drop
 out of ΛᵀZᵀZΛ + I and of r², so the criterion is exactly the reduced model's.
 Those fits therefore zero the matching rows and columns of the sufficient
 statistics (:func:`zero_columns`) and call the already compiled
-:func:`~jaxmlm._optimize.fit_theta` of the full model's layout: no new design,
+:func:`~jaxmlm._fit.fit` of the full model's layout: no new design,
 no recompilation. With every column zeroed the criterion is the OLS one
 (log|L|² = 0). Only a reduction that adds a column the full model lacks
 (``(0 + x | g)`` → ``(1 | g)``) is refitted with :func:`~jaxmlm._results.lmer`
@@ -62,6 +62,7 @@ import re
 import warnings
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -70,7 +71,8 @@ from scipy import stats as sps
 from . import _x64  # noqa: F401
 from ._errors import ConvergenceWarning, DataError, JaxmlmError
 from ._objective import deviance
-from ._optimize import choose_method, diagonal_mask, fit_theta
+from ._fit import fit_jit
+from ._optimize import choose_method, diagonal_mask
 from ._present import AnovaTable
 
 __all__ = ["anova", "ranova", "lrt_vs_ols", "LRTest", "icc", "r2_nakagawa", "pseudo_r2", "zero_columns", "refit_criterion"]
@@ -125,18 +127,19 @@ def lift_zero_diagonals(theta: np.ndarray, layout, value: float = 0.1) -> np.nda
 def refit_criterion(m, reml: bool, stats=None, theta0=None) -> tuple[float, np.ndarray]:
     """Minimum of the ML deviance (reml=False) or REML criterion over θ on ``stats``
     (default: the model's own), started from ``theta0`` (default θ̂). Reuses the
-    model's compiled :func:`fit_theta` (same layout, same static arguments as ``lmer``)."""
+    model's layout (one compiled :func:`~jaxmlm._fit.fit` per layout and method). Returns
+    (criterion, θ̂ with canonical signs and lmer's boundary snapping)."""
     stats = m.stats if stats is None else stats
     theta0 = lift_zero_diagonals(np.asarray(m.theta if theta0 is None else theta0, dtype=np.float64), m.layout)
-    st = fit_theta(jnp.asarray(theta0), stats, jnp.asarray(1.0 if reml else 0.0), m.layout, max_iter=200,
-                   method=choose_method(m.layout))
-    f = float(st.f)
+    res = jax.device_get(fit_jit(jnp.asarray(theta0), stats, jnp.asarray(1.0 if reml else 0.0), m.layout,
+                                 max_iter=200, method=choose_method(m.layout), with_solution=False))
+    f, status = float(res.objective), int(res.state.status)
     if not np.isfinite(f):
         raise JaxmlmError("refitting the model gave a non-finite criterion; check the model for near-constant columns")
-    if int(st.status) not in (0, 1):
-        warnings.warn(f"refit of {m.formula!r} stopped before convergence (status {int(st.status)})",
+    if status not in (0, 1):
+        warnings.warn(f"refit of {m.formula!r} stopped before convergence (status {status})",
                       ConvergenceWarning, stacklevel=3)
-    return f, np.asarray(st.x)
+    return f, np.asarray(res.theta, dtype=np.float64)
 
 
 def ml_deviance(m) -> float:

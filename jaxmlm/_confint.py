@@ -69,7 +69,7 @@ from . import _x64  # noqa: F401
 from ._compare import lift_zero_diagonals, refit_criterion, zero_columns
 from ._errors import ConvergenceWarning, InferenceError, JaxmlmError
 from ._objective import factorize
-from ._optimize import canonical_theta, diagonal_mask
+from ._optimize import diagonal_mask
 from ._solution import solve
 from ._stats import Layout, Stats
 
@@ -407,8 +407,7 @@ def _minimize(batch: _Batch, X: np.ndarray, v: np.ndarray, frozen: np.ndarray, m
 def _ml_fit(m):
     """θ̂, σ̂, β̂, vcov and deviance at the ML estimates (lme4's refitML for REML fits)."""
     if m.REML:
-        f, raw = refit_criterion(m, reml=False)
-        theta = canonical_theta(raw, m.layout)
+        theta = refit_criterion(m, reml=False)[1]
     else:
         theta = np.asarray(m.theta, dtype=np.float64)
     sol = solve(jnp.asarray(theta), m.stats, jnp.asarray(0.0), m.layout)

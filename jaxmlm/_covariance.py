@@ -39,12 +39,91 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Structure", "make_structure"]
+__all__ = ["CovarianceStructure", "Structure", "make_structure"]
+
+
+class CovarianceStructure:
+    """The protocol every covariance structure implements; subclass it for a structure of your own.
+
+    A structure maps a parameter vector (``nparams`` entries, traced) to the relative
+    factor T of its term (``factor``: k × k, Σ = σ² T Tᵀ). The engine needs only that
+    and, for the optimizer, ``scale_mask`` (parameters whose sign does not change Σ, made
+    ≥ 0 and snapped to 0 at the boundary) and ``sign_columns``. The start is 1 for every
+    scale parameter and 0 for the others: that point must give a positive definite Σ.
+    Instances must be hashable and immutable (a frozen dataclass): they are part of the
+    engine's static layout, one compiled program per structure value.
+
+    The defaults below serve a structure with a general Σ: its SDs and all its
+    correlations as natural parameters, parameters named ``group.par1``, ….
+    A structure is attached to a term with :func:`jaxmlm.core.with_structure`.
+    """
+
+    # A structure has (as attributes or dataclass fields) ``kind``, its name in formulas and
+    # in :meth:`text`, ``k``, its term's number of columns, and ``hom`` (one variance for all).
+    hom = False
+
+    @property
+    def linear(self) -> bool:
+        """Whether every parameter is one entry of T (only the built-in us and diag are)."""
+        return False
+
+    @property
+    def nparams(self) -> int:
+        raise NotImplementedError("a covariance structure says how many parameters it has (nparams)")
+
+    @property
+    def nscales(self) -> int:
+        return int(np.sum(self.scale_mask()))
+
+    def factor(self, par) -> jnp.ndarray:
+        """T (k × k) from the parameters (traceable, differentiable)."""
+        raise NotImplementedError("a covariance structure maps its parameters to T (factor)")
+
+    def scale_mask(self) -> np.ndarray:
+        """Which parameters are scales: Σ is even in each, so it is made ≥ 0 and may be snapped to 0."""
+        return np.zeros(self.nparams, bool)
+
+    def sign_columns(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        """(scale parameter, parameters whose sign flips with it) that leave Σ unchanged."""
+        return tuple((int(i), (int(i),)) for i in np.flatnonzero(self.scale_mask()))
+
+    def sdcor_labels(self) -> tuple[tuple[str, int, int], ...]:
+        """Natural parameters ("sd", i, i) / ("cor", i, j), in lme4's order for a general Σ."""
+        k = self.k
+        return tuple(("sd", i, i) if i == j else ("cor", i, j) for j in range(k) for i in range(j, k))
+
+    def sdcor_names(self, columns: tuple[str, ...], group: str) -> list[str]:
+        """lme4's ``confint(oldNames = FALSE)`` names of :meth:`sdcor_labels`: ``sd_x|g``, ``cor_x.(Intercept)|g``."""
+        return [f"sd_{columns[i]}|{group}" if kind == "sd" else f"cor_{columns[i]}.{columns[j]}|{group}"
+                for kind, i, j in self.sdcor_labels()]
+
+    def sdcor(self, S: np.ndarray) -> np.ndarray:
+        """The natural parameters from covariance matrices S (..., k, k): SDs √S_ii and
+        correlations S_ij/(sd_i sd_j) (NaN where an SD is 0, as lme4's Cv_to_Sv)."""
+        sd = np.sqrt(np.diagonal(S, axis1=-2, axis2=-1))
+        out = []
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for kind, i, j in self.sdcor_labels():
+                out.append(sd[..., i] if kind == "sd" else S[..., i, j] / (sd[..., i] * sd[..., j]))
+        return np.stack(out, axis=-1)
+
+    def params_from_sdcor(self, sd, cor, sigma):
+        raise NotImplementedError(f"{type(self).__name__} has no map from SDs and correlations to its parameters")
+
+    def param_names(self, columns: tuple[str, ...], group: str) -> list[str]:
+        return [f"{group}.par{i + 1}" for i in range(self.nparams)]
+
+    def text(self, expr: str, group: str) -> str:
+        return f"{self.kind}({expr} | {group})"
+
+    def shows_covariances(self) -> bool:
+        """Whether VarCorr lists the covariances of the term's columns."""
+        return True
 
 
 @dataclass(frozen=True)
-class Structure:
-    """A term's covariance structure (hashable: part of the engine's static layout).
+class Structure(CovarianceStructure):
+    """The built-in structures (hashable: part of the engine's static layout).
 
     ``kind``: "us", "diag", "cs" or "ar1"; ``k``: the term's columns; ``hom``:
     one variance for every column.
@@ -139,21 +218,6 @@ class Structure:
             return tuple(("sd", i, i) if i == j else ("cor", i, j) for j in range(k) for i in range(j, k))
         sds = tuple(("sd", i, i) for i in range(self.nscales))
         return sds if self.kind == "diag" else sds + (("cor", 1, 0),)
-
-    def sdcor_names(self, columns: tuple[str, ...], group: str) -> list[str]:
-        """lme4's ``confint(oldNames = FALSE)`` names of :meth:`sdcor_labels`: ``sd_x|g``, ``cor_x.(Intercept)|g``."""
-        return [f"sd_{columns[i]}|{group}" if kind == "sd" else f"cor_{columns[i]}.{columns[j]}|{group}"
-                for kind, i, j in self.sdcor_labels()]
-
-    def sdcor(self, S: np.ndarray) -> np.ndarray:
-        """The natural parameters from covariance matrices S (..., k, k): SDs √S_ii and
-        correlations S_ij/(sd_i sd_j) (NaN where an SD is 0, as lme4's Cv_to_Sv)."""
-        sd = np.sqrt(np.diagonal(S, axis1=-2, axis2=-1))
-        out = []
-        with np.errstate(invalid="ignore", divide="ignore"):
-            for kind, i, j in self.sdcor_labels():
-                out.append(sd[..., i] if kind == "sd" else S[..., i, j] / (sd[..., i] * sd[..., j]))
-        return np.stack(out, axis=-1)
 
     def params_from_sdcor(self, sd, cor, sigma):
         """The structure's parameters from its SDs (``nscales`` of them, or k for us), its

@@ -7,7 +7,7 @@ the response is shared, so the sufficient statistics split in two:
   Z_rᵀZ₁) are computed once, by the fit of the model itself;
 * the parts that depend on y — Z₁ᵀy', Xᵀy', y'ᵀy', Z_rᵀy' and β₀ (y' = y − Xβ₀,
   see :mod:`jaxmlm._stats`) — are computed for a whole batch of responses
-  at once by matrix products and segment sums (:func:`_response_stats`).
+  at once by matrix products and segment sums (:func:`response_stats`).
 
 One compiled program then fits every replicate of a chunk: ``jax.vmap`` over
 the optimizer's Newton loop (:func:`jaxmlm._optimize.fit_theta`), the sign
@@ -47,23 +47,14 @@ from ._errors import ConvergenceError, DataError
 from ._objective import (
     _UNROLL_MAX_K,
     Factor,
-    _deviance,
     batched_solve_lower,
     criterion,
     factorize,
     templates,
 )
-from ._optimize import (
-    STATUS,
-    canonical_theta,
-    canonical_theta_jax,
-    diagonal_mask,
-    fit_theta,
-    lme4_start,
-    snap_boundary,
-)
-from ._solution import solve
-from ._stats import Layout, Stats, _rest_positions, bucket, sufficient_stats, weighted_rows
+from ._fit import fit, fit_jit
+from ._optimize import STATUS, canonical_theta, diagonal_mask, lme4_start
+from ._stats import Layout, ResponseOps, Stats, bucket, response_ops, response_stats, sufficient_stats, with_response
 
 __all__ = [
     "simulate",
@@ -77,7 +68,6 @@ __all__ = [
     "PBTestResult",
 ]
 
-from ._optimize import SNAP_BELOW as _SNAP_BELOW  # noqa: E402  (as lmer)
 _START_FLOOR = 0.1  # start diagonals at least here: at θᵢ = 0 the criterion is flat (gradient 0)
 _MAX_CHUNK = 1024  # replicates per compiled batch (GPU)
 _CPU_CHUNK = 16  # replicates per compiled batch on a CPU (see _chunk_size)
@@ -93,83 +83,7 @@ _XLA_OPTIONS: dict = {}
 # ---- the y-dependent statistics of a batch of responses -----------------------------------------
 
 
-class _Ops(NamedTuple):
-    """Design arrays the y-dependent statistics need, in the weighted rows of
-    :func:`jaxmlm._stats.weighted_rows`: X (n, p), X⁺ (p, n), block-1 codes g1 (n,) and
-    values Z1 (n, k₁), the rest blocks' positions P and values V (n, m_r); and how a
-    response becomes a weighted one, y* = √w (y − offset): sw = √w (n,), offset (n,)."""
-
-    X: jax.Array
-    Xpinv: jax.Array
-    g1: jax.Array
-    Z1: jax.Array
-    P: jax.Array
-    V: jax.Array
-    sw: jax.Array
-    offset: jax.Array
-
-
-def _ops(design, layout: Layout) -> _Ops:
-    rows = weighted_rows(design)
-    X = np.asarray(rows.X, float)
-    if layout.qr:
-        P, V = _rest_positions(design, layout.rest, rows.Z)
-    else:
-        P, V = np.zeros((design.n, 0), np.int32), np.zeros((design.n, 0))
-    b1 = design.blocks[0]
-    Xpinv = np.linalg.pinv(X) if X.shape[1] else np.zeros((0, design.n))
-    sw = np.ones(design.n) if rows.sw is None else rows.sw
-    offset = np.zeros(design.n) if design.offset is None else design.offset
-    return _Ops(jnp.asarray(X), jnp.asarray(Xpinv), jnp.asarray(b1.codes.astype(np.int32)),
-                jnp.asarray(np.asarray(rows.Z[0], float)), jnp.asarray(P), jnp.asarray(np.asarray(V, float)),
-                jnp.asarray(sw), jnp.asarray(offset, float))
-
-
-def _response_stats(Y: jax.Array, ops: _Ops, layout: Layout):
-    """The y-dependent sufficient statistics of every row of Y (c, n), as batched products.
-
-    β₀ = X⁺y (any β₀ leaves θ̂, r² and σ̂ unchanged; subtracting a good one keeps
-    the cross-products from cancelling, as in :mod:`jaxmlm._stats`), y' = y − Xβ₀,
-    then Xᵀy' (c, p), y'ᵀy' (c,), Z₁ᵀy' per level (c, l₁, k₁), Z_rᵀy' (c, q_r).
-    """
-    # Rows of weight 0 carry nothing (a simulated one is NaN: its variance is infinite).
-    Y = jnp.where(ops.sw > 0, (Y - ops.offset) * ops.sw, 0.0)
-    beta0 = Y @ ops.Xpinv.T
-    Yc = Y - beta0 @ ops.X.T
-    xy = Yc @ ops.X
-    yy = jnp.sum(Yc * Yc, axis=1)
-    # segment_sum reduces the leading axis: rows first, (n, k₁, c) → (l₁, k₁, c).
-    zy1 = jax.ops.segment_sum(ops.Z1[:, :, None] * Yc.T[:, None, :], ops.g1, layout.l1)
-    zy1 = jnp.transpose(zy1, (2, 0, 1))
-    if layout.qr:
-        vals = (ops.V[:, :, None] * Yc.T[:, None, :]).reshape(-1, Y.shape[0])
-        zry = jax.ops.segment_sum(vals, ops.P.reshape(-1), layout.qr).T
-    else:
-        zry = jnp.zeros((Y.shape[0], 0))
-    return zy1, xy, yy, zry, beta0
-
-
-def _with_response(base: Stats, zy1, xy, yy, zry, beta0, p: int) -> Stats:
-    """``base`` with the y-column of W = [X y'] replaced by one replicate's statistics."""
-    WW = base.WW.at[:p, p].set(xy).at[p, :p].set(xy).at[p, p].set(yy)
-    return base._replace(Z1W=base.Z1W.at[..., p].set(zy1), WW=WW, ZrW=base.ZrW.at[:, p].set(zry), beta0=beta0)
-
-
 # ---- one replicate's fit, as lmer does it, in traceable form ------------------------------------
-
-
-def _snap(theta, f, stats: Stats, reml, layout: Layout):
-    """Set near-zero diagonals (|θᵢ| < 1e-3) to exactly 0, one at a time in θ order, where
-    that raises the criterion by at most min(1e-6, 1e-10·max(1, |f|)) — the rule of
-    :func:`~jaxmlm._results.lmer` (lme4 reports boundary fits with θᵢ = 0)."""
-    tol = jnp.minimum(1e-6, 1e-10 * jnp.maximum(1.0, jnp.abs(f)))
-    for i in np.flatnonzero(diagonal_mask(layout)):
-        trial = theta.at[i].set(0.0)
-        ft = _deviance(trial, stats, reml, layout)
-        take = (jnp.abs(theta[i]) < _SNAP_BELOW) & (theta[i] != 0) & (ft <= f + tol)
-        theta = jnp.where(take, trial, theta)
-        f = jnp.where(take, jnp.minimum(f, ft), f)
-    return theta
 
 
 class _Batch(NamedTuple):
@@ -201,10 +115,10 @@ def _estimates(fac: Factor, stats: Stats, reml, p: int):
 
 def _fit_one(theta0, base: Stats, zy1, xy, yy, zry, beta0, reml, layout: Layout, max_iter, ftol, gtol) -> _Batch:
     """One replicate: Newton loop, canonical signs, snapping, then β̂, σ̂, vcov and the criterion."""
-    st = _with_response(base, zy1, xy, yy, zry, beta0, layout.p)
-    # lmer's Newton, inlined into this program (one while loop, no lax.cond: safe under vmap)
-    opt = fit_theta(theta0, st, reml, layout, max_iter=max_iter, ftol=ftol, gtol=gtol, method="newton")
-    theta = _snap(canonical_theta_jax(opt.x, layout), opt.f, st, reml, layout)
+    st = with_response(base, zy1, xy, yy, zry, beta0, layout.p)
+    # lmer's pipeline (Newton, signs, snapping), inlined into this program
+    res = fit(theta0, st, reml, layout, max_iter=max_iter, ftol=ftol, gtol=gtol, method="newton", with_solution=False)
+    opt, theta = res.state, res.theta
     fac = factorize(theta, st, layout)
     beta, sigma, vcov = _estimates(fac, st, reml, layout.p)
     gmax = jnp.max(jnp.abs(opt.g))
@@ -212,7 +126,7 @@ def _fit_one(theta0, base: Stats, zy1, xy, yy, zry, beta0, reml, layout: Layout,
 
 
 @partial(jax.jit, static_argnames=("layout", "max_iter"), compiler_options=_XLA_OPTIONS)
-def _refit_chunk(Y, theta0, base: Stats, ops: _Ops, reml, layout: Layout, max_iter: int = 200,
+def _refit_chunk(Y, theta0, base: Stats, ops: ResponseOps, reml, layout: Layout, max_iter: int = 200,
                  ftol=1e-10, gtol=1e-8) -> _Batch:
     """Fit every row of Y (c, n) with the design of ``base``/``ops``, starting at ``theta0``.
 
@@ -220,9 +134,9 @@ def _refit_chunk(Y, theta0, base: Stats, ops: _Ops, reml, layout: Layout, max_it
     are arguments, so new responses or ML instead of REML do not recompile.
     Tolerances are :func:`jaxmlm._optimize.fit_theta`'s.
     """
-    zy1, xy, yy, zry, beta0 = _response_stats(Y, ops, layout)
-    fit = partial(_fit_one, layout=layout, max_iter=max_iter, ftol=ftol, gtol=gtol)
-    return jax.vmap(fit, in_axes=(None, None, 0, 0, 0, 0, 0, None))(theta0, base, zy1, xy, yy, zry, beta0, reml)
+    zy1, xy, yy, zry, beta0 = response_stats(Y, ops, layout)
+    one = partial(_fit_one, layout=layout, max_iter=max_iter, ftol=ftol, gtol=gtol)
+    return jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0, 0, None))(theta0, base, zy1, xy, yy, zry, beta0, reml)
 
 
 # ---- the model as simulation and refits need it -------------------------------------------------
@@ -547,7 +461,7 @@ def _refit_spec(spec: _Spec, Y: np.ndarray, *, reml: bool, progress: bool = True
     d, layout = spec.design, spec.layout
     nsim, n = Y.shape
     c = _chunk_size(nsim, n, chunk_size, layout)
-    ops = _ops(d, layout)
+    ops = response_ops(d, layout)
     theta0 = jnp.asarray(_start(spec, start))
     reml_a = jnp.asarray(1.0 if reml else 0.0)
     parts: list[_Batch] = []
@@ -1037,12 +951,11 @@ def _ml_spec(m) -> _Spec:
     if not spec.reml:
         return spec
     layout, stats, zero = spec.layout, spec.stats, jnp.asarray(0.0)
-    st = fit_theta(jnp.asarray(lme4_start(layout)), stats, zero, layout)
-    f = float(st.f)
-    if int(st.status) not in (0, 1) or not np.isfinite(f):
-        raise ConvergenceError(f"the ML refit of {m.formula!r} did not converge ({STATUS[int(st.status)]})")
-    theta, f, _ = snap_boundary(canonical_theta(np.asarray(st.x), layout), f, stats, zero, layout)
-    sol = solve(jnp.asarray(theta), stats, zero, layout)
+    res = jax.device_get(fit_jit(jnp.asarray(lme4_start(layout)), stats, zero, layout))
+    status = int(res.state.status)
+    if status not in (0, 1) or not np.isfinite(float(res.objective)):
+        raise ConvergenceError(f"the ML refit of {m.formula!r} did not converge ({STATUS[status]})")
+    theta, sol = np.asarray(res.theta, dtype=np.float64), res.solution
     return spec._replace(reml=False, beta=np.asarray(sol.beta), theta=theta, sigma=float(sol.sigma), b=None,
                          objective=float(sol.criterion))
 

@@ -25,18 +25,9 @@ from ._design import Design
 from ._errors import ConvergenceError, ConvergenceWarning, DataError, JaxmlmError
 from ._frontend import build_design
 from ._objective import templates
-from ._optimize import (
-    STATUS,
-    OptState,
-    canonical_theta_jax,
-    choose_method,
-    diagonal_mask,
-    fit_theta,
-    lme4_start,
-    moment_start,
-    snap_boundary,
-)
-from ._solution import Solution, solve
+from ._fit import fit
+from ._optimize import STATUS, OptState, choose_method, diagonal_mask, fit_theta, lme4_start, moment_start
+from ._solution import Solution
 from ._stats import Layout, Stats, one_chunk, stats_from_chunk, sufficient_stats
 
 __all__ = ["FitRecord", "LinearMixedModel", "lmer"]
@@ -443,18 +434,16 @@ def _condvar_blocks(sol, layout: Layout, design: Design) -> tuple[tuple, tuple]:
 
 @partial(jax.jit, static_argnames=("layout", "max_iter", "method"))
 def _fit_and_solve(theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, method: str = "newton"):
-    """:func:`~jaxmlm._optimize.fit_theta`, then :func:`~jaxmlm._solution.solve` at its θ with
-    canonical signs, as one program; its outputs packed into one float64 vector
-    (:func:`_unpack_fit` takes it apart: (optimizer state, canonical θ, solution)).
+    """:func:`~jaxmlm._fit.fit` (minimize, canonical signs, snapping, solve) as one program; its
+    outputs packed into one float64 vector (:func:`_unpack_fit` takes it apart: (optimizer
+    state, θ̂, snapped diagonals, solution)).
 
     For small models a separate dispatch and transfer per stage or per output array costs
     as much as the arithmetic (sleepstudy: reading 14 arrays took ~0.15 ms of ~1 ms, one
-    takes ~0.01). The solution is only used if snapping to the boundary leaves θ unchanged
-    (:func:`lmer`); otherwise ``solve`` runs again at the snapped θ.
+    takes ~0.01).
     """
-    st = fit_theta(theta0, stats, reml, layout, max_iter=max_iter, method=method)
-    theta = canonical_theta_jax(st.x, layout)
-    out = (st, theta, solve(theta, stats, reml, layout))
+    res = fit(theta0, stats, reml, layout, max_iter=max_iter, method=method)
+    out = (res.state, res.theta, res.snapped, res.solution)
     # Every value is exact in float64: θ and the estimates are float64 or float32, the
     # counters small integers.
     return jnp.concatenate([jnp.ravel(a).astype(jnp.float64) for a in jax.tree.leaves(out)])
@@ -480,23 +469,23 @@ def _pass_fit_and_solve(theta0, floats, ints, reml, spec: tuple, layout: Layout,
 def _fit_pieces(layout: Layout) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
     """(start, stop, shape) of each leaf in :func:`_fit_and_solve`'s packed vector, in tree order."""
     m, p, l1, k1 = layout.ntheta, layout.p, layout.l1, layout.k1
-    shapes = [(m,), (), (m,), (), (), (), (m,), (p,), (), (p, p), (l1, k1), (layout.qr,), (l1, k1, k1)]
+    shapes = [(m,), (), (m,), (), (), (), (m,), (m,), (p,), (), (p, p), (l1, k1), (layout.qr,), (l1, k1, k1)]
     shapes += [(lev, k, k) for _, lev, k in layout.rest] + [()]
     stops = np.cumsum([math.prod(s) for s in shapes]).tolist()
     return tuple(zip([0, *stops[:-1]], stops, map(tuple, shapes)))
 
 
-def _unpack_fit(vec: np.ndarray, layout: Layout) -> tuple[OptState, np.ndarray, Solution]:
+def _unpack_fit(vec: np.ndarray, layout: Layout) -> tuple[OptState, np.ndarray, tuple[int, ...], Solution]:
     """The host side of :func:`_fit_and_solve`'s packing: its leaves in tree order, with
     shapes known from the layout (no tracing needed, so exported programs can use it too)."""
     pieces = _fit_pieces(layout)
     if vec.shape != (pieces[-1][1],):
         raise AssertionError(f"packed fit output of shape {vec.shape}, expected ({pieces[-1][1]},)")
     parts = [vec[a:b].reshape(s) for a, b, s in pieces]
-    x, f, g, it, nfev, status, theta, beta, sigma, vcov, b1, b_rest, var1 = parts[:13]
+    x, f, g, it, nfev, status, theta, snapped, beta, sigma, vcov, b1, b_rest, var1 = parts[:14]
     st = OptState(x, f, g, it.astype(np.int64), nfev.astype(np.int64), status.astype(np.int64))
-    sol = Solution(beta, sigma, vcov, b1, b_rest, var1, tuple(parts[13:-1]), parts[-1])
-    return st, theta, sol
+    sol = Solution(beta, sigma, vcov, b1, b_rest, var1, tuple(parts[14:-1]), parts[-1])
+    return st, theta, tuple(int(i) for i in np.flatnonzero(snapped)), sol
 
 
 def lmer(
@@ -555,15 +544,15 @@ def lmer(
     reml = np.asarray(1.0 if REML else 0.0)
     t0 = time.perf_counter()
     method = choose_method(layout) if optimizer == "auto" else optimizer
-    fit = dict(layout=layout, max_iter=max_iter, method=method)
+    opts = dict(layout=layout, max_iter=max_iter, method=method)
     # lme4's start (θ = 1 on template diagonals), except where every iteration costs a dense
     # q_r³ step: there a moment estimate saves the first few (_optimize.moment_start).
     moment = method == "ai" and layout.qr > 0
     theta0 = lme4_start(layout)
     if one is not None and not moment:
-        stats, packed = _programs.call(_pass_fit_and_solve, (theta0, one.floats, one.ints, reml), dict(fit, spec=one.spec))
-        st, theta_c, sol = _unpack_fit(np.asarray(packed), layout)
-        stages, est_stats, est_reml = [], stats, reml
+        stats, packed = _programs.call(_pass_fit_and_solve, (theta0, one.floats, one.ints, reml), dict(opts, spec=one.spec))
+        st, theta, snapped, sol = _unpack_fit(np.asarray(packed), layout)
+        stages = []
     else:
         if stats is None:
             stats = _programs.call(_pass, (one.floats, one.ints), dict(spec=one.spec, layout=layout))
@@ -577,12 +566,12 @@ def lmer(
         if dtype == "float32":
             stats32, reml32 = _as_float32(stats), reml.astype(np.float32)
             if polish:
-                stages.append(jax.device_get(_programs.call(fit_theta, (theta0.astype(np.float32), stats32, reml32), fit)))
+                stages.append(jax.device_get(_programs.call(fit_theta, (theta0.astype(np.float32), stats32, reml32), opts)))
                 start = np.asarray(stages[0].x, dtype=np.float64)
             else:
                 est_stats, est_reml, start = stats32, reml32, theta0.astype(np.float32)
-        packed = _programs.call(_fit_and_solve, (start, est_stats, est_reml), fit)
-        st, theta_c, sol = _unpack_fit(np.asarray(packed), layout)
+        packed = _programs.call(_fit_and_solve, (start, est_stats, est_reml), opts)
+        st, theta, snapped, sol = _unpack_fit(np.asarray(packed), layout)
     stages.append(st)
     iterations = sum(int(s.it) for s in stages)
     evaluations = sum(int(s.nfev) for s in stages)
@@ -592,15 +581,13 @@ def lmer(
             "the criterion became non-finite during optimization; check for a (near-)constant "
             "response or predictors on wildly different scales"
         )
-    theta, f, snapped = snap_boundary(np.asarray(theta_c, dtype=np.float64), f, est_stats, est_reml, layout)
+    theta = np.asarray(theta, dtype=np.float64)
     warns = []
     max_grad = float(np.max(np.abs(st.g))) if len(raw) else 0.0
     if status not in (0, 1):
         msg = f"optimizer {STATUS[status]} after {iterations} iterations (max |gradient| {max_grad:.2e})"
         warns.append(msg)
         warnings.warn(msg, ConvergenceWarning, stacklevel=2)
-    if snapped:
-        sol = jax.device_get(_programs.call(solve, (theta.astype(est_reml.dtype), est_stats, est_reml), dict(layout=layout)))
     seconds = time.perf_counter() - t0
     b, v = _condvar_blocks(sol, layout, design)
     record = FitRecord(

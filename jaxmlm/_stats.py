@@ -47,8 +47,9 @@ from . import _x64  # noqa: F401
 from ._design import Design
 from ._errors import DataError
 
-__all__ = ["Layout", "ONE_PROGRAM_ROWS", "OneChunk", "Stats", "WeightedRows", "bucket", "one_chunk",
-           "stats_from_chunk", "sufficient_stats", "weighted_rows", "weights_constant"]
+__all__ = ["Layout", "ONE_PROGRAM_ROWS", "OneChunk", "Schema", "Stats", "WeightedRows", "accumulate", "bucket",
+           "make_schema", "merge_stats", "one_chunk", "ResponseOps", "response_ops", "response_stats", "stats_from_chunk",
+           "sufficient_stats", "weighted_rows", "weights_constant", "with_response"]
 
 CHUNK_ROWS = 1 << 16
 
@@ -166,24 +167,13 @@ def weighted_rows(design: Design) -> WeightedRows:
     return WeightedRows(design.X * sw[:, None], y * sw, tuple(blk.Z * sw[:, None] for blk in design.blocks), sw)
 
 
-def weights_constant(design: Design) -> tuple[float, float]:
-    """(n, Σ log wᵢ) over the rows that carry information (wᵢ > 0): the criterion's n and constant."""
-    if design.weights is None:
-        return float(design.n), 0.0
-    pos = design.weights[design.weights > 0]
+def weights_constant(weights: np.ndarray | None, n: int) -> tuple[float, float]:
+    """(n, Σ log wᵢ) over the rows that carry information (wᵢ > 0): the criterion's n and constant
+    (``weights`` None: n rows of weight 1)."""
+    if weights is None:
+        return float(n), 0.0
+    pos = weights[weights > 0]
     return float(len(pos)), float(np.sum(np.log(pos)))
-
-
-def _rest_positions(design: Design, rest: tuple[tuple[int, int, int], ...], Z: tuple | None = None):
-    """Per row, the scalar rows of Z_r it touches (n, m_r) and the values there (``Z``: the
-    blocks' matrices to use, default the design's)."""
-    P, V = [], []
-    Z = tuple(blk.Z for blk in design.blocks) if Z is None else Z
-    for (off, _, k), blk, Zb in zip(rest, design.blocks[1:], Z[1:]):
-        base = off + blk.codes[:, None] * k + np.arange(k)[None, :]
-        P.append(base)
-        V.append(Zb)
-    return np.concatenate(P, axis=1).astype(np.int32), np.concatenate(V, axis=1)
 
 
 def _pair_count(pair_g: np.ndarray) -> int:
@@ -231,8 +221,27 @@ def _pair_products(pair_a: np.ndarray, pair_g: np.ndarray, qr: int, size: int | 
     return e1, e2, tgt
 
 
+class Schema(NamedTuple):
+    """What the statistics of a design look like, without its rows' values: the engine's
+    sizes (``layout``) and the sparse index of A21 and of B Bᵀ's pair list.
+
+    It is made from the grouping structure alone — each factor's levels and which
+    (Z_r row, block-1 level) pairs occur — never from X, y, Z's values or the weights,
+    so it is known before any rows are summed. Every :class:`Stats` accumulated against
+    one schema has the same shapes and index arrays, so statistics of any partition of
+    the rows merge (:func:`merge_stats`) into those of the whole.
+
+    ``keys`` (sorted) names the A21 rows: key = a·l₁ + g for Z_r row a and block-1
+    level g; ``index`` holds (pair_a, pair_g, bb_e1, bb_e2, bb_t) as host arrays.
+    """
+
+    layout: Layout
+    keys: np.ndarray
+    index: tuple
+
+
 class _PassInputs(NamedTuple):
-    """The host side of the pass: its row arrays (unpadded) and the engine sizes known before it."""
+    """The host side of the pass over some rows: the row arrays (unpadded) and the sizes."""
 
     W: np.ndarray  # (n, p+1): X and y − Xβ₀ (weighted rows: :class:`WeightedRows`)
     g1: np.ndarray  # (n,) block-1 codes
@@ -243,12 +252,8 @@ class _PassInputs(NamedTuple):
     beta0: np.ndarray
     chunk: int  # rows per chunk
     l1: int
-    rest: tuple
     qr: int
     nnz: int
-    nnz_true: int
-    pair_a: np.ndarray
-    pair_g: np.ndarray
     n_info: float
     ldw: float
 
@@ -276,26 +281,39 @@ def _check_response_varies(design: Design, resid: np.ndarray) -> None:
     )
 
 
-def _pass_inputs(design: Design, chunk_rows: int, response: bool = True) -> _PassInputs:
-    n, p = design.X.shape
-    b1 = design.blocks[0]
-    l1 = bucket(b1.nlev, LINEAR_STEPS)
+def _sizes(design: Design) -> tuple[int, tuple[tuple[int, int, int], ...], int]:
+    """(l₁, rest, q_r): block 1's padded level count, (offset, padded levels, k) of each other block, Z_r's rows."""
+    l1 = bucket(design.blocks[0].nlev, LINEAR_STEPS)
     rest, off = [], 0
     for blk in design.blocks[1:]:
         lp = bucket(blk.nlev)
         rest.append((off, lp, blk.k))
         off += lp * blk.k
-    qr = off
-    rows = weighted_rows(design)
-    beta0 = np.linalg.lstsq(rows.X, rows.y, rcond=None)[0] if p else np.zeros(0)
-    resid = rows.y - rows.X @ beta0
-    if response:
-        _check_response_varies(design, resid)
-    W = np.column_stack([rows.X, resid])
+    return l1, tuple(rest), off
+
+
+def _rest_index(design: Design, rest: tuple[tuple[int, int, int], ...]) -> np.ndarray:
+    """Per row, the rows of Z_r it touches (n, m_r), from the grouping codes alone."""
+    P = [off + blk.codes[:, None] * k + np.arange(k)[None, :] for (off, _, k), blk in zip(rest, design.blocks[1:])]
+    return np.concatenate(P, axis=1).astype(np.int32)
+
+
+def _rest_positions(design: Design, rest: tuple[tuple[int, int, int], ...], Z: tuple | None = None):
+    """Per row, the scalar rows of Z_r it touches (n, m_r) and the values there (``Z``: the
+    blocks' matrices to use, default the design's)."""
+    Z = tuple(blk.Z for blk in design.blocks) if Z is None else Z
+    return _rest_index(design, rest), np.concatenate(Z[1:], axis=1)
+
+
+def _make_schema(design: Design, bbt: str | None) -> tuple[Schema, np.ndarray, np.ndarray]:
+    """The :class:`Schema` of ``design``, with its rows' Z_r positions P and A21 entries E
+    (by-products that spare the pass over all rows a lookup)."""
+    l1, rest, qr = _sizes(design)
+    b1 = design.blocks[0]
+    k1 = b1.k
     if qr:
-        P, V = _rest_positions(design, tuple(rest), rows.Z)
-        keys = P.astype(np.int64) * l1 + b1.codes[:, None]
-        uniq, E = np.unique(keys.ravel(), return_inverse=True)
+        P = _rest_index(design, rest)
+        uniq, E = np.unique(P.astype(np.int64) * l1 + b1.codes[:, None], return_inverse=True)
         E = E.reshape(P.shape).astype(np.int32)
         nnz_true = len(uniq)
         nnz = bucket(nnz_true + 1, LINEAR_STEPS)  # at least one all-zero padding entry
@@ -303,14 +321,79 @@ def _pass_inputs(design: Design, chunk_rows: int, response: bool = True) -> _Pas
         pair_g = np.zeros(nnz, np.int32)
         pair_a[:nnz_true] = uniq // l1
         pair_g[:nnz_true] = uniq % l1
+        npairs_true = _pair_count(pair_g[:nnz_true])
+        # Sparse B Bᵀ costs a scatter per pair; the dense product q_r²·l₁·k₁ flops of GEMM.
+        if bbt is None:
+            bbt = "sparse" if 30.0 * npairs_true * k1 < float(qr) * qr * l1 * k1 else "dense"
+        if bbt == "sparse":
+            npairs = bucket(npairs_true, LINEAR_STEPS)
+            bb_e1, bb_e2, bb_t = _pair_products(pair_a[:nnz_true], pair_g[:nnz_true], qr, size=npairs, pad=nnz - 1)
+        else:
+            npairs = 0
+            bb_e1 = bb_e2 = bb_t = np.zeros(0, np.int32)
     else:
-        P, V, E = np.zeros((n, 0), np.int32), np.zeros((n, 0)), np.zeros((n, 0), np.int32)
-        nnz = nnz_true = 0
-        pair_a = pair_g = np.zeros(0, np.int32)
-    chunk = min(chunk_rows, max(256, 1 << (n - 1).bit_length()))
-    n_info, ldw = weights_constant(design)
-    return _PassInputs(W, b1.codes.astype(np.int32), rows.Z[0], P, V, E, beta0, chunk, l1, tuple(rest), qr, nnz,
-                       nnz_true, pair_a, pair_g, n_info, ldw)
+        n = design.n
+        P, E = np.zeros((n, 0), np.int32), np.zeros((n, 0), np.int32)
+        uniq = np.zeros(0, np.int64)
+        nnz = npairs = 0
+        bbt = "none"
+        pair_a = pair_g = bb_e1 = bb_e2 = bb_t = np.zeros(0, np.int32)
+    templates, structured = theta_layout(design)
+    layout = Layout(
+        p=design.X.shape[1], k1=k1, l1=l1, rest=rest, qr=qr, nnz=nnz, npairs=npairs, bbt=bbt,
+        templates=templates, ntheta=sum(len(t[2]) for t in templates) + sum(s[2].nparams for s in structured),
+        structured=structured,
+    )
+    return Schema(layout, uniq, (pair_a, pair_g, bb_e1, bb_e2, bb_t)), P, E
+
+
+def make_schema(design: Design, bbt: str | None = None) -> Schema:
+    """The :class:`Schema` of ``design``'s statistics (``bbt``: force "sparse" or "dense" B Bᵀ)."""
+    return _make_schema(design, bbt)[0]
+
+
+def _entries(schema: Schema, design: Design, rows: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """The A21 entry of each (row, Z_r position) of ``rows``: its key's place in ``schema.keys``."""
+    keys = P.astype(np.int64) * schema.layout.l1 + design.blocks[0].codes[rows, None]
+    E = np.searchsorted(schema.keys, keys)
+    found = E < len(schema.keys)
+    if not np.all(found) or not np.array_equal(schema.keys[np.where(found, E, 0)], keys):
+        raise DataError("these rows pair a level of one grouping factor with a level of another that the schema "
+                        "does not have: make the schema from a design holding every row (make_schema)")
+    return E.astype(np.int32)
+
+
+def _pass_inputs(design: Design, chunk_rows: int, response: bool = True, schema: Schema | None = None,
+                 rows: np.ndarray | None = None) -> tuple[Schema, _PassInputs]:
+    """(schema, the pass's inputs) for ``rows`` of ``design`` (positions; None: all rows).
+
+    Without a ``schema`` it is made from the design (with the rows' A21 entries as a
+    by-product). Each set of rows is centred on its own least-squares fit (y − Xβ₀ with
+    β₀ of these rows: see the module docstring); :func:`merge_stats` re-centres when it
+    adds statistics. ``response``: refuse a response with nothing to explain.
+    """
+    if schema is None:
+        schema, P, E = _make_schema(design, None)
+        if rows is not None:
+            P, E = P[rows], E[rows]
+    else:
+        P = _rest_index(design, schema.layout.rest) if schema.layout.qr else np.zeros((design.n, 0), np.int32)
+        P = P if rows is None else P[rows]
+        E = _entries(schema, design, np.arange(design.n) if rows is None else rows, P) if schema.layout.qr else P
+    lay = schema.layout
+    take = (lambda a: a) if rows is None else (lambda a: a[rows])
+    w = weighted_rows(design)
+    X, y, Z = take(w.X), take(w.y), tuple(take(z) for z in w.Z)
+    V = np.concatenate(Z[1:], axis=1) if lay.qr else np.zeros((len(y), 0))
+    beta0 = np.linalg.lstsq(X, y, rcond=None)[0] if lay.p and len(y) else np.zeros(lay.p)
+    resid = y - X @ beta0
+    if response:
+        _check_response_varies(design, resid)
+    n_info, ldw = weights_constant(None if design.weights is None else take(design.weights), len(y))
+    chunk = min(chunk_rows, max(256, 1 << (max(len(y), 1) - 1).bit_length()))
+    inp = _PassInputs(np.column_stack([X, resid]), take(design.blocks[0].codes).astype(np.int32), Z[0], P, V, E,
+                      beta0, chunk, lay.l1, lay.qr, lay.nnz, n_info, ldw)
+    return schema, inp
 
 
 def _chunks(inp: _PassInputs):
@@ -321,34 +404,39 @@ def _chunks(inp: _PassInputs):
         yield tuple(_pad(a[start:stop], c) for a in (inp.W, inp.g1, inp.Z1, inp.P, inp.V, inp.E))
 
 
-def _layout_and_index(design: Design, inp: _PassInputs, bbt: str | None) -> tuple[Layout, tuple]:
-    """The layout and the statistics made on the host (n, pair lists, β₀), as host arrays."""
-    k1, qr, nnz_true = design.blocks[0].k, inp.qr, inp.nnz_true
-    if qr:
-        npairs_true = _pair_count(inp.pair_g[:nnz_true])
-        # Sparse B Bᵀ costs a scatter per pair; the dense product q_r²·l₁·k₁ flops of GEMM.
-        sparse_cost = 30.0 * npairs_true * k1
-        dense_cost = float(qr) * qr * inp.l1 * k1
-        if bbt is None:
-            bbt = "sparse" if sparse_cost < dense_cost else "dense"
-        if bbt == "sparse":
-            npairs = bucket(npairs_true, LINEAR_STEPS)
-            bb_e1, bb_e2, bb_t = _pair_products(inp.pair_a[:nnz_true], inp.pair_g[:nnz_true], qr, size=npairs,
-                                                pad=inp.nnz - 1)
-        else:
-            npairs = 0
-            bb_e1 = bb_e2 = bb_t = np.zeros(0, np.int32)
+def _host_stats(schema: Schema, inp: _PassInputs) -> tuple:
+    """The statistics that are not sums over chunks, in :class:`Stats` order: n, then (pair lists, β₀, ldw)."""
+    return (np.asarray(inp.n_info), *schema.index[:2], *schema.index[2:], inp.beta0, np.asarray(inp.ldw))
+
+
+def accumulate(schema: Schema, design: Design, rows=None, chunk_rows: int = CHUNK_ROWS) -> Stats:
+    """The statistics of ``rows`` of ``design`` (positions; None: all rows), in ``schema``'s shapes.
+
+    The pass over the rows, for any subset: statistics of the parts of a partition of the
+    rows, combined by :func:`merge_stats`, are those of all rows. Levels a subset lacks
+    are empty (zero) blocks, as padded levels are.
+    """
+    if rows is not None:
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        if rows.ndim != 1 or rows.dtype.kind not in "iu" or (rows.size and (rows.min() < 0 or rows.max() >= design.n)):
+            raise DataError(f"rows must be positions 0 … {design.n - 1} of the design's rows (or a boolean mask)")
+    _, inp = _pass_inputs(design, chunk_rows, response=False, schema=schema, rows=rows)
+    return _run_pass(schema, inp)
+
+
+def _run_pass(schema: Schema, inp: _PassInputs) -> Stats:
+    lay = schema.layout
+    if len(inp.W) == 0:
+        acc = _accumulate(None, *(_pad(a, 1) for a in (inp.W, inp.g1, inp.Z1, inp.P, inp.V, inp.E)),
+                          l1=lay.l1, qr=lay.qr, nnz=lay.nnz)
     else:
-        npairs, bbt = 0, "none"
-        bb_e1 = bb_e2 = bb_t = np.zeros(0, np.int32)
-    templates, structured = theta_layout(design)
-    layout = Layout(
-        p=design.X.shape[1], k1=k1, l1=inp.l1, rest=inp.rest, qr=qr, nnz=inp.nnz, npairs=npairs, bbt=bbt,
-        templates=templates, ntheta=sum(len(t[2]) for t in templates) + sum(s[2].nparams for s in structured),
-        structured=structured,
-    )
-    index = (np.asarray(inp.n_info), inp.pair_a, inp.pair_g, bb_e1, bb_e2, bb_t, inp.beta0, np.asarray(inp.ldw))
-    return layout, index
+        acc = None  # the first chunk starts the accumulators inside the compiled kernel
+        for chunk in _chunks(inp):
+            acc = _chunk_stats(acc, *chunk, l1=lay.l1, qr=lay.qr, nnz=lay.nnz)
+    index = _to_device(_host_stats(schema, inp))
+    return Stats(index[0], *acc, *index[1:])
 
 
 def sufficient_stats(design: Design, chunk_rows: int = CHUNK_ROWS, bbt: str | None = None,
@@ -359,14 +447,48 @@ def sufficient_stats(design: Design, chunk_rows: int = CHUNK_ROWS, bbt: str | No
     (for tests of both code paths). ``response=False``: the design's y is a placeholder
     (a design to simulate from), not checked for having anything to explain.
     """
-    inp = _pass_inputs(design, chunk_rows, response)
-    acc = None  # the first chunk starts the accumulators inside the compiled kernel
-    for chunk in _chunks(inp):
-        acc = _chunk_stats(acc, *chunk, l1=inp.l1, qr=inp.qr, nnz=inp.nnz)
-    # The pass above runs asynchronously; meanwhile the host makes B Bᵀ's pair list.
-    layout, index = _layout_and_index(design, inp, bbt)
-    index = _to_device(index)
-    return layout, Stats(index[0], *acc, *index[1:]), {"P": inp.P, "V": inp.V}
+    schema, inp = _pass_inputs(design, chunk_rows, response) if bbt is None else \
+        _pass_inputs(design, chunk_rows, response, schema=make_schema(design, bbt))
+    return schema.layout, _run_pass(schema, inp), {"P": inp.P, "V": inp.V}
+
+
+def merge_stats(a: Stats, b: Stats) -> Stats:
+    """The statistics of the rows of ``a`` and of ``b`` together (both made against one :class:`Schema`).
+
+    Cross-products add, except those with the response column, which each part holds
+    centred on its own least-squares fit: rᵢ = y − Xβᵢ. Both are re-centred on the
+    fit of all rows, β = (XᵀX)⁺ Σᵢ (XᵀXᵢ βᵢ + Xᵀrᵢ), before adding: with
+    dᵢ = βᵢ − β, r = rᵢ + X dᵢ, so Zᵀr = Zᵀrᵢ + ZᵀX dᵢ, Xᵀr = Xᵀrᵢ + XᵀXᵢ dᵢ and
+    rᵀr = rᵢᵀrᵢ + 2 dᵢᵀXᵀrᵢ + dᵢᵀXᵀXᵢ dᵢ. The dᵢ are differences between fits of
+    parts of one data set, small next to y, so this keeps the precision the centring
+    is for. The index arrays (pair lists) come from the schema and must be equal.
+    Pure JAX: a traced reduction for partitions on devices or a cluster.
+    """
+    p = a.WW.shape[0] - 1
+    XX = a.WW[:p, :p] + b.WW[:p, :p]
+    if p:
+        # β relative to a's: δ = β − β_a solves XᵀX δ = XᵀX_b (β_b − β_a) + Xᵀr_a + Xᵀr_b. The
+        # pseudo-inverse: the rows of two small parts may not determine β (any solution will do).
+        rhs = b.WW[:p, :p] @ (b.beta0 - a.beta0) + a.WW[:p, p] + b.WW[:p, p]
+        delta = jnp.linalg.pinv(XX, hermitian=True) @ rhs
+        beta = a.beta0 + delta
+    else:
+        delta, beta = a.beta0, a.beta0
+
+    def recentre(s: Stats, d):
+        xr = s.WW[:p, p] + s.WW[:p, :p] @ d
+        rr = s.WW[p, p] + 2.0 * d @ s.WW[:p, p] + d @ s.WW[:p, :p] @ d
+        WW = s.WW.at[:p, p].set(xr).at[p, :p].set(xr).at[p, p].set(rr)
+        Z1W = s.Z1W.at[..., p].add(s.Z1W[..., :p] @ d)
+        ZrW = s.ZrW.at[:, p].add(s.ZrW[:, :p] @ d)
+        return WW, Z1W, ZrW
+
+    WWa, Z1Wa, ZrWa = recentre(a, -delta) if p else (a.WW, a.Z1W, a.ZrW)
+    WWb, Z1Wb, ZrWb = recentre(b, (b.beta0 - a.beta0) - delta) if p else (b.WW, b.Z1W, b.ZrW)
+    return a._replace(
+        n=a.n + b.n, ldw=a.ldw + b.ldw, beta0=beta,
+        A11=a.A11 + b.A11, Z1W=Z1Wa + Z1Wb, WW=WWa + WWb, A22=a.A22 + b.A22, ZrW=ZrWa + ZrWb, A21=a.A21 + b.A21,
+    )
 
 
 class OneChunk(NamedTuple):
@@ -396,12 +518,12 @@ def one_chunk(design: Design, rows: int = ONE_PROGRAM_ROWS) -> OneChunk | None:
     in it, else None."""
     if design.n > rows:
         return None
-    inp = _pass_inputs(design, rows)._replace(chunk=rows)
-    layout, index = _layout_and_index(design, inp, None)
-    arrays = (*next(_chunks(inp)), *index)
+    schema, inp = _pass_inputs(design, rows)
+    inp = inp._replace(chunk=rows)
+    arrays = (*next(_chunks(inp)), *_host_stats(schema, inp))
     floats = np.concatenate([a.ravel() for a in arrays if a.dtype.kind == "f"])
     ints = np.concatenate([a.ravel() for a in arrays if a.dtype.kind != "f"])
-    return OneChunk(layout, floats, ints, tuple((a.dtype.str, a.shape) for a in arrays))
+    return OneChunk(schema.layout, floats, ints, tuple((a.dtype.str, a.shape) for a in arrays))
 
 
 def stats_from_chunk(floats, ints, spec: tuple, layout: Layout) -> Stats:
@@ -414,6 +536,69 @@ def stats_from_chunk(floats, ints, spec: tuple, layout: Layout) -> Stats:
         at[kind] += size
     acc = _accumulate(None, *arrays[:6], l1=layout.l1, qr=layout.qr, nnz=layout.nnz)
     return Stats(arrays[6], *acc, *arrays[7:])
+
+
+class ResponseOps(NamedTuple):
+    """Design arrays the y-dependent statistics need, in the weighted rows of
+    :func:`weighted_rows`: X (n, p), X⁺ (p, n), block-1 codes g1 (n,) and
+    values Z1 (n, k₁), the rest blocks' positions P and values V (n, m_r); and how a
+    response becomes a weighted one, y* = √w (y − offset): sw = √w (n,), offset (n,)."""
+
+    X: jax.Array
+    Xpinv: jax.Array
+    g1: jax.Array
+    Z1: jax.Array
+    P: jax.Array
+    V: jax.Array
+    sw: jax.Array
+    offset: jax.Array
+
+
+def response_ops(design: Design, layout: Layout) -> ResponseOps:
+    """The design arrays :func:`response_stats` needs (see :class:`ResponseOps`), on the device."""
+    rows = weighted_rows(design)
+    X = np.asarray(rows.X, float)
+    if layout.qr:
+        P, V = _rest_positions(design, layout.rest, rows.Z)
+    else:
+        P, V = np.zeros((design.n, 0), np.int32), np.zeros((design.n, 0))
+    b1 = design.blocks[0]
+    Xpinv = np.linalg.pinv(X) if X.shape[1] else np.zeros((0, design.n))
+    sw = np.ones(design.n) if rows.sw is None else rows.sw
+    offset = np.zeros(design.n) if design.offset is None else design.offset
+    return ResponseOps(jnp.asarray(X), jnp.asarray(Xpinv), jnp.asarray(b1.codes.astype(np.int32)),
+                       jnp.asarray(np.asarray(rows.Z[0], float)), jnp.asarray(P), jnp.asarray(np.asarray(V, float)),
+                       jnp.asarray(sw), jnp.asarray(offset, float))
+
+
+def response_stats(Y: jax.Array, ops: ResponseOps, layout: Layout):
+    """The y-dependent sufficient statistics of every row of Y (c, n), as batched products.
+
+    β₀ = X⁺y (any β₀ leaves θ̂, r² and σ̂ unchanged; subtracting a good one keeps
+    the cross-products from cancelling, as in the pass), y' = y − Xβ₀,
+    then Xᵀy' (c, p), y'ᵀy' (c,), Z₁ᵀy' per level (c, l₁, k₁), Z_rᵀy' (c, q_r).
+    """
+    # Rows of weight 0 carry nothing (a simulated one is NaN: its variance is infinite).
+    Y = jnp.where(ops.sw > 0, (Y - ops.offset) * ops.sw, 0.0)
+    beta0 = Y @ ops.Xpinv.T
+    Yc = Y - beta0 @ ops.X.T
+    xy = Yc @ ops.X
+    yy = jnp.sum(Yc * Yc, axis=1)
+    # segment_sum reduces the leading axis: rows first, (n, k₁, c) → (l₁, k₁, c).
+    zy1 = jax.ops.segment_sum(ops.Z1[:, :, None] * Yc.T[:, None, :], ops.g1, layout.l1)
+    zy1 = jnp.transpose(zy1, (2, 0, 1))
+    if layout.qr:
+        vals = (ops.V[:, :, None] * Yc.T[:, None, :]).reshape(-1, Y.shape[0])
+        zry = jax.ops.segment_sum(vals, ops.P.reshape(-1), layout.qr).T
+    else:
+        zry = jnp.zeros((Y.shape[0], 0))
+    return zy1, xy, yy, zry, beta0
+
+
+def with_response(base: Stats, zy1, xy, yy, zry, beta0, p: int) -> Stats:
+    """``base`` with the y-column of W = [X y'] replaced by one replicate's statistics."""
+    WW = base.WW.at[:p, p].set(xy).at[p, :p].set(xy).at[p, p].set(yy)
+    return base._replace(Z1W=base.Z1W.at[..., p].set(zy1), WW=WW, ZrW=base.ZrW.at[:, p].set(zry), beta0=beta0)
 
 
 def _to_device(arrays: tuple) -> tuple:

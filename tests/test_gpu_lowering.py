@@ -20,7 +20,8 @@ import jaxmlm
 from jaxmlm._frontend import build_design
 from jaxmlm._inference import theta_derivatives
 from jaxmlm._optimize import diagonal_mask
-from jaxmlm._refit import _ops, _refit_chunk
+from jaxmlm._refit import _refit_chunk
+from jaxmlm._stats import response_ops
 from jaxmlm._results import _fit_and_solve, _pass, _pass_fit_and_solve
 from jaxmlm._stats import _chunk_stats, _chunks, _pass_inputs, one_chunk, sufficient_stats
 
@@ -63,7 +64,7 @@ def test_crossed_fit_and_the_pass_lower_for_gpus(method):
     _assert_device_only(_lowered(_fit_and_solve, theta0, stats, np.asarray(1.0), layout=layout, max_iter=200,
                                  method=method))
     if method == "newton":
-        inp = _pass_inputs(d, 64)
+        _, inp = _pass_inputs(d, 64)
         chunk = next(_chunks(inp))
         _assert_device_only(_lowered(_chunk_stats, None, *chunk, l1=inp.l1, qr=inp.qr, nnz=inp.nnz))
 
@@ -71,7 +72,7 @@ def test_crossed_fit_and_the_pass_lower_for_gpus(method):
 def test_batched_refits_and_inference_lower_for_gpus():
     m = jaxmlm.lmer("Reaction ~ Days + (Days | Subject)", jaxmlm.load_example("sleepstudy"))
     Y = np.tile(m.design.y, (4, 1))
-    ops = _ops(m.design, m.layout)
+    ops = response_ops(m.design, m.layout)
     _assert_device_only(_lowered(_refit_chunk, jnp.asarray(Y), jnp.asarray(m.theta), m.stats, ops, jnp.asarray(1.0),
                                  m.layout, max_iter=200))
     _assert_device_only(_lowered(theta_derivatives, jnp.asarray(m.theta), m.stats, jnp.asarray(1.0), layout=m.layout))

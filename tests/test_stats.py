@@ -133,3 +133,4 @@ def test_one_chunk_program_makes_the_pass_statistics(cid):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-13, atol=1e-9, err_msg=name)
     assert oc.spec[0][1][0] == ONE_PROGRAM_ROWS  # every data size up to it: one program
     assert one_chunk(d, rows=d.n - 1) is None
+

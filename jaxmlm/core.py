@@ -1,0 +1,226 @@
+"""jaxmlm.core — the engine's stages as functions of arrays, for research code.
+
+``lmer`` is these stages in a row; here each one is a function you can call, ``jit``,
+``grad`` or ``vmap`` yourself::
+
+    formula + data ──design──▶ Design ──schema──▶ Schema ──statistics──▶ Stats ──┐
+                                                            merge(Stats, Stats) ◀┘
+    Stats ──criterion(θ)──▶ −2 log-likelihood (REML or ML), profiled over β and σ
+    Stats ──fit──▶ Fit (θ̂, optimizer record, Solution: β̂, σ̂, vcov, b̂)
+
+* :func:`design` materializes a formula on a pandas frame (lme4's formula language; rows
+  with missing values dropped), with prior ``weights`` and an ``offset``.
+* :func:`schema` fixes the shapes of the statistics from the grouping structure alone:
+  statistics made against one schema merge, whatever rows each holds.
+* :func:`statistics` makes the sufficient statistics (Gram blocks of [Z X y]) of all or some
+  rows; :func:`merge` combines those of disjoint rows into those of their union (the
+  result never depends on how rows were split: the partition test in ``tests/test_core.py``).
+* :func:`criterion` is the profiled criterion at any θ — a pure, jit-compiled function of
+  arrays, differentiable in θ (``jax.grad``) and in the statistics.
+* :func:`response_statistics` swaps in a new response inside traced code, so a criterion
+  or a fit ``vmap``s over many responses (simulations) without a new pass over the rows.
+* :func:`fit` runs lmer's whole pipeline (Newton from lme4's start, canonical signs,
+  boundary snapping, estimates) as one traceable function.
+* :func:`with_structure` puts a covariance structure of your own (a
+  :class:`CovarianceStructure` subclass: parameters → relative factor) on a term.
+
+θ is lme4's: per random-effects term, the lower triangle of its relative covariance factor
+Λ (Σ = σ² Λ Λᵀ) column by column for unstructured terms; other structures (``diag``,
+``cs``, ``ar1``) have their own parameters (``Structure`` in :mod:`jaxmlm._covariance`;
+:func:`theta_names` says what each entry is). The REML flag is an array argument, so
+REML and ML share one compiled program; ``layout`` (hashable) is static.
+
+Example — the criterion, its gradient, and 100 simulated responses at once::
+
+    import jax, jax.numpy as jnp, jaxmlm, jaxmlm.core as core
+    d = core.design("Reaction ~ Days + (Days | Subject)", jaxmlm.load_example("sleepstudy"))
+    s = core.schema(d)
+    st = core.statistics(s, d)
+    theta = jnp.array([0.9, 0.02, 0.2])
+    f, g = jax.value_and_grad(core.criterion)(theta, st, s.layout)
+    res = core.fit(st, s.layout)                       # res.theta, res.solution.beta, ...
+    ops = core.response_operators(d, s.layout)
+    Y = ...                                             # (100, n) responses
+    fits = jax.vmap(lambda y: core.fit(core.response_statistics(st, y, ops, s.layout), s.layout))(Y)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _x64  # noqa: F401
+from ._covariance import CovarianceStructure
+from ._design import Design
+from ._errors import DataError
+from ._fit import Fit
+from ._fit import fit as _fit
+from ._frontend import build_design
+from ._objective import _deviance
+from ._optimize import STATUS, OptState, lme4_start
+from ._solution import Solution
+from ._solution import solve as _solve
+from ._stats import (
+    Layout,
+    ResponseOps,
+    Schema,
+    Stats,
+    accumulate,
+    make_schema,
+    merge_stats,
+    response_ops,
+    response_stats,
+    with_response,
+)
+
+__all__ = [
+    "CovarianceStructure",
+    "Design",
+    "Fit",
+    "Layout",
+    "OptState",
+    "ResponseOps",
+    "STATUS",
+    "Schema",
+    "Solution",
+    "Stats",
+    "criterion",
+    "design",
+    "fit",
+    "merge",
+    "response_operators",
+    "response_statistics",
+    "schema",
+    "solve",
+    "start",
+    "statistics",
+    "theta_names",
+    "with_structure",
+]
+
+
+def design(formula: str, data, *, weights=None, offset=None) -> Design:
+    """Formula + pandas frame → :class:`Design` (model matrices, grouping codes, lme4's term order).
+
+    The frame is not modified; rows with a missing value in the formula's variables are
+    dropped. ``weights`` and ``offset``: column names or one value per row, as in ``lmer``."""
+    return build_design(formula, data, weights=weights, offset=offset)
+
+
+def schema(design: Design) -> Schema:
+    """The :class:`Schema` of ``design``'s statistics: sizes (``schema.layout``) and the sparse
+    index of the crossed blocks, from the grouping codes alone (no response, predictor or
+    weight values)."""
+    return make_schema(design)
+
+
+def statistics(schema: Schema, design: Design, rows=None) -> Stats:
+    """Sufficient statistics of ``rows`` of ``design`` (positions or a boolean mask; None: all),
+    in ``schema``'s shapes: one pass over those rows, in chunks of fixed size."""
+    return accumulate(schema, design, rows)
+
+
+def merge(a: Stats, b: Stats) -> Stats:
+    """Statistics of the rows of ``a`` and ``b`` together (disjoint rows, one schema).
+
+    Sums, except that each part's response column is centred on its own least-squares
+    fit, so both are re-centred on the joint fit first (formulas: ``jaxmlm._stats.merge_stats``).
+    Pure JAX: usable in ``jit``, in a tree reduction over devices or a cluster's partitions."""
+    return merge_stats(a, b)
+
+
+@partial(jax.jit, static_argnames="layout")
+def criterion(theta, stats: Stats, layout: Layout, REML=True) -> jax.Array:
+    """The profiled criterion at θ: −2 × the (restricted) log-likelihood maximized over β and σ.
+
+    d(θ) = log|L_θ|² + reml·log|R_X|² + (n − reml·p)(1 + log(2π r²_θ / (n − reml·p))) − Σ log wᵢ
+    (Bates, Mächler, Bolker & Walker 2015, eqs. 34 and 41; lme4's ``devfun``). Differentiable
+    in ``theta`` and in the statistics; ``REML`` may be a traced value (1.0 or 0.0)."""
+    return _deviance(jnp.asarray(theta, stats.WW.dtype), stats, jnp.asarray(REML, stats.WW.dtype), layout)
+
+
+@partial(jax.jit, static_argnames="layout")
+def solve(theta, stats: Stats, layout: Layout, REML=True) -> Solution:
+    """Everything at θ: β̂(θ), σ̂(θ), vcov(β̂), the conditional modes b̂ and their conditional
+    variances, and the criterion (one factorization)."""
+    return _solve(jnp.asarray(theta, stats.WW.dtype), stats, jnp.asarray(REML, stats.WW.dtype), layout)
+
+
+def start(layout: Layout) -> np.ndarray:
+    """lme4's starting θ: 1 on the diagonal of every relative covariance factor, 0 elsewhere."""
+    return lme4_start(layout)
+
+
+@partial(jax.jit, static_argnames=("layout", "max_iter", "method"))
+def fit(stats: Stats, layout: Layout, REML=True, theta0=None, max_iter: int = 200, method: str = "newton") -> Fit:
+    """lmer's fit as one traceable function: Newton on the criterion from ``theta0``
+    (default lme4's start), canonical signs, boundary snapping, then the :class:`Solution`.
+
+    ``res.state.status`` says why the optimizer stopped (:data:`STATUS`: 0 and 1 are
+    convergence). ``method``: "newton" (exact Hessian), "ai" (average information) or
+    "bfgs". ``vmap`` it over statistics (e.g. from :func:`response_statistics`) or starts."""
+    dt = stats.WW.dtype
+    theta0 = jnp.asarray(lme4_start(layout) if theta0 is None else theta0, dt)
+    return _fit(theta0, stats, jnp.asarray(REML, dt), layout, max_iter=max_iter, method=method)
+
+
+def response_operators(design: Design, layout: Layout) -> ResponseOps:
+    """The design's arrays that :func:`response_statistics` needs (on the device, once)."""
+    return response_ops(design, layout)
+
+
+def response_statistics(stats: Stats, y, ops: ResponseOps, layout: Layout) -> Stats:
+    """``stats`` with the response replaced by ``y`` (n,): every cross-product with y made
+    again, the rest kept. Traceable, so it ``vmap``s over a batch of responses."""
+    parts = response_stats(jnp.asarray(y)[None, :], ops, layout)
+    return with_response(stats, *(a[0] for a in parts), layout.p)
+
+
+def theta_names(design: Design) -> list[str]:
+    """lme4's names of θ's entries, in order: ``group.column`` on a factor's diagonal,
+    ``group.row.column`` below it, and each structure's own parameters (``cs``'s correlation…)."""
+    return [nm for term in design.terms for nm in term.cov.param_names(term.columns, term.group)]
+
+
+def with_structure(design: Design, term, structure: CovarianceStructure) -> Design:
+    """``design`` with the covariance structure of one random-effects term replaced by ``structure``.
+
+    ``term``: its position among the random-effects terms (lme4's order) or its grouping
+    factor's name when only one term has it. ``structure``: an instance of a
+    :class:`CovarianceStructure` subclass (your own, or a built-in one) for the term's k
+    columns. The schema, statistics, criterion and fit of the new design use it;
+    θ's entries for the term are then the structure's parameters.
+    """
+    terms = design.terms
+    if isinstance(term, str):
+        hits = [i for i, t in enumerate(terms) if t.group == term]
+        if len(hits) != 1:
+            raise DataError(f"{len(hits)} random-effects terms have the grouping factor {term!r}: pass the term's "
+                            f"position (0 … {len(terms) - 1}) instead")
+        term = hits[0]
+    if not isinstance(term, (int, np.integer)) or not 0 <= term < len(terms):
+        raise DataError(f"term must be a position 0 … {len(terms) - 1} or a grouping factor's name, got {term!r}")
+    if not isinstance(structure, CovarianceStructure):
+        raise DataError("structure must be an instance of a CovarianceStructure subclass (jaxmlm.core.CovarianceStructure)")
+    t = terms[term]
+    if getattr(structure, "k", None) != t.k:
+        raise DataError(f"the term on {t.group!r} has {t.k} columns, the structure is for k = "
+                        f"{getattr(structure, 'k', None)!r}")
+    try:
+        hash(structure)
+        m = int(structure.nparams)
+        T = np.asarray(structure.factor(jnp.asarray(np.where(structure.scale_mask(), 1.0, 0.0))))
+    except (TypeError, NotImplementedError) as err:
+        raise DataError(f"{type(structure).__name__} does not implement the structure protocol: {err}") from None
+    if m < 1 or np.shape(structure.scale_mask()) != (m,) or T.shape != (t.k, t.k):
+        raise DataError(f"{type(structure).__name__}: nparams must be ≥ 1, scale_mask() one bool per parameter and "
+                        f"factor() a {t.k} × {t.k} matrix (got {T.shape})")
+    if not np.all(np.isfinite(T)) or np.linalg.matrix_rank(T @ T.T) < t.k:
+        raise DataError(f"{type(structure).__name__}: at the start (1 for scales, 0 otherwise) T Tᵀ must be positive "
+                        "definite")
+    new = dataclasses.replace(t, cov=structure)
+    return dataclasses.replace(design, terms=terms[:term] + (new,) + terms[term + 1:])
