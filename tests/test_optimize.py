@@ -248,7 +248,8 @@ def test_every_method_reaches_the_same_optimum(cid):
 
 def test_choose_method():
     _, _, layout, _ = _setup("penicillin_crossed")
-    assert choose_method(layout) == "newton"
+    assert choose_method(layout) == "newton"  # q_r = 6
+    assert choose_method(layout._replace(qr=112)) == "ai"  # classroom's schools: Newton's Hessian costs 5x a fit with AI
     assert choose_method(layout._replace(qr=300)) == "ai"
 
 
