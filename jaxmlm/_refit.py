@@ -61,6 +61,8 @@ from ._optimize import (
     fit_theta,
     lme4_start,
     snap_boundary,
+    theta_scale,
+    theta_scale_host,
 )
 from ._solution import solve
 from ._stats import Layout, Stats, _rest_positions, bucket, sufficient_stats, weighted_rows
@@ -78,7 +80,9 @@ __all__ = [
 ]
 
 from ._optimize import SNAP_BELOW as _SNAP_BELOW  # noqa: E402  (as lmer)
-_START_FLOOR = 0.1  # start diagonals at least here: at θᵢ = 0 the criterion is flat (gradient 0)
+# Start diagonals at least here, in the optimizer's unit-free coordinates (θᵢ ≥ 0.1·cᵢ,
+# c = theta_scale): at θᵢ = 0 the criterion is flat (gradient 0).
+_START_FLOOR = 0.1
 _MAX_CHUNK = 1024  # replicates per compiled batch (GPU)
 _CPU_CHUNK = 16  # replicates per compiled batch on a CPU (see _chunk_size)
 _LAPACK_SAFE = 100_000  # batch × cost of a LAPACK call kept below this on a CPU (see _chunk_size)
@@ -159,14 +163,16 @@ def _with_response(base: Stats, zy1, xy, yy, zry, beta0, p: int) -> Stats:
 
 
 def _snap(theta, f, stats: Stats, reml, layout: Layout):
-    """Set near-zero diagonals (|θᵢ| < 1e-3) to exactly 0, one at a time in θ order, where
-    that raises the criterion by at most min(1e-6, 1e-10·max(1, |f|)) — the rule of
-    :func:`~jaxmlm._results.lmer` (lme4 reports boundary fits with θᵢ = 0)."""
+    """Set near-zero diagonals (|θᵢ| < 1e-3·cᵢ, c = :func:`~jaxmlm._optimize.theta_scale`) to
+    exactly 0, one at a time in θ order, where that raises the criterion by at most
+    min(1e-6, 1e-10·max(1, |f|)) — the rule of :func:`~jaxmlm._results.lmer` (lme4 reports
+    boundary fits with θᵢ = 0; see :func:`~jaxmlm._optimize.snap_boundary`)."""
     tol = jnp.minimum(1e-6, 1e-10 * jnp.maximum(1.0, jnp.abs(f)))
+    c = theta_scale(stats, layout)  # y-free: the same for every replicate of a batch
     for i in np.flatnonzero(diagonal_mask(layout)):
         trial = theta.at[i].set(0.0)
         ft = _deviance(trial, stats, reml, layout)
-        take = (jnp.abs(theta[i]) < _SNAP_BELOW) & (theta[i] != 0) & (ft <= f + tol)
+        take = (jnp.abs(theta[i]) < _SNAP_BELOW * c[i]) & (theta[i] != 0) & (ft <= f + tol)
         theta = jnp.where(take, trial, theta)
         f = jnp.where(take, jnp.minimum(f, ft), f)
     return theta
@@ -254,15 +260,18 @@ def _spec(m) -> _Spec:
 
 
 def _start(spec: _Spec, start) -> np.ndarray:
-    """Starting θ of the refits: the fitted θ̂ (as lme4's refit) with diagonals raised to 0.1
-    (at a zero diagonal the criterion is flat and Newton would not move), lmer's default
-    (diagonals 1, others 0) for ``"default"``, or the array given."""
+    """Starting θ of the refits: the fitted θ̂ (as lme4's refit) with diagonals raised to
+    0.1·cᵢ (at a zero diagonal the criterion is flat and Newton would not move; c =
+    :func:`~jaxmlm._optimize.theta_scale`, so the floor means the same in any units),
+    lmer's default (c ⊙ lme4's start: diagonals cᵢ, others 0) for ``"default"``, or the
+    array given."""
     mask = diagonal_mask(spec.layout)
-    if start is None or (isinstance(start, str) and start == "fit"):
+    if start is None or (isinstance(start, str) and start in ("fit", "default")):
+        scale = theta_scale_host(spec.stats, spec.layout)
+        if start == "default":
+            return lme4_start(spec.layout) * scale
         th = canonical_theta(spec.theta, spec.layout)
-        return np.where(mask, np.maximum(np.nan_to_num(th, nan=1.0), _START_FLOOR), np.nan_to_num(th))
-    if isinstance(start, str) and start == "default":
-        return lme4_start(spec.layout)
+        return np.where(mask, np.maximum(np.nan_to_num(th, nan=1.0), _START_FLOOR * scale), np.nan_to_num(th))
     if isinstance(start, str):
         raise DataError(f"start must be 'fit', 'default' or an array of {len(mask)} numbers, got {start!r}")
     th = np.asarray(start, float).ravel()
@@ -602,8 +611,9 @@ def refit_many(m, Y, progress: bool = True, chunk_size: int | None = None, *, RE
     same rows, same REML/ML setting (``REML`` overrides it), each replicate
     optimized as :func:`~jaxmlm._results.lmer` does (Newton iterations, sign
     canonicalization, snapping of near-zero variances) and started, like
-    ``refit``, at the model's θ̂ (diagonals raised to at least 0.1; ``start=
-    "default"`` uses lme4's start, θ = 1 on the diagonals, or pass θ). Rows of Y are responses for the
+    ``refit``, at the model's θ̂ (diagonals raised to at least 0.1 in the optimizer's
+    unit-free coordinates, 0.1 / rms of the column; ``start="default"`` uses lmer's start,
+    lme4's θ = 1 on the diagonals in those coordinates, or pass θ). Rows of Y are responses for the
     observations used in the fit, in data order (``m.design.y`` is the observed one).
 
     Replicates are fitted ``chunk_size`` at a time by one compiled program
@@ -1037,11 +1047,12 @@ def _ml_spec(m) -> _Spec:
     if not spec.reml:
         return spec
     layout, stats, zero = spec.layout, spec.stats, jnp.asarray(0.0)
-    st = fit_theta(jnp.asarray(lme4_start(layout)), stats, zero, layout)
+    scale = theta_scale_host(stats, layout)
+    st = fit_theta(jnp.asarray(lme4_start(layout) * scale), stats, zero, layout)
     f = float(st.f)
     if int(st.status) not in (0, 1) or not np.isfinite(f):
         raise ConvergenceError(f"the ML refit of {m.formula!r} did not converge ({STATUS[int(st.status)]})")
-    theta, f, _ = snap_boundary(canonical_theta(np.asarray(st.x), layout), f, stats, zero, layout)
+    theta, f, _ = snap_boundary(canonical_theta(np.asarray(st.x), layout), f, stats, zero, layout, scale=scale)
     sol = solve(jnp.asarray(theta), stats, zero, layout)
     return spec._replace(reml=False, beta=np.asarray(sol.beta), theta=theta, sigma=float(sol.sigma), b=None,
                          objective=float(sol.criterion))
