@@ -70,7 +70,7 @@ from scipy import stats as sps
 from . import _x64  # noqa: F401
 from ._errors import ConvergenceWarning, DataError, JaxmlmError
 from ._objective import deviance
-from ._optimize import choose_method, diagonal_mask, fit_theta
+from ._optimize import choose_method, diagonal_mask, fit_theta, theta_scale_host
 from ._present import AnovaTable
 
 __all__ = ["anova", "ranova", "lrt_vs_ols", "LRTest", "icc", "r2_nakagawa", "pseudo_r2", "zero_columns", "refit_criterion"]
@@ -109,16 +109,19 @@ def zero_columns(m, columns) -> object:
                        A22=jnp.asarray(A22), ZrW=jnp.asarray(ZrW))
 
 
-def lift_zero_diagonals(theta: np.ndarray, layout, value: float = 0.1) -> np.ndarray:
-    """θ with template diagonals below 1e-4 set to ``value``.
+def lift_zero_diagonals(theta: np.ndarray, layout, scale, value: float = 0.1) -> np.ndarray:
+    """θ with template diagonals below 1e-4·cᵢ set to ``value``·cᵢ, c = ``scale``
+    (:func:`~jaxmlm._optimize.theta_scale` of the statistics: both thresholds in the
+    optimizer's unit-free coordinates, so that they mean the same in any units).
 
     The criterion is even in every template column, so θ = 0 in a column is a
     stationary point that a Newton method cannot leave even where it is not a
     minimum (a singular fit refitted with other constraints); start off it.
     """
     theta = np.array(theta, dtype=np.float64)
-    diag = diagonal_mask(layout)
-    theta[diag & (np.abs(theta) < 1e-4)] = value
+    scale = np.asarray(scale, dtype=np.float64)
+    lift = diagonal_mask(layout) & (np.abs(theta) < 1e-4 * scale)
+    theta[lift] = value * scale[lift]
     return theta
 
 
@@ -127,7 +130,8 @@ def refit_criterion(m, reml: bool, stats=None, theta0=None) -> tuple[float, np.n
     (default: the model's own), started from ``theta0`` (default θ̂). Reuses the
     model's compiled :func:`fit_theta` (same layout, same static arguments as ``lmer``)."""
     stats = m.stats if stats is None else stats
-    theta0 = lift_zero_diagonals(np.asarray(m.theta if theta0 is None else theta0, dtype=np.float64), m.layout)
+    theta0 = lift_zero_diagonals(np.asarray(m.theta if theta0 is None else theta0, dtype=np.float64), m.layout,
+                                 theta_scale_host(stats, m.layout))
     st = fit_theta(jnp.asarray(theta0), stats, jnp.asarray(1.0 if reml else 0.0), m.layout, max_iter=200,
                    method=choose_method(m.layout))
     f = float(st.f)

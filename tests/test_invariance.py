@@ -164,3 +164,48 @@ def test_rescaled_predictors(slopes, reml):
     factor = np.where(sd_row, [s[col[v]] if v in col else 1.0 for v in vn["var1"]], 1.0)
     np.testing.assert_allclose(vs["sdcor"].to_numpy() * factor, vn["sdcor"].to_numpy(), rtol=1e-5)
 
+
+def test_rescaled_predictors_profile_and_refits(slopes):
+    """Profile intervals and batched refits are unit-free too: their starts, steps and
+    thresholds near 0 (snapping, lifting off 0) are taken in the optimizer's coordinates."""
+    nat, sc = slopes[1](True)
+    ci_n, ci_s = nat.confint(), sc.confint()
+    assert list(ci_n.index) == list(ci_s.index)
+    unit = {"x1": SCALES[1], "x2": SCALES[2]}
+    factor = np.array([unit.get(name.removeprefix("sd_").removesuffix("|g"), 1.0) if not name.startswith("cor_")
+                       else 1.0 for name in ci_n.index])
+    np.testing.assert_allclose(ci_s.to_numpy() * factor[:, None], ci_n.to_numpy(), rtol=1e-6)
+    Y = nat.simulate(8, seed=11)
+    rn, rs = nat.refit_many(Y, progress=False), sc.refit_many(Y, progress=False)
+    assert rn.ok.all() and rs.ok.all()
+    np.testing.assert_allclose(rs.objective, rn.objective, rtol=0, atol=1e-6)  # REML shift 0: Σ log s = 0
+    np.testing.assert_allclose(rs.theta * SCALES[THETA_ROWS], rn.theta, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(rs.beta * SCALES, rn.beta, rtol=1e-6)
+
+
+def test_rescaled_predictor_boundary_fit(slopes):
+    """A slope variance estimated at 0 is snapped to exactly 0 (lme4's singular fit) in any units
+    of its predictor, by lmer and by batched refits, and the rest of the fit transforms as the
+    units do. (Here Newton lands within ~1e-17 of 0 in unit-free coordinates, so an absolute
+    snapping threshold would snap too; the relative one matters where the criterion is flat to
+    fourth order at 0 and Newton stops ~1e-3 away.)"""
+    import pandas as pd
+
+    d = pd.read_csv(SCALE_REF / "slopes.csv")
+    d["g"] = pd.Categorical(d["g"])
+    rng = np.random.default_rng(0)
+    d["y"] = 1 + 0.5 * d["x1"] + rng.normal(size=30)[d["g"].cat.codes.to_numpy()] + rng.normal(size=len(d))
+    s = np.array([1.0, 1e-4])
+    formula = "y ~ x1 + (1 + x1 | g)"
+    nat = jaxmlm.lmer(formula, d)
+    sc = jaxmlm.lmer(formula, d.assign(x1=d["x1"] * s[1]))
+    rows = np.array([0, 1, 1])  # Z column of each θ entry
+    assert nat.record.snapped == sc.record.snapped == (2,) and nat.theta[2] == sc.theta[2] == 0.0
+    assert sc.objective == pytest.approx(nat.objective + 2.0 * math.log(s[1]), abs=1e-6)
+    np.testing.assert_allclose(sc.theta * s[rows], nat.theta, rtol=1e-6)
+    # batched refits snap the same way (their own in-program rule)
+    Y = np.vstack([d["y"].to_numpy(), nat.simulate(7, seed=3)])
+    rn, rs = nat.refit_many(Y, progress=False), sc.refit_many(Y, progress=False)
+    assert rn.ok.all() and rs.ok.all() and (rn.theta[:, 2] == 0).sum() >= 4
+    np.testing.assert_array_equal(rs.theta[:, 2] == 0, rn.theta[:, 2] == 0)
+    np.testing.assert_allclose(rs.theta * s[rows], rn.theta, rtol=1e-5, atol=1e-7)
