@@ -134,7 +134,9 @@ def _response_stats(Y: jax.Array, ops: _Ops, layout: Layout):
 
     β₀ = X⁺y (any β₀ leaves θ̂, r² and σ̂ unchanged; subtracting a good one keeps
     the cross-products from cancelling, as in :mod:`jaxmlm._stats`), y' = y − Xβ₀,
-    then Xᵀy' (c, p), y'ᵀy' (c,), Z₁ᵀy' per level (c, l₁, k₁), Z_rᵀy' (c, q_r).
+    then Xᵀy' (c, p), y'ᵀy' (c,), Z₁ᵀy' per level (c, l₁, k₁), Z_rᵀy' (c, q_r), and
+    whether y' is flat (c,): max|y'| ≤ 1e-10·max|y|, lmer's test for a response with nothing
+    left after its fit on X (``_stats._check_response_varies``; lmer refuses it).
     """
     # Rows of weight 0 carry nothing (a simulated one is NaN: its variance is infinite).
     Y = jnp.where(ops.sw > 0, (Y - ops.offset) * ops.sw, 0.0)
@@ -150,7 +152,8 @@ def _response_stats(Y: jax.Array, ops: _Ops, layout: Layout):
         zry = jax.ops.segment_sum(vals, ops.P.reshape(-1), layout.qr).T
     else:
         zry = jnp.zeros((Y.shape[0], 0))
-    return zy1, xy, yy, zry, beta0
+    flat = jnp.max(jnp.abs(Yc), axis=1) <= 1e-10 * jnp.max(jnp.abs(Y), axis=1)
+    return zy1, xy, yy, zry, beta0, flat
 
 
 def _with_response(base: Stats, zy1, xy, yy, zry, beta0, p: int) -> Stats:
@@ -205,8 +208,14 @@ def _estimates(fac: Factor, stats: Stats, reml, p: int):
     return beta, jnp.sqrt(sigma2), vcov
 
 
-def _fit_one(theta0, base: Stats, zy1, xy, yy, zry, beta0, reml, layout: Layout, max_iter, ftol, gtol) -> _Batch:
-    """One replicate: Newton loop, canonical signs, snapping, then β̂, σ̂, vcov and the criterion."""
+def _fit_one(theta0, base: Stats, zy1, xy, yy, zry, beta0, flat, reml, layout: Layout, max_iter, ftol,
+             gtol) -> _Batch:
+    """One replicate: Newton loop, canonical signs, snapping, then β̂, σ̂, vcov and the criterion.
+
+    A ``flat`` response (nothing left after its fit on X) has r² = 0 and a criterion of −∞
+    at every θ; in floating point r² is rounding noise of either sign, so the optimizer
+    may see a finite value. Its status is set to 4 (non-finite criterion) whatever the
+    noise did."""
     st = _with_response(base, zy1, xy, yy, zry, beta0, layout.p)
     # lmer's Newton, inlined into this program (one while loop, no lax.cond: safe under vmap)
     opt = fit_theta(theta0, st, reml, layout, max_iter=max_iter, ftol=ftol, gtol=gtol, method="newton")
@@ -214,7 +223,8 @@ def _fit_one(theta0, base: Stats, zy1, xy, yy, zry, beta0, reml, layout: Layout,
     fac = factorize(theta, st, layout)
     beta, sigma, vcov = _estimates(fac, st, reml, layout.p)
     gmax = jnp.max(jnp.abs(opt.g))
-    return _Batch(theta, beta, sigma, vcov, criterion(fac, st, reml, layout.p), opt.status, opt.it, opt.nfev, gmax)
+    status = jnp.where(flat, 4, opt.status)
+    return _Batch(theta, beta, sigma, vcov, criterion(fac, st, reml, layout.p), status, opt.it, opt.nfev, gmax)
 
 
 @partial(jax.jit, static_argnames=("layout", "max_iter"), compiler_options=_XLA_OPTIONS)
@@ -226,9 +236,10 @@ def _refit_chunk(Y, theta0, base: Stats, ops: _Ops, reml, layout: Layout, max_it
     are arguments, so new responses or ML instead of REML do not recompile.
     Tolerances are :func:`jaxmlm._optimize.fit_theta`'s.
     """
-    zy1, xy, yy, zry, beta0 = _response_stats(Y, ops, layout)
+    zy1, xy, yy, zry, beta0, flat = _response_stats(Y, ops, layout)
     fit = partial(_fit_one, layout=layout, max_iter=max_iter, ftol=ftol, gtol=gtol)
-    return jax.vmap(fit, in_axes=(None, None, 0, 0, 0, 0, 0, None))(theta0, base, zy1, xy, yy, zry, beta0, reml)
+    return jax.vmap(fit, in_axes=(None, None, 0, 0, 0, 0, 0, 0, None))(theta0, base, zy1, xy, yy, zry, beta0, flat,
+                                                                       reml)
 
 
 # ---- the model as simulation and refits need it -------------------------------------------------
