@@ -265,14 +265,15 @@ def test_moment_start_is_the_anova_estimate(fits, cid, factors):
 
 
 def test_moment_start_leaves_slopes_and_vector_terms_at_lme4s_start(fits):
-    """Only random intercepts get a moment estimate: a scalar slope (0 + x | g) keeps θ = 1,
-    as do the entries of a vector term, whose off-diagonals stay 0."""
-    from jaxmlm._optimize import diagonal_mask, moment_start
+    """Only random intercepts get a moment estimate: a scalar slope (0 + x | g) keeps lme4's
+    θ = 1 in the optimizer's unit-free coordinates (θ = c, c = theta_scale), as do the entries
+    of a vector term, whose off-diagonals stay 0."""
+    from jaxmlm._optimize import diagonal_mask, moment_start, theta_scale_host
 
     for cid in ("nlschools_slope_only", "crossed_item_slope"):
         m = fits(cid)
         start = moment_start(m.stats, m.layout, _intercepts(m))
-        lme4 = np.where(diagonal_mask(m.layout), 1.0, 0.0)
+        lme4 = np.where(diagonal_mask(m.layout), 1.0, 0.0) * theta_scale_host(m.stats, m.layout)
         for (kb, _, idx), icpt in zip(m.layout.templates, _intercepts(m)):
             if icpt:
                 assert start[idx[0]] != 1.0
