@@ -22,7 +22,7 @@ from . import _programs
 from ._errors import DataError
 from ._inference import _ONE_SHOT_OPTIONS, _one_shot_jit
 from ._fit import fit
-from ._optimize import STATUS, lme4_start, moment_start
+from ._optimize import STATUS, lme4_start, moment_start, theta_scale_host
 from ._refit import _sdcor, _theta_names, _vc_params
 
 __all__ = ["AllFit", "all_fit"]
@@ -83,10 +83,13 @@ class AllFit:
     __repr__ = __str__
 
 
-def _starts(m, n_random: int, seed) -> list[tuple[str, np.ndarray]]:
+def _starts(m, n_random: int, seed, scale: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(name, θ₀) of every start. lme4's and the random ones are drawn in the optimizer's
+    unit-free coordinates and multiplied by ``scale`` (c = theta_scale: θ = c ⊙ u), as lmer
+    starts, so that they are as far from the optimum in any units of the predictors."""
     layout = m.layout
     base = lme4_start(layout)
-    starts = [("lme4", base)]
+    starts = [("lme4", base * scale)]
     if layout.qr > 0:
         intercepts = [blk.columns == ("(Intercept)",) for blk in m.design.blocks]
         starts.append(("moment", np.asarray(moment_start(m.stats, layout, intercepts), dtype=float)))
@@ -94,7 +97,7 @@ def _starts(m, n_random: int, seed) -> list[tuple[str, np.ndarray]]:
     diag = base == 1.0
     for i in range(n_random):
         t = np.where(diag, rng.uniform(0.2, 3.0, base.shape), rng.normal(0.0, 0.5, base.shape))
-        starts.append((f"random{i + 1}", t))
+        starts.append((f"random{i + 1}", t * scale))
     return starts
 
 
@@ -105,7 +108,9 @@ def all_fit(m, optimizers=None, n_random: int = 3, seed=0, max_iter: int = 200) 
     differ for this layout; with one grouping factor "ai" is "newton");
     starts: lme4's (θ = 1 on template diagonals), the moment estimates (for
     layouts with a dense block) and ``n_random`` random ones drawn with
-    ``seed``. Returns an :class:`AllFit`.
+    ``seed`` — lme4's and the random ones in the optimizer's unit-free
+    coordinates, θ = c ⊙ u (c = :func:`~jaxmlm._optimize.theta_scale`), as
+    lmer starts. Returns an :class:`AllFit`.
     """
     layout = m.layout
     default = ["newton", "ai", "bfgs"] if layout.qr > 0 else ["newton", "bfgs"]
@@ -115,7 +120,8 @@ def all_fit(m, optimizers=None, n_random: int = 3, seed=0, max_iter: int = 200) 
         raise DataError(f"optimizers must be a non-empty list out of 'newton', 'ai', 'bfgs', got {optimizers!r}")
     if not isinstance(n_random, (int, np.integer)) or n_random < 0:
         raise DataError(f"n_random must be a non-negative integer, got {n_random!r}")
-    starts = _starts(m, int(n_random), seed)
+    scale = theta_scale_host(m.stats, layout)
+    starts = _starts(m, int(n_random), seed, scale)
     theta0s = np.stack([t for _, t in starts])
     reml = np.asarray(1.0 if m.REML else 0.0)
     design = m.design

@@ -72,7 +72,7 @@ from . import _x64  # noqa: F401
 from ._errors import ConvergenceWarning, DataError, JaxmlmError
 from ._objective import deviance
 from ._fit import fit_jit
-from ._optimize import choose_method, diagonal_mask
+from ._optimize import choose_method, diagonal_mask, theta_scale_host
 from ._present import AnovaTable
 
 __all__ = ["anova", "ranova", "lrt_vs_ols", "LRTest", "icc", "r2_nakagawa", "pseudo_r2", "zero_columns", "refit_criterion"]
@@ -111,16 +111,19 @@ def zero_columns(m, columns) -> object:
                        A22=jnp.asarray(A22), ZrW=jnp.asarray(ZrW))
 
 
-def lift_zero_diagonals(theta: np.ndarray, layout, value: float = 0.1) -> np.ndarray:
-    """θ with template diagonals below 1e-4 set to ``value``.
+def lift_zero_diagonals(theta: np.ndarray, layout, scale, value: float = 0.1) -> np.ndarray:
+    """θ with template diagonals below 1e-4·cᵢ set to ``value``·cᵢ, c = ``scale``
+    (:func:`~jaxmlm._optimize.theta_scale` of the statistics: both thresholds in the
+    optimizer's unit-free coordinates, so that they mean the same in any units).
 
     The criterion is even in every template column, so θ = 0 in a column is a
     stationary point that a Newton method cannot leave even where it is not a
     minimum (a singular fit refitted with other constraints); start off it.
     """
     theta = np.array(theta, dtype=np.float64)
-    diag = diagonal_mask(layout)
-    theta[diag & (np.abs(theta) < 1e-4)] = value
+    scale = np.asarray(scale, dtype=np.float64)
+    lift = diagonal_mask(layout) & (np.abs(theta) < 1e-4 * scale)
+    theta[lift] = value * scale[lift]
     return theta
 
 
@@ -130,7 +133,8 @@ def refit_criterion(m, reml: bool, stats=None, theta0=None) -> tuple[float, np.n
     model's layout (one compiled :func:`~jaxmlm._fit.fit` per layout and method). Returns
     (criterion, θ̂ with canonical signs and lmer's boundary snapping)."""
     stats = m.stats if stats is None else stats
-    theta0 = lift_zero_diagonals(np.asarray(m.theta if theta0 is None else theta0, dtype=np.float64), m.layout)
+    theta0 = lift_zero_diagonals(np.asarray(m.theta if theta0 is None else theta0, dtype=np.float64), m.layout,
+                                 theta_scale_host(stats, m.layout))
     res = jax.device_get(fit_jit(jnp.asarray(theta0), stats, jnp.asarray(1.0 if reml else 0.0), m.layout,
                                  max_iter=200, method=choose_method(m.layout), with_solution=False))
     f, status = float(res.objective), int(res.state.status)

@@ -31,6 +31,15 @@ template column, so variance boundaries need no bounds):
 * fixed effect β_j = v: r² + (v − β̂_j)²/[(R_X R_Xᵀ)⁻¹]_jj (the minimum over the
   other β), σ profiled out.
 
+Units: the free vector φ holds θ in the optimizer's unit-free coordinates,
+θ = c ⊙ θ̃ with c = :func:`~jaxmlm._optimize.theta_scale` (1 / rms of each template
+row's Z column), and an sd fixed at v fixes row r of θ̃ at norm v / (σ c_r): the
+minimizer's start, step cap, finite-difference steps and its thresholds for
+diagonals near 0 (snapping, lifting off 0) then mean the same whatever the
+predictors' units (in θ itself a slope on a 1e4-unit predictor has θ ~ 1e-4, below
+the snapping threshold, and finite-difference steps of 1e-5 swamp it). Correlations,
+σ and β are unchanged by the row scaling.
+
 All of them are one pure kernel (:func:`_prof_objective`), jit-compiled once
 per model shape with ``jax.vmap`` over every (parameter, side) task. The
 minimization is a modified Newton method (|eigenvalue| Hessian, Armijo
@@ -69,7 +78,7 @@ from . import _x64  # noqa: F401
 from ._compare import lift_zero_diagonals, refit_criterion, zero_columns
 from ._errors import ConvergenceWarning, InferenceError, JaxmlmError
 from ._objective import factorize
-from ._optimize import diagonal_mask
+from ._optimize import diagonal_mask, theta_scale, theta_scale_host
 from ._solution import solve
 from ._stats import Layout, Stats
 
@@ -287,8 +296,12 @@ def _cor_start(X: np.ndarray, spec: dict) -> np.ndarray:
 
 
 def _prof_objective(phi, v, spec: _Spec, stats: Stats, layout: Layout):
-    """ML deviance D with the task's parameter fixed at v, as a function of the free θ-vector φ."""
-    theta, logsig = _sd_theta(_cor_theta(phi, v, spec), v, spec)
+    """ML deviance D with the task's parameter fixed at v, as a function of the free θ-vector φ
+    (in unit-free coordinates, θ = c ⊙ θ̃: see the module docstring)."""
+    c = theta_scale(stats, layout)
+    c_row = jnp.concatenate([c, jnp.ones(1, c.dtype)])[spec.rr[0]]  # c of an sd's row (1 for other tasks)
+    theta_u, logsig = _sd_theta(_cor_theta(phi, v, spec), v / c_row, spec)
+    theta = c * theta_u
     fac = factorize(theta, stats, layout)
     p, n = layout.p, stats.n
     r2 = fac.R[p, p] ** 2
@@ -553,7 +566,7 @@ def _profile(m, level: float, parm, max_outer: int = 40, ztol: float = 1e-7) -> 
         pidx = [a for a, _ in cor_bounds]
         spec = _pad(_specs(m, [params[a] for a in pidx]), T)
         batch = _Batch(m, spec, T)
-        X = _cor_start(np.repeat(lift_zero_diagonals(theta, m.layout)[None, :], T, axis=0), spec)
+        X = _cor_start(np.repeat(_free_start(m, theta)[None, :], T, axis=0), spec)
         v = np.zeros(T)
         v[: len(cor_bounds)] = [b for _, b in cor_bounds]
         frozen = np.arange(T) >= len(cor_bounds)
@@ -585,6 +598,7 @@ def _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, ma
     hi = np.array([h for _, _, _, h in tasks], dtype=float)
     vhat = np.array([est[a] for a, _, _, _ in tasks])
     se = np.sqrt(np.maximum(np.diag(vcov), 0.0))
+    c = theta_scale_host(m.stats, m.layout)
 
     # First guesses: one "standard error" out, in the transformed coordinate.
     v = np.empty(nt_)
@@ -595,12 +609,16 @@ def _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, ma
         elif p.kind == SIGMA:
             v[i] = vhat[i] * math.exp(target[i] / math.sqrt(2.0 * n))
         elif p.kind == SD:
-            v[i] = vhat[i] * math.exp(target[i] / math.sqrt(2.0 * _nlev(m, p))) if vhat[i] > 0 else 0.5 * sigma
+            if vhat[i] > 0:
+                v[i] = vhat[i] * math.exp(target[i] / math.sqrt(2.0 * _nlev(m, p)))
+            else:  # half of σ in the units of the sd's column (θ̃ = 0.5)
+                term = m.design.terms[p.term]
+                v[i] = 0.5 * sigma * c[_theta_index(_term_starts(m)[p.term], term.k, p.row, p.row)]
         else:
             v[i] = vhat[i] + s * (1.0 - vhat[i] ** 2) * abs(target[i]) / math.sqrt(_nlev(m, p))
         if not lo[i] < v[i] < hi[i]:
             v[i] = _midpoint(lo[i], hi[i], vhat[i], v[i], logv[i])
-    X = _cor_start(np.repeat(lift_zero_diagonals(theta, m.layout)[None, :], T, axis=0), spec)
+    X = _cor_start(np.repeat(_free_start(m, theta)[None, :], T, axis=0), spec)
     for i, p in enumerate(P):
         if p.kind == SD:
             X[i] = _sd_start(m, p, X[i], sigma)
@@ -657,6 +675,12 @@ def _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, ma
         warnings.warn(f"the profile did not reach the confidence level for {bad}; their limits are NaN",
                       ConvergenceWarning, stacklevel=3)
     return result
+
+
+def _free_start(m, theta: np.ndarray) -> np.ndarray:
+    """θ̃ = θ / c, the unit-free coordinates of φ (module docstring), with diagonals lifted off 0."""
+    c = theta_scale_host(m.stats, m.layout)
+    return lift_zero_diagonals(theta, m.layout, c) / c
 
 
 def _lift_free(X: np.ndarray, spec: dict, layout) -> np.ndarray:

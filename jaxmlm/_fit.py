@@ -6,7 +6,8 @@ single fit, or ``vmap``-ed over responses or starts), so a fit's steps are writt
 Its state is a pytree (:class:`Fit`); nothing in it needs the host.
 
 Snapping follows lmer's rule (:func:`~jaxmlm._optimize.snap_boundary`, its host form):
-template diagonals below ``SNAP_BELOW`` in absolute value are set to exactly 0, one at a
+template diagonals below ``SNAP_BELOW``·cᵢ in absolute value (c =
+:func:`~jaxmlm._optimize.theta_scale`, the optimizer's unit-free coordinates) are set to exactly 0, one at a
 time in θ order, where that raises the criterion by at most min(1e-6, 1e-10·max(1, |f|))
 — lme4 reports boundary fits with θᵢ = 0, which an unconstrained optimizer only approaches.
 """
@@ -22,7 +23,7 @@ import numpy as np
 
 from . import _x64  # noqa: F401
 from ._objective import _deviance
-from ._optimize import SNAP_BELOW, OptState, canonical_theta_jax, diagonal_mask, fit_theta
+from ._optimize import SNAP_BELOW, OptState, canonical_theta_jax, diagonal_mask, fit_theta, theta_scale
 from ._solution import Solution, solve
 from ._stats import Layout, Stats
 
@@ -46,9 +47,10 @@ def snap(theta, f, stats: Stats, reml, layout: Layout):
     """(θ, criterion, snapped mask): lmer's boundary snapping (module docstring), traceable."""
     tol = jnp.minimum(1e-6, 1e-10 * jnp.maximum(1.0, jnp.abs(f)))
     snapped = jnp.zeros(theta.shape, bool)
+    c = theta_scale(stats, layout)
     for i in np.flatnonzero(diagonal_mask(layout)):
         trial = theta.at[i].set(0.0)
-        near = (jnp.abs(theta[i]) < SNAP_BELOW) & (theta[i] != 0)
+        near = (jnp.abs(theta[i]) < SNAP_BELOW * c[i]) & (theta[i] != 0)
         # Only a candidate needs the criterion at the trial point (under vmap both branches run).
         ft = jax.lax.cond(near, lambda t: _deviance(t, stats, reml, layout), lambda t: jnp.inf * f, trial)
         take = near & (ft <= f + tol)

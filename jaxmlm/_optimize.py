@@ -14,6 +14,21 @@ evaluation and can be ``vmap``-ed over simulated responses:
   entry is below ``gtol``. Both are absolute: for n = 10⁶ the criterion is
   ~10⁷ and a relative tolerance would stop far too early.
 
+Units: θ carries the units of Z's columns (b = σΛu, so row i of Λ is in units of
+y per unit of column i, over σ): a random slope on a predictor measured on a 1e4
+scale has θ entries ~1e-4, on a 1e-4 scale ~1e4. A start, a step cap, a gradient
+tolerance or a boundary threshold in θ would then mean something different for
+every choice of units (issue 11: x1 on a 1e-4 and x2 on a 1e4 scale stalled ~10
+deviance units above the optimum). The optimizer therefore works in
+u = θ / c (elementwise), c = :func:`theta_scale`: cᵢ = 1 / rms(z_r), z_r the Z
+column of the template row r of θᵢ — the θ the model would have with every Z
+column scaled to unit root mean square. Changing units x → s·x (s > 0) divides
+row r of Λ by s and c's entries of that row by s too, so u, the start, every step
+and the stopping rules are unchanged (up to rounding). An intercept without
+weights has c = 1 exactly (its θ and lme4's start are unchanged), a factor's
+indicator columns c = 1/√(share of rows) ≥ 1; the parameters of structures that
+are not linear in θ (:mod:`jaxmlm._covariance`) keep c = 1.
+
 The boundary (variances ≥ 0) is handled by symmetry rather than bounds: the
 criterion is even in each template column, so the optimizer runs
 unconstrained and :func:`canonical_theta` flips columns to give non-negative
@@ -57,7 +72,8 @@ from ._objective import (
 )
 from ._stats import Layout, Stats
 
-__all__ = ["OptState", "fit_theta", "canonical_theta", "lme4_start", "STATUS"]
+__all__ = ["OptState", "fit_theta", "canonical_theta", "lme4_start", "theta_scale", "theta_scale_host",
+           "STATUS"]
 
 STATUS = {
     0: "converged: Newton decrement below ftol",
@@ -73,6 +89,10 @@ class OptState(NamedTuple):
 
     x (m,) current θ; f criterion; g (m,) gradient; it iterations; nfev
     criterion evaluations; status (see :data:`STATUS`, −1 while running).
+
+    :func:`fit_theta` returns x as θ and g in the coordinates it optimizes,
+    u = θ / :func:`theta_scale` (∂f/∂u = c ⊙ ∂f/∂θ): the gradient its tolerance
+    judged, in the same units whatever the predictors' units.
     """
 
     x: jax.Array
@@ -113,7 +133,8 @@ def _acceptable(s: OptState, slope, a, fa, slack):
 
 
 def _capped(d: jax.Array, x: jax.Array) -> jax.Array:
-    # θ lives on a scale of ~0.01-10 relative to σ: no step longer than 5·max(1, |θ|).
+    # x is θ in unit-free coordinates (u = θ/c, see fit_theta), ~0.01-10: no step longer
+    # than 5·max(1, |x|).
     dmax = jnp.max(jnp.abs(d))
     cap = 5.0 * jnp.maximum(1.0, jnp.max(jnp.abs(x)))
     return jnp.where(dmax > cap, d * (cap / dmax), d)
@@ -181,11 +202,11 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
     accepted one keeps them — one evaluation per Newton step, the usual case, instead of a
     criterion value for the line search followed by (f, ∇f, H) at the same point. For
     closed-form derivatives, which cost about as much as f, this halves the evaluations
-    (sleepstudy: 13 → 7). For the average information (InstEval: f ~16 of ~65 ms) a
-    backtracked step costs a full evaluation instead of a value, but a step backtracked
-    once no more than before (a value at a = ½, then (f, ∇f, H) there). With autodiff
-    Hessians (m gradients each), every backtracking step would cost m times more than a
-    criterion value, so there the line search uses values only. The loop runs one trial
+    (sleepstudy, measured from θ = 1 in θ's own units: 13 → 7). For the average
+    information (InstEval: f ~16 of ~65 ms) a backtracked step costs a full evaluation
+    instead of a value, but a step backtracked once no more than before (a value at
+    a = ½, then (f, ∇f, H) there). With autodiff Hessians (m gradients each), every
+    backtracking step would cost m times more than a criterion value, so there the line search uses values only. The loop runs one trial
     point per pass, the start included: one copy of (f, ∇f, H) in the program (it compiles
     in less time than with a separate first evaluation), and nothing that runs both
     branches under ``vmap``.
@@ -322,33 +343,94 @@ def fit_theta(
       costs many gradients. With one grouping factor it is "newton";
     * "bfgs": BFGS with exact gradients.
 
-    All minimize the same criterion, :func:`~jaxmlm._objective.deviance`. Data are
-    arguments, not closures, so fits of the same shape reuse one compiled program.
+    All minimize the same criterion, :func:`~jaxmlm._objective.deviance`, over the
+    unit-free coordinates u = θ / c, c = :func:`theta_scale` (module docstring): f(c ⊙ u),
+    ∇_u f = c ⊙ ∇_θ f, ∇²_u f = diag(c) ∇²_θ f diag(c), so that step caps and ``gtol`` do
+    not depend on the predictors' units. ``theta0`` and the result's x are θ; its g is
+    ∇_u f (:class:`OptState`). c is computed from ``stats`` inside the program (traced
+    data: one compiled program serves every data set of a layout). Data are arguments, not
+    closures, so fits of the same shape reuse one compiled program.
     """
+    c = theta_scale(stats, layout)
+    st = _fit_u(theta0 / c, c, stats, reml, layout, max_iter, ftol, gtol, method)
+    return st._replace(x=c * st.x)
+
+
+def _fun_u(fun, c):
+    """u ↦ f(c ⊙ u); autodiff of it gives the derivatives in u."""
+    return lambda u: fun(c * u)
+
+
+def _fgh_u(fgh, c):
+    """(f, ∇f, ∇²f) in u from those in θ at θ = c ⊙ u (the chain rule for a diagonal map)."""
+    def fgh_u(u):
+        f, g, H = fgh(c * u)
+        return f, c * g, H * (c[:, None] * c[None, :])
+
+    return fgh_u
+
+
+def _fit_u(u0, c, stats: Stats, reml, layout: Layout, max_iter: int, ftol, gtol, method: str) -> OptState:
+    """:func:`fit_theta`'s minimization in u = θ / c (its state's x is u)."""
+    def dev(t):
+        return _deviance(t, stats, reml, layout)
+
     if layout.structured:
         if method == "bfgs":
-            return _bfgs(lambda t: _deviance(t, stats, reml, layout), theta0, max_iter, ftol, gtol)
-        return _newton(None, theta0, max_iter, ftol, gtol, fgh=_structured_fgh(stats, reml, layout), trial_fgh=True)
+            return _bfgs(_fun_u(dev, c), u0, max_iter, ftol, gtol)
+        return _newton(None, u0, max_iter, ftol, gtol, fgh=_fgh_u(_structured_fgh(stats, reml, layout), c),
+                       trial_fgh=True)
     if layout.qr == 0 and method in ("newton", "ai"):
         # One grouping factor: closed-form per-level derivatives (blockdiag_fgh), on
         # level-last copies of A11 and Z1W made once here, outside the loop.
         A, Z = levels_last(stats.A11, stats.Z1W)
-        return _newton(None, theta0, max_iter, ftol, gtol, fgh=lambda t: blockdiag_fgh(t, A, Z, stats, reml, layout),
-                       trial_fgh=True)
+        return _newton(None, u0, max_iter, ftol, gtol,
+                       fgh=_fgh_u(lambda t: blockdiag_fgh(t, A, Z, stats, reml, layout), c), trial_fgh=True)
     if method == "newton":
-        return _newton(lambda t: _deviance(t, stats, reml, layout), theta0, max_iter, ftol, gtol)
+        return _newton(_fun_u(dev, c), u0, max_iter, ftol, gtol)
     if layout.qr == 0:
-        return _bfgs(lambda t: _deviance(t, stats, reml, layout), theta0, max_iter, ftol, gtol)
+        return _bfgs(_fun_u(dev, c), u0, max_iter, ftol, gtol)
     pairs = pair_data(stats, layout)  # θ-free: once, outside the loop
     if method == "bfgs":
-        return _bfgs(lambda t: criterion_rest(t, stats, reml, layout, pairs)[0], theta0, max_iter, ftol, gtol)
+        return _bfgs(_fun_u(lambda t: criterion_rest(t, stats, reml, layout, pairs)[0], c), u0, max_iter, ftol, gtol)
 
     def fg_ai(t):
         f, g, pieces = criterion_rest_value_and_grad(t, stats, reml, layout, pairs)
         return f, g, average_information(t, pieces, stats, reml, layout)[0]
 
-    return _newton(None, theta0, max_iter, ftol, gtol, fgh=fg_ai, diag=jnp.asarray(diagonal_mask(layout)),
+    # c > 0, so clipping in u keeps each diagonal θᵢ on its side of 0 just as in θ.
+    return _newton(None, u0, max_iter, ftol, gtol, fgh=_fgh_u(fg_ai, c), diag=jnp.asarray(diagonal_mask(layout)),
                    trial_fgh=True)
+
+
+@functools.partial(jax.jit, static_argnames="layout")
+def theta_scale(stats: Stats, layout: Layout) -> jax.Array:
+    """c (m,): the scale of each θ entry in the units of the data, θ = c ⊙ u (module docstring).
+
+    cᵢ = 1 / rms(z_r) = √(n / Σ_rows z_r²) for an entry of template row r (z_r: that Z
+    column over all levels of its grouping factor, with the rows' weights; n: rows that
+    carry information), from the diagonals of A11 and A22 in ``stats``. Entries of
+    structures not linear in θ, and of a column that is zero everywhere (nothing to scale;
+    the criterion does not depend on it), get 1. An intercept without weights has rms 1
+    exactly, so its c is 1 and lme4's start is unchanged there.
+    """
+    sums = [jnp.sum(jnp.diagonal(stats.A11, axis1=1, axis2=2), axis=0)]  # (k₁,) Σ z² per column
+    d22 = jnp.diagonal(stats.A22)
+    for off, lev, k in layout.rest:
+        sums.append(jnp.sum(d22[off : off + lev * k].reshape(lev, k), axis=0))
+    c = jnp.ones(layout.ntheta, stats.WW.dtype)
+    for (kb, pos, idx), ss in zip(layout.templates, sums):
+        if not idx:
+            continue
+        ms = ss[np.asarray(pos) // kb] / stats.n  # mean square of each entry's row column
+        ok = ms > 0
+        c = c.at[np.asarray(idx)].set(jnp.where(ok, 1.0 / jnp.sqrt(jnp.where(ok, ms, 1.0)), 1.0).astype(c.dtype))
+    return c
+
+
+def theta_scale_host(stats: Stats, layout: Layout) -> np.ndarray:
+    """:func:`theta_scale` on the host, as float64 (one small program and transfer)."""
+    return np.asarray(jax.device_get(theta_scale(stats, layout)), dtype=np.float64)
 
 
 @functools.lru_cache(maxsize=256)
@@ -412,14 +494,15 @@ def _structured_fgh(stats: Stats, reml, layout: Layout):
 
 @functools.partial(jax.jit, static_argnames="layout")
 def _level_sums(stats: Stats, layout: Layout):
-    """(n, eᵀe, (2, l₁k₁ + q_r)): per random-effect coefficient ZᵀZ's diagonal and Zᵀe, e the
-    least-squares residual (W's last column), for :func:`moment_start` — small arrays in
-    one transfer instead of the q_r × q_r A22."""
+    """(n, eᵀe, (2, l₁k₁ + q_r), c): per random-effect coefficient ZᵀZ's diagonal and Zᵀe, e the
+    least-squares residual (W's last column), and :func:`theta_scale`, for :func:`moment_start`
+    — small arrays in one transfer instead of the q_r × q_r A22."""
     p = layout.p
     a1 = jnp.diagonal(stats.A11, axis1=1, axis2=2).reshape(-1)
     r1 = stats.Z1W[:, :, p].reshape(-1)
     ar, rr = jnp.diagonal(stats.A22), stats.ZrW[:, p]
-    return stats.n, stats.WW[p, p], jnp.stack([jnp.concatenate([a1, ar]), jnp.concatenate([r1, rr])])
+    return (stats.n, stats.WW[p, p], jnp.stack([jnp.concatenate([a1, ar]), jnp.concatenate([r1, rr])]),
+            theta_scale(stats, layout))
 
 
 def moment_start(stats: Stats, layout: Layout, intercepts) -> np.ndarray:
@@ -439,12 +522,15 @@ def moment_start(stats: Stats, layout: Layout, intercepts) -> np.ndarray:
     least a tenth of eᵀe/(n − p). Crossed factors leak into each other's group means, so
     this is only a start: it saves the "ai" optimizer, whose iterations each cost a dense
     q_r³ factorization and inverse, the first few steps from lme4's θ = 1 (InstEval: 7
-    iterations → 5, the same optimum). Diagonals are kept in [0.05, 10]: the optimizer
-    moves each diagonal at most tenfold towards 0 per step, and never across it. Entries
-    of the other blocks keep lme4's start (1 on the diagonal, 0 off it).
+    iterations → 5, the same optimum). Diagonals are kept in [0.05, 10] in the optimizer's
+    unit-free coordinates u = θ / c (c = :func:`theta_scale`; 1 for an intercept without
+    weights): the optimizer moves each diagonal at most tenfold towards 0 per step, and
+    never across it. Entries of the other blocks get lme4's start in those coordinates,
+    θ = c ⊙ (1 on the diagonal, 0 off it), as :func:`~jaxmlm._results.lmer` starts.
     """
-    theta = lme4_start(layout)
-    n, ete, per_level = jax.device_get(_level_sums(stats, layout))
+    n, ete, per_level, c = jax.device_get(_level_sums(stats, layout))
+    c = np.asarray(c, dtype=np.float64)
+    theta = lme4_start(layout) * c
     n, ete, p = float(n), float(ete), layout.p
     if n - p <= 1 or ete <= 0:
         return theta
@@ -472,7 +558,8 @@ def moment_start(stats: Stats, layout: Layout, intercepts) -> np.ndarray:
     s2 = max(s2_total - sum(v for v in var if v is not None), 0.1 * s2_total)
     for (kb, pos, idx), v in zip(layout.templates, var):
         if kb == 1 and v is not None:
-            theta[idx[0]] = float(np.clip(np.sqrt(v / s2), 0.05, 10.0))
+            ci = c[idx[0]]
+            theta[idx[0]] = ci * float(np.clip(np.sqrt(v / s2) / ci, 0.05, 10.0))
     return theta
 
 
@@ -495,7 +582,11 @@ def diagonal_mask(layout: Layout) -> np.ndarray:
 
 
 def lme4_start(layout: Layout) -> np.ndarray:
-    """lme4's starting θ (m,): 1 on the template diagonals (and scales), 0 off them (Λ = I)."""
+    """lme4's starting θ (m,): 1 on the template diagonals (and scales), 0 off them (Λ = I).
+
+    jaxmlm starts from it in the optimizer's unit-free coordinates, θ = c ⊙ lme4_start
+    (c = :func:`theta_scale`): lme4's θ = 1 says a random slope's sd is σ per unit of its
+    predictor, whatever the unit."""
     return np.where(_diagonals(layout)[0], 1.0, 0.0)
 
 
@@ -520,20 +611,28 @@ def _diagonals(layout: Layout):
     return m, tuple(columns)
 
 
-SNAP_BELOW = 1e-3  # boundary candidates: template diagonals smaller than this
+#: Boundary candidates: template diagonals with |θᵢ| < SNAP_BELOW·cᵢ (c = theta_scale), i.e.
+#: below 1e-3 in the optimizer's unit-free coordinates, whatever the predictors' units.
+SNAP_BELOW = 1e-3
 
 
-def snap_boundary(theta: np.ndarray, f: float, stats: Stats, reml, layout: Layout):
+def snap_boundary(theta: np.ndarray, f: float, stats: Stats, reml, layout: Layout, scale=None):
     """Set near-zero template diagonals to exactly 0 where that does not raise the criterion.
 
     lme4 reports singular fits with θ = 0; an unconstrained optimizer only gets
-    close. Returns (θ, criterion, indices snapped). ``theta`` is canonical (see
+    close. Candidates are the diagonals with |θᵢ| < :data:`SNAP_BELOW`·cᵢ, ``scale`` = c
+    (:func:`theta_scale` of ``stats``; computed if not given). A threshold in θ itself
+    would mean a different distance from 0 in every unit: a boundary estimate that Newton
+    leaves ~1e-4 from 0 in unit-free terms (a criterion flat to fourth order there) is
+    ~1e-4·cᵢ in θ, out of reach for a slope on a predictor with small units (large cᵢ).
+    Returns (θ, criterion, indices snapped). ``theta`` is canonical (see
     :func:`canonical_theta`).
     """
     mask = _diagonals(layout)[0]
+    scale = theta_scale_host(stats, layout) if scale is None else np.asarray(scale, dtype=np.float64)
     tol = min(1e-6, 1e-10 * max(1.0, abs(f)))
     snapped = []
-    for i in np.flatnonzero(mask & (np.abs(theta) < SNAP_BELOW) & (theta != 0)):
+    for i in np.flatnonzero(mask & (np.abs(theta) < SNAP_BELOW * scale) & (theta != 0)):
         trial = theta.copy()
         trial[i] = 0.0
         ft = float(deviance(jnp.asarray(trial, dtype=stats.WW.dtype), stats, reml, layout))

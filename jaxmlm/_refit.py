@@ -53,7 +53,7 @@ from ._objective import (
     templates,
 )
 from ._fit import fit, fit_jit
-from ._optimize import STATUS, canonical_theta, diagonal_mask, lme4_start
+from ._optimize import STATUS, canonical_theta, diagonal_mask, lme4_start, theta_scale_host
 from ._stats import Layout, ResponseOps, Stats, bucket, response_ops, response_stats, sufficient_stats, with_response
 
 __all__ = [
@@ -68,7 +68,9 @@ __all__ = [
     "PBTestResult",
 ]
 
-_START_FLOOR = 0.1  # start diagonals at least here: at θᵢ = 0 the criterion is flat (gradient 0)
+# Start diagonals at least here, in the optimizer's unit-free coordinates (θᵢ ≥ 0.1·cᵢ,
+# c = theta_scale): at θᵢ = 0 the criterion is flat (gradient 0).
+_START_FLOOR = 0.1
 _MAX_CHUNK = 1024  # replicates per compiled batch (GPU)
 _CPU_CHUNK = 16  # replicates per compiled batch on a CPU (see _chunk_size)
 _LAPACK_SAFE = 100_000  # batch × cost of a LAPACK call kept below this on a CPU (see _chunk_size)
@@ -113,16 +115,23 @@ def _estimates(fac: Factor, stats: Stats, reml, p: int):
     return beta, jnp.sqrt(sigma2), vcov
 
 
-def _fit_one(theta0, base: Stats, zy1, xy, yy, zry, beta0, reml, layout: Layout, max_iter, ftol, gtol) -> _Batch:
-    """One replicate: Newton loop, canonical signs, snapping, then β̂, σ̂, vcov and the criterion."""
+def _fit_one(theta0, base: Stats, zy1, xy, yy, zry, beta0, flat, reml, layout: Layout, max_iter, ftol,
+             gtol) -> _Batch:
+    """One replicate: lmer's pipeline (Newton, canonical signs, snapping), then β̂, σ̂, vcov
+    and the criterion.
+
+    A ``flat`` response (nothing left after its fit on X) has r² = 0 and a criterion of −∞
+    at every θ; in floating point r² is rounding noise of either sign, so the optimizer
+    may see a finite value. Its status is set to 4 (non-finite criterion) whatever the
+    noise did."""
     st = with_response(base, zy1, xy, yy, zry, beta0, layout.p)
-    # lmer's pipeline (Newton, signs, snapping), inlined into this program
     res = fit(theta0, st, reml, layout, max_iter=max_iter, ftol=ftol, gtol=gtol, method="newton", with_solution=False)
     opt, theta = res.state, res.theta
     fac = factorize(theta, st, layout)
     beta, sigma, vcov = _estimates(fac, st, reml, layout.p)
     gmax = jnp.max(jnp.abs(opt.g))
-    return _Batch(theta, beta, sigma, vcov, criterion(fac, st, reml, layout.p), opt.status, opt.it, opt.nfev, gmax)
+    status = jnp.where(flat, 4, opt.status)
+    return _Batch(theta, beta, sigma, vcov, criterion(fac, st, reml, layout.p), status, opt.it, opt.nfev, gmax)
 
 
 @partial(jax.jit, static_argnames=("layout", "max_iter"), compiler_options=_XLA_OPTIONS)
@@ -134,9 +143,10 @@ def _refit_chunk(Y, theta0, base: Stats, ops: ResponseOps, reml, layout: Layout,
     are arguments, so new responses or ML instead of REML do not recompile.
     Tolerances are :func:`jaxmlm._optimize.fit_theta`'s.
     """
-    zy1, xy, yy, zry, beta0 = response_stats(Y, ops, layout)
+    zy1, xy, yy, zry, beta0, flat = response_stats(Y, ops, layout)
     one = partial(_fit_one, layout=layout, max_iter=max_iter, ftol=ftol, gtol=gtol)
-    return jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0, 0, None))(theta0, base, zy1, xy, yy, zry, beta0, reml)
+    return jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0, 0, 0, None))(theta0, base, zy1, xy, yy, zry, beta0, flat,
+                                                                       reml)
 
 
 # ---- the model as simulation and refits need it -------------------------------------------------
@@ -168,15 +178,18 @@ def _spec(m) -> _Spec:
 
 
 def _start(spec: _Spec, start) -> np.ndarray:
-    """Starting θ of the refits: the fitted θ̂ (as lme4's refit) with diagonals raised to 0.1
-    (at a zero diagonal the criterion is flat and Newton would not move), lmer's default
-    (diagonals 1, others 0) for ``"default"``, or the array given."""
+    """Starting θ of the refits: the fitted θ̂ (as lme4's refit) with diagonals raised to
+    0.1·cᵢ (at a zero diagonal the criterion is flat and Newton would not move; c =
+    :func:`~jaxmlm._optimize.theta_scale`, so the floor means the same in any units),
+    lmer's default (c ⊙ lme4's start: diagonals cᵢ, others 0) for ``"default"``, or the
+    array given."""
     mask = diagonal_mask(spec.layout)
-    if start is None or (isinstance(start, str) and start == "fit"):
+    if start is None or (isinstance(start, str) and start in ("fit", "default")):
+        scale = theta_scale_host(spec.stats, spec.layout)
+        if start == "default":
+            return lme4_start(spec.layout) * scale
         th = canonical_theta(spec.theta, spec.layout)
-        return np.where(mask, np.maximum(np.nan_to_num(th, nan=1.0), _START_FLOOR), np.nan_to_num(th))
-    if isinstance(start, str) and start == "default":
-        return lme4_start(spec.layout)
+        return np.where(mask, np.maximum(np.nan_to_num(th, nan=1.0), _START_FLOOR * scale), np.nan_to_num(th))
     if isinstance(start, str):
         raise DataError(f"start must be 'fit', 'default' or an array of {len(mask)} numbers, got {start!r}")
     th = np.asarray(start, float).ravel()
@@ -516,8 +529,9 @@ def refit_many(m, Y, progress: bool = True, chunk_size: int | None = None, *, RE
     same rows, same REML/ML setting (``REML`` overrides it), each replicate
     optimized as :func:`~jaxmlm._results.lmer` does (Newton iterations, sign
     canonicalization, snapping of near-zero variances) and started, like
-    ``refit``, at the model's θ̂ (diagonals raised to at least 0.1; ``start=
-    "default"`` uses lme4's start, θ = 1 on the diagonals, or pass θ). Rows of Y are responses for the
+    ``refit``, at the model's θ̂ (diagonals raised to at least 0.1 in the optimizer's
+    unit-free coordinates, 0.1 / rms of the column; ``start="default"`` uses lmer's start,
+    lme4's θ = 1 on the diagonals in those coordinates, or pass θ). Rows of Y are responses for the
     observations used in the fit, in data order (``m.design.y`` is the observed one).
 
     Replicates are fitted ``chunk_size`` at a time by one compiled program
@@ -951,7 +965,8 @@ def _ml_spec(m) -> _Spec:
     if not spec.reml:
         return spec
     layout, stats, zero = spec.layout, spec.stats, jnp.asarray(0.0)
-    res = jax.device_get(fit_jit(jnp.asarray(lme4_start(layout)), stats, zero, layout))
+    theta0 = lme4_start(layout) * theta_scale_host(stats, layout)
+    res = jax.device_get(fit_jit(jnp.asarray(theta0), stats, zero, layout))
     status = int(res.state.status)
     if status not in (0, 1) or not np.isfinite(float(res.objective)):
         raise ConvergenceError(f"the ML refit of {m.formula!r} did not converge ({STATUS[status]})")

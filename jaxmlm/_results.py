@@ -26,7 +26,7 @@ from ._errors import ConvergenceError, ConvergenceWarning, DataError, JaxmlmErro
 from ._frontend import build_design
 from ._objective import templates
 from ._fit import fit
-from ._optimize import STATUS, OptState, choose_method, diagonal_mask, fit_theta, lme4_start, moment_start
+from ._optimize import STATUS, OptState, choose_method, diagonal_mask, fit_theta, lme4_start, moment_start, theta_scale
 from ._solution import Solution
 from ._stats import Layout, Stats, one_chunk, stats_from_chunk, sufficient_stats
 
@@ -41,8 +41,11 @@ class FitRecord:
 
     ``theta_start`` / ``theta_end`` in lme4 order (``theta_end`` after sign
     canonicalization and snapping of boundary components, listed in
-    ``snapped``); ``theta_start`` is lme4's (1 on template diagonals) except
-    for the "ai" optimizer, which starts from moment estimates;
+    ``snapped``); ``theta_start`` is lme4's (1 on template diagonals, 0 off
+    them) in the optimizer's unit-free coordinates, θ = c ⊙ that with
+    c = :func:`~jaxmlm._optimize.theta_scale` (1 for an intercept, 1 / rms of
+    the column for a slope), except for the "ai" optimizer, which starts from
+    moment estimates;
     ``theta_optimizer`` the raw optimizer output; ``objective`` the criterion
     at ``theta_end``; ``iterations`` Newton steps; ``evaluations`` points at
     which the criterion was evaluated, with or without derivatives (an
@@ -432,21 +435,25 @@ def _condvar_blocks(sol, layout: Layout, design: Design) -> tuple[tuple, tuple]:
     return tuple(_readonly(b) for b in b_list), tuple(_readonly(v) for v in v_list)
 
 
-@partial(jax.jit, static_argnames=("layout", "max_iter", "method"))
-def _fit_and_solve(theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, method: str = "newton"):
-    """:func:`~jaxmlm._fit.fit` (minimize, canonical signs, snapping, solve) as one program; its
-    outputs packed into one float64 vector (:func:`_unpack_fit` takes it apart: (optimizer
-    state, θ̂, snapped diagonals, solution)).
+def _fit_packed(theta0, stats: Stats, reml, layout: Layout, max_iter: int, method: str):
+    """:func:`~jaxmlm._fit.fit` (minimize, canonical signs, snapping, solve), its start and
+    outputs packed into one float64 vector (:func:`_unpack_fit` takes it apart: (start,
+    optimizer state, θ̂, snapped diagonals, solution)). Traceable.
 
     For small models a separate dispatch and transfer per stage or per output array costs
     as much as the arithmetic (sleepstudy: reading 14 arrays took ~0.15 ms of ~1 ms, one
-    takes ~0.01).
-    """
+    takes ~0.01)."""
     res = fit(theta0, stats, reml, layout, max_iter=max_iter, method=method)
-    out = (res.state, res.theta, res.snapped, res.solution)
+    out = (theta0, res.state, res.theta, res.snapped, res.solution)
     # Every value is exact in float64: θ and the estimates are float64 or float32, the
     # counters small integers.
     return jnp.concatenate([jnp.ravel(a).astype(jnp.float64) for a in jax.tree.leaves(out)])
+
+
+@partial(jax.jit, static_argnames=("layout", "max_iter", "method"))
+def _fit_and_solve(theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, method: str = "newton"):
+    """:func:`_fit_packed` as a program of its own."""
+    return _fit_packed(theta0, stats, reml, layout, max_iter, method)
 
 
 @partial(jax.jit, static_argnames=("spec", "layout"))
@@ -456,36 +463,40 @@ def _pass(floats, ints, spec: tuple, layout: Layout) -> Stats:
 
 
 @partial(jax.jit, static_argnames=("spec", "layout", "max_iter", "method"))
-def _pass_fit_and_solve(theta0, floats, ints, reml, spec: tuple, layout: Layout, max_iter: int = 200,
+def _pass_fit_and_solve(u0, floats, ints, reml, spec: tuple, layout: Layout, max_iter: int = 200,
                         method: str = "newton"):
-    """The pass over one chunk of rows, then :func:`_fit_and_solve`, as one program:
-    (statistics, packed fit). For small data each program launched costs ~0.1 ms on a
-    2-core machine (waking XLA's worker threads), more than the pass's arithmetic."""
+    """The pass over one chunk of rows, then :func:`_fit_packed` from θ₀ = c ⊙ u₀, as one
+    program: (statistics, packed fit). For small data each program launched costs ~0.1 ms on
+    a 2-core machine (waking XLA's worker threads), more than the pass's arithmetic.
+
+    The start comes in the optimizer's unit-free coordinates u₀ (lmer's: lme4's start
+    there) because c = :func:`~jaxmlm._optimize.theta_scale` needs the statistics made
+    here; the packed output holds θ₀."""
     stats = stats_from_chunk(floats, ints, spec, layout)
-    return stats, _fit_and_solve(theta0, stats, reml, layout, max_iter=max_iter, method=method)
+    return stats, _fit_packed(theta_scale(stats, layout) * u0, stats, reml, layout, max_iter, method)
 
 
 @functools.lru_cache(maxsize=256)
 def _fit_pieces(layout: Layout) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
     """(start, stop, shape) of each leaf in :func:`_fit_and_solve`'s packed vector, in tree order."""
     m, p, l1, k1 = layout.ntheta, layout.p, layout.l1, layout.k1
-    shapes = [(m,), (), (m,), (), (), (), (m,), (m,), (p,), (), (p, p), (l1, k1), (layout.qr,), (l1, k1, k1)]
+    shapes = [(m,), (m,), (), (m,), (), (), (), (m,), (m,), (p,), (), (p, p), (l1, k1), (layout.qr,), (l1, k1, k1)]
     shapes += [(lev, k, k) for _, lev, k in layout.rest] + [()]
     stops = np.cumsum([math.prod(s) for s in shapes]).tolist()
     return tuple(zip([0, *stops[:-1]], stops, map(tuple, shapes)))
 
 
-def _unpack_fit(vec: np.ndarray, layout: Layout) -> tuple[OptState, np.ndarray, tuple[int, ...], Solution]:
+def _unpack_fit(vec: np.ndarray, layout: Layout) -> tuple[np.ndarray, OptState, np.ndarray, tuple[int, ...], Solution]:
     """The host side of :func:`_fit_and_solve`'s packing: its leaves in tree order, with
     shapes known from the layout (no tracing needed, so exported programs can use it too)."""
     pieces = _fit_pieces(layout)
     if vec.shape != (pieces[-1][1],):
         raise AssertionError(f"packed fit output of shape {vec.shape}, expected ({pieces[-1][1]},)")
     parts = [vec[a:b].reshape(s) for a, b, s in pieces]
-    x, f, g, it, nfev, status, theta, snapped, beta, sigma, vcov, b1, b_rest, var1 = parts[:14]
+    theta0, x, f, g, it, nfev, status, theta, snapped, beta, sigma, vcov, b1, b_rest, var1 = parts[:15]
     st = OptState(x, f, g, it.astype(np.int64), nfev.astype(np.int64), status.astype(np.int64))
-    sol = Solution(beta, sigma, vcov, b1, b_rest, var1, tuple(parts[14:-1]), parts[-1])
-    return st, theta, tuple(int(i) for i in np.flatnonzero(snapped)), sol
+    sol = Solution(beta, sigma, vcov, b1, b_rest, var1, tuple(parts[15:-1]), parts[-1])
+    return theta0, st, theta, tuple(int(i) for i in np.flatnonzero(snapped)), sol
 
 
 def lmer(
@@ -545,19 +556,24 @@ def lmer(
     t0 = time.perf_counter()
     method = choose_method(layout) if optimizer == "auto" else optimizer
     opts = dict(layout=layout, max_iter=max_iter, method=method)
-    # lme4's start (θ = 1 on template diagonals), except where every iteration costs a dense
-    # q_r³ step: there a moment estimate saves the first few (_optimize.moment_start).
+    # lme4's start (θ = 1 on template diagonals) in the optimizer's unit-free coordinates,
+    # θ₀ = c ⊙ lme4_start (c = theta_scale: 1 for an intercept, 1/rms for a slope's column;
+    # lme4's own θ = 1 would make a slope on a 1e4-unit predictor 1e4 times too variable),
+    # except where every iteration costs a dense q_r³ step: there a moment estimate saves
+    # the first few (_optimize.moment_start).
     moment = method == "ai" and layout.qr > 0
-    theta0 = lme4_start(layout)
+    u0 = lme4_start(layout)
     if one is not None and not moment:
-        stats, packed = _programs.call(_pass_fit_and_solve, (theta0, one.floats, one.ints, reml), dict(opts, spec=one.spec))
-        st, theta, snapped, sol = _unpack_fit(np.asarray(packed), layout)
+        stats, packed = _programs.call(_pass_fit_and_solve, (u0, one.floats, one.ints, reml), dict(opts, spec=one.spec))
+        theta0, st, theta, snapped, sol = _unpack_fit(np.asarray(packed), layout)
         stages = []
     else:
         if stats is None:
             stats = _programs.call(_pass, (one.floats, one.ints), dict(spec=one.spec, layout=layout))
         if moment:
             theta0 = moment_start(stats, layout, [blk.columns == ("(Intercept)",) for blk in design.blocks])
+        else:
+            theta0 = np.asarray(jax.device_get(_programs.call(theta_scale, (stats,), dict(layout=layout)))) * u0
         # The optimizer's stages in order: float32 iterations (float32 mode), then float64 ones
         # (always, except float32 mode without polish). The last stage runs with the final solve
         # as one program. One transfer of each state: every separate read of a device array waits.
@@ -571,7 +587,7 @@ def lmer(
             else:
                 est_stats, est_reml, start = stats32, reml32, theta0.astype(np.float32)
         packed = _programs.call(_fit_and_solve, (start, est_stats, est_reml), opts)
-        st, theta, snapped, sol = _unpack_fit(np.asarray(packed), layout)
+        _, st, theta, snapped, sol = _unpack_fit(np.asarray(packed), layout)
     stages.append(st)
     iterations = sum(int(s.it) for s in stages)
     evaluations = sum(int(s.nfev) for s in stages)

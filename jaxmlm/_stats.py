@@ -576,7 +576,9 @@ def response_stats(Y: jax.Array, ops: ResponseOps, layout: Layout):
 
     β₀ = X⁺y (any β₀ leaves θ̂, r² and σ̂ unchanged; subtracting a good one keeps
     the cross-products from cancelling, as in the pass), y' = y − Xβ₀,
-    then Xᵀy' (c, p), y'ᵀy' (c,), Z₁ᵀy' per level (c, l₁, k₁), Z_rᵀy' (c, q_r).
+    then Xᵀy' (c, p), y'ᵀy' (c,), Z₁ᵀy' per level (c, l₁, k₁), Z_rᵀy' (c, q_r), and
+    whether y' is flat (c,): max|y'| ≤ 1e-10·max|y|, lmer's test for a response with nothing
+    left after its fit on X (``_check_response_varies``; lmer refuses it).
     """
     # Rows of weight 0 carry nothing (a simulated one is NaN: its variance is infinite).
     Y = jnp.where(ops.sw > 0, (Y - ops.offset) * ops.sw, 0.0)
@@ -592,7 +594,8 @@ def response_stats(Y: jax.Array, ops: ResponseOps, layout: Layout):
         zry = jax.ops.segment_sum(vals, ops.P.reshape(-1), layout.qr).T
     else:
         zry = jnp.zeros((Y.shape[0], 0))
-    return zy1, xy, yy, zry, beta0
+    flat = jnp.max(jnp.abs(Yc), axis=1) <= 1e-10 * jnp.max(jnp.abs(Y), axis=1)
+    return zy1, xy, yy, zry, beta0, flat
 
 
 def with_response(base: Stats, zy1, xy, yy, zry, beta0, p: int) -> Stats:

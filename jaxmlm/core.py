@@ -176,7 +176,7 @@ def response_operators(design: Design, layout: Layout) -> ResponseOps:
 def response_statistics(stats: Stats, y, ops: ResponseOps, layout: Layout) -> Stats:
     """``stats`` with the response replaced by ``y`` (n,): every cross-product with y made
     again, the rest kept. Traceable, so it ``vmap``s over a batch of responses."""
-    parts = response_stats(jnp.asarray(y)[None, :], ops, layout)
+    parts = response_stats(jnp.asarray(y)[None, :], ops, layout)[:5]  # without the flatness flag
     return with_response(stats, *(a[0] for a in parts), layout.p)
 
 

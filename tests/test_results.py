@@ -191,23 +191,27 @@ AI_CASES = ["penicillin_crossed", "pastes_nested", "crossed_item_slope", "dyestu
 @pytest.mark.parametrize("cid", AI_CASES)
 def test_ai_from_the_moment_start_reaches_the_newton_optimum(fits, cid):
     """optimizer="ai" (chosen for large crossed designs) starts from moment estimates, not
-    lme4's θ = 1, and must land on the same fit — singular ones (θ = 0) included."""
+    lme4's θ = 1, and must land on the same fit — singular ones (θ = 0) included. Starts
+    are in the optimizer's unit-free coordinates θ / c (c = theta_scale)."""
     import jaxmlm
     from conftest import case_data
 
-    from jaxmlm._optimize import diagonal_mask, moment_start
+    from jaxmlm._optimize import diagonal_mask, moment_start, theta_scale_host
 
     c = CASES[cid]
     newton = fits(cid)
     ai = jaxmlm.lmer(c["formula"], case_data(c), REML=c["REML"], optimizer="ai")
     assert ai.record.method == "ai" and ai.record.converged
+    scale = theta_scale_host(newton.stats, newton.layout)
     if newton.layout.qr:  # with one grouping factor "ai" is Newton from lme4's start
         start = moment_start(newton.stats, newton.layout, _intercepts(newton))
-    else:
-        start = np.where(diagonal_mask(newton.layout), 1.0, 0.0)
-    np.testing.assert_array_equal(ai.record.theta_start, start)
+        np.testing.assert_array_equal(ai.record.theta_start, start)
+    else:  # c ⊙ lme4's start, c made in the fit's program
+        start = np.where(diagonal_mask(newton.layout), 1.0, 0.0) * scale
+        np.testing.assert_allclose(ai.record.theta_start, start, rtol=1e-15, atol=0)
     mask = diagonal_mask(newton.layout)
-    assert np.all(start[~mask] == 0) and np.all((start[mask] >= 0.05) & (start[mask] <= 10))
+    u = start / scale
+    assert np.all(start[~mask] == 0) and np.all((u[mask] >= 0.05) & (u[mask] <= 10))
     assert ai.objective == pytest.approx(newton.objective, abs=2e-6)
     np.testing.assert_allclose(ai.fixef, newton.fixef, rtol=0, atol=2e-4 * newton.se.min())
     np.testing.assert_allclose(ai.theta, newton.theta, rtol=2e-3, atol=2e-4)
@@ -261,14 +265,15 @@ def test_moment_start_is_the_anova_estimate(fits, cid, factors):
 
 
 def test_moment_start_leaves_slopes_and_vector_terms_at_lme4s_start(fits):
-    """Only random intercepts get a moment estimate: a scalar slope (0 + x | g) keeps θ = 1,
-    as do the entries of a vector term, whose off-diagonals stay 0."""
-    from jaxmlm._optimize import diagonal_mask, moment_start
+    """Only random intercepts get a moment estimate: a scalar slope (0 + x | g) keeps lme4's
+    θ = 1 in the optimizer's unit-free coordinates (θ = c, c = theta_scale), as do the entries
+    of a vector term, whose off-diagonals stay 0."""
+    from jaxmlm._optimize import diagonal_mask, moment_start, theta_scale_host
 
     for cid in ("nlschools_slope_only", "crossed_item_slope"):
         m = fits(cid)
         start = moment_start(m.stats, m.layout, _intercepts(m))
-        lme4 = np.where(diagonal_mask(m.layout), 1.0, 0.0)
+        lme4 = np.where(diagonal_mask(m.layout), 1.0, 0.0) * theta_scale_host(m.stats, m.layout)
         for (kb, _, idx), icpt in zip(m.layout.templates, _intercepts(m)):
             if icpt:
                 assert start[idx[0]] != 1.0
