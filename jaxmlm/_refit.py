@@ -340,7 +340,8 @@ class RefitResult:
     canonicalization and boundary snapping; ``sigma``, ``objective`` (REML
     criterion or ML deviance, as ``LinearMixedModel.objective``) (nsim,);
     ``vcov`` (nsim, p, p); ``status`` (codes of :data:`jaxmlm._optimize.STATUS`),
-    ``iterations``, ``evaluations``, ``max_abs_gradient``; ``converged`` (status
+    ``iterations``, ``evaluations``, ``max_abs_gradient`` (as lmer's
+    ``FitRecord``: in the optimizer's unit-free coordinates); ``converged`` (status
     0 or 1); ``ok``: converged with finite estimates — failed replicates hold
     NaN or flags and never affect the others. ``fixef``, ``se``, ``sdcor``:
     DataFrames with lme4's names. ``seconds``: wall time (compilation included

@@ -50,7 +50,9 @@ class FitRecord:
     at ``theta_end``; ``iterations`` Newton steps; ``evaluations`` points at
     which the criterion was evaluated, with or without derivatives (an
     accepted full Newton step costs one); ``status`` / ``message``;
-    ``max_abs_gradient`` at the optimizer's end; ``seconds`` wall time of the
+    ``max_abs_gradient`` at the optimizer's end (of ∂f/∂u, the gradient in the
+    optimizer's unit-free coordinates u = θ / c that ``gtol`` judges, so it
+    does not depend on the predictors' units); ``seconds`` wall time of the
     optimization and the final solve (one program, which for small data, at most
     ``ONE_PROGRAM_ROWS`` = 256 rows, also makes the pass over the rows; compile included the first
     time a shape is seen); ``method`` the optimizer ("newton", "ai" or
