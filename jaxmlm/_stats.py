@@ -406,7 +406,7 @@ def _chunks(inp: _PassInputs):
 
 def _host_stats(schema: Schema, inp: _PassInputs) -> tuple:
     """The statistics that are not sums over chunks, in :class:`Stats` order: n, then (pair lists, β₀, ldw)."""
-    return (np.asarray(inp.n_info), *schema.index[:2], *schema.index[2:], inp.beta0, np.asarray(inp.ldw))
+    return (np.asarray(inp.n_info), *schema.index, inp.beta0, np.asarray(inp.ldw))
 
 
 def accumulate(schema: Schema, design: Design, rows=None, chunk_rows: int = CHUNK_ROWS) -> Stats:
