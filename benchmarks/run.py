@@ -394,7 +394,7 @@ def worker(args) -> int:
         out["peak_rss_fits_mib"] = _peak_rss_mib()  # before the stage split below adds designs of its own
         m = None
         try:
-            from jaxmlm._design import build_design
+            from jaxmlm._frontend import build_design
             from jaxmlm._stats import one_chunk, sufficient_stats
 
             d_times, s_times = [], []
