@@ -33,7 +33,6 @@ from ._design import (
 )
 from ._errors import DataError, FormulaError
 from ._formula import ParsedFormula, parse_formula
-from ._formulaic import formulaic_design, formulaic_specs
 
 __all__ = ["build_design", "with_prior"]
 
@@ -57,6 +56,10 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, weights=None,
         raise FormulaError("a two-column (binomial) response needs glmer, which jaxmlm does not provide yet")
     design = _fast_design(parsed, data)
     if design is None:
+        # formulaic (~0.3 s to import) only where the fast path does not apply: a first fit
+        # of plain columns in a fresh process does without it.
+        from ._formulaic import formulaic_design
+
         design = formulaic_design(parsed, data)
     if weights is None and offset is None:
         return design
@@ -266,6 +269,8 @@ def _fast_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design | None:
 
 
 def _formulaic_specs(parsed: ParsedFormula, frame: dict, index: pd.Index, complete: np.ndarray, cols: list[str]):
+    from ._formulaic import formulaic_specs
+
     return formulaic_specs(parsed, _restrict_levels(pd.DataFrame(frame, index=index), complete), cols)
 
 
