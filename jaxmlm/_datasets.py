@@ -35,6 +35,7 @@ EXAMPLES: tuple[str, ...] = (
     "Pastes",
     "nlschools",
     "Hsb82",
+    "classroom",
 )
 
 _BY_LOWER = {n.lower(): n for n in EXAMPLES}
@@ -102,7 +103,7 @@ def load_example(name: str) -> pd.DataFrame:
     name : str
         One of :data:`EXAMPLES` (``"sleepstudy"``, ``"Dyestuff"``,
         ``"Dyestuff2"``, ``"Penicillin"``, ``"Pastes"``, ``"nlschools"``,
-        ``"Hsb82"``), in any letter case.
+        ``"Hsb82"``, ``"classroom"``), in any letter case.
 
     Returns
     -------
