@@ -72,9 +72,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from jax.scipy.linalg import solve_triangular
-from scipy import stats as sps
+from scipy.special import ndtri  # the normal quantile; scipy.stats takes ~0.5–4 s to import
 
-from . import _x64  # noqa: F401
+from . import _programs, _x64  # noqa: F401
 from ._compare import lift_zero_diagonals, refit_criterion, zero_columns
 from ._errors import ConvergenceWarning, InferenceError, JaxmlmError
 from ._objective import factorize
@@ -206,7 +206,7 @@ def confint(m, method: str = "profile", level: float = 0.95, parm=None, nsim: in
 
 
 def _wald(m, level: float, parm) -> pd.DataFrame:
-    z = float(sps.norm.ppf(0.5 + level / 2.0))
+    z = float(ndtri(0.5 + level / 2.0))
     cols = _percent_labels(level)
     params = _select(_params(m), parm)
     fe, se = np.asarray(m._beta), np.sqrt(np.diag(np.asarray(m._vcov)))
@@ -355,8 +355,9 @@ class _Batch:
         pts = np.repeat(X[:, None, :], nt + 1, axis=1)
         idx = np.arange(nt)
         pts[:, idx + 1, idx] += h
-        f, g, gv = _prof_value_grad(jnp.asarray(pts.reshape(-1, nt)), jnp.asarray(np.repeat(v, nt + 1)),
-                                    self.spec, self.m.stats, self.m.layout)
+        # Through the program cache: a later process finds the traced program (~1 s of tracing).
+        f, g, gv = _programs.call(_prof_value_grad, (jnp.asarray(pts.reshape(-1, nt)), jnp.asarray(np.repeat(v, nt + 1)),
+                                                     self.spec, self.m.stats), dict(layout=self.m.layout))
         self.calls += 1
         f = np.array(f).reshape(T, nt + 1)
         g = np.array(g).reshape(T, nt + 1, nt)
@@ -530,7 +531,7 @@ def _nlev(m, p: _Param) -> int:
 
 
 def _profile(m, level: float, parm, max_outer: int = 40, ztol: float = 1e-7) -> pd.DataFrame:
-    z = float(sps.norm.ppf(0.5 + level / 2.0))
+    z = float(ndtri(0.5 + level / 2.0))
     cols = _percent_labels(level)
     params = _select(_params(m), parm)
     theta, sigma, beta, vcov, base = _ml_fit(m)
