@@ -243,7 +243,7 @@ def choose_bbt(npairs: int, qr: int, l1: int, k1: int, budget: int | None = None
     """"sparse" or "dense": how B Bᵀ is formed, by time and then memory.
 
     Time: the sparse sum costs a gather and a scatter per pair (~30 flops of GEMM each),
-    the dense product q_r²·l₁·k₁ multiply-adds (about half of them, done by blocks:
+    the dense product q_r²·l₁·k₁ multiply-adds (5/8 of them in the criterion, by blocks:
     :func:`jaxmlm._objective.gram_rows`). Memory: the pair list grows with
     Σ_g c_g(c_g + 1)/2 over block-1 levels with c_g partners each, the dense product with
     q_r·l₁k₁. A 1M-row crossed design with 5,000 × 2,000 levels has 10⁸ pairs (~3 GB of pair
