@@ -19,7 +19,8 @@ process, data included) and wall time:
 * ``lmerTest`` — lmerTest's ``summary`` (Satterthwaite df) after the fit, likewise.
 
 "RSS after data" is the process's RSS after reading the CSV (the baseline every stage
-starts from). Results go to ``benchmarks/results/memory.md`` and are printed.
+starts from). Results go to ``benchmarks/results/memory_run.md`` and are printed
+(``memory.md`` holds the curated before/after table).
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def main() -> int:
     ap.add_argument("--g1", type=int, default=5000)
     ap.add_argument("--g2", type=int, default=2000)
     ap.add_argument("--stages", default="data,fit,table,lme4,lmerTest")
-    ap.add_argument("--out", default=str(HERE / "results" / "memory.md"))
+    ap.add_argument("--out", default=str(HERE / "results" / "memory_run.md"))
     ap.add_argument("--worker", nargs=2, metavar=("STAGE", "CSV"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
