@@ -47,7 +47,7 @@ from . import _x64  # noqa: F401
 from ._design import Design
 from ._errors import DataError
 
-__all__ = ["Layout", "ONE_PROGRAM_ROWS", "OneChunk", "Schema", "Stats", "WeightedRows", "accumulate", "bucket",
+__all__ = ["Layout", "ONE_PROGRAM_ROWS", "PAIR_BYTES_MAX", "choose_bbt", "OneChunk", "Schema", "Stats", "WeightedRows", "accumulate", "bucket",
            "make_schema", "merge_stats", "one_chunk", "ResponseOps", "response_ops", "response_stats", "stats_from_chunk",
            "sufficient_stats", "weighted_rows", "weights_constant", "with_response"]
 
@@ -221,6 +221,42 @@ def _pair_products(pair_a: np.ndarray, pair_g: np.ndarray, qr: int, size: int | 
     return e1, e2, tgt
 
 
+#: Most memory the sparse B Bᵀ's pair list may take before the dense product is used instead
+#: (when that takes less): see :func:`choose_bbt`.
+PAIR_BYTES_MAX = 256 << 20
+
+
+def pair_bytes(npairs: int, k1: int) -> int:
+    """Memory of the sparse B Bᵀ's pair list: per pair, (e, e', target) as int32 in the
+    statistics and the criterion's θ-free pair data (:func:`jaxmlm._objective.pair_data`:
+    A21_eᵀA21_e' as k₁×k₁ float64, level and target as int32, a one-byte class)."""
+    return npairs * (12 + 8 * k1 * k1 + 9)
+
+
+def dense_bytes(qr: int, l1: int, k1: int) -> int:
+    """Memory of the dense B Bᵀ's working arrays: B as a dense q_r × l₁k₁ matrix, its
+    cotangent and the scatter that forms it (three copies)."""
+    return 3 * 8 * qr * l1 * k1
+
+
+def choose_bbt(npairs: int, qr: int, l1: int, k1: int, budget: int | None = None) -> str:
+    """"sparse" or "dense": how B Bᵀ is formed, by time and then memory.
+
+    Time: the sparse sum costs a gather and a scatter per pair (~30 flops of GEMM each),
+    the dense product q_r²·l₁·k₁ multiply-adds (5/8 of them in the criterion, by blocks:
+    :func:`jaxmlm._objective.gram_rows`). Memory: the pair list grows with
+    Σ_g c_g(c_g + 1)/2 over block-1 levels with c_g partners each, the dense product with
+    q_r·l₁k₁. A 1M-row crossed design with 5,000 × 2,000 levels has 10⁸ pairs (~3 GB of pair
+    list), against 84 MB for one dense copy of B: where the pair list would pass ``budget``
+    (:data:`PAIR_BYTES_MAX`) and the dense arrays take less, the dense product is used.
+    """
+    budget = PAIR_BYTES_MAX if budget is None else budget
+    fast = "sparse" if 30.0 * npairs * k1 < float(qr) * qr * l1 * k1 else "dense"
+    if fast == "sparse" and pair_bytes(npairs, k1) > budget and dense_bytes(qr, l1, k1) < pair_bytes(npairs, k1):
+        return "dense"
+    return fast
+
+
 class Schema(NamedTuple):
     """What the statistics of a design look like, without its rows' values: the engine's
     sizes (``layout``) and the sparse index of A21 and of B Bᵀ's pair list.
@@ -322,9 +358,8 @@ def _make_schema(design: Design, bbt: str | None) -> tuple[Schema, np.ndarray, n
         pair_a[:nnz_true] = uniq // l1
         pair_g[:nnz_true] = uniq % l1
         npairs_true = _pair_count(pair_g[:nnz_true])
-        # Sparse B Bᵀ costs a scatter per pair; the dense product q_r²·l₁·k₁ flops of GEMM.
         if bbt is None:
-            bbt = "sparse" if 30.0 * npairs_true * k1 < float(qr) * qr * l1 * k1 else "dense"
+            bbt = choose_bbt(npairs_true, qr, l1, k1)
         if bbt == "sparse":
             npairs = bucket(npairs_true, LINEAR_STEPS)
             bb_e1, bb_e2, bb_t = _pair_products(pair_a[:nnz_true], pair_g[:nnz_true], qr, size=npairs, pad=nnz - 1)
