@@ -55,9 +55,10 @@ def data(p: int, levels: int, rng) -> pd.DataFrame:
     """Simulated rows for a shape: g with ``levels`` levels, h crossed with (or nested in) it."""
     n = max(4 * levels, 60)
     d = pd.DataFrame({f"x{j}": rng.normal(size=n) for j in range(1, p + 1)})
-    g = np.arange(n) % levels
+    pair = np.arange(n) // 2  # every (g, h) pair on two rows at least: g/h has fewer levels than rows
+    g = pair % levels
     d["g"] = pd.Categorical(g)
-    d["h"] = pd.Categorical((np.arange(n) // 2) % (levels // 2 + 2))
+    d["h"] = pd.Categorical((pair // 2) % (levels // 2 + 2))
     d["y"] = d["x1"] + rng.normal(size=levels)[g] + rng.normal(size=n)
     return d
 
@@ -77,6 +78,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", type=int, default=500, help="how many shapes to fit (default 500)")
     ap.add_argument("--every", type=int, default=25, help="print a line every this many shapes")
+    ap.add_argument("--start", type=int, default=0, help="skip this many shapes of the list first")
     ap.add_argument("--json", help="write every shape's figures to this file")
     args = ap.parse_args(argv)
 
@@ -93,13 +95,14 @@ def main(argv=None) -> int:
 
     jax.monitoring.register_event_duration_secs_listener(on_event)
     total = len(LEVELS) * len(RANDOM) * MAX_P
-    if args.shapes > total:
+    if args.start + args.shapes > total:
         ap.error(f"at most {total} shapes")
     print(f"jaxmlm {jaxmlm.__version__}, JAX {jax.__version__}, bound {_compiled.max_programs()} programs; "
           f"start: {maps()} mappings, {rss_mb():.0f} MB", flush=True)
     rng = np.random.default_rng(1)
     rows, t0 = [], time.perf_counter()
-    for i, (p, random, levels) in enumerate(itertools.islice(shapes(), args.shapes), 1):
+    todo = itertools.islice(shapes(), args.start, args.start + args.shapes)
+    for i, (p, random, levels) in enumerate(todo, args.start + 1):
         d = data(p, levels, rng)
         f = formula(p, random)
         m = jaxmlm.lmer(f, d)
@@ -110,12 +113,12 @@ def main(argv=None) -> int:
                "compiles": compiles[0], "programs": _compiled.program_count(),
                "seconds": round(time.perf_counter() - t0, 1)}
         rows.append(row)
-        if i % args.every == 0 or i == 1:
+        if i % args.every == 0 or i == args.start + 1:
             print(f"{i:4d} shapes  {row['maps']:6d} mappings  {row['rss_mb']:7.1f} MB  {row['compiles']:5d} compiles  "
                   f"{row['programs']:3d} programs  {row['seconds']:7.1f} s   {f} ({levels} levels)", flush=True)
     peak_maps = max(r["maps"] for r in rows)
     peak_rss = max(r["rss_mb"] for r in rows)
-    print(f"done: {len(rows)} shapes in {rows[-1]['seconds']:.0f} s; peak {peak_maps} mappings, {peak_rss:.0f} MB",
+    print(f"done: {len(rows)} shapes (from shape {args.start + 1}) in {rows[-1]['seconds']:.0f} s; peak {peak_maps} mappings, {peak_rss:.0f} MB",
           flush=True)
     if args.json:
         with open(args.json, "w") as fh:
