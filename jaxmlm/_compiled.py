@@ -182,7 +182,7 @@ class BoundedJit:
         n = len(args)
         static = tuple(args[pos] if pos < n else kwargs.get(name) for pos, name in self._static_pos)
         dynamic = args if n <= self._first_static else tuple(a for i, a in enumerate(args) if i not in self._static_idx)
-        rest = {k: v for k, v in kwargs.items() if k not in self.static_argnames} if kwargs else None
+        rest = {k: v for k, v in kwargs.items() if k not in self.static_argnames} or None if kwargs else None
         return (self, static, _signature((dynamic, rest)))
 
     def program(self, args: tuple, kwargs: dict):
