@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 
 from ._errors import (
+    ConfigurationError,
     ConvergenceError,
     ConvergenceWarning,
     DataError,
@@ -47,6 +48,8 @@ _LAZY = {
     "ref_grid": "._emmeans",
     "set_cache_dir": "._cache",
     "cache_dir": "._cache",
+    "set_max_programs": "._compiled",
+    "max_programs": "._compiled",
 }
 
 __all__ = [
@@ -62,6 +65,8 @@ __all__ = [
     "ref_grid",
     "set_cache_dir",
     "cache_dir",
+    "set_max_programs",
+    "max_programs",
     "JaxmlmError",
     "FormulaError",
     "FormulaSyntaxError",
@@ -72,6 +77,7 @@ __all__ = [
     "PredictArgumentError",
     "InferenceError",
     "ConvergenceError",
+    "ConfigurationError",
     "JaxmlmWarning",
     "RankDeficiencyWarning",
     "ConvergenceWarning",

@@ -74,7 +74,7 @@ import pandas as pd
 from jax.scipy.linalg import solve_triangular
 from scipy.special import ndtri  # the normal quantile; scipy.stats takes ~0.5–4 s to import
 
-from . import _programs, _x64  # noqa: F401
+from . import _compiled, _programs, _x64  # noqa: F401
 from ._compare import lift_zero_diagonals, refit_criterion, zero_columns
 from ._errors import ConvergenceWarning, InferenceError, JaxmlmError
 from ._objective import factorize
@@ -317,7 +317,7 @@ def _prof_objective(phi, v, spec: _Spec, stats: Stats, layout: Layout):
     return fac.logdet_L + r2 / sig2 + n * (_LOG2PI + jnp.log(sig2)) - stats.ldw
 
 
-@partial(jax.jit, static_argnames="layout")
+@partial(_compiled.jit, static_argnames="layout")
 def _prof_value_grad(phi, v, spec: _Spec, stats: Stats, layout: Layout):
     """D, ∂D/∂φ and ∂D/∂v for a batch of (φ, v, task) triples (one compiled program per shape)."""
 

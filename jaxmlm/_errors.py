@@ -20,6 +20,7 @@ __all__ = [
     "PredictArgumentError",
     "InferenceError",
     "ConvergenceError",
+    "ConfigurationError",
     "JaxmlmWarning",
     "RankDeficiencyWarning",
     "ConvergenceWarning",
@@ -94,6 +95,10 @@ class InferenceError(JaxmlmError, ValueError):
 
 class ConvergenceError(JaxmlmError, RuntimeError):
     """The optimizer produced no usable estimate (non-finite objective)."""
+
+
+class ConfigurationError(JaxmlmError, ValueError):
+    """A setting of jaxmlm itself (an environment variable or a set_* function) has a bad value."""
 
 
 class JaxmlmWarning(UserWarning):

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _x64  # noqa: F401
+from . import _compiled, _x64  # noqa: F401
 from ._objective import _deviance
 from ._optimize import SNAP_BELOW, OptState, canonical_theta_jax, diagonal_mask, fit_theta, theta_scale
 from ._solution import Solution, solve
@@ -73,4 +73,4 @@ def fit(theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, ftol=1e
     return Fit(st, theta, snapped, sol.criterion if sol is not None else f, sol)
 
 
-fit_jit = partial(jax.jit, static_argnames=("layout", "max_iter", "method", "with_solution"))(fit)
+fit_jit = partial(_compiled.jit, static_argnames=("layout", "max_iter", "method", "with_solution"))(fit)

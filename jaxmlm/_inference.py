@@ -77,7 +77,7 @@ import numpy as np
 import pandas as pd
 from jax.scipy.linalg import solve_triangular
 
-from . import _programs, _x64  # noqa: F401
+from . import _compiled, _programs, _x64  # noqa: F401
 from ._errors import InferenceError, InferenceWarning
 from ._objective import factorize
 from ._stats import Layout, Stats
@@ -108,10 +108,10 @@ _ONE_SHOT_OPTIONS = _ONE_SHOT if "compiler_options" in inspect.signature(jax.jit
 
 
 def _one_shot_jit(**kwargs):
-    """jax.jit with :data:`_ONE_SHOT` compiler options (where this JAX accepts them)."""
+    """:func:`jaxmlm._compiled.jit` with :data:`_ONE_SHOT` compiler options (where this JAX accepts them)."""
     if _ONE_SHOT_OPTIONS is not None:
         kwargs["compiler_options"] = _ONE_SHOT_OPTIONS
-    return partial(jax.jit, **kwargs)
+    return partial(_compiled.jit, **kwargs)
 
 
 # =============================================================================================
@@ -278,8 +278,8 @@ def eta_map_derivatives(eta, theta_hat, spec):
             jax.hessian(_varpar_from_eta)(eta, theta_hat, spec))
 
 
-varpar_deviance_jit = jax.jit(varpar_deviance, static_argnames="layout")
-vc_deviance_jit = jax.jit(vc_deviance, static_argnames=("layout", "spec"))
+varpar_deviance_jit = _compiled.jit(varpar_deviance, static_argnames="layout")
+vc_deviance_jit = _compiled.jit(vc_deviance, static_argnames=("layout", "spec"))
 
 
 # =============================================================================================

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import solve_triangular
 
-from . import _x64  # noqa: F401
+from . import _compiled, _x64  # noqa: F401
 from ._stats import Layout, Stats
 
 __all__ = [
@@ -282,9 +282,9 @@ def _deviance(theta, stats: Stats, reml, layout: Layout):
     return criterion(factorize(theta, stats, layout), stats, reml, layout.p)
 
 
-deviance = jax.jit(_deviance, static_argnames="layout")
-deviance_and_grad = jax.jit(jax.value_and_grad(_deviance), static_argnames="layout")
-deviance_hessian = jax.jit(jax.hessian(_deviance), static_argnames="layout")
+deviance = _compiled.jit(_deviance, static_argnames="layout")
+deviance_and_grad = _compiled.jit(jax.value_and_grad(_deviance), static_argnames="layout")
+deviance_hessian = _compiled.jit(jax.hessian(_deviance), static_argnames="layout")
 
 
 # ---- single grouping factor (q_r = 0): f, ∇f and ∇²f in closed form per level -------------------

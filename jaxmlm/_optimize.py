@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _x64  # noqa: F401
+from . import _compiled, _x64  # noqa: F401
 from ._objective import (
     _deviance,
     average_information,
@@ -328,7 +328,7 @@ def _bfgs(fun, x0, max_iter: int, ftol: float, gtol: float) -> OptState:
     return jax.lax.while_loop(lambda c: c[0].status < 0, body, (st0, jnp.eye(m, dtype=x0.dtype)))[0]
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "max_iter", "method"))
+@functools.partial(_compiled.jit, static_argnames=("layout", "max_iter", "method"))
 def fit_theta(
     theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, ftol=1e-10, gtol=1e-8, method: str = "newton"
 ) -> OptState:
@@ -403,7 +403,7 @@ def _fit_u(u0, c, stats: Stats, reml, layout: Layout, max_iter: int, ftol, gtol,
                    trial_fgh=True)
 
 
-@functools.partial(jax.jit, static_argnames="layout")
+@functools.partial(_compiled.jit, static_argnames="layout")
 def theta_scale(stats: Stats, layout: Layout) -> jax.Array:
     """c (m,): the scale of each θ entry in the units of the data, θ = c ⊙ u (module docstring).
 
@@ -492,7 +492,7 @@ def _structured_fgh(stats: Stats, reml, layout: Layout):
     return fgh
 
 
-@functools.partial(jax.jit, static_argnames="layout")
+@functools.partial(_compiled.jit, static_argnames="layout")
 def _level_sums(stats: Stats, layout: Layout):
     """(n, eᵀe, (2, l₁k₁ + q_r), c): per random-effect coefficient ZᵀZ's diagonal and Zᵀe, e the
     least-squares residual (W's last column), and :func:`theta_scale`, for :func:`moment_start`

@@ -31,11 +31,12 @@ import os
 import tempfile
 from pathlib import Path
 
+from . import _compiled
+
 __all__ = ["enable", "disable", "enabled", "call"]
 
 _SUFFIX = ".jaxexport"
 _state: dict = {"dir": None}
-_loaded: dict = {}  # key -> jitted callable of a deserialized program
 
 
 def enable(path) -> bool:
@@ -55,9 +56,8 @@ def enable(path) -> bool:
 
 
 def disable() -> None:
-    """Stop using the program cache (programs already loaded in this process are dropped)."""
+    """Stop using the program cache (programs already loaded stay in ``_compiled``'s LRU until dropped)."""
     _state["dir"] = None
-    _loaded.clear()
 
 
 def enabled() -> bool:
@@ -165,9 +165,18 @@ def _jit_call(exp, compiler_options):
 
 
 def _program(fn, args, static, compiler_options):
+    """The loaded program for this call, kept in ``_compiled``'s bounded LRU (made if new)."""
     safe, key = _key(fn, args, static, compiler_options)
-    if key in _loaded:
-        return _loaded[key]
+    return _compiled.cached(("exported", key), lambda: _load(fn, args, static, compiler_options, safe, key))
+
+
+def _exportable(fn):
+    """A ``jax.jit`` function to export ``fn`` with: a bounded kernel's fresh wrapper (not kept
+    in the LRU: exporting only traces it), or ``fn`` itself."""
+    return fn._make() if isinstance(fn, _compiled.BoundedJit) else fn
+
+
+def _load(fn, args, static, compiler_options, safe, key):
     from jax import export
 
     path = _state["dir"] / f"{safe}-{key}{_SUFFIX}"
@@ -184,16 +193,14 @@ def _program(fn, args, static, compiler_options):
         except Exception:  # noqa: BLE001 - corrupt or foreign file: export afresh
             exp = None
     if exp is None:
-        exp = export.export(fn)(*args, **static)
+        exp = export.export(_exportable(fn))(*args, **static)
         types: dict = {}
         _namedtuple_types(exp.in_tree, types)
         _namedtuple_types(exp.out_tree, types)
         _register(types)
         body = exp.serialize()
         _write(path, json.dumps(sorted(types)).encode() + b"\n" + bytes(body))
-    prog = _jit_call(exp, compiler_options)
-    _loaded[key] = prog
-    return prog
+    return _jit_call(exp, compiler_options)
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from . import _programs, _x64  # noqa: F401  (float64 before any array exists)
+from . import _compiled, _programs, _x64  # noqa: F401  (float64 before any array exists)
 from ._design import Design
 from ._errors import ConvergenceError, ConvergenceWarning, DataError, JaxmlmError
 from ._frontend import build_design
@@ -420,7 +420,7 @@ class LinearMixedModel:
         return self.summary()
 
 
-@jax.jit
+@_compiled.jit
 def _as_float32(stats: Stats) -> Stats:
     """The float64 statistics rounded to float32 (index arrays unchanged), in one program."""
     return jax.tree.map(lambda a: a.astype(jnp.float32) if a.dtype == jnp.float64 else a, stats)
@@ -452,7 +452,7 @@ def _fit_packed(theta0, stats: Stats, reml, layout: Layout, max_iter: int, metho
     return jnp.concatenate([jnp.ravel(a).astype(jnp.float64) for a in jax.tree.leaves(out)])
 
 
-@partial(jax.jit, static_argnames=("layout", "max_iter", "method"))
+@partial(_compiled.jit, static_argnames=("layout", "max_iter", "method"))
 def _fit_and_solve(u0, stats: Stats, reml, layout: Layout, max_iter: int = 200, method: str = "newton"):
     """:func:`_fit_packed` from θ₀ = c ⊙ u₀ as a program of its own (c =
     :func:`~jaxmlm._optimize.theta_scale`, computed here: a program of its own for c, and
@@ -460,13 +460,13 @@ def _fit_and_solve(u0, stats: Stats, reml, layout: Layout, max_iter: int = 200, 
     return _fit_packed(theta_scale(stats, layout) * u0, stats, reml, layout, max_iter, method)
 
 
-@partial(jax.jit, static_argnames=("spec", "layout"))
+@partial(_compiled.jit, static_argnames=("spec", "layout"))
 def _pass(floats, ints, spec: tuple, layout: Layout) -> Stats:
     """:func:`~jaxmlm._stats.stats_from_chunk` as a program of its own."""
     return stats_from_chunk(floats, ints, spec, layout)
 
 
-@partial(jax.jit, static_argnames=("spec", "layout", "max_iter", "method"))
+@partial(_compiled.jit, static_argnames=("spec", "layout", "max_iter", "method"))
 def _pass_fit_and_solve(u0, floats, ints, reml, spec: tuple, layout: Layout, max_iter: int = 200,
                         method: str = "newton"):
     """The pass over one chunk of rows, then :func:`_fit_packed` from θ₀ = c ⊙ u₀, as one

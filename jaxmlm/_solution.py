@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-from . import _x64  # noqa: F401
+from . import _compiled, _x64  # noqa: F401
 from ._objective import (
     _inverse_from_cholesky,
     batched_solve_lower,
@@ -59,7 +59,7 @@ class Solution(NamedTuple):
     criterion: jax.Array
 
 
-@partial(jax.jit, static_argnames="layout")
+@partial(_compiled.jit, static_argnames="layout")
 def solve(theta: jax.Array, stats: Stats, reml, layout: Layout) -> Solution:
     """All estimates at θ (one factorization)."""
     fac = factorize(theta, stats, layout)

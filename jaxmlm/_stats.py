@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _x64  # noqa: F401
+from . import _compiled, _x64  # noqa: F401
 from ._design import Design
 from ._errors import DataError
 
@@ -685,4 +685,4 @@ def _accumulate(acc, W, g1, Z1, P, V, E, *, l1: int, qr: int, nnz: int):
     return A11, Z1W, WW, A22, ZrW, A21
 
 
-_chunk_stats = partial(jax.jit, static_argnames=("l1", "qr", "nnz"), donate_argnums=(0,))(_accumulate)
+_chunk_stats = partial(_compiled.jit, static_argnames=("l1", "qr", "nnz"), donate_argnums=(0,))(_accumulate)

@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _x64  # noqa: F401
+from . import _compiled, _x64  # noqa: F401
 from ._covariance import CovarianceStructure
 from ._design import Design
 from ._errors import DataError
@@ -133,7 +133,7 @@ def merge(a: Stats, b: Stats) -> Stats:
     return merge_stats(a, b)
 
 
-@partial(jax.jit, static_argnames="layout")
+@partial(_compiled.jit, static_argnames="layout")
 def criterion(theta, stats: Stats, layout: Layout, REML=True) -> jax.Array:
     """The profiled criterion at θ: −2 × the (restricted) log-likelihood maximized over β and σ.
 
@@ -143,7 +143,7 @@ def criterion(theta, stats: Stats, layout: Layout, REML=True) -> jax.Array:
     return _deviance(jnp.asarray(theta, stats.WW.dtype), stats, jnp.asarray(REML, stats.WW.dtype), layout)
 
 
-@partial(jax.jit, static_argnames="layout")
+@partial(_compiled.jit, static_argnames="layout")
 def solve(theta, stats: Stats, layout: Layout, REML=True) -> Solution:
     """Everything at θ: β̂(θ), σ̂(θ), vcov(β̂), the conditional modes b̂ and their conditional
     variances, and the criterion (one factorization)."""
@@ -155,7 +155,7 @@ def start(layout: Layout) -> np.ndarray:
     return lme4_start(layout)
 
 
-@partial(jax.jit, static_argnames=("layout", "max_iter", "method"))
+@partial(_compiled.jit, static_argnames=("layout", "max_iter", "method"))
 def fit(stats: Stats, layout: Layout, REML=True, theta0=None, max_iter: int = 200, method: str = "newton") -> Fit:
     """lmer's fit as one traceable function: Newton on the criterion from ``theta0``
     (default lme4's start), canonical signs, boundary snapping, then the :class:`Solution`.

@@ -58,3 +58,42 @@ def test_a_subset_of_a_nested_design_shares_compiled_code():
     jaxmlm.lmer(formula, sub, REML=False)
     assert m.ngroups == {"classid:schoolid": 285, "schoolid": 107}
     assert len(_COMPILES) == before, f"{len(_COMPILES) - before} compilation(s)"
+
+
+def _subset_without(d, subject):
+    sub = d[d["Subject"] != subject].copy()
+    sub["Subject"] = sub["Subject"].cat.remove_unused_categories()
+    return sub
+
+
+def test_summary_ranova_and_refits_of_a_fitted_shape_do_not_compile():
+    """Once a model shape has been fitted with its summary, Satterthwaite table, ranova and an
+    ML refit, a second fit on a subset of the rows, its ML refit, its ranova and its summary
+    (issue 12) reuse every program: nothing compiles."""
+    d = jaxmlm.load_example("sleepstudy")
+    f = "Reaction ~ Days + (Days | Subject)"
+    m = jaxmlm.lmer(f, d)
+    m.summary(), m.coef_table(), m.ranova(), m.update(REML=False).summary()
+    before = len(_COMPILES)
+    m2 = jaxmlm.lmer(f, _subset_without(d, "308"))
+    ml = m2.update(REML=False)
+    table = m2.ranova()
+    text = m2.summary() + ml.summary()
+    assert len(_COMPILES) == before, f"{len(_COMPILES) - before} compilation(s): {_COMPILES[before:]}"
+    assert m2.ngroups == {"Subject": 17} and not ml.REML
+    assert len(table) == 2 and "Satterthwaite" in text
+
+
+def test_programs_stay_warm_within_the_bound():
+    """The LRU bound keeps every program of a model in use warm: a fitted shape refitted after
+    a few other shapes (fewer than the bound allows) compiles nothing."""
+    from jaxmlm import _compiled
+
+    d = jaxmlm.load_example("sleepstudy")
+    f = "Reaction ~ Days + (Days | Subject)"
+    jaxmlm.lmer(f, d).coef_table()
+    jaxmlm.lmer("Reaction ~ 1 + (1 | Subject)", d).coef_table()  # another shape in between
+    before = len(_COMPILES)
+    jaxmlm.lmer(f, d).coef_table()
+    assert len(_COMPILES) == before
+    assert 0 < _compiled.program_count() <= _compiled.max_programs()

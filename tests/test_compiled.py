@@ -1,0 +1,137 @@
+"""Compiled programs with a bounded lifetime (jaxmlm/_compiled.py; issue 12)."""
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxmlm
+from jaxmlm import _compiled
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def bound():
+    """Let a test change the program bound; the process's bound comes back afterwards."""
+    old = _compiled.max_programs()
+    yield
+    _compiled.set_max_programs(old)
+
+
+def _maps() -> int:
+    with open("/proc/self/maps") as fh:
+        return sum(1 for _ in fh)
+
+
+@_compiled.jit(static_argnames="k")
+def _kernel(x, k):
+    """A program of a few hundred instructions, one per (k, shape of x)."""
+    for i in range(k):
+        x = jnp.sin(x) @ x + i
+    return jnp.linalg.cholesky(x @ x.T + x.shape[0])
+
+
+def test_the_least_recently_used_program_is_dropped_first(bound):
+    _compiled.clear()
+    _compiled.set_max_programs(2)
+    made = []
+
+    def make(name):
+        return lambda: made.append(name) or name
+
+    _compiled.cached("a", make("a"))
+    _compiled.cached("b", make("b"))
+    assert _compiled.cached("a", make("a again")) == "a"  # kept, and now the most recent
+    _compiled.cached("c", make("c"))  # past the bound: drops b, the least recent
+    assert _compiled.cached("a", make("a again")) == "a"
+    assert _compiled.cached("b", make("b again")) == "b again"
+    assert made == ["a", "b", "c", "b again"]
+    assert _compiled.program_count() == 2
+
+
+def test_a_kernel_keeps_one_program_per_static_arguments_and_shapes(bound):
+    _compiled.clear()
+    _compiled.set_max_programs(3)
+    x = np.eye(3) * 2.0
+    first = np.asarray(_kernel(x, k=2))
+    np.testing.assert_array_equal(np.asarray(_kernel(x, 2)), first)  # static by position: the same program
+    assert _compiled.program_count() == 1  # (JAX's dispatch cache tells the two call forms apart)
+    for n in (4, 5, 6, 7):
+        _kernel(np.eye(n), k=2)
+    assert _compiled.program_count() == 3 and _kernel._cache_size() == 3
+    np.testing.assert_array_equal(np.asarray(_kernel(x, k=2)), first)  # dropped, compiled again, same numbers
+
+
+def test_dropped_programs_give_back_their_memory_mappings(bound):
+    """The point of the bound: an executable dropped from the LRU is really freed (its code's
+    mappings unmapped), not just forgotten by jaxmlm while JAX's caches keep it."""
+    _compiled.set_max_programs(64)
+    _compiled.clear()
+    gc.collect()
+    start = _maps()
+    for n in range(3, 13):
+        _kernel(np.eye(n), k=3)
+    grown = _maps() - start
+    assert grown > 50, f"10 programs added only {grown} mappings: nothing to measure"
+    _compiled.clear()
+    gc.collect()
+    left = _maps() - start
+    assert left < grown / 4, f"10 programs dropped, {left} of their {grown} mappings left"
+
+
+def test_lowering_the_bound_drops_programs_at_once(bound):
+    _compiled.set_max_programs(8)
+    for n in range(3, 7):
+        _kernel(np.eye(n), k=1)
+    assert _compiled.program_count() >= 4
+    _compiled.set_max_programs(2)
+    assert _compiled.program_count() == 2
+
+
+@pytest.mark.parametrize("value", [0, -3, "many", 2.5])
+def test_a_bad_bound_is_a_configuration_error(bound, value):
+    with pytest.raises(jaxmlm.ConfigurationError, match="max_programs"):
+        jaxmlm.set_max_programs(value)
+    assert isinstance(jaxmlm.ConfigurationError("x"), (ValueError, jaxmlm.JaxmlmError))
+
+
+def test_the_bound_comes_from_the_environment(monkeypatch):
+    monkeypatch.setitem(_compiled._state, "max", None)  # not read yet
+    monkeypatch.setenv("JAXMLM_MAX_PROGRAMS", "7")
+    assert jaxmlm.max_programs() == 7
+    monkeypatch.setitem(_compiled._state, "max", None)
+    monkeypatch.setenv("JAXMLM_MAX_PROGRAMS", "lots")
+    with pytest.raises(jaxmlm.ConfigurationError, match="JAXMLM_MAX_PROGRAMS"):
+        jaxmlm.max_programs()
+    monkeypatch.setitem(_compiled._state, "max", None)
+    monkeypatch.delenv("JAXMLM_MAX_PROGRAMS")
+    assert jaxmlm.max_programs() == _compiled.DEFAULT_MAX_PROGRAMS
+
+
+def test_many_model_shapes_stay_within_fixed_mappings_and_memory(tmp_path):
+    """Issue 12's crash, in a process of its own (it cannot take pytest down): model shape after
+    model shape, each with summary(), coef_table() and predict(), under a bound of 4 programs.
+    Without the bound every shape added ~800 mappings and ~30 MB for good (the process aborted
+    at the kernel's mapping limit after a few dozen shapes); with it, mappings and memory stay
+    flat once the bound is reached. (benchmarks/bench_shapes.py runs 500 shapes.)"""
+    out = tmp_path / "shapes.json"
+    env = dict(os.environ, JAXMLM_MAX_PROGRAMS="4", JAXMLM_CACHE_DIR="off", PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_shapes.py"), "--shapes", "16",
+                          "--every", "1", "--json", str(out)], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 16 and rows[-1]["compiles"] >= 2 * 16  # every shape compiled programs of its own
+    assert max(r["programs"] for r in rows) <= 4
+    settled = rows[5]  # the bound is reached after a shape or two
+    later = rows[6:]
+    extra_maps = max(r["maps"] for r in later) - settled["maps"]
+    extra_mb = max(r["rss_mb"] for r in later) - settled["rss_mb"]
+    assert extra_maps < 1500, f"mappings grew by {extra_maps} over {len(later)} more shapes:\n{run.stdout}"
+    assert extra_mb < 150, f"memory grew by {extra_mb:.0f} MB over {len(later)} more shapes:\n{run.stdout}"
