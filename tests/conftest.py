@@ -12,6 +12,12 @@ from pathlib import Path
 # Tests never read or write the user's compilation cache (tests/test_cache.py turns it on in
 # fresh processes): set before jaxmlm's engine loads and configures it.
 os.environ["JAXMLM_CACHE_DIR"] = "off"
+# The suite fits hundreds of model shapes in one process and reuses module-scoped fits: under
+# the library's default bound (48 programs, _compiled.py) later tests would compile again what
+# earlier ones evicted. The autouse fixture below drops every compiled program after each
+# module, which keeps the process's memory mappings bounded instead; tests of the bound set
+# their own (tests/test_compiled.py).
+os.environ.setdefault("JAXMLM_MAX_PROGRAMS", "2000")
 
 import jax  # noqa: E402
 
