@@ -29,6 +29,10 @@ PLATFORMS = ("cuda", "rocm")
 
 
 def _lowered(fn, *args, **static) -> str:
+    from jaxmlm import _compiled
+
+    # A bounded kernel (_compiled.jit) exports through a fresh jax.jit wrapper of its function.
+    fn = fn._make() if isinstance(fn, _compiled.BoundedJit) else fn
     exp = export.export(fn, platforms=PLATFORMS)(*args, **static)
     assert exp.platforms == PLATFORMS
     return exp.mlir_module()
