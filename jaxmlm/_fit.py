@@ -44,20 +44,28 @@ class Fit(NamedTuple):
 
 
 def snap(theta, f, stats: Stats, reml, layout: Layout):
-    """(θ, criterion, snapped mask): lmer's boundary snapping (module docstring), traceable."""
+    """(θ, criterion, snapped mask): lmer's boundary snapping (module docstring), traceable.
+
+    The diagonals are visited by a loop in the program, not unrolled: the criterion is
+    then compiled once, not once per diagonal (InstEval's fit program compiled 1.2 s
+    longer with three copies)."""
     tol = jnp.minimum(1e-6, 1e-10 * jnp.maximum(1.0, jnp.abs(f)))
-    snapped = jnp.zeros(theta.shape, bool)
     c = theta_scale(stats, layout)
-    for i in np.flatnonzero(diagonal_mask(layout)):
+    diagonals = np.flatnonzero(diagonal_mask(layout))
+    if not len(diagonals):
+        return theta, f, jnp.zeros(theta.shape, bool)
+
+    def visit(j, carry):
+        theta, f, snapped = carry
+        i = jnp.asarray(diagonals)[j]
         trial = theta.at[i].set(0.0)
         near = (jnp.abs(theta[i]) < SNAP_BELOW * c[i]) & (theta[i] != 0)
         # Only a candidate needs the criterion at the trial point (under vmap both branches run).
         ft = jax.lax.cond(near, lambda t: _deviance(t, stats, reml, layout), lambda t: jnp.inf * f, trial)
         take = near & (ft <= f + tol)
-        theta = jnp.where(take, trial, theta)
-        f = jnp.where(take, jnp.minimum(f, ft), f)
-        snapped = snapped.at[i].set(take)
-    return theta, f, snapped
+        return jnp.where(take, trial, theta), jnp.where(take, jnp.minimum(f, ft), f), snapped.at[i].set(take)
+
+    return jax.lax.fori_loop(0, len(diagonals), visit, (theta, f, jnp.zeros(theta.shape, bool)))
 
 
 def fit(theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, ftol=1e-10, gtol=1e-8,
