@@ -29,7 +29,12 @@ template column, so variance boundaries need no bounds):
   x − (x·ℓ)ℓ, x and y taking the rows' places; the squared magnitudes keep
   the criterion smooth where an sd is driven to 0; σ and β profiled out;
 * fixed effect β_j = v: r² + (v − β̂_j)²/[(R_X R_Xᵀ)⁻¹]_jj (the minimum over the
-  other β), σ profiled out.
+  other β), σ profiled out;
+* diag, cs and ar1 terms (:mod:`jaxmlm._covariance`): an sd is one scale parameter
+  t, set from v and σ as a one-entry row (sd = σ t for diag, σ t² for the others;
+  one t for all columns when homogeneous); a cs or ar1 correlation fixed at ρ sets
+  the structure's own parameter η(ρ) (:meth:`~jaxmlm._covariance.Structure.eta`),
+  and its bounds are the structure's range (−1/(k−1) for cs, −1 for ar1; and 1).
 
 Units: the free vector φ holds θ in the optimizer's unit-free coordinates,
 θ = c ⊙ θ̃ with c = :func:`~jaxmlm._optimize.theta_scale` (1 / rms of each template
@@ -75,6 +80,7 @@ from scipy.special import ndtri  # the normal quantile; scipy.stats takes ~0.5�
 
 from . import _compiled, _programs, _x64  # noqa: F401
 from ._compare import lift_zero_diagonals, refit_criterion, zero_columns
+from ._covariance import Structure
 from ._errors import ConvergenceWarning, InferenceError, JaxmlmError
 from ._objective import factorize
 from ._optimize import _newton, diagonal_mask, theta_scale, theta_scale_host
@@ -122,11 +128,22 @@ def param_names(m) -> list[str]:
 
 
 def _term_starts(m) -> list[int]:
+    """θ index of each term's first parameter (θ holds the terms' parameters in turn)."""
     starts, t0 = [], 0
     for term in m.design.terms:
         starts.append(t0)
-        t0 += term.k * (term.k + 1) // 2
+        t0 += term.cov.nparams
     return starts
+
+
+def _sd_entries(m, p: _Param) -> list[int]:
+    """θ indices of an sd's row of T: for us its template row (column-major lower triangle);
+    for the other structures the one scale parameter of its column (shared by all columns
+    when the structure is homogeneous)."""
+    term, t0 = m.design.terms[p.term], _term_starts(m)[p.term]
+    if term.cov.kind == "us":
+        return [_theta_index(t0, term.k, p.row, c) for c in range(p.row + 1)]
+    return [t0 + p.row]
 
 
 def _select(params: list[_Param], parm) -> list[_Param]:
@@ -187,10 +204,10 @@ def confint(m, method: str = "profile", level: float = 0.95, parm=None, nsim: in
     if key == "wald":
         return _wald(m, float(level), parm)
     if key == "profile":
-        other = sorted({t.cov.kind for t in m.design.terms if t.cov.kind != "us"})
-        if other:
+        own = sorted({type(t.cov).__name__ for t in m.design.terms if not isinstance(t.cov, Structure)})
+        if own:
             raise InferenceError(
-                f"profile intervals for models with {'/'.join(k + '()' for k in other)} terms are not supported yet; "
+                f"profile intervals need the built-in covariance structures (us, diag, cs, ar1), not {', '.join(own)}; "
                 "use method='boot', method='wald' (fixed effects) or m.variance_components() (Wald intervals of "
                 "the SDs and correlations)")
         return _profile(m, float(level), parm, **kwargs)
@@ -221,18 +238,24 @@ class _Spec(NamedTuple):
     """What one profile task fixes (arrays, so one compiled kernel serves every task).
 
     kind (): SIGMA / SD / COR / BETA; rr (K,): θ indices of the sd's template
-    row, mr (K,) its mask; ri, rj (K,): θ indices of rows i and j of a
-    correlation (padding → index m), mi, mj (K,): their masks; e (p,): unit
-    vector of a fixed effect.
+    row, mr (K,) its mask; sq (): whether that row is one scale parameter that
+    enters T squared (cs, ar1, homogeneous diag: sd = σ t²); ri, rj (K,): θ
+    indices of rows i and j of an unstructured term's correlation (padding →
+    index m), mi, mj (K,): their masks; eta (): θ index of a cs or ar1 term's
+    correlation parameter (else m), cterm (): that term's place in the
+    layout's ``structured`` (else −1); e (p,): unit vector of a fixed effect.
     """
 
     kind: jax.Array
     rr: jax.Array
     mr: jax.Array
+    sq: jax.Array
     ri: jax.Array
     mi: jax.Array
     rj: jax.Array
     mj: jax.Array
+    eta: jax.Array
+    cterm: jax.Array
     e: jax.Array
 
 
@@ -252,6 +275,9 @@ def _sd_theta(phi, v, spec: _Spec):
     sinprod = jnp.concatenate([jnp.ones(1, phi.dtype), jnp.cumprod(jnp.sin(a[:-1]))])
     u = sinprod * jnp.cos(a)
     row = jnp.where(spec.kind == SD, v, 0.0) * jnp.exp(-logsig) * u
+    # A scale parameter t that enters T squared (one entry, u = 1): sd = σ t², t = √(sd/σ).
+    sq = (spec.kind == SD) & (spec.sq > 0) & (spec.mr > 0)  # (K,): the one entry only
+    row = jnp.where(sq, jnp.sqrt(jnp.where(sq, jnp.abs(row), 1.0)), row)
     ext = ext.at[spec.rr].set(jnp.where(spec.mr > 0, row, ext[spec.rr]))
     return jnp.where(spec.kind == SD, ext[:m], phi), logsig
 
@@ -282,6 +308,27 @@ def _cor_theta(phi, v, spec: _Spec):
     return jnp.where(spec.kind == COR, ext[:m], phi)
 
 
+_RHO_IN = 1e-7  # a structure's correlation is held this far (× its range) inside its bounds
+
+
+def _eta_theta(phi, v, spec: _Spec, layout: Layout):
+    """θ with a cs or ar1 term's correlation parameter set so that its correlation is v
+    (the structure's own inverse map, :meth:`~jaxmlm._covariance.Structure.eta`); other
+    tasks write to the padding slot m and leave θ as it is."""
+    eta = jnp.zeros((), phi.dtype)
+    for s, (_, _, cov, _) in enumerate(layout.structured):
+        if _has_rho(cov):
+            lo, hi = cov.rho_range()
+            inside = _RHO_IN * (hi - lo)
+            eta = jnp.where(spec.cterm == s, cov.eta(jnp.clip(v, lo + inside, hi - inside)), eta)
+    ext = jnp.concatenate([phi, jnp.zeros(1, phi.dtype)])
+    return ext.at[spec.eta].set(jnp.where(spec.kind == COR, eta, ext[spec.eta]))[: phi.shape[0]]
+
+
+def _has_rho(cov) -> bool:
+    return isinstance(cov, Structure) and cov.kind in ("cs", "ar1") and cov.k >= 2
+
+
 def _cor_start(X: np.ndarray, spec: dict) -> np.ndarray:
     """φ for correlation tasks from θ: rows i and j divided by the square root of their norms."""
     X = X.copy()
@@ -299,7 +346,7 @@ def _prof_objective(phi, v, spec: _Spec, stats: Stats, layout: Layout):
     (in unit-free coordinates, θ = c ⊙ θ̃: see the module docstring)."""
     c = theta_scale(stats, layout)
     c_row = jnp.concatenate([c, jnp.ones(1, c.dtype)])[spec.rr[0]]  # c of an sd's row (1 for other tasks)
-    theta_u, logsig = _sd_theta(_cor_theta(phi, v, spec), v / c_row, spec)
+    theta_u, logsig = _sd_theta(_eta_theta(_cor_theta(phi, v, spec), v, spec, layout), v / c_row, spec)
     theta = c * theta_u
     fac = factorize(theta, stats, layout)
     p, n = layout.p, stats.n
@@ -401,14 +448,6 @@ def _ml_fit(m):
     return theta, float(sol.sigma), np.asarray(sol.beta), np.asarray(sol.vcov), float(sol.criterion)
 
 
-def _term_template(theta: np.ndarray, t0: int, k: int) -> np.ndarray:
-    T = np.zeros((k, k))
-    for c in range(k):
-        for r in range(c, k):
-            T[r, c] = theta[_theta_index(t0, k, r, c)]
-    return T
-
-
 def _estimates(m, params, theta, sigma, beta) -> np.ndarray:
     starts = _term_starts(m)
     out = []
@@ -418,8 +457,8 @@ def _estimates(m, params, theta, sigma, beta) -> np.ndarray:
         elif p.kind == BETA:
             out.append(beta[p.fixef])
         else:
-            term = m.design.terms[p.term]
-            T = _term_template(theta, starts[p.term], term.k)
+            cov, t0 = m.design.terms[p.term].cov, starts[p.term]
+            T = np.asarray(cov.factor(jnp.asarray(theta[t0 : t0 + cov.nparams])), dtype=np.float64)
             S = T @ T.T
             if p.kind == SD:
                 out.append(sigma * math.sqrt(S[p.row, p.row]))
@@ -439,21 +478,28 @@ def _specs(m, params) -> dict:
         "kind": np.array([p.kind for p in params], np.int32),
         "rr": np.full((n, K), nt, np.int32),
         "mr": np.zeros((n, K)),
+        "sq": np.zeros(n),
         "ri": np.full((n, K), nt, np.int32),
         "mi": np.zeros((n, K)),
         "rj": np.full((n, K), nt, np.int32),
         "mj": np.zeros((n, K)),
+        "eta": np.full(n, nt, np.int32),
+        "cterm": np.full(n, -1, np.int32),
         "e": np.zeros((n, pdim)),
     }
     for a, p in enumerate(params):
         if p.kind == BETA:
             spec["e"][a, p.fixef] = 1.0
-        elif p.kind in (SD, COR):
-            t0, k = starts[p.term], m.design.terms[p.term].k
-            if p.kind == SD:
-                for c in range(p.row + 1):
-                    spec["rr"][a, c] = _theta_index(t0, k, p.row, c)
-                    spec["mr"][a, c] = 1.0
+        elif p.kind == SD:
+            idx = _sd_entries(m, p)
+            spec["rr"][a, : len(idx)] = idx
+            spec["mr"][a, : len(idx)] = 1.0
+            spec["sq"][a] = float(not m.design.terms[p.term].cov.linear)
+        elif p.kind == COR:
+            cov, t0, k = m.design.terms[p.term].cov, starts[p.term], m.design.terms[p.term].k
+            if cov.kind != "us":  # cs, ar1: one correlation parameter after the scales
+                spec["eta"][a] = t0 + cov.nscales
+                spec["cterm"][a] = [first for *_, first in m.layout.structured].index(t0)
             else:
                 for c in range(p.row + 1):
                     spec["ri"][a, c] = _theta_index(t0, k, p.row, c)
@@ -472,15 +518,14 @@ def _pad(spec: dict, T: int) -> dict:
 def _sd_start(m, p: _Param, theta: np.ndarray, sigma: float) -> np.ndarray:
     """φ for an sd task from θ: the sd's row as (log σ̂, hyperspherical angles of its direction)."""
     out = theta.copy()
-    t0, k = _term_starts(m)[p.term], m.design.terms[p.term].k
-    idx = [_theta_index(t0, k, p.row, c) for c in range(p.row + 1)]
+    idx = _sd_entries(m, p)
     d = out[idx].copy()
     if not np.any(d):
         d[-1] = 1.0
     d /= np.linalg.norm(d)
     angles = []
-    for c in range(p.row):
-        if c == p.row - 1:
+    for c in range(len(idx) - 1):
+        if c == len(idx) - 2:
             angles.append(math.atan2(d[c + 1], d[c]))
         else:
             angles.append(math.atan2(float(np.linalg.norm(d[c + 1 :])), d[c]))
@@ -489,14 +534,26 @@ def _sd_start(m, p: _Param, theta: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _sd_zero_deviance(m, p: _Param, theta: np.ndarray) -> float:
-    """ML deviance with sd = 0: the model without that Z column (σ re-estimated)."""
+    """ML deviance with sd = 0: the model without that Z column (all the term's columns
+    for a homogeneous structure, whose one sd they share), σ re-estimated."""
     term = m.design.terms[p.term]
-    col = (term.block, term.offset + p.row)
+    cols = range(term.k) if term.cov.hom else [p.row]
     start = theta.copy()
-    t0 = _term_starts(m)[p.term]
-    for c in range(p.row + 1):
-        start[_theta_index(t0, term.k, p.row, c)] = 0.0
-    return refit_criterion(m, reml=False, stats=zero_columns(m, [col]), theta0=start)[0]
+    start[_sd_entries(m, p)] = 0.0
+    stats = zero_columns(m, [(term.block, term.offset + c) for c in cols])
+    return refit_criterion(m, reml=False, stats=stats, theta0=start)[0]
+
+
+def _cor_bounds(m, p: _Param) -> list[tuple[float, float]]:
+    """(bound, where D is evaluated for it) of a correlation: ±1 for us, where D is defined;
+    a cs or ar1 correlation's range (:meth:`~jaxmlm._covariance.Structure.rho_range`), just
+    inside it, where its parameter η is finite."""
+    cov = m.design.terms[p.term].cov
+    if cov.kind == "us":
+        return [(-1.0, -1.0), (1.0, 1.0)]
+    lo, hi = cov.rho_range()
+    inside = 10 * _RHO_IN * (hi - lo)
+    return [(lo, lo + inside), (hi, hi - inside)]
 
 
 def _nlev(m, p: _Param) -> int:
@@ -532,24 +589,24 @@ def _profile(m, level: float, parm, max_outer: int = 40, ztol: float = 1e-7) -> 
         elif p.kind == BETA:
             tasks += [(a, -z, -np.inf, est[a]), (a, z, est[a], np.inf)]
         elif np.isfinite(est[a]):
-            cor_bounds += [(a, -1.0), (a, 1.0)]
+            cor_bounds += [(a, b, at) for b, at in _cor_bounds(m, p)]
     T = max(8, -(-(len(tasks) + len(cor_bounds)) // 8) * 8)
 
-    # Correlations at ±1 (lme4's bounds): reached → bracket, else the bound itself.
+    # Correlations at their bounds (±1 as lme4; a structure's range): reached → bracket, else the bound.
     if cor_bounds:
-        pidx = [a for a, _ in cor_bounds]
+        pidx = [a for a, _, _ in cor_bounds]
         spec = _pad(_specs(m, [params[a] for a in pidx]), T)
         X = _cor_start(np.repeat(_free_start(m, theta)[None, :], T, axis=0), spec)
         v = np.zeros(T)
-        v[: len(cor_bounds)] = [b for _, b in cor_bounds]
+        v[: len(cor_bounds)] = [at for _, _, at in cor_bounds]
         frozen = np.arange(T) >= len(cor_bounds)
         _, D, _, _ = _minimize(m, spec, X, v, frozen)
-        for (a, b), d in zip(cor_bounds, D):
-            zb = math.copysign(math.sqrt(max(d - base, 0.0)), b - est[a])
+        for (a, b, at), d in zip(cor_bounds, D):
+            zb = math.copysign(math.sqrt(max(d - base, 0.0)), at - est[a])
             if abs(zb) < z or not np.isfinite(d):
-                (lower if b < 0 else upper)[a] = b
+                (lower if b < est[a] else upper)[a] = b
             else:
-                tasks.append((a, math.copysign(z, b), min(b, est[a]), max(b, est[a])))
+                tasks.append((a, math.copysign(z, at - est[a]), min(at, est[a]), max(at, est[a])))
 
     if tasks:
         res = _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, max_outer, ztol)
@@ -584,8 +641,7 @@ def _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, ma
             if vhat[i] > 0:
                 v[i] = vhat[i] * math.exp(target[i] / math.sqrt(2.0 * _nlev(m, p)))
             else:  # half of σ in the units of the sd's column (θ̃ = 0.5)
-                term = m.design.terms[p.term]
-                v[i] = 0.5 * sigma * c[_theta_index(_term_starts(m)[p.term], term.k, p.row, p.row)]
+                v[i] = 0.5 * sigma * c[_sd_entries(m, p)[-1]]
         else:
             v[i] = vhat[i] + s * (1.0 - vhat[i] ** 2) * abs(target[i]) / math.sqrt(_nlev(m, p))
         if not lo[i] < v[i] < hi[i]:

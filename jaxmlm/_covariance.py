@@ -146,9 +146,9 @@ class Structure(CovarianceStructure):
     def nparams(self) -> int:
         if self.kind == "us":
             return self.k * (self.k + 1) // 2
-        if self.kind == "diag":
+        if self.kind == "diag" or self.k < 2:
             return self.nscales
-        return self.nscales + 1  # cs, ar1: scales and the correlation's η
+        return self.nscales + 1  # cs, ar1: scales and the correlation's η (none for one column)
 
     def positions(self) -> tuple[int, ...]:
         """Flat positions (row · k + column) in T of each parameter of a linear structure."""
@@ -184,6 +184,17 @@ class Structure(CovarianceStructure):
         e = jnp.exp(eta)
         return (e - 1.0) / (e + self.k - 1.0)
 
+    def eta(self, rho):
+        """η from the correlation: the inverse of :meth:`rho` (traceable)."""
+        if self.kind == "ar1":
+            return jnp.arctanh(rho)
+        return jnp.log1p((self.k - 1) * rho) - jnp.log1p(-rho)
+
+    def rho_range(self) -> tuple[float, float]:
+        """The open range of the cs or ar1 correlation: (−1/(k−1), 1) for cs, where C is
+        positive definite, (−1, 1) for ar1."""
+        return (-1.0 / (self.k - 1), 1.0) if self.kind == "cs" else (-1.0, 1.0)
+
     def factor(self, par) -> jnp.ndarray:
         """T (k × k, lower triangular) from the parameters (traceable)."""
         k = self.k
@@ -191,7 +202,7 @@ class Structure(CovarianceStructure):
         if self.linear:
             return jnp.zeros(k * k, par.dtype).at[jnp.asarray(self.positions())].set(par).reshape(k, k)
         scales = jnp.broadcast_to(par[: self.nscales] ** 2, (k,))
-        if self.kind == "diag":
+        if self.kind == "diag" or k < 2:
             return jnp.diag(scales)
         rho = self.rho(par[self.nscales])
         if self.kind == "ar1":
@@ -217,7 +228,7 @@ class Structure(CovarianceStructure):
         if self.kind == "us":
             return tuple(("sd", i, i) if i == j else ("cor", i, j) for j in range(k) for i in range(j, k))
         sds = tuple(("sd", i, i) for i in range(self.nscales))
-        return sds if self.kind == "diag" else sds + (("cor", 1, 0),)
+        return sds if self.kind == "diag" or k < 2 else sds + (("cor", 1, 0),)
 
     def params_from_sdcor(self, sd, cor, sigma):
         """The structure's parameters from its SDs (``nscales`` of them, or k for us), its
@@ -232,11 +243,9 @@ class Structure(CovarianceStructure):
             T = sd[:, None] * jnp.linalg.cholesky(R) / sigma
             jj, ii = np.triu_indices(k)
             return T[ii, jj]
-        if self.kind == "diag":
+        if self.kind == "diag" or k < 2:
             return sd / sigma if self.linear else jnp.sqrt(sd / sigma)
-        rho = cor[0]
-        eta = jnp.arctanh(rho) if self.kind == "ar1" else jnp.log1p((k - 1) * rho) - jnp.log1p(-rho)
-        return jnp.concatenate([jnp.sqrt(sd / sigma), eta[None]])
+        return jnp.concatenate([jnp.sqrt(sd / sigma), self.eta(cor[0])[None]])
 
     def param_names(self, columns: tuple[str, ...], group: str) -> list[str]:
         """Names of the parameters (θ): lme4's ``group.column`` / ``group.row.column`` for us and
@@ -244,7 +253,8 @@ class Structure(CovarianceStructure):
         if self.linear:
             return [f"{group}.{columns[p // self.k]}" if p // self.k == p % self.k
                     else f"{group}.{columns[p // self.k]}.{columns[p % self.k]}" for p in self.positions()]
-        return [f"{group}.{columns[i]}" for i in range(self.nscales)] + ([f"{group}.eta"] if self.kind != "diag" else [])
+        has_eta = self.kind != "diag" and self.k >= 2
+        return [f"{group}.{columns[i]}" for i in range(self.nscales)] + ([f"{group}.eta"] if has_eta else [])
 
     def text(self, expr: str, group: str) -> str:
         """The term as written in a formula: ``(expr | g)`` for us, else ``cs(expr | g)`` (``, hom = …``)."""

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _compiled, _x64  # noqa: F401
-from ._objective import _deviance
+from ._objective import _deviance, blockdiag_value, levels_last
 from ._optimize import SNAP_BELOW, OptState, canonical_theta_jax, diagonal_mask, fit_theta, theta_scale
 from ._solution import Solution, solve
 from ._stats import Layout, Stats
@@ -54,6 +54,14 @@ def snap(theta, f, stats: Stats, reml, layout: Layout):
     diagonals = np.flatnonzero(diagonal_mask(layout))
     if not len(diagonals):
         return theta, f, jnp.zeros(theta.shape, bool)
+    if layout.qr == 0 and not layout.structured:
+        A, Z = levels_last(stats.A11, stats.Z1W)
+
+        def criterion(t):  # one grouping factor: the per-level formulas compile smaller (~0.4 s)
+            return blockdiag_value(t, A, Z, stats, reml, layout)
+    else:
+        def criterion(t):
+            return _deviance(t, stats, reml, layout)
 
     def visit(j, carry):
         theta, f, snapped = carry
@@ -61,7 +69,7 @@ def snap(theta, f, stats: Stats, reml, layout: Layout):
         trial = theta.at[i].set(0.0)
         near = (jnp.abs(theta[i]) < SNAP_BELOW * c[i]) & (theta[i] != 0)
         # Only a candidate needs the criterion at the trial point (under vmap both branches run).
-        ft = jax.lax.cond(near, lambda t: _deviance(t, stats, reml, layout), lambda t: jnp.inf * f, trial)
+        ft = jax.lax.cond(near, criterion, lambda t: jnp.inf * f, trial)
         take = near & (ft <= f + tol)
         return jnp.where(take, trial, theta), jnp.where(take, jnp.minimum(f, ft), f), snapped.at[i].set(take)
 

@@ -394,6 +394,14 @@ def _blockdiag_S(V, Z, WW, k):
     return WW - C @ C.T
 
 
+def blockdiag_value(theta: jax.Array, A: jax.Array, Z: jax.Array, stats: Stats, reml, layout: Layout):
+    """d(θ) alone by :func:`blockdiag_fgh`'s per-level formulas (q_r = 0; ``A``, ``Z`` level-last):
+    log|M| summed over levels + φ(S). For a few values beside the optimizer (boundary
+    snapping) it compiles to a smaller program than the general factorization."""
+    la = _level_algebra(theta, A, layout)
+    return la["logdet"] + _phi(_blockdiag_S(la["V"], Z, stats.WW, layout.k1), stats, reml, layout.p)
+
+
 def blockdiag_fgh(theta: jax.Array, A: jax.Array, Z: jax.Array, stats: Stats, reml, layout: Layout):
     """(d, ∇d, ∇²d) at θ for a single grouping factor (q_r = 0), by the formulas above.
 

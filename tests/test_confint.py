@@ -172,3 +172,108 @@ def test_second_profile_of_a_model_does_not_recompile(fits, profiles):
     assert len(_COMPILES) == before
     pd.testing.assert_frame_equal(again, first)
     pd.testing.assert_frame_equal(again, profiles("sleepstudy_rs"))
+
+
+# ---- profiles of covariance structures (diag, cs, ar1) ------------------------------------------------------
+
+PANEL = Path(__file__).parent / "reference" / "structures" / "panel.csv"  # made by make_structures_reference.R
+
+
+@pytest.mark.parametrize(
+    "structured, unstructured",
+    [
+        # Exact equivalences: a 2-column cs or heterogeneous ar1 has one free correlation
+        # in (−1, 1), as us; diag is the double-bar model. The us profiles are lme4's (above).
+        ("Reaction ~ Days + diag(1 + Days | Subject)", "Reaction ~ Days + (1 + Days || Subject)"),
+        ("Reaction ~ Days + cs(1 + Days | Subject)", "Reaction ~ Days + (1 + Days | Subject)"),
+        ("y ~ x + ar1(0 + time | g, hom = FALSE)", "y ~ x + (0 + time | g)"),
+        # One column: no correlation (was: a dead η parameter, and confint raised IndexError).
+        ("Reaction ~ Days + cs(1 | Subject)", "Reaction ~ Days + (1 | Subject)"),
+    ],
+)
+def test_structure_profiles_equal_their_unstructured_twins(structured, unstructured):
+    if structured.startswith("y"):  # ar1 over two times of the panel
+        panel = pd.read_csv(PANEL)
+        data = panel[panel["time"].isin(["t1", "t2"])]
+    else:
+        data = jaxmlm.load_example("sleepstudy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", jaxmlm.ConvergenceWarning)
+        got = confint(jaxmlm.lmer(structured, data))
+        want = confint(jaxmlm.lmer(unstructured, data))
+    # Rows by name: us lists sd, cor, sd (lme4's order), cs and ar1 the sds, then the correlation.
+    assert sorted(got.index) == sorted(want.index)
+    np.testing.assert_allclose(got.loc[want.index].to_numpy(), want.to_numpy(), rtol=2e-5, atol=1e-6)
+
+
+def _dense_ml_deviance(sd, rho, sigma, kind, y, X, codes, rows):
+    """−2 log L of y ~ X + kind(0 + time | g) by the marginal covariance of each group,
+    V_g = Z_g Σ Z_gᵀ + σ² I (Σ = D C D; C compound symmetric or AR(1)), β by GLS:
+    numpy only, nothing shared with the engine. ``rows`` (groups × rows per group) indexes
+    each group's rows."""
+    k = len(sd)
+    i, j = np.indices((k, k))
+    C = np.where(i == j, 1.0, rho) if kind == "cs" else rho ** np.abs(i - j)
+    S = np.asarray(sd)[:, None] * C * np.asarray(sd)[None, :]
+    Z = np.eye(k)[codes[rows]]  # (G, r, k)
+    V = Z @ S @ np.swapaxes(Z, 1, 2) + sigma**2 * np.eye(rows.shape[1])
+    L = np.linalg.cholesky(V)
+    Xw = np.linalg.solve(L, X[rows])
+    yw = np.linalg.solve(L, y[rows][..., None])[..., 0]
+    XVX, XVy = np.einsum("gra,grb->ab", Xw, Xw), np.einsum("gra,gr->a", Xw, yw)
+    r2 = np.sum(yw * yw) - XVy @ np.linalg.solve(XVX, XVy)
+    logdet = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum()
+    return logdet + r2 + len(y) * np.log(2.0 * np.pi)
+
+
+@pytest.mark.parametrize("kind, hom", [("cs", False), ("ar1", True)])
+def test_structure_profile_limits_are_roots_of_an_independent_profile(kind, hom):
+    """At each limit of an sd or the correlation of a 3-column cs/ar1 term (ML fit), the ML
+    deviance minimized over every other parameter (dense, scipy) is D̂ + z². (Three times of
+    the panel: each 5-column model compiles for ~40 s.)"""
+    from scipy.optimize import minimize
+
+    k = 3
+    panel = pd.read_csv(PANEL)
+    panel = panel[panel["time"].isin(["t1", "t2", "t3"])].reset_index(drop=True)
+    formula = f"y ~ x + {kind}(0 + time | g, hom = {'TRUE' if hom else 'FALSE'})"
+    m = jaxmlm.lmer(formula, panel, REML=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", jaxmlm.ConvergenceWarning)
+        ci = m.confint(parm="theta_")
+    y, X = panel["y"].to_numpy(float), np.column_stack([np.ones(len(panel)), panel["x"].to_numpy(float)])
+    codes = panel["time"].str[1:].astype(int).to_numpy() - 1
+    rows = np.stack([np.flatnonzero(panel["g"].to_numpy() == g) for g in np.unique(panel["g"])])  # 40 × 6
+    nsd = 1 if hom else k
+    vc = m.varcorr
+    sd_hat = vc["sdcor"].to_numpy()[:nsd]
+    rho_hat = float(vc.loc[vc["var2"].notna(), "sdcor"].iloc[0])
+    lo = -1.0 / (k - 1) if kind == "cs" else -1.0
+
+    def unpack(free, fixed_name, fixed_value):
+        """(sds, ρ, σ) from the free vector (log sds, atanh-like ρ, log σ) with one fixed."""
+        vals = list(free)
+        sds = [fixed_value if fixed_name == f"sd{i}" else np.exp(vals.pop(0)) for i in range(nsd)]
+        rho = fixed_value if fixed_name == "rho" else lo + (1 - lo) / (1 + np.exp(-vals.pop(0)))
+        return np.repeat(sds, k) if hom else np.asarray(sds), rho, np.exp(vals.pop(0))
+
+    base = _dense_ml_deviance(np.repeat(sd_hat, k) if hom else sd_hat, rho_hat, m.sigma, kind, y, X, codes, rows)
+    assert base == pytest.approx(-2 * m.loglik, abs=1e-6)
+    z2 = Z975**2
+    checked = 0
+    for name, row in ci.iterrows():
+        if name == "sigma":
+            continue
+        fixed = "rho" if name.startswith("cor_") else f"sd{0 if hom else list(ci.index).index(name)}"
+        for limit in row:
+            if not np.isfinite(limit) or limit <= 0 and fixed != "rho" or fixed == "rho" and limit in (lo, 1.0):
+                continue
+            start = [np.log(s) for i, s in enumerate(sd_hat) if fixed != f"sd{i}"]
+            if fixed != "rho":
+                start.append(-np.log((1 - lo) / (rho_hat - lo) - 1))
+            start.append(np.log(m.sigma))
+            res = minimize(lambda f: _dense_ml_deviance(*unpack(f, fixed, limit), kind, y, X, codes, rows),
+                           start, method="BFGS", options={"gtol": 1e-7})
+            assert res.fun - base == pytest.approx(z2, abs=2e-3), (name, limit)
+            checked += 1
+    assert checked >= (3 if hom else 6)  # most limits are interior (not 0 or a bound)

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 import jaxmlm
-from jaxmlm import FormulaError, FormulaSyntaxError, InferenceError
+from jaxmlm import FormulaError, FormulaSyntaxError
 from jaxmlm._covariance import make_structure
 
 REF_DIR = Path(__file__).parent / "reference" / "structures"
@@ -204,12 +204,6 @@ def test_ranova_removes_a_structured_term_whole(panel):
     assert list(tab.Df[1:]) == [2, 1]
     without = jaxmlm.lmer("y ~ x + (1 | f)", panel, REML=False)
     assert tab.logLik.iloc[1] == pytest.approx(without.loglik, abs=1e-6)
-
-
-def test_profile_intervals_are_refused_with_a_way_out(panel):
-    m = jaxmlm.lmer("y ~ x + cs(0 + time | g)", panel, REML=False)
-    with pytest.raises(InferenceError, match="method='boot'"):
-        m.confint()
 
 
 # ---- bad structures ------------------------------------------------------------------------------------
