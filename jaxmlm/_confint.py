@@ -373,7 +373,7 @@ def _snappable(layout: Layout, spec: dict) -> np.ndarray:
 
 
 _SNAP_AT = 0.05  # unit-free φ diagonals below this are tried at exactly 0
-_ROUNDS = 2  # minimize and snap; if a task snapped, minimize all again from there and snap
+_ROUNDS = 3  # minimize and snap, again while a task snapped; the last round only minimizes
 
 
 @partial(_compiled.jit, static_argnames=("layout", "max_iter"))
@@ -388,8 +388,10 @@ def _prof_minimize(phi, v, spec: _Spec, snappable, frozen, stats: Stats, layout:
     a minimization the task's snappable diagonals below ``_SNAP_AT`` are tried at exactly 0
     together and kept where D does not increase, as ``lmer`` snaps boundary estimates (with
     a variance whose optimum is on the boundary the criterion is locally quartic there,
-    where Newton steps only creep); if any task snapped, every task is minimized again
-    (at most ``_ROUNDS`` rounds; a converged task takes one evaluation more).
+    where Newton steps only creep); while any task snapped, every task is minimized again
+    (at most ``_ROUNDS`` rounds, the last without snapping, so that every result is a
+    minimum of the coordinates left free; a converged task costs two evaluations more).
+    ∂D/∂v is exact (forward mode: one tangent).
     """
 
     def objective(ph, w, sp):
@@ -412,16 +414,14 @@ def _prof_minimize(phi, v, spec: _Spec, snappable, frozen, stats: Stats, layout:
     def round_(carry):
         X, r, _ = carry
         st = jax.vmap(minimize)(X, v, spec, iters)
-        cand = snappable & ~frozen[:, None] & (jnp.abs(st.x) < _SNAP_AT) & (st.x != 0)
+        cand = snappable & ~frozen[:, None] & (jnp.abs(st.x) < _SNAP_AT) & (st.x != 0) & (r < _ROUNDS - 1)
         Xs = jnp.where(cand, 0.0, st.x)
         fs = jax.vmap(objective)(Xs, v, spec)
         take = jnp.any(cand, axis=1) & jnp.isfinite(fs) & (fs <= st.f + 1e-12 * jnp.abs(st.f))
         return jnp.where(take[:, None], Xs, st.x), r + 1, jnp.any(take)
 
     X = jax.lax.while_loop(lambda c: (c[1] < _ROUNDS) & c[2], round_, (phi, 0, jnp.asarray(True)))[0]
-    h = 1e-6 * jnp.maximum(1.0, jnp.abs(v))
-    Dv = jax.vmap(jax.vmap(objective, (None, 0, None)))(X, v[:, None] + h[:, None] * jnp.array([0.0, 1.0, -1.0]), spec)
-    D, gv = Dv[:, 0], (Dv[:, 1] - Dv[:, 2]) / (2 * h)
+    D, gv = jax.vmap(lambda x, w, sp: jax.jvp(lambda w_: objective(x, w_, sp), (w,), (jnp.ones_like(w),)))(X, v, spec)
     return jnp.where(frozen[:, None], phi, X), D, gv
 
 
@@ -545,7 +545,7 @@ def _sd_zero_deviance(m, p: _Param, theta: np.ndarray) -> float:
 
 
 def _cor_bounds(m, p: _Param) -> list[tuple[float, float]]:
-    """(bound, where D is evaluated for it) of a correlation: ±1 for us, where D is defined;
+    """(bound, where D is evaluated for it) of a correlation, lower then upper: ±1 for us, where D is defined;
     a cs or ar1 correlation's range (:meth:`~jaxmlm._covariance.Structure.rho_range`), just
     inside it, where its parameter η is finite."""
     cov = m.design.terms[p.term].cov
@@ -589,24 +589,25 @@ def _profile(m, level: float, parm, max_outer: int = 40, ztol: float = 1e-7) -> 
         elif p.kind == BETA:
             tasks += [(a, -z, -np.inf, est[a]), (a, z, est[a], np.inf)]
         elif np.isfinite(est[a]):
-            cor_bounds += [(a, b, at) for b, at in _cor_bounds(m, p)]
+            cor_bounds += [(a, b, at, side) for (b, at), side in zip(_cor_bounds(m, p), (-1.0, 1.0))]
     T = max(8, -(-(len(tasks) + len(cor_bounds)) // 8) * 8)
 
     # Correlations at their bounds (±1 as lme4; a structure's range): reached → bracket, else the bound.
     if cor_bounds:
-        pidx = [a for a, _, _ in cor_bounds]
+        pidx = [a for a, *_ in cor_bounds]
         spec = _pad(_specs(m, [params[a] for a in pidx]), T)
         X = _cor_start(np.repeat(_free_start(m, theta)[None, :], T, axis=0), spec)
         v = np.zeros(T)
-        v[: len(cor_bounds)] = [at for _, _, at in cor_bounds]
+        v[: len(cor_bounds)] = [at for _, _, at, _ in cor_bounds]
         frozen = np.arange(T) >= len(cor_bounds)
         _, D, _, _ = _minimize(m, spec, X, v, frozen)
-        for (a, b, at), d in zip(cor_bounds, D):
-            zb = math.copysign(math.sqrt(max(d - base, 0.0)), at - est[a])
+        for (a, b, at, side), d in zip(cor_bounds, D):
+            # The side is the bound's (lower first): an estimate at ±1 may exceed it by rounding.
+            zb = side * math.sqrt(max(d - base, 0.0))
             if abs(zb) < z or not np.isfinite(d):
-                (lower if b < est[a] else upper)[a] = b
+                (lower if side < 0 else upper)[a] = b
             else:
-                tasks.append((a, math.copysign(z, at - est[a]), min(at, est[a]), max(at, est[a])))
+                tasks.append((a, side * z, min(at, est[a]), max(at, est[a])))
 
     if tasks:
         res = _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, max_outer, ztol)
