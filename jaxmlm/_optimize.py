@@ -213,10 +213,6 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
 
     Either way, once the predicted decrease (the Newton decrement) is below ftol, a step
     that raises f by no more than rounding noise is accepted instead of backtracked.
-
-    With ``trial_fgh``, ``max_iter`` may be traced (one per task under ``vmap``): 0 evaluates
-    the start and takes no step (status 2), so a task with nothing to do does not keep a
-    batched loop running.
     """
     if trial_fgh and fgh is None:
         raise ValueError("trial_fgh needs fgh")
@@ -266,7 +262,7 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
             it = s.it + (done & ~first).astype(s.it.dtype)
             # A step that ends rejected (the 41st halving) is judged at the point kept.
             f_new, g_new = jnp.where(accepted, f_t, s.f), jnp.where(accepted, g_t, s.g)
-            status = jnp.where(first, jnp.where(jnp.isfinite(f_t), jnp.where(max_iter > 0, -1, 2), 4),
+            status = jnp.where(first, jnp.where(jnp.isfinite(f_t), -1, 4),
                                _status(decrement, s.f, f_new, g_new, accepted, it, max_iter, ftol, gtol))
             new = OptState(x_t, f_t, g_t, it, s.nfev + 1, status)
             kept = OptState(s.x, s.f, s.g, it, s.nfev + 1, jnp.where(done, status, -1))
