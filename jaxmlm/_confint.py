@@ -323,16 +323,12 @@ def _eta_theta(phi, v, spec: _Spec, layout: Layout):
     tasks write to the padding slot m and leave θ as it is."""
     eta = jnp.zeros((), phi.dtype)
     for s, (_, _, cov, _) in enumerate(layout.structured):
-        if _has_rho(cov):
+        if isinstance(cov, Structure) and cov.correlated:
             lo, hi = cov.rho_range()
             inside = _RHO_IN * (hi - lo)
             eta = jnp.where(spec.cterm == s, cov.eta(jnp.clip(v, lo + inside, hi - inside)), eta)
     ext = jnp.concatenate([phi, jnp.zeros(1, phi.dtype)])
     return ext.at[spec.eta].set(jnp.where(spec.kind == COR, eta, ext[spec.eta]))[: phi.shape[0]]
-
-
-def _has_rho(cov) -> bool:
-    return isinstance(cov, Structure) and cov.kind in ("cs", "ar1") and cov.k >= 2
 
 
 def _cor_start(X: np.ndarray, spec: dict) -> np.ndarray:

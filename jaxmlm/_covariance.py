@@ -143,12 +143,15 @@ class Structure(CovarianceStructure):
         return 1 if self.hom else self.k
 
     @property
+    def correlated(self) -> bool:
+        """Whether the structure has a correlation parameter η (cs and ar1 over 2+ columns)."""
+        return self.kind in ("cs", "ar1") and self.k >= 2
+
+    @property
     def nparams(self) -> int:
         if self.kind == "us":
             return self.k * (self.k + 1) // 2
-        if self.kind == "diag" or self.k < 2:
-            return self.nscales
-        return self.nscales + 1  # cs, ar1: scales and the correlation's η (none for one column)
+        return self.nscales + int(self.correlated)  # diag: scales; cs, ar1: and the correlation's η
 
     def positions(self) -> tuple[int, ...]:
         """Flat positions (row · k + column) in T of each parameter of a linear structure."""
@@ -202,7 +205,7 @@ class Structure(CovarianceStructure):
         if self.linear:
             return jnp.zeros(k * k, par.dtype).at[jnp.asarray(self.positions())].set(par).reshape(k, k)
         scales = jnp.broadcast_to(par[: self.nscales] ** 2, (k,))
-        if self.kind == "diag" or k < 2:
+        if not self.correlated:
             return jnp.diag(scales)
         rho = self.rho(par[self.nscales])
         if self.kind == "ar1":
@@ -228,7 +231,7 @@ class Structure(CovarianceStructure):
         if self.kind == "us":
             return tuple(("sd", i, i) if i == j else ("cor", i, j) for j in range(k) for i in range(j, k))
         sds = tuple(("sd", i, i) for i in range(self.nscales))
-        return sds if self.kind == "diag" or k < 2 else sds + (("cor", 1, 0),)
+        return sds + (("cor", 1, 0),) if self.correlated else sds
 
     def params_from_sdcor(self, sd, cor, sigma):
         """The structure's parameters from its SDs (``nscales`` of them, or k for us), its
@@ -243,7 +246,7 @@ class Structure(CovarianceStructure):
             T = sd[:, None] * jnp.linalg.cholesky(R) / sigma
             jj, ii = np.triu_indices(k)
             return T[ii, jj]
-        if self.kind == "diag" or k < 2:
+        if not self.correlated:
             return sd / sigma if self.linear else jnp.sqrt(sd / sigma)
         return jnp.concatenate([jnp.sqrt(sd / sigma), self.eta(cor[0])[None]])
 
@@ -253,8 +256,7 @@ class Structure(CovarianceStructure):
         if self.linear:
             return [f"{group}.{columns[p // self.k]}" if p // self.k == p % self.k
                     else f"{group}.{columns[p // self.k]}.{columns[p % self.k]}" for p in self.positions()]
-        has_eta = self.kind != "diag" and self.k >= 2
-        return [f"{group}.{columns[i]}" for i in range(self.nscales)] + ([f"{group}.eta"] if has_eta else [])
+        return [f"{group}.{columns[i]}" for i in range(self.nscales)] + ([f"{group}.eta"] if self.correlated else [])
 
     def text(self, expr: str, group: str) -> str:
         """The term as written in a formula: ``(expr | g)`` for us, else ``cs(expr | g)`` (``, hom = …``)."""
