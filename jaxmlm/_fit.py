@@ -5,11 +5,14 @@ traceable function of arrays.
 single fit, or ``vmap``-ed over responses or starts), so a fit's steps are written once.
 Its state is a pytree (:class:`Fit`); nothing in it needs the host.
 
-Snapping follows lmer's rule (:func:`~jaxmlm._optimize.snap_boundary`, its host form):
-template diagonals below ``SNAP_BELOW``·cᵢ in absolute value (c =
-:func:`~jaxmlm._optimize.theta_scale`, the optimizer's unit-free coordinates) are set to exactly 0, one at a
-time in θ order, where that raises the criterion by at most min(1e-6, 1e-10·max(1, |f|))
-— lme4 reports boundary fits with θᵢ = 0, which an unconstrained optimizer only approaches.
+Snapping follows lmer's rule: template diagonals below ``SNAP_BELOW``·cᵢ in absolute value
+(c = :func:`~jaxmlm._optimize.theta_scale`, the optimizer's unit-free coordinates) are set
+to exactly 0, one at a time in θ order, where that raises the criterion by at most
+min(1e-6, 1e-10·max(1, |f|)) — lme4 reports boundary fits with θᵢ = 0, which an
+unconstrained optimizer only approaches. :func:`snap` applies it inside a program (what a
+``vmap``-ed fit needs); :func:`snap_host` applies the same rule on the host with any
+criterion, which lets :func:`~jaxmlm._results.lmer` leave the criterion's second copy out
+of its one program (the fit's program evaluated with ``max_iter`` 0 is the criterion).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from ._optimize import SNAP_BELOW, OptState, canonical_theta_jax, diagonal_mask,
 from ._solution import Solution, solve
 from ._stats import Layout, Stats
 
-__all__ = ["Fit", "fit", "snap"]
+__all__ = ["Fit", "fit", "snap", "snap_host", "snap_candidates"]
 
 
 class Fit(NamedTuple):
@@ -43,13 +46,43 @@ class Fit(NamedTuple):
     solution: Solution | None
 
 
+def snap_candidates(theta, c, layout: Layout):
+    """Which entries of θ are boundary candidates: nonzero template diagonals with
+    |θᵢ| < ``SNAP_BELOW``·cᵢ (NumPy or JAX arrays alike)."""
+    return diagonal_mask(layout) & (abs(theta) < SNAP_BELOW * c) & (theta != 0)
+
+
+def snap_tolerance(f, xp=jnp):
+    """How much snapping may raise the criterion f: min(1e-6, 1e-10·max(1, |f|)) (``xp``:
+    ``jnp`` in a program, ``np`` on the host)."""
+    return xp.minimum(1e-6, 1e-10 * xp.maximum(1.0, xp.abs(f)))
+
+
+def snap_host(theta: np.ndarray, f: float, c: np.ndarray, layout: Layout, criterion):
+    """lmer's boundary snapping (module docstring) on the host: (θ, f, snapped indices, the
+    value ``criterion`` returned at the last accepted point or None).
+
+    ``criterion(trial)`` returns (f(trial), anything); it is called once per candidate, in
+    θ order, each time with the current θ and that diagonal set to 0."""
+    theta = np.array(theta, dtype=np.float64)
+    tol, snapped, kept = float(snap_tolerance(f, np)), [], None
+    for i in np.flatnonzero(snap_candidates(theta, c, layout)):
+        trial = theta.copy()
+        trial[i] = 0.0
+        ft, value = criterion(trial)
+        if ft <= f + tol:
+            theta, f, kept = trial, min(f, float(ft)), value
+            snapped.append(int(i))
+    return theta, f, tuple(snapped), kept
+
+
 def snap(theta, f, stats: Stats, reml, layout: Layout):
     """(θ, criterion, snapped mask): lmer's boundary snapping (module docstring), traceable.
 
     The diagonals are visited by a loop in the program, not unrolled: the criterion is
     then compiled once, not once per diagonal (InstEval's fit program compiled 1.2 s
     longer with three copies)."""
-    tol = jnp.minimum(1e-6, 1e-10 * jnp.maximum(1.0, jnp.abs(f)))
+    tol = snap_tolerance(f)
     c = theta_scale(stats, layout)
     diagonals = np.flatnonzero(diagonal_mask(layout))
     if not len(diagonals):
@@ -67,7 +100,7 @@ def snap(theta, f, stats: Stats, reml, layout: Layout):
         theta, f, snapped = carry
         i = jnp.asarray(diagonals)[j]
         trial = theta.at[i].set(0.0)
-        near = (jnp.abs(theta[i]) < SNAP_BELOW * c[i]) & (theta[i] != 0)
+        near = snap_candidates(theta, c, layout)[i]
         # Only a candidate needs the criterion at the trial point (under vmap both branches run).
         ft = jax.lax.cond(near, criterion, lambda t: jnp.inf * f, trial)
         take = near & (ft <= f + tol)
@@ -77,16 +110,21 @@ def snap(theta, f, stats: Stats, reml, layout: Layout):
 
 
 def fit(theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, ftol=1e-10, gtol=1e-8,
-        method: str = "newton", with_solution: bool = True) -> Fit:
+        method: str = "newton", with_solution: bool = True, snapping: bool = True) -> Fit:
     """Minimize the criterion from ``theta0`` (:func:`~jaxmlm._optimize.fit_theta`), give θ̂
     canonical signs, snap boundary estimates, and (``with_solution``) solve for β̂, σ̂ and b̂.
 
-    Traceable and ``vmap``-able; ``layout``, ``max_iter``, ``method`` and
-    ``with_solution`` are static in a caller's ``jit``."""
-    st = fit_theta(theta0, stats, reml, layout, max_iter=max_iter, ftol=ftol, gtol=gtol, method=method)
-    theta, f, snapped = snap(canonical_theta_jax(st.x, layout), st.f, stats, reml, layout)
+    Traceable and ``vmap``-able; ``layout``, ``method``, ``with_solution`` and ``snapping``
+    are static in a caller's ``jit``, ``max_iter`` may be traced (0: the criterion and
+    solution at ``theta0``, no step). ``snapping=False`` leaves snapping to the caller
+    (:func:`snap_host`): the program then holds one copy of the criterion, not two — for
+    a single fit most of a compile's extra cost (100k rows: ~0.3 of 3 s), where few fits
+    have a candidate at all."""
+    st = fit_theta.fn(theta0, stats, reml, layout, max_iter=max_iter, ftol=ftol, gtol=gtol, method=method)
+    theta, f = canonical_theta_jax(st.x, layout), st.f
+    theta, f, snapped = snap(theta, f, stats, reml, layout) if snapping else (theta, f, jnp.zeros(theta.shape, bool))
     sol = solve(theta, stats, reml, layout) if with_solution else None
     return Fit(st, theta, snapped, sol.criterion if sol is not None else f, sol)
 
 
-fit_jit = partial(_compiled.jit, static_argnames=("layout", "max_iter", "method", "with_solution"))(fit)
+fit_jit = partial(_compiled.jit, static_argnames=("layout", "max_iter", "method", "with_solution", "snapping"))(fit)

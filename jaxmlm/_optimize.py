@@ -66,7 +66,6 @@ from ._objective import (
     blockdiag_fgh,
     criterion_rest,
     criterion_rest_value_and_grad,
-    deviance,
     levels_last,
     pair_data,
 )
@@ -186,6 +185,14 @@ def _status(decrement, f_old, f_new, g_new, accepted, it, max_iter, ftol, gtol):
     return jnp.where(jnp.isfinite(f_new), status, 4)
 
 
+def _start_status(f0, max_iter):
+    """The status at the start: running (−1), or 2 at once when ``max_iter`` ≤ 0 — a fit with
+    ``max_iter`` 0 (it may be traced) evaluates its start and takes no step, which is how
+    :func:`~jaxmlm._results.lmer` gets the criterion and solution at a boundary candidate
+    from the fit's own program (:func:`~jaxmlm._fit.snap_host`)."""
+    return jnp.where(jnp.isfinite(f0), jnp.where(max_iter <= 0, 2, -1), 4)
+
+
 def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=None,
             trial_fgh: bool = False) -> OptState:
     """Modified Newton from ``x0``. ``fun`` gives the criterion (the value line search;
@@ -262,7 +269,7 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
             it = s.it + (done & ~first).astype(s.it.dtype)
             # A step that ends rejected (the 41st halving) is judged at the point kept.
             f_new, g_new = jnp.where(accepted, f_t, s.f), jnp.where(accepted, g_t, s.g)
-            status = jnp.where(first, jnp.where(jnp.isfinite(f_t), -1, 4),
+            status = jnp.where(first, _start_status(f_t, max_iter),
                                _status(decrement, s.f, f_new, g_new, accepted, it, max_iter, ftol, gtol))
             new = OptState(x_t, f_t, g_t, it, s.nfev + 1, status)
             kept = OptState(s.x, s.f, s.g, it, s.nfev + 1, jnp.where(done, status, -1))
@@ -278,7 +285,7 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
         return jax.lax.while_loop(lambda c: c[0].status < 0, body, init)[0]
 
     f0, g0, H0 = evaluate(x0)
-    st0 = OptState(x0, f0, g0, jnp.asarray(0), jnp.asarray(1), jnp.where(jnp.isfinite(f0), -1, 4))
+    st0 = OptState(x0, f0, g0, jnp.asarray(0), jnp.asarray(1), _start_status(f0, max_iter))
 
     def body(c):
         s, H = c
@@ -303,7 +310,7 @@ def _bfgs(fun, x0, max_iter: int, ftol: float, gtol: float) -> OptState:
     vg = jax.value_and_grad(fun)
     f0, g0 = vg(x0)
     m = x0.shape[0]
-    st0 = OptState(x0, f0, g0, jnp.asarray(0), jnp.asarray(1), jnp.where(jnp.isfinite(f0), -1, 4))
+    st0 = OptState(x0, f0, g0, jnp.asarray(0), jnp.asarray(1), _start_status(f0, max_iter))
 
     def body(c):
         s, Hi = c
@@ -614,32 +621,6 @@ def _diagonals(layout: Layout):
 #: Boundary candidates: template diagonals with |θᵢ| < SNAP_BELOW·cᵢ (c = theta_scale), i.e.
 #: below 1e-3 in the optimizer's unit-free coordinates, whatever the predictors' units.
 SNAP_BELOW = 1e-3
-
-
-def snap_boundary(theta: np.ndarray, f: float, stats: Stats, reml, layout: Layout, scale=None):
-    """Set near-zero template diagonals to exactly 0 where that does not raise the criterion.
-
-    lme4 reports singular fits with θ = 0; an unconstrained optimizer only gets
-    close. Candidates are the diagonals with |θᵢ| < :data:`SNAP_BELOW`·cᵢ, ``scale`` = c
-    (:func:`theta_scale` of ``stats``; computed if not given). A threshold in θ itself
-    would mean a different distance from 0 in every unit: a boundary estimate that Newton
-    leaves ~1e-4 from 0 in unit-free terms (a criterion flat to fourth order there) is
-    ~1e-4·cᵢ in θ, out of reach for a slope on a predictor with small units (large cᵢ).
-    Returns (θ, criterion, indices snapped). ``theta`` is canonical (see
-    :func:`canonical_theta`).
-    """
-    mask = _diagonals(layout)[0]
-    scale = theta_scale_host(stats, layout) if scale is None else np.asarray(scale, dtype=np.float64)
-    tol = min(1e-6, 1e-10 * max(1.0, abs(f)))
-    snapped = []
-    for i in np.flatnonzero(mask & (np.abs(theta) < SNAP_BELOW * scale) & (theta != 0)):
-        trial = theta.copy()
-        trial[i] = 0.0
-        ft = float(deviance(jnp.asarray(trial, dtype=stats.WW.dtype), stats, reml, layout))
-        if ft <= f + tol:
-            theta, f = trial, min(f, ft)
-            snapped.append(int(i))
-    return theta, f, tuple(snapped)
 
 
 def canonical_theta_jax(theta: jax.Array, layout: Layout) -> jax.Array:

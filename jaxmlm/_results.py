@@ -25,7 +25,7 @@ from ._design import Design
 from ._errors import ConvergenceError, ConvergenceWarning, DataError, JaxmlmError
 from ._frontend import build_design
 from ._objective import templates
-from ._fit import fit
+from ._fit import fit, snap_host
 from ._optimize import STATUS, OptState, choose_method, diagonal_mask, fit_theta, lme4_start, moment_start, theta_scale, theta_scale_host
 from ._solution import Solution
 from ._stats import Layout, Stats, one_chunk, stats_from_chunk, sufficient_stats
@@ -437,27 +437,32 @@ def _condvar_blocks(sol, layout: Layout, design: Design) -> tuple[tuple, tuple]:
     return tuple(_readonly(b) for b in b_list), tuple(_readonly(v) for v in v_list)
 
 
-def _fit_packed(theta0, stats: Stats, reml, layout: Layout, max_iter: int, method: str):
-    """:func:`~jaxmlm._fit.fit` (minimize, canonical signs, snapping, solve), its start and
-    outputs packed into one float64 vector (:func:`_unpack_fit` takes it apart: (start,
-    optimizer state, θ̂, snapped diagonals, solution)). Traceable.
+def _fit_packed(u0, stats: Stats, reml, layout: Layout, max_iter, method: str):
+    """:func:`~jaxmlm._fit.fit` from θ₀ = c ⊙ u₀ (c = :func:`~jaxmlm._optimize.theta_scale`:
+    minimize, canonical signs, solve), its start, c and outputs packed into one float64
+    vector (:func:`_unpack_fit` takes it apart). Traceable; ``max_iter`` is traced.
+
+    Snapping is left to :func:`lmer` (:func:`~jaxmlm._fit.snap_host`), which evaluates a
+    candidate by this same program with ``max_iter`` 0: a second copy of the criterion in
+    the program cost ~10 % of its compile time, and few fits have a candidate.
 
     For small models a separate dispatch and transfer per stage or per output array costs
     as much as the arithmetic (sleepstudy: reading 14 arrays took ~0.15 ms of ~1 ms, one
     takes ~0.01)."""
-    res = fit(theta0, stats, reml, layout, max_iter=max_iter, method=method)
-    out = (theta0, res.state, res.theta, res.snapped, res.solution)
+    c = theta_scale(stats, layout)
+    theta0 = c * u0
+    res = fit(theta0, stats, reml, layout, max_iter=max_iter, method=method, snapping=False)
+    out = (theta0, c, res.state, res.theta, res.solution)
     # Every value is exact in float64: θ and the estimates are float64 or float32, the
     # counters small integers.
     return jnp.concatenate([jnp.ravel(a).astype(jnp.float64) for a in jax.tree.leaves(out)])
 
 
-@partial(_compiled.jit, static_argnames=("layout", "max_iter", "method"))
-def _fit_and_solve(u0, stats: Stats, reml, layout: Layout, max_iter: int = 200, method: str = "newton"):
-    """:func:`_fit_packed` from θ₀ = c ⊙ u₀ as a program of its own (c =
-    :func:`~jaxmlm._optimize.theta_scale`, computed here: a program of its own for c, and
-    the wait to read it, cost ~1 ms of a 100k-row fit's ~15)."""
-    return _fit_packed(theta_scale(stats, layout) * u0, stats, reml, layout, max_iter, method)
+@partial(_compiled.jit, static_argnames=("layout", "method"))
+def _fit_and_solve(u0, stats: Stats, reml, max_iter, layout: Layout, method: str = "newton"):
+    """:func:`_fit_packed` as a program of its own (c computed here: a program of its own
+    for c, and the wait to read it, cost ~1 ms of a 100k-row fit's ~15)."""
+    return _fit_packed(u0, stats, reml, layout, max_iter, method)
 
 
 @partial(_compiled.jit, static_argnames=("spec", "layout"))
@@ -466,41 +471,40 @@ def _pass(floats, ints, spec: tuple, layout: Layout) -> Stats:
     return stats_from_chunk(floats, ints, spec, layout)
 
 
-@partial(_compiled.jit, static_argnames=("spec", "layout", "max_iter", "method"))
-def _pass_fit_and_solve(u0, floats, ints, reml, spec: tuple, layout: Layout, max_iter: int = 200,
-                        method: str = "newton"):
-    """The pass over one chunk of rows, then :func:`_fit_packed` from θ₀ = c ⊙ u₀, as one
-    program: (statistics, packed fit). For small data each program launched costs ~0.1 ms on
-    a 2-core machine (waking XLA's worker threads), more than the pass's arithmetic.
+@partial(_compiled.jit, static_argnames=("spec", "layout", "method"))
+def _pass_fit_and_solve(u0, floats, ints, reml, max_iter, spec: tuple, layout: Layout, method: str = "newton"):
+    """The pass over one chunk of rows, then :func:`_fit_packed`, as one program:
+    (statistics, packed fit). For small data each program launched costs ~0.1 ms on a
+    2-core machine (waking XLA's worker threads), more than the pass's arithmetic.
 
     The start comes in the optimizer's unit-free coordinates u₀ (lmer's: lme4's start
     there) because c = :func:`~jaxmlm._optimize.theta_scale` needs the statistics made
     here; the packed output holds θ₀."""
     stats = stats_from_chunk(floats, ints, spec, layout)
-    return stats, _fit_packed(theta_scale(stats, layout) * u0, stats, reml, layout, max_iter, method)
+    return stats, _fit_packed(u0, stats, reml, layout, max_iter, method)
 
 
 @functools.lru_cache(maxsize=256)
 def _fit_pieces(layout: Layout) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
-    """(start, stop, shape) of each leaf in :func:`_fit_and_solve`'s packed vector, in tree order."""
+    """(start, stop, shape) of each leaf in :func:`_fit_packed`'s vector, in tree order."""
     m, p, l1, k1 = layout.ntheta, layout.p, layout.l1, layout.k1
-    shapes = [(m,), (m,), (), (m,), (), (), (), (m,), (m,), (p,), (), (p, p), (l1, k1), (layout.qr,), (l1, k1, k1)]
+    shapes = [(m,), (m,), (m,), (), (m,), (), (), (), (m,), (p,), (), (p, p), (l1, k1), (layout.qr,), (l1, k1, k1)]
     shapes += [(lev, k, k) for _, lev, k in layout.rest] + [()]
     stops = np.cumsum([math.prod(s) for s in shapes]).tolist()
     return tuple(zip([0, *stops[:-1]], stops, map(tuple, shapes)))
 
 
-def _unpack_fit(vec: np.ndarray, layout: Layout) -> tuple[np.ndarray, OptState, np.ndarray, tuple[int, ...], Solution]:
-    """The host side of :func:`_fit_and_solve`'s packing: its leaves in tree order, with
+def _unpack_fit(vec: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray, OptState, np.ndarray, Solution]:
+    """The host side of :func:`_fit_packed`: (θ₀, c, optimizer state, θ̂, solution), with
     shapes known from the layout (no tracing needed, so exported programs can use it too)."""
     pieces = _fit_pieces(layout)
     if vec.shape != (pieces[-1][1],):
         raise AssertionError(f"packed fit output of shape {vec.shape}, expected ({pieces[-1][1]},)")
     parts = [vec[a:b].reshape(s) for a, b, s in pieces]
-    theta0, x, f, g, it, nfev, status, theta, snapped, beta, sigma, vcov, b1, b_rest, var1 = parts[:15]
+    theta0, c, x, f, g, it, nfev, status, theta, beta, sigma, vcov, b1, b_rest, var1 = parts[:15]
     st = OptState(x, f, g, it.astype(np.int64), nfev.astype(np.int64), status.astype(np.int64))
     sol = Solution(beta, sigma, vcov, b1, b_rest, var1, tuple(parts[15:-1]), parts[-1])
-    return theta0, st, theta, tuple(int(i) for i in np.flatnonzero(snapped)), sol
+    return theta0, c, st, theta, sol
 
 
 def lmer(
@@ -559,7 +563,7 @@ def lmer(
     reml = np.asarray(1.0 if REML else 0.0)
     t0 = time.perf_counter()
     method = choose_method(layout) if optimizer == "auto" else optimizer
-    opts = dict(layout=layout, max_iter=max_iter, method=method)
+    opts = dict(layout=layout, method=method)
     # lme4's start (θ = 1 on template diagonals) in the optimizer's unit-free coordinates,
     # θ₀ = c ⊙ lme4_start (c = theta_scale: 1 for an intercept, 1/rms for a slope's column;
     # lme4's own θ = 1 would make a slope on a 1e4-unit predictor 1e4 times too variable),
@@ -568,8 +572,10 @@ def lmer(
     moment = method == "ai" and layout.qr > 0
     u0 = lme4_start(layout)
     if one is not None and not moment:
-        stats, packed = _programs.call(_pass_fit_and_solve, (u0, one.floats, one.ints, reml), dict(opts, spec=one.spec))
-        theta0, st, theta, snapped, sol = _unpack_fit(np.asarray(packed), layout)
+        def run(u, n):
+            return _programs.call(_pass_fit_and_solve, (u, one.floats, one.ints, reml, n), dict(opts, spec=one.spec))
+
+        stats, packed = run(u0, np.int32(max_iter))
         stages = []
     else:
         if stats is None:
@@ -589,12 +595,25 @@ def lmer(
         if dtype == "float32":
             stats32, reml32 = _as_float32(stats), reml.astype(np.float32)
             if polish:
-                stages.append(jax.device_get(_programs.call(fit_theta, (theta0.astype(np.float32), stats32, reml32), opts)))
+                stages.append(jax.device_get(_programs.call(
+                    fit_theta, (theta0.astype(np.float32), stats32, reml32), dict(opts, max_iter=max_iter))))
                 u0 = np.asarray(stages[0].x, dtype=np.float64) / c
             else:
                 est_stats, est_reml, u0 = stats32, reml32, u0.astype(np.float32)
-        packed = _programs.call(_fit_and_solve, (u0, est_stats, est_reml), opts)
-        theta0, st, theta, snapped, sol = _unpack_fit(np.asarray(packed), layout)
+
+        def run(u, n):
+            return None, _programs.call(_fit_and_solve, (u, est_stats, est_reml, n), opts)
+
+        packed = run(u0, np.int32(max_iter))[1]
+    theta0, c, st, theta, sol = _unpack_fit(np.asarray(packed), layout)
+
+    def at(trial):  # the criterion and solution at a boundary candidate: the same program, no step
+        _, _, _, theta_t, sol_t = _unpack_fit(np.asarray(run((trial / c).astype(u0.dtype), np.int32(0))[1]), layout)
+        return float(sol_t.criterion), (theta_t, sol_t)
+
+    _, _, snapped, at_snapped = snap_host(theta, float(st.f), c, layout, at)
+    if at_snapped is not None:
+        theta, sol = at_snapped
     stages.append(st)
     iterations = sum(int(s.it) for s in stages)
     evaluations = sum(int(s.nfev) for s in stages)

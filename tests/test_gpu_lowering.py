@@ -52,8 +52,8 @@ def _design(cid):
 def test_one_program_fit_lowers_for_gpus():
     oc = one_chunk(_design("sleepstudy_rs"))
     theta0 = np.where(diagonal_mask(oc.layout), 1.0, 0.0)
-    text = _lowered(_pass_fit_and_solve, theta0, oc.floats, oc.ints, np.asarray(1.0), spec=oc.spec, layout=oc.layout,
-                    max_iter=200, method="newton")
+    text = _lowered(_pass_fit_and_solve, theta0, oc.floats, oc.ints, np.asarray(1.0), np.int32(200), spec=oc.spec,
+                    layout=oc.layout, method="newton")
     _assert_device_only(text)
     assert "cusolver" in text and "hipsolver" in text  # the factorizations, per platform
     _assert_device_only(_lowered(_pass, oc.floats, oc.ints, spec=oc.spec, layout=oc.layout))
@@ -65,7 +65,7 @@ def test_crossed_fit_and_the_pass_lower_for_gpus(method):
     layout, stats, _ = sufficient_stats(d)
     assert layout.qr > 0
     theta0 = np.where(diagonal_mask(layout), 1.0, 0.0)
-    _assert_device_only(_lowered(_fit_and_solve, theta0, stats, np.asarray(1.0), layout=layout, max_iter=200,
+    _assert_device_only(_lowered(_fit_and_solve, theta0, stats, np.asarray(1.0), np.int32(200), layout=layout,
                                  method=method))
     if method == "newton":
         _, inp = _pass_inputs(d, 64)

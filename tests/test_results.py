@@ -301,6 +301,36 @@ def test_snapped_fit_is_solved_at_the_snapped_theta(fits):
     assert m.objective <= float(deviance(jnp.asarray(m.record.theta_optimizer), m.stats, 1.0, m.layout)) + 1e-9
 
 
+def _singular_frame():
+    rng = np.random.default_rng(11)
+    g = np.repeat(np.arange(40), 8)
+    h = np.tile(np.arange(8), 40)
+    x = rng.normal(size=g.size)
+    u = rng.normal(size=40)[g]  # intercepts vary by g, nothing else does
+    e = rng.normal(size=g.size)
+    e -= np.bincount(h, e)[h] / 40  # no variation between the levels of h at all
+    return pd.DataFrame({"y": u + x + e, "x": x, "g": g.astype(str), "h": h.astype(str)})
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 + x | g)", "y ~ x + (1 | g) + (1 | h)", "y ~ x + (1 | h) + (1 | g)"])
+def test_lmer_snaps_as_the_fit_program_does(formula):
+    """lmer snaps on the host, evaluating a candidate by its own program with max_iter 0;
+    core.fit snaps inside its program (as vmap-ed refits do). Same rule, same estimates."""
+    import jaxmlm
+    import jaxmlm.core as core
+
+    df = _singular_frame()
+    m = jaxmlm.lmer(formula, df)
+    d = core.design(formula, df)
+    s = core.schema(d)
+    res = core.fit(core.statistics(s, d), s.layout, REML=True)
+    assert m.record.snapped and m.record.snapped == tuple(np.flatnonzero(np.asarray(res.snapped)))
+    assert np.all(m.theta[list(m.record.snapped)] == 0.0)
+    np.testing.assert_allclose(m.theta, np.asarray(res.theta), rtol=1e-12, atol=1e-14)
+    assert m.objective == pytest.approx(float(res.objective), rel=1e-13)
+    np.testing.assert_allclose(m.fixef.to_numpy(), np.asarray(res.solution.beta), rtol=1e-12)
+
+
 @pytest.mark.parametrize("cid", ["sleepstudy_rs", "penicillin_crossed", "pastes_nested", "nested_slash",
                                  "factors_na", "dyestuff2_singular"])
 def test_one_program_fit_is_the_staged_fit(fits, cid, monkeypatch):
