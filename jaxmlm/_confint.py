@@ -45,17 +45,14 @@ predictors' units (in θ itself a slope on a 1e4-unit predictor has θ ~ 1e-4, b
 the snapping threshold, and finite-difference steps of 1e-5 swamp it). Correlations,
 σ and β are unchanged by the row scaling.
 
-All of them are one pure kernel (:func:`_prof_objective`), jit-compiled once
-per model shape with ``jax.vmap`` over every (parameter, side) task. The
-minimization is a modified Newton method (|eigenvalue| Hessian, Armijo
-backtracking, as :mod:`jaxmlm._optimize`) run for all tasks at once on the
-host, one kernel call per trial point; its Hessian comes from finite
-differences of the autodiff gradient, evaluated in the same batched call
-(compiling an exact Hessian of this kernel costs several times more than the
-whole profile). It is not the engine's compiled Newton loop: with the tasks
-batched, LAPACK's batched Cholesky and triangular solves inside a compiled
-``while_loop`` can deadlock XLA's CPU thread pool on small machines
-(``benchmarks/jax_cpu_deadlock_repro.py``; seen here with a nested model).
+All of them are one pure kernel (:func:`_prof_objective`). Its minimization is
+the engine's own minimizer (:func:`jaxmlm._optimize._newton`, as every fit), run
+for every (parameter, side) task in one program compiled once per model shape
+(:func:`_prof_minimize`); its Hessian comes from finite differences of the
+autodiff gradient (compiling an exact Hessian of this kernel costs several times
+more than the whole profile). The tasks run one after another in that program,
+not batched: batched LAPACK calls inside a compiled ``while_loop`` can deadlock
+XLA's CPU thread pool (``benchmarks/jax_cpu_deadlock_repro.py``).
 The crossing ζ(v) = ±z is found by
 safeguarded Newton steps in v (log v for ``sd`` and ``sigma``) using
 dζ/dv = (∂D/∂v)/(2ζ) (∂D/∂v at the inner optimum, by the envelope theorem),
@@ -89,7 +86,7 @@ from ._compare import lift_zero_diagonals, refit_criterion, zero_columns
 from ._covariance import Structure
 from ._errors import ConvergenceWarning, InferenceError, JaxmlmError
 from ._objective import factorize
-from ._optimize import diagonal_mask, theta_scale, theta_scale_host
+from ._optimize import _newton, diagonal_mask, theta_scale, theta_scale_host
 from ._solution import solve
 from ._stats import Layout, Stats
 
@@ -374,95 +371,77 @@ def _snappable(layout: Layout, spec: dict) -> np.ndarray:
     return diagonal_mask(layout)[None, :] & ~rebuilt[:, : layout.ntheta]
 
 
-@partial(_compiled.jit, static_argnames="layout")
-def _prof_value_grad(phi, v, spec: _Spec, stats: Stats, layout: Layout):
-    """D, ∂D/∂φ and ∂D/∂v for a batch of (φ, v, task) triples (one compiled program per shape)."""
-
-    def one(ph, vv, sp):
-        return _prof_objective(ph, vv, sp, stats, layout)
-
-    f, (g, gv) = jax.vmap(jax.value_and_grad(one, argnums=(0, 1)))(phi, v, spec)
-    return f, g, gv
+_SNAP_AT = 0.05  # unit-free φ diagonals below this are tried at exactly 0
+_ROUNDS = 3  # minimize and snap, again while the task snapped; the last round only minimizes
 
 
-# ---- batched minimization over θ (host loop, one kernel call per step) --------------------------------
+@partial(_compiled.jit, static_argnames=("layout", "max_iter"))
+def _prof_minimize(phi, v, spec: _Spec, snappable, frozen, stats: Stats, layout: Layout, max_iter: int = 50):
+    """Minimize D over φ for each task, its parameter held at v: (φ̂, D(φ̂), ∂D/∂v at φ̂).
 
+    Each task runs the engine's minimizer (:func:`~jaxmlm._optimize._newton`: modified
+    Newton, |eigenvalue| Hessian, Armijo backtracking), the tasks one after another in one
+    compiled program (``lax.map``); ``frozen`` tasks keep φ and are not evaluated. The
+    Hessian comes from forward differences of the autodiff gradient (steps
+    1e-5·max(1, |φᵢ|)): compiling an exact Hessian of this kernel costs several times more
+    than the whole profile. After a minimization the task's snappable diagonals below
+    ``_SNAP_AT`` are tried at exactly 0 together and kept where D does not increase, as
+    ``lmer`` snaps boundary estimates (with a variance whose optimum is on the boundary the
+    criterion is locally quartic there, where Newton steps only creep); after a snap the
+    task is minimized again (at most ``_ROUNDS`` rounds, the last without snapping, so that
+    every result is a minimum of the coordinates left free). ∂D/∂v is exact (forward mode).
 
-class _Batch:
-    """Evaluates D, its gradient and a finite-difference Hessian for T tasks in one kernel call."""
-
-    def __init__(self, m, spec: dict, T: int):
-        self.m, self.T = m, T
-        self.nt = m.layout.ntheta
-        reps = self.nt + 1
-        self.spec = _Spec(*(jnp.asarray(np.repeat(spec[f], reps, axis=0)) for f in _Spec._fields))
-        self.calls = 0
-        self.snappable = _snappable(m.layout, spec)
-
-    def __call__(self, X: np.ndarray, v: np.ndarray):
-        T, nt = X.shape
-        h = 1e-5 * np.maximum(1.0, np.abs(X))
-        pts = np.repeat(X[:, None, :], nt + 1, axis=1)
-        idx = np.arange(nt)
-        pts[:, idx + 1, idx] += h
-        # Through the program cache: a later process finds the traced program (~1 s of tracing).
-        f, g, gv = _programs.call(_prof_value_grad, (jnp.asarray(pts.reshape(-1, nt)), jnp.asarray(np.repeat(v, nt + 1)),
-                                                     self.spec, self.m.stats), dict(layout=self.m.layout))
-        self.calls += 1
-        f = np.array(f).reshape(T, nt + 1)
-        g = np.array(g).reshape(T, nt + 1, nt)
-        gv = np.array(gv).reshape(T, nt + 1)
-        H = (g[:, 1:, :] - g[:, :1, :]) / h[:, :, None]
-        H = 0.5 * (H + np.swapaxes(H, 1, 2))
-        return f[:, 0].copy(), g[:, 0, :].copy(), H, gv[:, 0].copy()
-
-
-def _minimize(batch: _Batch, X: np.ndarray, v: np.ndarray, frozen: np.ndarray, max_iter: int = 50,
-              ftol: float = 1e-10, gtol: float = 1e-8):
-    """Modified Newton (|eigenvalues|, Armijo backtracking) for every task not ``frozen``, together.
-
-    From the third step on, template diagonals below 0.05 are tried at exactly
-    0 (kept when the criterion does not increase), as ``lmer`` snaps boundary
-    estimates: a variance whose optimum is on the boundary makes the criterion
-    locally quartic there, where Newton steps only creep.
+    Tasks and finite-difference points are mapped, not ``vmap``-ed: a batched LAPACK
+    Cholesky or triangular solve inside a compiled ``while_loop`` can deadlock XLA's CPU
+    thread pool (``benchmarks/jax_cpu_deadlock_repro.py``; a vmap-ed version of this
+    program hung on the classroom three-level model). Unbatched, every factorization is
+    one LAPACK call, as in every fit.
     """
-    X = X.copy()
-    f, g, H, gv = batch(X, v)
-    done = frozen.copy() | ~np.isfinite(f)
-    ok_all = np.isfinite(f)
-    snappable = batch.snappable
-    for it in range(max_iter):
-        if it >= 2 and snappable.any():
-            cand = snappable & (np.abs(X) < 0.05) & (X != 0) & ~done[:, None]
-            if cand.any():
-                Xs = np.where(cand, 0.0, X)
-                fs, gs, Hs, gvs = batch(Xs, v)
-                take = cand.any(axis=1) & np.isfinite(fs) & (fs <= f + 1e-12 * np.abs(f))
-                X[take], f[take], g[take], H[take], gv[take] = Xs[take], fs[take], gs[take], Hs[take], gvs[take]
-        w, V = np.linalg.eigh(H)
-        wabs = np.abs(w)
-        wmod = np.maximum(wabs, 1e-8 * np.maximum(1.0, wabs.max(axis=1, keepdims=True)))
-        d = -np.einsum("tij,tj->ti", V, np.einsum("tji,tj->ti", V, g) / wmod)
-        dmax = np.abs(d).max(axis=1)
-        cap = 5.0 * np.maximum(1.0, np.abs(X).max(axis=1))
-        d *= np.where(dmax > cap, cap / np.maximum(dmax, 1e-300), 1.0)[:, None]
-        slope = np.einsum("ti,ti->t", g, d)
-        done |= (-slope / 2.0 < ftol) | (np.abs(g).max(axis=1) < gtol)
-        if done.all():
-            break
-        alpha = np.ones(len(X))
-        accepted = done.copy()
-        for _ls in range(12):
-            Xt = np.where(accepted[:, None], X, X + alpha[:, None] * d)
-            ft, gt, Ht, gvt = batch(Xt, v)
-            ok = ~accepted & np.isfinite(ft) & (ft <= f + 1e-4 * alpha * slope)
-            X[ok], f[ok], g[ok], H[ok], gv[ok] = Xt[ok], ft[ok], gt[ok], Ht[ok], gvt[ok]
-            accepted |= ok
-            if accepted.all():
-                break
-            alpha = np.where(accepted, alpha, alpha / 2.0)
-        done |= ~accepted  # no decrease found: at the optimum to working precision
-    return X, f, gv, ok_all
+
+    def objective(ph, w, sp):
+        return _prof_objective(ph, w, sp, stats, layout)
+
+    value_grad = jax.value_and_grad(objective, argnums=(0, 1))
+
+    def task(args):
+        x0, w, sp, snap_ok = args
+
+        def fgh(x):  # (D, ∂D/∂φ, finite-difference ∂²D/∂φ², ∂D/∂v)
+            h = 1e-5 * jnp.maximum(1.0, jnp.abs(x))
+            pts = jnp.concatenate([x[None, :], x[None, :] + jnp.diag(h)])
+            f, (g, gv) = jax.lax.map(lambda p: value_grad(p, w, sp), pts)
+            H = (g[1:] - g[:1]) / h[:, None]
+            return f[0], g[0], 0.5 * (H + H.T), gv[0]
+
+        def round_(carry):
+            # Minimize from x; a round that started from snapped diagonals and ended higher
+            # than the round before is undone. Snap again only after an improvement.
+            x, best, f_best, gv_best, r, _ = carry
+            st, gv = _newton(None, x, max_iter, 1e-10, 1e-8, fgh=fgh, trial_fgh=True, aux0=jnp.zeros_like(w))
+            better = jnp.isfinite(st.f) & ~(st.f > f_best + 1e-12 * jnp.abs(f_best))
+            best, f_best, gv_best = (jnp.where(better, a, b) for a, b in ((st.x, best), (st.f, f_best), (gv, gv_best)))
+            cand = snap_ok & (jnp.abs(best) < _SNAP_AT) & (best != 0) & (r < _ROUNDS - 1) & better
+            return jnp.where(cand, 0.0, best), best, f_best, gv_best, r + 1, jnp.any(cand)
+
+        inf = jnp.asarray(jnp.inf, x0.dtype)
+        init = (x0, x0, inf, jnp.zeros_like(w), 0, jnp.asarray(True))
+        _, x, D, gv, _, _ = jax.lax.while_loop(lambda c: (c[4] < _ROUNDS) & c[5], round_, init)
+        return x, D, gv
+
+    def skip(args):
+        return args[0], jnp.nan * args[1], jnp.nan * args[1]
+
+    return jax.lax.map(lambda a: jax.lax.cond(a[-1], skip, task, a[:-1]), (phi, v, spec, snappable, frozen))
+
+
+def _minimize(m, spec: dict, X: np.ndarray, v: np.ndarray, frozen: np.ndarray):
+    """:func:`_prof_minimize` for the tasks of ``spec`` (arrays of :class:`_Spec`'s fields) from
+    φ = X: (φ̂, D, ∂D/∂v, finite); ``frozen`` tasks keep X (their D and ∂D/∂v are not used)."""
+    args = (jnp.asarray(X), jnp.asarray(v), _Spec(*(jnp.asarray(spec[f]) for f in _Spec._fields)),
+            jnp.asarray(_snappable(m.layout, spec)), jnp.asarray(frozen), m.stats)
+    # Through the program cache: a later process finds the traced program.
+    Xn, D, gv = (np.array(a) for a in _programs.call(_prof_minimize, args, dict(layout=m.layout)))
+    return Xn, D, gv, np.isfinite(D) | frozen
 
 
 # ---- the profile ---------------------------------------------------------------------------------------------
@@ -626,12 +605,11 @@ def _profile(m, level: float, parm, max_outer: int = 40, ztol: float = 1e-7) -> 
     if cor_bounds:
         pidx = [a for a, *_ in cor_bounds]
         spec = _pad(_specs(m, [params[a] for a in pidx]), T)
-        batch = _Batch(m, spec, T)
         X = _cor_start(np.repeat(_free_start(m, theta)[None, :], T, axis=0), spec)
         v = np.zeros(T)
         v[: len(cor_bounds)] = [at for _, _, at, _ in cor_bounds]
         frozen = np.arange(T) >= len(cor_bounds)
-        _, D, _, _ = _minimize(batch, X, v, frozen)
+        _, D, _, _ = _minimize(m, spec, X, v, frozen)
         for (a, b, at, side), d in zip(cor_bounds, D):
             # The side is the bound's (lower first): an estimate at ±1 may exceed it by rounding.
             zb = side * math.sqrt(max(d - base, 0.0))
@@ -652,7 +630,6 @@ def _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, ma
     nt_ = len(tasks)
     P = [params[a] for a, _, _, _ in tasks]
     spec = _pad(_specs(m, P), T)
-    batch = _Batch(m, spec, T)
     kind = np.array([p.kind for p in P])
     logv = (kind == SD) | (kind == SIGMA)
     target = np.array([t for _, t, _, _ in tasks])
@@ -691,7 +668,7 @@ def _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, ma
         if not active.any():
             break
         X = _lift_free(X, spec, m.layout)
-        X, D, gv, finite = _minimize(batch, X, vfull, ~active)
+        X, D, gv, finite = _minimize(m, spec, X, vfull, ~active)
         for i in np.flatnonzero(active[:nt_]):
             vi = vfull[i]
             if not finite[i] or not np.isfinite(D[i]):

@@ -194,7 +194,7 @@ def _start_status(f0, max_iter):
 
 
 def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=None,
-            trial_fgh: bool = False) -> OptState:
+            trial_fgh: bool = False, aux0=None):
     """Modified Newton from ``x0``. ``fun`` gives the criterion (the value line search;
     None with ``trial_fgh``); ``fgh``, if given, (f, ∇f, H) at once, else they come from
     autodiff of ``fun`` (H = ∇²f).
@@ -220,9 +220,15 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
 
     Either way, once the predicted decrease (the Newton decrement) is below ftol, a step
     that raises f by no more than rounding noise is accepted instead of backtracked.
+
+    ``aux0`` (with ``trial_fgh``): ``fgh`` returns a fourth value, which the loop keeps for
+    the point it keeps; the result is then (state, that value) — what the profile needs of
+    each evaluation besides f (∂D/∂v), without a second copy of the criterion.
     """
     if trial_fgh and fgh is None:
         raise ValueError("trial_fgh needs fgh")
+    if aux0 is not None and not trial_fgh:
+        raise ValueError("aux0 needs trial_fgh")
     if fgh is None:
         def grad_aux(x):
             f, g = jax.value_and_grad(fun)(x)
@@ -260,10 +266,10 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
             # One trial point x + a·d per pass: accepted, it ends the Newton step; rejected,
             # a is halved (at most 40 times, as in _line_search). The first pass evaluates the
             # start (d = 0): inside the loop, so the program holds one copy of (f, ∇f, H).
-            s, d, decrement, a, k = c
+            s, d, decrement, a, k, aux = c
             first = s.nfev == 0
             x_t = s.x + a * d
-            f_t, g_t, H_t = evaluate(x_t)
+            f_t, g_t, H_t, *aux_t = evaluate(x_t)
             accepted = first | _acceptable(s, s.g @ d, a, f_t, slack(s, decrement))
             done = accepted | (k >= 40)
             it = s.it + (done & ~first).astype(s.it.dtype)
@@ -275,14 +281,16 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
             kept = OptState(s.x, s.f, s.g, it, s.nfev + 1, jnp.where(done, status, -1))
             s = jax.tree.map(lambda u, v: jnp.where(accepted, u, v), new, kept)
             d_new, dec_new = direction(new, H_t)
+            aux = jax.tree.map(lambda u, v: jnp.where(accepted, u, v), tuple(aux_t), aux)
             return (s, jnp.where(accepted, d_new, d), jnp.where(accepted, dec_new, decrement),
-                    jnp.where(accepted, 1.0, 0.5 * a).astype(a.dtype), jnp.where(accepted, 0, k + 1))
+                    jnp.where(accepted, 1.0, 0.5 * a).astype(a.dtype), jnp.where(accepted, 0, k + 1), aux)
 
         inf = jnp.asarray(jnp.inf, x0.dtype)
         zero = jnp.zeros_like(x0)
         init = (OptState(x0, inf, zero, jnp.asarray(0), jnp.asarray(0), jnp.asarray(-1)), zero, inf,
-                jnp.asarray(1.0, x0.dtype), jnp.asarray(0))
-        return jax.lax.while_loop(lambda c: c[0].status < 0, body, init)[0]
+                jnp.asarray(1.0, x0.dtype), jnp.asarray(0), () if aux0 is None else (aux0,))
+        out = jax.lax.while_loop(lambda c: c[0].status < 0, body, init)
+        return out[0] if aux0 is None else (out[0], out[-1][0])
 
     f0, g0, H0 = evaluate(x0)
     st0 = OptState(x0, f0, g0, jnp.asarray(0), jnp.asarray(1), _start_status(f0, max_iter))
