@@ -26,7 +26,8 @@ import numpy as np
 
 from . import _compiled, _x64  # noqa: F401
 from ._objective import _deviance, blockdiag_value, levels_last
-from ._optimize import SNAP_BELOW, OptState, canonical_theta_jax, diagonal_mask, fit_theta, theta_scale
+from ._optimize import (SNAP_BELOW, OptState, canonical_theta_jax, diagonal_mask, fit_theta, per_level_formulas,
+                        theta_scale)
 from ._solution import Solution, solve
 from ._stats import Layout, Stats
 
@@ -87,7 +88,7 @@ def snap(theta, f, stats: Stats, reml, layout: Layout):
     diagonals = np.flatnonzero(diagonal_mask(layout))
     if not len(diagonals):
         return theta, f, jnp.zeros(theta.shape, bool)
-    if layout.qr == 0 and not layout.structured:
+    if per_level_formulas(layout):
         A, Z = levels_last(stats.A11, stats.Z1W)
 
         def criterion(t):  # one grouping factor: the per-level formulas compile smaller (~0.2 s)

@@ -385,6 +385,21 @@ def _fgh_u(fgh, c):
     return fgh_u
 
 
+#: The closed-form Hessian of :func:`~jaxmlm._objective.blockdiag_fgh` is unrolled over
+#: pairs of θ entries and k×k products, O(k⁶) operations in the program: for a term of k
+#: columns its compile took ~3.6 s at k = 3, ~8 s at k = 4 and 33–39 s at k = 5 (issue 12).
+#: Above this k the per-level criterion is differentiated by autodiff instead.
+_CLOSED_FORM_MAX_K = 3
+
+
+def per_level_formulas(layout: Layout) -> bool:
+    """Whether the criterion of ``layout`` is evaluated by the per-level formulas of
+    :func:`~jaxmlm._objective.blockdiag_fgh`/``blockdiag_value``: one grouping factor, no
+    structured term, at most ``_CLOSED_FORM_MAX_K`` columns (they are unrolled over the k×k
+    entries; above that the dense per-level factorization compiles in less time)."""
+    return layout.qr == 0 and not layout.structured and layout.k1 <= _CLOSED_FORM_MAX_K
+
+
 def _fit_u(u0, c, stats: Stats, reml, layout: Layout, max_iter: int, ftol, gtol, method: str) -> OptState:
     """:func:`fit_theta`'s minimization in u = θ / c (its state's x is u)."""
     def dev(t):
@@ -395,13 +410,13 @@ def _fit_u(u0, c, stats: Stats, reml, layout: Layout, max_iter: int, ftol, gtol,
             return _bfgs(_fun_u(dev, c), u0, max_iter, ftol, gtol)
         return _newton(None, u0, max_iter, ftol, gtol, fgh=_fgh_u(_structured_fgh(stats, reml, layout), c),
                        trial_fgh=True)
-    if layout.qr == 0 and method in ("newton", "ai"):
+    if per_level_formulas(layout) and method in ("newton", "ai"):
         # One grouping factor: closed-form per-level derivatives (blockdiag_fgh), on
         # level-last copies of A11 and Z1W made once here, outside the loop.
         A, Z = levels_last(stats.A11, stats.Z1W)
         return _newton(None, u0, max_iter, ftol, gtol,
                        fgh=_fgh_u(lambda t: blockdiag_fgh(t, A, Z, stats, reml, layout), c), trial_fgh=True)
-    if method == "newton":
+    if method == "newton" or (method == "ai" and layout.qr == 0):  # "ai" needs a fill-in block
         return _newton(_fun_u(dev, c), u0, max_iter, ftol, gtol)
     if layout.qr == 0:
         return _bfgs(_fun_u(dev, c), u0, max_iter, ftol, gtol)
@@ -483,9 +498,9 @@ def _structured_fgh(stats: Stats, reml, layout: Layout):
     """(f, ∇f, ∇²f) in θ of a layout with structures not linear in θ, by the chain rule through
     the unstructured templates: f(θ) = F(u(θ)), u = :func:`unstructured_theta`, so
     ∇f = Jᵀ∇F and ∇²f = Jᵀ∇²F J + Σᵢ ∂ᵢF ∇²uᵢ. F's derivatives are the engine's own
-    (closed form for one grouping factor); u's, by autodiff of a k × k map, are cheap."""
+    (closed form for one grouping factor of at most three columns); u's, by autodiff of a k × k map, are cheap."""
     lay, _ = unstructured_layout(layout)
-    if lay.qr == 0:
+    if per_level_formulas(lay):
         A, Z = levels_last(stats.A11, stats.Z1W)
 
         def inner(u):
