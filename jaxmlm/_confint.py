@@ -385,11 +385,13 @@ def _prof_minimize(phi, v, spec: _Spec, snappable, frozen, stats: Stats, layout:
     Hessian comes from forward differences of the autodiff gradient (steps
     1e-5·max(1, |φᵢ|)): compiling an exact Hessian of this kernel costs several times more
     than the whole profile. After a minimization the task's snappable diagonals below
-    ``_SNAP_AT`` are tried at exactly 0 together and kept where D does not increase, as
-    ``lmer`` snaps boundary estimates (with a variance whose optimum is on the boundary the
-    criterion is locally quartic there, where Newton steps only creep); after a snap the
-    task is minimized again (at most ``_ROUNDS`` rounds, the last without snapping, so that
-    every result is a minimum of the coordinates left free). ∂D/∂v is exact (forward mode).
+    ``_SNAP_AT`` are set to exactly 0 together, as ``lmer`` snaps boundary estimates (with a
+    variance whose optimum is on the boundary the criterion is locally quartic there, where
+    Newton steps only creep), and the task is minimized again from there; a round that ends
+    higher than the round before is undone (at most ``_ROUNDS`` rounds, the last without
+    snapping, so that every result is a minimum of the coordinates left free). ∂D/∂v is
+    exact: reverse mode over (φ, v) with each evaluation, kept by the minimizer for the
+    point it keeps (``_newton``'s ``aux0``).
 
     Tasks and finite-difference points are mapped, not ``vmap``-ed: a batched LAPACK
     Cholesky or triangular solve inside a compiled ``while_loop`` can deadlock XLA's CPU
