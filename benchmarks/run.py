@@ -65,7 +65,8 @@ class Case:
     title: str
     formula: str
     factors: tuple[str, ...] = ()
-    kind: str = "synthetic"  # synthetic | example | insteval | process
+    kind: str = "synthetic"  # synthetic | nested | example | insteval | process
+    data_file: str = "sleepstudy.csv"  # example cases: the file in jaxmlm/data
     groups: int = 0
     per_group: int = 0
     jaxmlm_only: bool = False
@@ -75,6 +76,7 @@ class Case:
     sm_skip: str = ""
 
 
+NESTED_SM_SKIP = "nested random effects: statsmodels needs a variance-component formula per inner factor; not timed"
 SYN_FORMULA = "y ~ x1 + x2 + (1 + x1 | g)"
 SYN_SM = ("y ~ x1 + x2", "g", "~x1")
 
@@ -102,6 +104,25 @@ CASES: dict[str, Case] = {
             big=True,
         ),
         Case(
+            "classroom",
+            "classroom three-level (1,190 pupils, 312 classes in 107 schools)",
+            "mathgain ~ 1 + (1 | schoolid/classid)",
+            factors=("schoolid", "classid"),
+            kind="example",
+            data_file="classroom.csv",
+            sm_skip=NESTED_SM_SKIP,
+        ),
+        Case(
+            "nested100k",
+            "synthetic 100k rows, 20k classes in 2k schools",
+            "y ~ x1 + x2 + (1 | school/class)",
+            ("school", "class"),
+            kind="nested",
+            groups=2_000,
+            per_group=50,
+            sm_skip=NESTED_SM_SKIP,
+        ),
+        Case(
             "insteval",
             "InstEval crossed (73k rows; s, d, dept)",
             "y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept)",
@@ -118,7 +139,7 @@ CASES: dict[str, Case] = {
         ),
     )
 }
-DEFAULT_CASES = ("sleepstudy", "100k", "1m", "insteval", "cold")
+DEFAULT_CASES = ("sleepstudy", "100k", "1m", "classroom", "nested100k", "insteval", "cold")
 ALIASES = {"1M": "1m", "10M": "10m", "100K": "100k", "instEval": "insteval", "cold-process": "cold", "process": "cold"}
 
 
@@ -137,6 +158,25 @@ def synthetic_frame(n_groups: int, per_group: int, seed: int = SEED):
     e = 3.0 * rng.standard_normal(n)
     y = 10.0 + 2.0 * x1 - x2 + b[g, 0] + b[g, 1] * x1 + e
     return pd.DataFrame({"y": y, "x1": x1, "x2": x2, "g": g})
+
+
+def nested_frame(n_schools: int, per_school: int, classes: int = 10, seed: int = SEED):
+    """Pupils in classes in schools (``classes`` classes of per_school/classes pupils each;
+    class labels 0…classes−1 restart in every school, as class numbers do):
+    y = 10 + 2 x1 − x2 + u_school + v_class + e, u ~ N(0, 2²), v ~ N(0, 1), e ~ N(0, 3²)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n = n_schools * per_school
+    school = np.repeat(np.arange(n_schools, dtype=np.int64), per_school)
+    cls = np.tile(np.repeat(np.arange(classes, dtype=np.int64), per_school // classes), n_schools)
+    x1 = rng.standard_normal(n)
+    x2 = rng.standard_normal(n)
+    u = 2.0 * rng.standard_normal(n_schools)
+    v = rng.standard_normal((n_schools, classes))
+    y = 10.0 + 2.0 * x1 - x2 + u[school] + v[school, cls] + 3.0 * rng.standard_normal(n)
+    return pd.DataFrame({"y": y, "x1": x1, "x2": x2, "school": school, "class": cls})
 
 
 def as_factors(df, columns):
@@ -299,10 +339,10 @@ def _load_case_frame(case: Case, data: str | None, as_read: bool = True):
     ids, what users have), or with the grouping columns made Categoricals first."""
     import pandas as pd
 
-    if case.kind == "synthetic" and data is None:
-        df = synthetic_frame(case.groups, case.per_group)
+    if case.kind in ("synthetic", "nested") and data is None:
+        df = (nested_frame if case.kind == "nested" else synthetic_frame)(case.groups, case.per_group)
     else:
-        df = pd.read_csv(data if data is not None else REPO / "jaxmlm" / "data" / "sleepstudy.csv")
+        df = pd.read_csv(data if data is not None else REPO / "jaxmlm" / "data" / case.data_file)
     return df if as_read else as_factors(df, case.factors)
 
 
@@ -778,7 +818,7 @@ def run_case(case: Case, opts, tmp: Path, available: dict) -> list[dict]:
     data_path: str | None = None
     data_note = ""
     if case.kind == "example":
-        data_path = str(REPO / "jaxmlm" / "data" / "sleepstudy.csv")
+        data_path = str(REPO / "jaxmlm" / "data" / case.data_file)
     elif case.kind == "insteval":
         p, data_note = export_insteval()
         if p is None:
@@ -786,7 +826,8 @@ def run_case(case: Case, opts, tmp: Path, available: dict) -> list[dict]:
         data_path = str(p)
     elif not case.jaxmlm_only:
         log(f"{case.name}: writing synthetic data")
-        df = synthetic_frame(case.groups, case.per_group)
+        make = nested_frame if case.kind == "nested" else synthetic_frame
+        df = make(case.groups, case.per_group)
         data_path = str(tmp / f"{case.name}.csv")
         df.to_csv(data_path, index=False)
         del df

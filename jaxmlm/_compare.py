@@ -103,8 +103,12 @@ def zero_columns(m, columns) -> object:
         else:
             off, lev, k = lay.rest[b - 1]
             rows = off + np.arange(lev) * k + c
-            A22[rows, :] = 0.0
-            A22[:, rows] = 0.0
+            if A22.ndim == 3:  # a nested layout keeps A22's diagonal blocks (one rest block)
+                A22[:, c, :] = 0.0
+                A22[:, :, c] = 0.0
+            else:
+                A22[rows, :] = 0.0
+                A22[:, rows] = 0.0
             ZrW[rows, :] = 0.0
             A21[np.isin(pair_a, rows), :] = 0.0
     return st._replace(A11=jnp.asarray(A11), Z1W=jnp.asarray(Z1W), A21=jnp.asarray(A21),

@@ -80,7 +80,7 @@ from jax.scipy.linalg import solve_triangular
 from . import _compiled, _programs, _x64  # noqa: F401
 from ._errors import InferenceError, InferenceWarning
 from ._objective import factorize
-from ._stats import Layout, Stats
+from ._stats import Layout, Stats, a22_dense
 
 __all__ = [
     "InferenceError",
@@ -201,7 +201,7 @@ def _dense_gram(stats: Stats, layout: Layout):
         return Z1Z1, Z1X, stats.WW[:p, :p]
     cols = stats.pair_g[:, None] * k1 + jnp.arange(k1)[None, :]
     ZrZ1 = jnp.zeros((qr, q1)).at[stats.pair_a[:, None], cols].add(stats.A21)
-    ZtZ = jnp.block([[Z1Z1, ZrZ1.T], [ZrZ1, stats.A22]])
+    ZtZ = jnp.block([[Z1Z1, ZrZ1.T], [ZrZ1, a22_dense(stats.A22)]])
     ZtX = jnp.concatenate([Z1X, stats.ZrW[:, :p]], axis=0)
     return ZtZ, ZtX, stats.WW[:p, :p]
 

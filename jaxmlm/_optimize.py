@@ -66,10 +66,15 @@ from ._objective import (
     blockdiag_fgh,
     criterion_rest,
     criterion_rest_value_and_grad,
+    is_nested,
     levels_last,
+    nested_data,
+    nested_scalar,
+    nested_scalar_criterion,
+    nested_scalar_data,
     pair_data,
 )
-from ._stats import Layout, Stats
+from ._stats import Layout, Stats, a22_diagonal
 
 __all__ = ["OptState", "fit_theta", "canonical_theta", "lme4_start", "theta_scale", "theta_scale_host",
            "STATUS"]
@@ -193,6 +198,31 @@ def _start_status(f0, max_iter):
     return jnp.where(jnp.isfinite(f0), jnp.where(max_iter <= 0, 2, -1), 4)
 
 
+#: Most θ entries for which a nested design's Hessian is taken forward over forward.
+_FORWARD_MAX = 3
+
+
+def _fgh_ad(fun, forward: bool = False):
+    """x ↦ (f, ∇f, ∇²f) of ``fun`` by autodiff: one forward-over-reverse program, or with
+    ``forward`` forward over forward (m² tangents, no reverse pass: cheaper for a few θ
+    entries when the reverse pass's transposes cost more than the criterion itself)."""
+    def grad_aux(x):
+        if forward:
+            basis = jnp.eye(x.shape[0], dtype=x.dtype)
+            f, g = jax.vmap(lambda v: jax.jvp(fun, (x,), (v,)), out_axes=(None, 0))(basis)
+        else:
+            f, g = jax.value_and_grad(fun)(x)
+        return g, (g, f)
+
+    fgh_ad = jax.jacfwd(grad_aux, has_aux=True)
+
+    def evaluate(x):
+        H, (g, f) = fgh_ad(x)
+        return f, g, H
+
+    return evaluate
+
+
 def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=None,
             trial_fgh: bool = False, aux0=None):
     """Modified Newton from ``x0``. ``fun`` gives the criterion (the value line search;
@@ -229,19 +259,7 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
         raise ValueError("trial_fgh needs fgh")
     if aux0 is not None and not trial_fgh:
         raise ValueError("aux0 needs trial_fgh")
-    if fgh is None:
-        def grad_aux(x):
-            f, g = jax.value_and_grad(fun)(x)
-            return g, (g, f)
-
-        # One forward-over-reverse program gives f, g and H together.
-        fgh_ad = jax.jacfwd(grad_aux, has_aux=True)
-
-        def evaluate(x):
-            H, (g, f) = fgh_ad(x)
-            return f, g, H
-    else:
-        evaluate = fgh
+    evaluate = _fgh_ad(fun) if fgh is None else fgh
 
     def slack(s, decrement):
         # A last step whose predicted decrease is below ftol may raise f by rounding noise;
@@ -416,6 +434,24 @@ def _fit_u(u0, c, stats: Stats, reml, layout: Layout, max_iter: int, ftol, gtol,
         A, Z = levels_last(stats.A11, stats.Z1W)
         return _newton(None, u0, max_iter, ftol, gtol,
                        fgh=_fgh_u(lambda t: blockdiag_fgh(t, A, Z, stats, reml, layout), c), trial_fgh=True)
+    if is_nested(layout):
+        if nested_scalar(layout):
+            data = nested_scalar_data(stats, layout)  # θ-free: once, outside the loop
+
+            def dev_nested(t):
+                return nested_scalar_criterion(t, data, stats, reml, layout)
+        else:
+            nested = nested_data(stats, layout)
+
+            def dev_nested(t):
+                return _deviance(t, stats, reml, layout, nested)
+
+        if method == "bfgs":
+            return _bfgs(_fun_u(dev_nested, c), u0, max_iter, ftol, gtol)
+        # Autodiff's (f, ∇f, H) runs the m tangents side by side: on per-level algebra it
+        # costs a few values, so every trial point gets all three (one evaluation per step).
+        return _newton(None, u0, max_iter, ftol, gtol, fgh=_fgh_ad(_fun_u(dev_nested, c), forward=len(u0) <= _FORWARD_MAX),
+                       trial_fgh=True)
     if method == "newton" or (method == "ai" and layout.qr == 0):  # "ai" needs a fill-in block
         return _newton(_fun_u(dev, c), u0, max_iter, ftol, gtol)
     if layout.qr == 0:
@@ -445,7 +481,7 @@ def theta_scale(stats: Stats, layout: Layout) -> jax.Array:
     exactly, so its c is 1 and lme4's start is unchanged there.
     """
     sums = [jnp.sum(jnp.diagonal(stats.A11, axis1=1, axis2=2), axis=0)]  # (k₁,) Σ z² per column
-    d22 = jnp.diagonal(stats.A22)
+    d22 = a22_diagonal(stats.A22)
     for off, lev, k in layout.rest:
         sums.append(jnp.sum(d22[off : off + lev * k].reshape(lev, k), axis=0))
     c = jnp.ones(layout.ntheta, stats.WW.dtype)
@@ -530,12 +566,12 @@ def _level_sums(stats: Stats, layout: Layout):
     p = layout.p
     a1 = jnp.diagonal(stats.A11, axis1=1, axis2=2).reshape(-1)
     r1 = stats.Z1W[:, :, p].reshape(-1)
-    ar, rr = jnp.diagonal(stats.A22), stats.ZrW[:, p]
+    ar, rr = a22_diagonal(stats.A22), stats.ZrW[:, p]
     return (stats.n, stats.WW[p, p], jnp.stack([jnp.concatenate([a1, ar]), jnp.concatenate([r1, rr])]),
             theta_scale(stats, layout))
 
 
-def moment_start(stats: Stats, layout: Layout, intercepts) -> np.ndarray:
+def moment_start(stats: Stats, layout: Layout, intercepts, with_scale: bool = False):
     """A start for θ from one-way ANOVA moment estimates: θ_b = σ̂_b / σ̂ per scalar block.
 
     ``intercepts`` (one bool per block, in the layout's order) says which blocks are a
@@ -557,9 +593,16 @@ def moment_start(stats: Stats, layout: Layout, intercepts) -> np.ndarray:
     weights): the optimizer moves each diagonal at most tenfold towards 0 per step, and
     never across it. Entries of the other blocks get lme4's start in those coordinates,
     θ = c ⊙ (1 on the diagonal, 0 off it), as :func:`~jaxmlm._results.lmer` starts.
+    ``with_scale``: return (θ, c), c read in the same transfer.
     """
     n, ete, per_level, c = jax.device_get(_level_sums(stats, layout))
     c = np.asarray(c, dtype=np.float64)
+    theta = _moment_theta(n, ete, per_level, c, layout, intercepts)
+    return (theta, c) if with_scale else theta
+
+
+def _moment_theta(n, ete, per_level, c, layout: Layout, intercepts) -> np.ndarray:
+    """:func:`moment_start`'s θ from the sums it read (n, eᵀe, per-level sums, c)."""
     theta = lme4_start(layout) * c
     n, ete, p = float(n), float(ete), layout.p
     if n - p <= 1 or ete <= 0:
@@ -602,8 +645,9 @@ AI_ROWS = 64
 
 def choose_method(layout: Layout) -> str:
     """Newton unless the dense block makes a Hessian costly (q_r > :data:`AI_ROWS`): then "ai"
-    (not with structures that are not linear in θ: average information assumes linear ones)."""
-    return "ai" if layout.qr > AI_ROWS and not layout.structured else "newton"
+    (not with structures that are not linear in θ: average information assumes linear ones;
+    not for a nested design, whose fill-in is block diagonal and whose Hessian is cheap)."""
+    return "ai" if layout.qr > AI_ROWS and not layout.structured and not is_nested(layout) else "newton"
 
 
 def diagonal_mask(layout: Layout) -> np.ndarray:

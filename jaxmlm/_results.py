@@ -24,7 +24,7 @@ from . import _compiled, _programs, _x64  # noqa: F401  (float64 before any arra
 from ._design import Design
 from ._errors import ConvergenceError, ConvergenceWarning, DataError, JaxmlmError
 from ._frontend import build_design
-from ._objective import templates
+from ._objective import is_nested, templates
 from ._fit import fit, snap_host
 from ._optimize import STATUS, OptState, choose_method, diagonal_mask, fit_theta, lme4_start, moment_start, theta_scale, theta_scale_host
 from ._solution import Solution
@@ -569,7 +569,7 @@ def lmer(
     # lme4's own θ = 1 would make a slope on a 1e4-unit predictor 1e4 times too variable),
     # except where every iteration costs a dense q_r³ step: there a moment estimate saves
     # the first few (_optimize.moment_start).
-    moment = method == "ai" and layout.qr > 0
+    moment = (method == "ai" and layout.qr > 0) or is_nested(layout)
     u0 = lme4_start(layout)
     if one is not None and not moment:
         def run(u, n):
@@ -587,11 +587,13 @@ def lmer(
         # read of a device array waits.
         stages = []
         est_stats, est_reml = stats, reml
-        if moment or dtype == "float32":
-            c = theta_scale_host(stats, layout)
-            theta0 = moment_start(stats, layout, [blk.columns == ("(Intercept)",) for blk in design.blocks]) \
-                if moment else c * u0
+        if moment:  # one transfer gives the start and c
+            theta0, c = moment_start(stats, layout, [blk.columns == ("(Intercept)",) for blk in design.blocks],
+                                     with_scale=True)
             u0 = theta0 / c
+        elif dtype == "float32":
+            c = theta_scale_host(stats, layout)
+            theta0 = c * u0
         if dtype == "float32":
             stats32, reml32 = _as_float32(stats), reml.astype(np.float32)
             if polish:

@@ -36,7 +36,9 @@ from ._objective import (
     batched_solve_upper_t,
     criterion,
     factorize,
+    is_nested,
     lam_rest,
+    nested_data,
     templates,
 )
 from ._stats import Layout, Stats
@@ -78,7 +80,22 @@ def solve(theta: jax.Array, stats: Stats, reml, layout: Layout) -> Solution:
     L1inv = batched_solve_lower(fac.L1, jnp.broadcast_to(jnp.eye(k1, dtype=dt), fac.L1.shape))
     var1 = jnp.einsum("gki,gkj->gij", L1inv, L1inv)
     var_rest = ()
-    if qr:
+    if is_nested(layout):
+        # Every block is per level (the nested factorization of _objective): M₂₂⁻¹'s blocks
+        # are per parent level, and block-1 level g meets only its parent's block.
+        ((_, lr, kr),) = layout.rest
+        Tr = Rest[0]
+        parent = nested_data(stats, layout)[0]
+        rhs2 = (fac.C2[:, p] - fac.C2[:, :p] @ beta_shifted).reshape(lr, kr)
+        w = jnp.einsum("ij,aj->ai", Tr, _solve_lt(fac.L2, rhs2))  # Λ_r u₂ per parent level
+        u1 = _solve_lt(fac.L1, rhs1 - jnp.einsum("grj,gr->gj", fac.B, w[parent]))
+        b_rest = w.reshape(-1)
+        L2inv = batched_solve_lower(fac.L2, jnp.broadcast_to(jnp.eye(kr, dtype=dt), fac.L2.shape))
+        K = jnp.einsum("ij,akj,akl,ml->aim", Tr, L2inv, L2inv, Tr)  # Λ_r M₂₂⁻¹ Λ_rᵀ per level
+        D = jnp.einsum("grk,gkj->grj", fac.B, L1inv)  # D_g = B_g L_g⁻¹
+        var1 = var1 + jnp.einsum("gri,grs,gsj->gij", D, K[parent], D)
+        var_rest = (sigma2 * K,)
+    elif qr:
         rhs2 = fac.C2[:, p] - fac.C2[:, :p] @ beta_shifted
         u2 = jax.lax.linalg.triangular_solve(fac.L2, rhs2[:, None], left_side=True, lower=True, transpose_a=True)[:, 0]
         w = lam_rest(u2[:, None], Rest, layout)[:, 0]

@@ -12,7 +12,8 @@ name       shape                  meaning
 A11        (l₁, k₁, k₁)           Z₁ᵀZ₁, block diagonal: one k₁×k₁ per level
 Z1W        (l₁, k₁, p+1)          Z₁ᵀW per level
 WW         (p+1, p+1)             WᵀW
-A22        (q_r, q_r)             Z_rᵀZ_r, dense (it fills in when factored)
+A22        (q_r, q_r)             Z_rᵀZ_r, dense (it fills in when factored);
+                                  (l_r, k_r, k_r) diagonal blocks when nested
 ZrW        (q_r, p+1)             Z_rᵀW
 A21        (nnz, k₁)              Z_rᵀZ₁, sparse: one k₁-row per observed
                                   (rest row a, level g of block 1) pair
@@ -47,7 +48,7 @@ from . import _compiled, _x64  # noqa: F401
 from ._design import Design
 from ._errors import DataError
 
-__all__ = ["Layout", "ONE_PROGRAM_ROWS", "PAIR_BYTES_MAX", "choose_bbt", "OneChunk", "Schema", "Stats", "WeightedRows", "accumulate", "bucket",
+__all__ = ["Layout", "a22_blocks", "a22_dense", "a22_diagonal", "ONE_PROGRAM_ROWS", "PAIR_BYTES_MAX", "choose_bbt", "OneChunk", "Schema", "Stats", "WeightedRows", "accumulate", "bucket",
            "make_schema", "merge_stats", "one_chunk", "ResponseOps", "response_ops", "response_stats", "stats_from_chunk",
            "sufficient_stats", "weighted_rows", "weights_constant", "with_response"]
 
@@ -78,7 +79,8 @@ class Layout(NamedTuple):
     ``templates`` per block its k, the flat positions (in its k×k template)
     and the indices of the θ entries that fill them; ``structured`` the terms whose
     structure is not linear in θ (see :func:`theta_layout`); ``bbt`` the method for the sparse
-    product B Bᵀ ("none", "sparse" or "dense").
+    product B Bᵀ ("none", "sparse" or "dense"; "nested" where it is block diagonal per level of
+    the one rest factor: :func:`jaxmlm._objective.is_nested`).
     """
 
     p: int
@@ -174,6 +176,17 @@ def weights_constant(weights: np.ndarray | None, n: int) -> tuple[float, float]:
         return float(n), 0.0
     pos = weights[weights > 0]
     return float(len(pos)), float(np.sum(np.log(pos)))
+
+
+def _nested(pair_a: np.ndarray, pair_g: np.ndarray, rest: tuple) -> bool:
+    """Whether block 1's factor is nested in the only rest factor: every block-1 level meets
+    the rows of one level of it (see :func:`jaxmlm._objective.is_nested`)."""
+    if len(rest) != 1:
+        return False
+    lev = pair_a // rest[0][2]
+    seen = np.zeros(int(pair_g.max(initial=0)) + 1, lev.dtype)
+    seen[pair_g] = lev  # one of each level's parents; nested if every pair agrees with it
+    return bool(np.all(seen[pair_g] == lev))
 
 
 def _pair_count(pair_g: np.ndarray) -> int:
@@ -359,7 +372,7 @@ def _make_schema(design: Design, bbt: str | None) -> tuple[Schema, np.ndarray, n
         pair_g[:nnz_true] = uniq % l1
         npairs_true = _pair_count(pair_g[:nnz_true])
         if bbt is None:
-            bbt = choose_bbt(npairs_true, qr, l1, k1)
+            bbt = "nested" if _nested(pair_a[:nnz_true], pair_g[:nnz_true], rest) else choose_bbt(npairs_true, qr, l1, k1)
         if bbt == "sparse":
             npairs = bucket(npairs_true, LINEAR_STEPS)
             bb_e1, bb_e2, bb_t = _pair_products(pair_a[:nnz_true], pair_g[:nnz_true], qr, size=npairs, pad=nnz - 1)
@@ -465,11 +478,11 @@ def _run_pass(schema: Schema, inp: _PassInputs) -> Stats:
     lay = schema.layout
     if len(inp.W) == 0:
         acc = _accumulate(None, *(_pad(a, 1) for a in (inp.W, inp.g1, inp.Z1, inp.P, inp.V, inp.E)),
-                          l1=lay.l1, qr=lay.qr, nnz=lay.nnz)
+                          l1=lay.l1, qr=lay.qr, nnz=lay.nnz, kr=a22_blocks(lay))
     else:
         acc = None  # the first chunk starts the accumulators inside the compiled kernel
         for chunk in _chunks(inp):
-            acc = _chunk_stats(acc, *chunk, l1=lay.l1, qr=lay.qr, nnz=lay.nnz)
+            acc = _chunk_stats(acc, *chunk, l1=lay.l1, qr=lay.qr, nnz=lay.nnz, kr=a22_blocks(lay))
     index = _to_device(_host_stats(schema, inp))
     return Stats(index[0], *acc, *index[1:])
 
@@ -569,7 +582,7 @@ def stats_from_chunk(floats, ints, spec: tuple, layout: Layout) -> Stats:
         src, size = (floats if kind == "f" else ints), math.prod(shape)
         arrays.append(src[at[kind] : at[kind] + size].reshape(shape).astype(dt))
         at[kind] += size
-    acc = _accumulate(None, *arrays[:6], l1=layout.l1, qr=layout.qr, nnz=layout.nnz)
+    acc = _accumulate(None, *arrays[:6], l1=layout.l1, qr=layout.qr, nnz=layout.nnz, kr=a22_blocks(layout))
     return Stats(arrays[6], *acc, *arrays[7:])
 
 
@@ -660,15 +673,35 @@ def _pad(a: np.ndarray, rows: int) -> np.ndarray:
     return out
 
 
-def _accumulate(acc, W, g1, Z1, P, V, E, *, l1: int, qr: int, nnz: int):
+def a22_blocks(layout: Layout) -> int:
+    """k_r when A22 is kept as its diagonal blocks (l_r, k_r, k_r) — a nested layout, whose
+    A22 is block diagonal like everything of the rest factor — else 0 (dense q_r × q_r)."""
+    return layout.rest[0][2] if layout.bbt == "nested" else 0
+
+
+def a22_diagonal(A22: jax.Array) -> jax.Array:
+    """The diagonal (q_r,) of A22, kept dense or as diagonal blocks."""
+    return jnp.diagonal(A22, axis1=-2, axis2=-1).reshape(-1)
+
+
+def a22_dense(A22: jax.Array) -> jax.Array:
+    """A22 as the dense q_r × q_r matrix (block diagonal, if kept as blocks)."""
+    if A22.ndim == 2:
+        return A22
+    lr, kr, _ = A22.shape
+    return jnp.einsum("ab,aij->aibj", jnp.eye(lr, dtype=A22.dtype), A22).reshape(lr * kr, lr * kr)
+
+
+def _accumulate(acc, W, g1, Z1, P, V, E, *, l1: int, qr: int, nnz: int, kr: int = 0):
     """Add one chunk's cross-products to the accumulators (None: start them). Shapes:
-    W (c, p+1), g1 (c,), Z1 (c, k₁), P/V/E (c, m_r)."""
+    W (c, p+1), g1 (c,), Z1 (c, k₁), P/V/E (c, m_r). ``kr`` (:func:`a22_blocks`): A22 as
+    diagonal blocks of k_r × k_r (a row's m_r = k_r positions are those of one level)."""
     if acc is None:
         acc = (
             jnp.zeros((l1, Z1.shape[1], Z1.shape[1]), W.dtype),
             jnp.zeros((l1, Z1.shape[1], W.shape[1]), W.dtype),
             jnp.zeros((W.shape[1], W.shape[1]), W.dtype),
-            jnp.zeros((qr, qr), W.dtype),
+            jnp.zeros((qr // kr, kr, kr) if kr else (qr, qr), W.dtype),
             jnp.zeros((qr, W.shape[1]), W.dtype),
             jnp.zeros((nnz, Z1.shape[1]), W.dtype),
         )
@@ -678,11 +711,17 @@ def _accumulate(acc, W, g1, Z1, P, V, E, *, l1: int, qr: int, nnz: int):
     Z1W = Z1W + seg(Z1[:, :, None] * W[:, None, :], g1, l1)
     WW = WW + W.T @ W
     if qr:
-        flat = (P[:, :, None] * qr + P[:, None, :]).reshape(-1)
-        A22 = A22 + seg((V[:, :, None] * V[:, None, :]).reshape(-1), flat, qr * qr).reshape(qr, qr)
+        VV = (V[:, :, None] * V[:, None, :]).reshape(-1)
+        if kr:
+            j = P % kr
+            flat = (P[:, :1, None] // kr * (kr * kr) + j[:, :, None] * kr + j[:, None, :]).reshape(-1)
+            A22 = A22 + seg(VV, flat, qr * kr).reshape(A22.shape)
+        else:
+            flat = (P[:, :, None] * qr + P[:, None, :]).reshape(-1)
+            A22 = A22 + seg(VV, flat, qr * qr).reshape(qr, qr)
         ZrW = ZrW + seg((V[:, :, None] * W[:, None, :]).reshape(-1, W.shape[1]), P.reshape(-1), qr)
         A21 = A21 + seg((V[:, :, None] * Z1[:, None, :]).reshape(-1, Z1.shape[1]), E.reshape(-1), nnz)
     return A11, Z1W, WW, A22, ZrW, A21
 
 
-_chunk_stats = partial(_compiled.jit, static_argnames=("l1", "qr", "nnz"), donate_argnums=(0,))(_accumulate)
+_chunk_stats = partial(_compiled.jit, static_argnames=("l1", "qr", "nnz", "kr"), donate_argnums=(0,))(_accumulate)

@@ -1,6 +1,7 @@
 """The profiled criterion: against an independent dense implementation, and its autodiff
 derivatives against finite differences."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -183,3 +184,95 @@ def test_bbt_choice_by_time_then_memory():
     # both large: the smaller of the two
     assert choose_bbt(200_000_000, 20_000, 100_000, 1) == "sparse"
     assert choose_bbt(100_000, 100, 50, 1) == "dense"  # time: a small dense product
+
+
+# ---- nested designs: the block-diagonal fill-in ------------------------------------------------
+
+NESTED = [
+    "y ~ x + (1 | school/class)",
+    "y ~ x + (1 + x | school/class)",
+    "y ~ x + (1 | school) + (0 + x | school:class)",
+    "y ~ x + (x | school) + (1 | school:class)",
+]
+
+
+def _nested_frame(seed=11, span=False):
+    """Pupils in classes in schools, unbalanced (2–5 classes of 2–7 pupils; ``class`` labels
+    reused across schools, ``cls_id`` unique). ``span``: two pupils of school s1 get the
+    ``cls_id`` of a class of school s0, so that cls_id is no longer nested in school."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(14):
+        for c in range(rng.integers(2, 6)):
+            rows += [(s, c)] * int(rng.integers(2, 8))
+    school, cls = np.array(rows).T
+    x = rng.normal(size=len(school))
+    u, v = rng.normal(size=14), rng.normal(size=(14, 6))
+    y = 1 + 0.5 * x + u[school] + 0.6 * v[school, cls] * (1 + 0.4 * x) + rng.normal(size=len(school))
+    df = pd.DataFrame({"y": y, "x": x, "school": [f"s{s}" for s in school], "class": [f"c{c}" for c in cls]})
+    df["cls_id"] = df["school"] + df["class"]
+    if span:
+        df.loc[df.index[df["school"] == "s1"][:2], "cls_id"] = "s0c0"
+    return df
+
+
+@pytest.mark.parametrize("formula", NESTED)
+def test_nested_designs_are_detected(formula):
+    """Nesting is read from the data: every design above is nested; a crossed design and a
+    class factor whose label spans two schools (bare ``(1 | class)``) are not."""
+    assert sufficient_stats(build_design(formula, _nested_frame()))[0].bbt == "nested"
+    explicit = "y ~ x + (1 | school) + (1 | cls_id)"
+    assert sufficient_stats(build_design(explicit, _nested_frame()))[0].bbt == "nested"
+    assert sufficient_stats(build_design(explicit, _nested_frame(span=True)))[0].bbt in ("sparse", "dense")
+    assert sufficient_stats(build_design("y ~ x + (1 | class) + (1 | school)", _nested_frame()))[0].bbt != "nested"
+    c = CASES["penicillin_crossed"]
+    assert sufficient_stats(build_design(c["formula"], case_data(c)))[0].bbt != "nested"
+
+
+@pytest.mark.parametrize("formula", NESTED)
+@pytest.mark.parametrize("reml", [1.0, 0.0])
+def test_nested_factorization_matches_the_general_one_and_the_dense_criterion(formula, reml):
+    """Per-level factorization against the general one (dense fill-in, forced by bbt="sparse")
+    and the independent dense marginal likelihood: criterion, its gradient, and every output
+    of the solution (β̂, σ̂, b̂ of both factors and their conditional variances)."""
+    d = build_design(formula, _nested_frame())
+    lay_n, st_n, _ = sufficient_stats(d)
+    lay_g, st_g, _ = sufficient_stats(d, bbt="sparse")
+    assert lay_n.bbt == "nested" and lay_g.bbt == "sparse"
+    rng = np.random.default_rng(4)
+    for theta in [rng.uniform(0.2, 1.5, lay_n.ntheta) * rng.choice([-1, 1], lay_n.ntheta) for _ in range(2)]:
+        t = jnp.asarray(theta)
+        f_n, g_n = deviance_and_grad(t, st_n, reml, lay_n)
+        f_g, g_g = deviance_and_grad(t, st_g, reml, lay_g)
+        ref, beta = dense_criterion(d, theta, bool(reml))
+        assert float(f_n) == pytest.approx(ref, rel=1e-10)
+        assert float(f_n) == pytest.approx(float(f_g), rel=1e-12)
+        np.testing.assert_allclose(np.asarray(g_n), np.asarray(g_g), rtol=1e-8, atol=1e-8)
+        s_n, s_g = solve(t, st_n, reml, lay_n), solve(t, st_g, reml, lay_g)
+        np.testing.assert_allclose(np.asarray(s_n.beta), beta, rtol=1e-8, atol=1e-8)
+        for a, b in zip(jax.tree.leaves(s_n), jax.tree.leaves(s_g)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("cid", ["pastes_nested", "nested_slash", None])
+@pytest.mark.parametrize("reml", [1.0, 0.0])
+def test_nested_scalar_criterion_equals_the_factorization(cid, reml):
+    """The vector form of (1 | a/b)'s criterion against the per-level factorization, at
+    random θ (either sign) and with a variance at 0."""
+    from jaxmlm._objective import nested_scalar, nested_scalar_criterion, nested_scalar_data
+
+    if cid is None:
+        d = build_design("y ~ x + (1 | school/class)", _nested_frame(seed=2))
+    else:
+        d = build_design(CASES[cid]["formula"], case_data(CASES[cid]))
+    layout, stats, _ = sufficient_stats(d)
+    assert nested_scalar(layout)
+    data = nested_scalar_data(stats, layout)
+    rng = np.random.default_rng(7)
+    for theta in [rng.uniform(0.1, 2.0, 2) * rng.choice([-1, 1], 2) for _ in range(3)] + [np.array([0.0, 0.8]), np.array([0.6, 0.0])]:
+        t = jnp.asarray(theta)
+        got = float(nested_scalar_criterion(t, data, stats, reml, layout))
+        assert got == pytest.approx(float(deviance(t, stats, reml, layout)), rel=1e-12)
+        assert got == pytest.approx(dense_criterion(d, theta, bool(reml))[0], rel=1e-10)

@@ -34,7 +34,7 @@ from jaxmlm._objective import (
     levels_last,
     pair_data,
 )
-from jaxmlm._optimize import _clip_diagonals, choose_method, diagonal_mask, fit_theta
+from jaxmlm._optimize import _clip_diagonals, canonical_theta, choose_method, diagonal_mask, fit_theta
 from jaxmlm._stats import sufficient_stats
 
 ONE_FACTOR = ["sleepstudy_rs", "sleepstudy_uncorr", "slopes3_corr", "hsb_ses_slope", "dyestuff2_singular"]
@@ -249,8 +249,33 @@ def test_every_method_reaches_the_same_optimum(cid):
 def test_choose_method():
     _, _, layout, _ = _setup("penicillin_crossed")
     assert choose_method(layout) == "newton"  # q_r = 6
-    assert choose_method(layout._replace(qr=112)) == "ai"  # classroom's schools: Newton's Hessian costs 5x a fit with AI
+    assert choose_method(layout._replace(qr=112)) == "ai"  # crossed, 112 rows: Newton's Hessian costs 5x a fit with AI
     assert choose_method(layout._replace(qr=300)) == "ai"
+    # nested (classroom's schools): the fill-in is per level, its Hessian cheap
+    assert choose_method(layout._replace(qr=112, bbt="nested")) == "newton"
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | school/class)", "y ~ x + (1 + x | school/class)"])
+@pytest.mark.parametrize("reml", [1.0, 0.0])
+def test_nested_fits_reach_the_optimum_of_the_general_criterion(formula, reml):
+    """Every method on the per-level nested criterion (the vector form for (1 | a/b), autodiff
+    forward over forward for two θ entries, over reverse for six) stops where Newton on the
+    general factorization (dense fill-in) does."""
+    from test_objective import _nested_frame
+
+    d = build_design(formula, _nested_frame())
+    lay_n, st_n, _ = sufficient_stats(d)
+    lay_g, st_g, _ = sufficient_stats(d, bbt="sparse")
+    assert lay_n.bbt == "nested"
+    theta0 = jnp.asarray(np.where(diagonal_mask(lay_n), 1.0, 0.0))
+    ref = fit_theta(theta0, st_g, reml, lay_g, max_iter=200, method="newton")
+    assert int(ref.status) in (0, 1)
+    for method in ("newton", "ai", "bfgs"):
+        st = fit_theta(theta0, st_n, reml, lay_n, max_iter=200, method=method)
+        assert int(st.status) in (0, 1), (method, int(st.status))
+        assert float(st.f) == pytest.approx(float(ref.f), rel=1e-10, abs=1e-8)
+        np.testing.assert_allclose(canonical_theta(np.asarray(st.x), lay_n), canonical_theta(np.asarray(ref.x), lay_g),
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_clip_diagonals_keeps_side_and_descent():
