@@ -681,7 +681,7 @@ def a22_blocks(layout: Layout) -> int:
 
 def a22_diagonal(A22: jax.Array) -> jax.Array:
     """The diagonal (q_r,) of A22, kept dense or as diagonal blocks."""
-    return jnp.diagonal(A22, axis1=-2, axis2=-1).reshape(-1)
+    return jnp.diagonal(A22) if A22.ndim == 2 else jnp.diagonal(A22, axis1=1, axis2=2).reshape(-1)
 
 
 def a22_dense(A22: jax.Array) -> jax.Array:
