@@ -55,10 +55,10 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 from . import _compiled, _x64  # noqa: F401
-from ._stats import Layout, Stats
+from ._stats import Layout, Stats, is_nested
 
 __all__ = [
-    "Factor", "templates", "factorize", "is_nested", "nested_data", "nested_scalar", "nested_scalar_data",
+    "Factor", "templates", "factorize", "nested_data", "nested_scalar", "nested_scalar_data",
     "nested_scalar_criterion", "deviance", "deviance_and_grad", "deviance_hessian",
     "blockdiag_fgh", "criterion_rest", "criterion_rest_value_and_grad",
     "average_information", "pair_data",
@@ -252,11 +252,6 @@ def _bbt(B: jax.Array, stats: Stats, layout: Layout, reverse_only: bool = False)
 # data (``layout.bbt == "nested"``, :func:`jaxmlm._stats.make_schema`).
 
 
-def is_nested(layout: Layout) -> bool:
-    """Whether block 1's factor is nested in the only rest factor (block-diagonal fill-in)."""
-    return layout.bbt == "nested"
-
-
 def nested_data(stats: Stats, layout: Layout):
     """θ-free pieces of the nested factorization: (parent level s(g) of each block-1 level (l₁,),
     A21 per block-1 level as a dense k_r × k₁ block (l₁, k_r, k₁), A22's diagonal blocks
@@ -269,25 +264,17 @@ def nested_data(stats: Stats, layout: Layout):
     return parent, A21g, stats.A22  # a nested layout's statistics keep A22's blocks only
 
 
-def bmm(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Per-level products of small matrices, a (..., i, k) @ b (..., k, j), as elementwise
-    products summed over k: XLA fuses them into one loop over the levels, where a batched
-    ``dot`` of 1×1 or 2×2 matrices runs as a loop of tiny matrix products (nested fit of
-    100k rows: ~5× slower)."""
-    return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
-
-
 def _factorize_nested(T1, Tr, L1, C1, stats: Stats, layout: Layout, pieces=None):
     """(B_g (l₁, k_r, k₁), L₂ blocks (l_r, k_r, k_r), C₂ (q_r, p+1), log|L₂|²) of a nested design
     (``pieces``: :func:`nested_data`, if already computed)."""
     ((_, lr, kr),) = layout.rest
     parent, A21g, A22b = nested_data(stats, layout) if pieces is None else pieces
     LiT = batched_solve_lower(L1, jnp.broadcast_to(T1.T, L1.shape))  # L_g⁻¹T₁ᵀ
-    B = bmm(A21g, jnp.swapaxes(LiT, -1, -2))
-    BBt = jax.ops.segment_sum(bmm(B, jnp.swapaxes(B, -1, -2)), parent, lr)
+    B = jnp.einsum("grk,gjk->grj", A21g, LiT)
+    BBt = jax.ops.segment_sum(jnp.einsum("grj,gsj->grs", B, B), parent, lr)
     M22 = jnp.einsum("ri,ars,sj->aij", Tr, A22b - BBt, Tr) + jnp.eye(kr, dtype=A22b.dtype)
     L2 = batched_cholesky(M22)
-    BC1 = jax.ops.segment_sum(bmm(B, C1), parent, lr)
+    BC1 = jax.ops.segment_sum(jnp.einsum("grj,gjm->grm", B, C1), parent, lr)
     D = stats.ZrW.reshape(lr, kr, -1) - BC1
     C2 = batched_solve_lower(L2, jnp.einsum("ri,arm->aim", Tr, D))
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L2, axis1=1, axis2=2)))

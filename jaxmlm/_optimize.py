@@ -66,7 +66,6 @@ from ._objective import (
     blockdiag_fgh,
     criterion_rest,
     criterion_rest_value_and_grad,
-    is_nested,
     levels_last,
     nested_data,
     nested_scalar,
@@ -74,7 +73,7 @@ from ._objective import (
     nested_scalar_data,
     pair_data,
 )
-from ._stats import Layout, Stats, a22_diagonal
+from ._stats import Layout, Stats, a22_diagonal, is_nested
 
 __all__ = ["OptState", "fit_theta", "canonical_theta", "lme4_start", "theta_scale", "theta_scale_host",
            "STATUS"]

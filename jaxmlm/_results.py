@@ -24,11 +24,11 @@ from . import _compiled, _programs, _x64  # noqa: F401  (float64 before any arra
 from ._design import Design
 from ._errors import ConvergenceError, ConvergenceWarning, DataError, JaxmlmError
 from ._frontend import build_design
-from ._objective import is_nested, templates
+from ._objective import templates
 from ._fit import fit, snap_host
 from ._optimize import STATUS, OptState, choose_method, diagonal_mask, fit_theta, lme4_start, moment_start, theta_scale, theta_scale_host
 from ._solution import Solution
-from ._stats import Layout, Stats, one_chunk, stats_from_chunk, sufficient_stats
+from ._stats import Layout, Stats, is_nested, one_chunk, stats_from_chunk, sufficient_stats
 
 __all__ = ["FitRecord", "LinearMixedModel", "lmer"]
 

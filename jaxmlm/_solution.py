@@ -36,12 +36,11 @@ from ._objective import (
     batched_solve_upper_t,
     criterion,
     factorize,
-    is_nested,
     lam_rest,
     nested_data,
     templates,
 )
-from ._stats import Layout, Stats
+from ._stats import Layout, Stats, is_nested
 
 __all__ = ["Solution", "solve"]
 

@@ -48,7 +48,7 @@ from . import _compiled, _x64  # noqa: F401
 from ._design import Design
 from ._errors import DataError
 
-__all__ = ["Layout", "a22_blocks", "a22_dense", "a22_diagonal", "ONE_PROGRAM_ROWS", "PAIR_BYTES_MAX", "choose_bbt", "OneChunk", "Schema", "Stats", "WeightedRows", "accumulate", "bucket",
+__all__ = ["Layout", "is_nested", "a22_blocks", "a22_dense", "a22_diagonal", "ONE_PROGRAM_ROWS", "PAIR_BYTES_MAX", "choose_bbt", "OneChunk", "Schema", "Stats", "WeightedRows", "accumulate", "bucket",
            "make_schema", "merge_stats", "one_chunk", "ResponseOps", "response_ops", "response_stats", "stats_from_chunk",
            "sufficient_stats", "weighted_rows", "weights_constant", "with_response"]
 
@@ -80,7 +80,7 @@ class Layout(NamedTuple):
     and the indices of the θ entries that fill them; ``structured`` the terms whose
     structure is not linear in θ (see :func:`theta_layout`); ``bbt`` the method for the sparse
     product B Bᵀ ("none", "sparse" or "dense"; "nested" where it is block diagonal per level of
-    the one rest factor: :func:`jaxmlm._objective.is_nested`).
+    the one rest factor: :func:`is_nested`).
     """
 
     p: int
@@ -180,7 +180,7 @@ def weights_constant(weights: np.ndarray | None, n: int) -> tuple[float, float]:
 
 def _nested(pair_a: np.ndarray, pair_g: np.ndarray, rest: tuple) -> bool:
     """Whether block 1's factor is nested in the only rest factor: every block-1 level meets
-    the rows of one level of it (see :func:`jaxmlm._objective.is_nested`)."""
+    the rows of one level of it (the schema then records bbt "nested": :func:`is_nested`)."""
     if len(rest) != 1:
         return False
     lev = pair_a // rest[0][2]
@@ -673,10 +673,16 @@ def _pad(a: np.ndarray, rows: int) -> np.ndarray:
     return out
 
 
+def is_nested(layout: Layout) -> bool:
+    """Whether block 1's factor is nested in the only rest factor (:func:`_nested`): B Bᵀ, A22
+    and the factor of the rest block are block diagonal per level of it."""
+    return layout.bbt == "nested"
+
+
 def a22_blocks(layout: Layout) -> int:
     """k_r when A22 is kept as its diagonal blocks (l_r, k_r, k_r) — a nested layout, whose
     A22 is block diagonal like everything of the rest factor — else 0 (dense q_r × q_r)."""
-    return layout.rest[0][2] if layout.bbt == "nested" else 0
+    return layout.rest[0][2] if is_nested(layout) else 0
 
 
 def a22_diagonal(A22: jax.Array) -> jax.Array:
