@@ -62,16 +62,15 @@ import re
 import warnings
 from dataclasses import dataclass
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from scipy.special import chdtrc  # χ² survival chdtrc(k, x); scipy.stats takes ~0.5–4 s to import
 
-from . import _programs, _x64  # noqa: F401
+from . import _x64  # noqa: F401
 from ._errors import ConvergenceWarning, DataError, JaxmlmError
 from ._objective import deviance
-from ._fit import fit_jit
+from ._fit import fit_stats
 from ._optimize import choose_method, diagonal_mask, theta_scale_host
 from ._present import AnovaTable
 
@@ -133,24 +132,22 @@ def lift_zero_diagonals(theta: np.ndarray, layout, scale, value: float = 0.1) ->
 
 def refit_criterion(m, reml: bool, stats=None, theta0=None) -> tuple[float, np.ndarray]:
     """Minimum of the ML deviance (reml=False) or REML criterion over θ on ``stats``
-    (default: the model's own), started from ``theta0`` (default θ̂). Reuses the
-    model's layout (one compiled :func:`~jaxmlm._fit.fit` per layout and method). Returns
-    (criterion, θ̂ with canonical signs and lmer's boundary snapping)."""
+    (default: the model's own), started from ``theta0`` (default θ̂). Runs the program
+    ``lmer`` fits with (:func:`~jaxmlm._fit.fit_stats`: same layout, statistics' shapes and
+    method), so that refitting a fitted shape compiles nothing. Returns (criterion, θ̂ with
+    canonical signs and lmer's boundary snapping)."""
     stats = m.stats if stats is None else stats
-    theta0 = lift_zero_diagonals(np.asarray(m.theta if theta0 is None else theta0, dtype=np.float64), m.layout,
-                                 theta_scale_host(stats, m.layout))
-    # Through the program cache: a later process (anova's and ranova's ML refits in a
-    # notebook opened again) finds the traced program instead of tracing it (~0.5–1 s).
-    res = jax.device_get(_programs.call(
-        fit_jit, (jnp.asarray(theta0), stats, jnp.asarray(1.0 if reml else 0.0)),
-        dict(layout=m.layout, max_iter=200, method=choose_method(m.layout), with_solution=False)))
-    f, status = float(res.objective), int(res.state.status)
+    c = theta_scale_host(stats, m.layout)
+    theta0 = lift_zero_diagonals(np.asarray(m.theta if theta0 is None else theta0, dtype=np.float64), m.layout, c)
+    _, _, st, theta, sol, _ = fit_stats(theta0 / c, stats, np.asarray(1.0 if reml else 0.0), m.layout,
+                                        choose_method(m.layout))
+    f, status = float(sol.criterion), int(st.status)
     if not np.isfinite(f):
         raise JaxmlmError("refitting the model gave a non-finite criterion; check the model for near-constant columns")
     if status not in (0, 1):
         warnings.warn(f"refit of {m.formula!r} stopped before convergence (status {status})",
                       ConvergenceWarning, stacklevel=3)
-    return f, np.asarray(res.theta, dtype=np.float64)
+    return f, np.asarray(theta, dtype=np.float64)
 
 
 def ml_deviance(m) -> float:

@@ -17,6 +17,8 @@ of its one program (the fit's program evaluated with ``max_iter`` 0 is the crite
 
 from __future__ import annotations
 
+import functools
+import math
 from functools import partial
 from typing import NamedTuple
 
@@ -24,14 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _compiled, _x64  # noqa: F401
+from . import _compiled, _programs, _x64  # noqa: F401
 from ._objective import _deviance, blockdiag_value, levels_last
 from ._optimize import (SNAP_BELOW, OptState, canonical_theta_jax, diagonal_mask, fit_theta, per_level_formulas,
                         theta_scale)
 from ._solution import Solution, solve
 from ._stats import Layout, Stats
 
-__all__ = ["Fit", "fit", "snap", "snap_host", "snap_candidates"]
+__all__ = ["Fit", "fit", "snap", "snap_host", "snap_candidates", "fit_packed", "fit_and_solve", "unpack_fit",
+           "fit_snapped", "fit_stats"]
 
 
 class Fit(NamedTuple):
@@ -129,3 +132,81 @@ def fit(theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, ftol=1e
 
 
 fit_jit = partial(_compiled.jit, static_argnames=("layout", "max_iter", "method", "with_solution", "snapping"))(fit)
+
+
+def fit_packed(u0, stats: Stats, reml, layout: Layout, max_iter, method: str):
+    """:func:`fit` from θ₀ = c ⊙ u₀ (c = :func:`~jaxmlm._optimize.theta_scale`:
+    minimize, canonical signs, solve), its start, c and outputs packed into one float64
+    vector (:func:`unpack_fit` takes it apart). Traceable; ``max_iter`` is traced.
+
+    Snapping is left to the host (:func:`fit_snapped`), which evaluates a
+    candidate by this same program with ``max_iter`` 0: a second copy of the criterion in
+    the program cost ~10 % of its compile time, and few fits have a candidate.
+
+    For small models a separate dispatch and transfer per stage or per output array costs
+    as much as the arithmetic (sleepstudy: reading 14 arrays took ~0.15 ms of ~1 ms, one
+    takes ~0.01)."""
+    c = theta_scale(stats, layout)
+    theta0 = c * u0
+    res = fit(theta0, stats, reml, layout, max_iter=max_iter, method=method, snapping=False)
+    out = (theta0, c, res.state, res.theta, res.solution)
+    # Every value is exact in float64: θ and the estimates are float64 or float32, the
+    # counters small integers.
+    return jnp.concatenate([jnp.ravel(a).astype(jnp.float64) for a in jax.tree.leaves(out)])
+
+
+@partial(_compiled.jit, static_argnames=("layout", "method"))
+def fit_and_solve(u0, stats: Stats, reml, max_iter, layout: Layout, method: str = "newton"):
+    """:func:`fit_packed` as a program of its own (c computed here: a program of its own
+    for c, and the wait to read it, cost ~1 ms of a 100k-row fit's ~15)."""
+    return fit_packed(u0, stats, reml, layout, max_iter, method)
+
+
+@functools.lru_cache(maxsize=256)
+def _fit_pieces(layout: Layout) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
+    """(start, stop, shape) of each leaf in :func:`fit_packed`'s vector, in tree order."""
+    m, p, l1, k1 = layout.ntheta, layout.p, layout.l1, layout.k1
+    shapes = [(m,), (m,), (m,), (), (m,), (), (), (), (m,), (p,), (), (p, p), (l1, k1), (layout.qr,), (l1, k1, k1)]
+    shapes += [(lev, k, k) for _, lev, k in layout.rest] + [()]
+    stops = np.cumsum([math.prod(s) for s in shapes]).tolist()
+    return tuple(zip([0, *stops[:-1]], stops, map(tuple, shapes)))
+
+
+def unpack_fit(vec: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray, OptState, np.ndarray, Solution]:
+    """The host side of :func:`fit_packed`: (θ₀, c, optimizer state, θ̂, solution), with
+    shapes known from the layout (no tracing needed, so exported programs can use it too)."""
+    pieces = _fit_pieces(layout)
+    if vec.shape != (pieces[-1][1],):
+        raise AssertionError(f"packed fit output of shape {vec.shape}, expected ({pieces[-1][1]},)")
+    parts = [vec[a:b].reshape(s) for a, b, s in pieces]
+    theta0, c, x, f, g, it, nfev, status, theta, beta, sigma, vcov, b1, b_rest, var1 = parts[:15]
+    st = OptState(x, f, g, it.astype(np.int64), nfev.astype(np.int64), status.astype(np.int64))
+    sol = Solution(beta, sigma, vcov, b1, b_rest, var1, tuple(parts[15:-1]), parts[-1])
+    return theta0, c, st, theta, sol
+
+def fit_snapped(run, u0, max_iter: int, layout: Layout):
+    """A packed fit program run from ``u0`` (``run(u, max_iter)`` gives :func:`fit_packed`'s
+    vector), then lmer's boundary snapping on the host (:func:`snap_host`), a candidate
+    evaluated by the same program with ``max_iter`` 0: one compiled program for the fit
+    and its snapping. Returns (θ₀, c, optimizer state, θ̂, solution, snapped)."""
+    theta0, c, st, theta, sol = unpack_fit(np.asarray(run(u0, np.int32(max_iter))), layout)
+
+    def at(trial):  # the criterion and solution at a boundary candidate: no step
+        _, _, _, theta_t, sol_t = unpack_fit(np.asarray(run((trial / c).astype(u0.dtype), np.int32(0))), layout)
+        return float(sol_t.criterion), (theta_t, sol_t)
+
+    _, _, snapped, at_snapped = snap_host(theta, float(st.f), c, layout, at)
+    if at_snapped is not None:
+        theta, sol = at_snapped
+    return theta0, c, st, theta, sol, snapped
+
+
+def fit_stats(u0, stats: Stats, reml, layout: Layout, method: str, max_iter: int = 200):
+    """:func:`fit_snapped` with :func:`fit_and_solve` on ``stats`` (through the program
+    cache): the program ``lmer`` fits with, so that refits of a fitted shape — ML refits
+    for ``anova``, ``ranova``'s reduced models, a new response — compile nothing.
+    ``u0`` is the start in unit-free coordinates (θ₀ / c), ``reml`` a float64 0 or 1."""
+    def run(u, n):
+        return _programs.call(fit_and_solve, (u, stats, reml, n), dict(layout=layout, method=method))
+
+    return fit_snapped(run, np.asarray(u0, dtype=np.float64), max_iter, layout)

@@ -160,8 +160,9 @@ def _import_types(names) -> dict:
 def _jit_call(exp, compiler_options):
     import jax
 
-    kwargs = {"compiler_options": compiler_options} if compiler_options else {}
-    return jax.jit(exp.call, **kwargs)
+    options = _compiled.compile_options(_compiled.nbytes_of((a.shape, a.dtype) for a in exp.in_avals),
+                                        compiler_options)
+    return jax.jit(exp.call, **({"compiler_options": options} if options else {}))
 
 
 def _program(fn, args, static, compiler_options):

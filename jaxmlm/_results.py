@@ -8,7 +8,6 @@ the arrays of :class:`~jaxmlm._solution.Solution`; nothing is mutated later.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 import warnings
@@ -25,9 +24,8 @@ from ._design import Design
 from ._errors import ConvergenceError, ConvergenceWarning, DataError, JaxmlmError
 from ._frontend import build_design
 from ._objective import templates
-from ._fit import fit, snap_host
-from ._optimize import STATUS, OptState, choose_method, diagonal_mask, fit_theta, lme4_start, moment_start, theta_scale, theta_scale_host
-from ._solution import Solution
+from ._fit import fit_and_solve, fit_packed, fit_snapped
+from ._optimize import STATUS, choose_method, diagonal_mask, fit_theta, lme4_start, moment_start, theta_scale_host
 from ._stats import Layout, Stats, is_nested, one_chunk, stats_from_chunk, sufficient_stats
 
 __all__ = ["FitRecord", "LinearMixedModel", "lmer"]
@@ -437,34 +435,6 @@ def _condvar_blocks(sol, layout: Layout, design: Design) -> tuple[tuple, tuple]:
     return tuple(_readonly(b) for b in b_list), tuple(_readonly(v) for v in v_list)
 
 
-def _fit_packed(u0, stats: Stats, reml, layout: Layout, max_iter, method: str):
-    """:func:`~jaxmlm._fit.fit` from θ₀ = c ⊙ u₀ (c = :func:`~jaxmlm._optimize.theta_scale`:
-    minimize, canonical signs, solve), its start, c and outputs packed into one float64
-    vector (:func:`_unpack_fit` takes it apart). Traceable; ``max_iter`` is traced.
-
-    Snapping is left to :func:`lmer` (:func:`~jaxmlm._fit.snap_host`), which evaluates a
-    candidate by this same program with ``max_iter`` 0: a second copy of the criterion in
-    the program cost ~10 % of its compile time, and few fits have a candidate.
-
-    For small models a separate dispatch and transfer per stage or per output array costs
-    as much as the arithmetic (sleepstudy: reading 14 arrays took ~0.15 ms of ~1 ms, one
-    takes ~0.01)."""
-    c = theta_scale(stats, layout)
-    theta0 = c * u0
-    res = fit(theta0, stats, reml, layout, max_iter=max_iter, method=method, snapping=False)
-    out = (theta0, c, res.state, res.theta, res.solution)
-    # Every value is exact in float64: θ and the estimates are float64 or float32, the
-    # counters small integers.
-    return jnp.concatenate([jnp.ravel(a).astype(jnp.float64) for a in jax.tree.leaves(out)])
-
-
-@partial(_compiled.jit, static_argnames=("layout", "method"))
-def _fit_and_solve(u0, stats: Stats, reml, max_iter, layout: Layout, method: str = "newton"):
-    """:func:`_fit_packed` as a program of its own (c computed here: a program of its own
-    for c, and the wait to read it, cost ~1 ms of a 100k-row fit's ~15)."""
-    return _fit_packed(u0, stats, reml, layout, max_iter, method)
-
-
 @partial(_compiled.jit, static_argnames=("spec", "layout"))
 def _pass(floats, ints, spec: tuple, layout: Layout) -> Stats:
     """:func:`~jaxmlm._stats.stats_from_chunk` as a program of its own."""
@@ -473,7 +443,7 @@ def _pass(floats, ints, spec: tuple, layout: Layout) -> Stats:
 
 @partial(_compiled.jit, static_argnames=("spec", "layout", "method"))
 def _pass_fit_and_solve(u0, floats, ints, reml, max_iter, spec: tuple, layout: Layout, method: str = "newton"):
-    """The pass over one chunk of rows, then :func:`_fit_packed`, as one program:
+    """The pass over one chunk of rows, then :func:`~jaxmlm._fit.fit_packed`, as one program:
     (statistics, packed fit). For small data each program launched costs ~0.1 ms on a
     2-core machine (waking XLA's worker threads), more than the pass's arithmetic.
 
@@ -481,30 +451,7 @@ def _pass_fit_and_solve(u0, floats, ints, reml, max_iter, spec: tuple, layout: L
     there) because c = :func:`~jaxmlm._optimize.theta_scale` needs the statistics made
     here; the packed output holds θ₀."""
     stats = stats_from_chunk(floats, ints, spec, layout)
-    return stats, _fit_packed(u0, stats, reml, layout, max_iter, method)
-
-
-@functools.lru_cache(maxsize=256)
-def _fit_pieces(layout: Layout) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
-    """(start, stop, shape) of each leaf in :func:`_fit_packed`'s vector, in tree order."""
-    m, p, l1, k1 = layout.ntheta, layout.p, layout.l1, layout.k1
-    shapes = [(m,), (m,), (m,), (), (m,), (), (), (), (m,), (p,), (), (p, p), (l1, k1), (layout.qr,), (l1, k1, k1)]
-    shapes += [(lev, k, k) for _, lev, k in layout.rest] + [()]
-    stops = np.cumsum([math.prod(s) for s in shapes]).tolist()
-    return tuple(zip([0, *stops[:-1]], stops, map(tuple, shapes)))
-
-
-def _unpack_fit(vec: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray, OptState, np.ndarray, Solution]:
-    """The host side of :func:`_fit_packed`: (θ₀, c, optimizer state, θ̂, solution), with
-    shapes known from the layout (no tracing needed, so exported programs can use it too)."""
-    pieces = _fit_pieces(layout)
-    if vec.shape != (pieces[-1][1],):
-        raise AssertionError(f"packed fit output of shape {vec.shape}, expected ({pieces[-1][1]},)")
-    parts = [vec[a:b].reshape(s) for a, b, s in pieces]
-    theta0, c, x, f, g, it, nfev, status, theta, beta, sigma, vcov, b1, b_rest, var1 = parts[:15]
-    st = OptState(x, f, g, it.astype(np.int64), nfev.astype(np.int64), status.astype(np.int64))
-    sol = Solution(beta, sigma, vcov, b1, b_rest, var1, tuple(parts[15:-1]), parts[-1])
-    return theta0, c, st, theta, sol
+    return stats, fit_packed(u0, stats, reml, layout, max_iter, method)
 
 
 def lmer(
@@ -572,10 +519,14 @@ def lmer(
     moment = (method == "ai" and layout.qr > 0) or is_nested(layout)
     u0 = lme4_start(layout)
     if one is not None and not moment:
-        def run(u, n):
-            return _programs.call(_pass_fit_and_solve, (u, one.floats, one.ints, reml, n), dict(opts, spec=one.spec))
+        made = []  # the statistics, from the program's first run
 
-        stats, packed = run(u0, np.int32(max_iter))
+        def run(u, n):
+            out, packed = _programs.call(_pass_fit_and_solve, (u, one.floats, one.ints, reml, n),
+                                         dict(opts, spec=one.spec))
+            made.append(out)
+            return packed
+
         stages = []
     else:
         if stats is None:
@@ -604,18 +555,11 @@ def lmer(
                 est_stats, est_reml, u0 = stats32, reml32, u0.astype(np.float32)
 
         def run(u, n):
-            return None, _programs.call(_fit_and_solve, (u, est_stats, est_reml, n), opts)
+            return _programs.call(fit_and_solve, (u, est_stats, est_reml, n), opts)
 
-        packed = run(u0, np.int32(max_iter))[1]
-    theta0, c, st, theta, sol = _unpack_fit(np.asarray(packed), layout)
-
-    def at(trial):  # the criterion and solution at a boundary candidate: the same program, no step
-        _, _, _, theta_t, sol_t = _unpack_fit(np.asarray(run((trial / c).astype(u0.dtype), np.int32(0))[1]), layout)
-        return float(sol_t.criterion), (theta_t, sol_t)
-
-    _, _, snapped, at_snapped = snap_host(theta, float(st.f), c, layout, at)
-    if at_snapped is not None:
-        theta, sol = at_snapped
+    theta0, c, st, theta, sol, snapped = fit_snapped(run, u0, max_iter, layout)
+    if stats is None:
+        stats = made[0]
     stages.append(st)
     iterations = sum(int(s.it) for s in stages)
     evaluations = sum(int(s.nfev) for s in stages)

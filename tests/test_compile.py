@@ -97,3 +97,35 @@ def test_programs_stay_warm_within_the_bound():
     jaxmlm.lmer(f, d).coef_table()
     assert len(_COMPILES) == before
     assert 0 < _compiled.program_count() <= _compiled.max_programs()
+
+
+def test_anova_and_ranova_refits_run_the_fitted_models_programs(caplog):
+    """anova's ML refits and ranova's reduced models run on the statistics of a fitted model:
+    they run the program lmer fitted it with (same layout and shapes, REML or ML a traced
+    argument), so they compile nothing (issue 12: the ML refits of a course session's
+    anova compiled a program of their own for every model). The models here are fitted on
+    statistics (a nested design starts from moment estimates), as larger data are."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(11)
+    schools = np.arange(90) % 30
+    rows = pd.DataFrame({"classid": np.repeat(np.arange(90), 5), "schoolid": np.repeat(schools, 5)})
+    rows["x"] = rng.normal(size=len(rows))
+    rows["y"] = (0.5 * rows.x + rng.normal(size=30)[rows.schoolid] + 0.7 * rng.normal(size=90)[rows.classid]
+                 + rng.normal(size=len(rows)))
+    m0 = jaxmlm.lmer("y ~ x + (1 | schoolid)", rows)
+    m1 = jaxmlm.lmer("y ~ x + (1 | schoolid/classid)", rows)
+    import logging
+    import re
+
+    with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+        table = jaxmlm.anova(m0, m1)
+        reduced = m1.ranova()
+    compiled = set(re.findall(r"Finished XLA compilation of jit\((\w+)\)", caplog.text))
+    # what may compile: θ's scale on the host and moving arrays to the device (~10-40 ms each)
+    assert compiled <= {"theta_scale", "stage"}, compiled
+    # the refits reached the ML optimum: the ML fit itself gives the same deviance
+    ml = jaxmlm.lmer("y ~ x + (1 | schoolid/classid)", rows, REML=False)
+    assert abs(table["deviance"].iloc[1] - ml.deviance) < 1e-6
+    assert len(reduced) == 3

@@ -145,3 +145,54 @@ def test_many_model_shapes_stay_within_fixed_mappings_and_memory(tmp_path):
     for term, fam in families.items():
         extra_mb = max(r["rss_mb"] for r in fam[4:]) - fam[3]["rss_mb"]
         assert extra_mb < 50, f"memory grew by {extra_mb:.0f} MB over {len(fam) - 4} more ({term} shapes:\n{run.stdout}"
+
+
+# ---- compile options: cheaper code generation for small programs ---------------------------
+
+
+def test_small_programs_get_the_cheap_code_generator_and_keep_their_own_options():
+    cheap = {"xla_cpu_use_fusion_emitters": False}
+    small, large = 1000, _compiled.SMALL_PROGRAM_BYTES + 1
+    assert _compiled.compile_options(small) == cheap  # the suite runs on CPU
+    assert _compiled.compile_options(large) is None
+    level0 = {"xla_backend_optimization_level": 0}
+    assert _compiled.compile_options(small, level0) == {**cheap, **level0}
+    assert _compiled.compile_options(large, level0) == level0
+
+
+def test_kernels_choose_options_by_their_arguments_size_outside_a_trace(monkeypatch):
+    """A top-level call is asked for options with its arguments' bytes; a call inside
+    another kernel's trace is not (JAX refuses compile options on a nested jit)."""
+    seen = []
+    real = _compiled.compile_options
+    monkeypatch.setattr(_compiled, "compile_options", lambda n, o=None: seen.append(n) or real(n, o))
+
+    @_compiled.jit
+    def inner(x):
+        return jnp.sum(x * 2.0)
+
+    @_compiled.jit
+    def outer(x):
+        return inner(x) + 1.0
+
+    assert float(outer(np.ones((4, 8)))) == 65.0
+    assert seen == [4 * 8 * 8]  # outer's 256 bytes, inner (traced) not asked
+    assert float(inner(np.ones(3))) == 6.0
+    assert seen == [256, 24]
+
+
+def test_the_cheap_code_generator_gives_the_same_fit(monkeypatch):
+    """The sleepstudy fit with XLA:CPU's default fusion emitters and with the classic ones
+    (small programs' default): the same estimates to rounding."""
+    d = jaxmlm.load_example("sleepstudy")
+    f = "Reaction ~ Days + (Days | Subject)"
+    _compiled.clear()
+    cheap = jaxmlm.lmer(f, d)
+    monkeypatch.setattr(_compiled, "SMALL_PROGRAM_BYTES", -1)  # every program 'large'
+    _compiled.clear()
+    default = jaxmlm.lmer(f, d)
+    _compiled.clear()
+    np.testing.assert_allclose(cheap.theta, default.theta, rtol=1e-9)
+    np.testing.assert_allclose(cheap.fixef, default.fixef, rtol=1e-11)
+    assert abs(cheap.objective - default.objective) < 1e-9
+    assert cheap.record.iterations == default.record.iterations
