@@ -23,7 +23,7 @@ from . import _compiled, _programs, _x64  # noqa: F401  (float64 before any arra
 from ._design import Design
 from ._errors import ConvergenceError, ConvergenceWarning, DataError, JaxmlmError
 from ._frontend import build_design
-from ._objective import templates
+from ._objective import templates_host
 from ._fit import fit_and_solve, fit_packed, fit_snapped
 from ._optimize import STATUS, choose_method, diagonal_mask, fit_theta, lme4_start, moment_start, theta_scale_host
 from ._stats import Layout, Stats, is_nested, one_chunk, stats_from_chunk, sufficient_stats
@@ -174,7 +174,7 @@ class LinearMixedModel:
     @cached_property
     def _templates(self) -> list[np.ndarray]:
         """The template T_b of every engine block at θ̂ (numpy)."""
-        return [_readonly(T) for T in templates(self.theta, self.layout)]
+        return [_readonly(T) for T in templates_host(self.theta, self.layout)]
 
     @property
     def varcorr(self) -> pd.DataFrame:
