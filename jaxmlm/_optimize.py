@@ -452,7 +452,11 @@ def _fit_u(u0, c, stats: Stats, reml, layout: Layout, max_iter: int, ftol, gtol,
         return _newton(None, u0, max_iter, ftol, gtol, fgh=_fgh_ad(_fun_u(dev_nested, c), forward=len(u0) <= _FORWARD_MAX),
                        trial_fgh=True)
     if method == "newton" or (method == "ai" and layout.qr == 0):  # "ai" needs a fill-in block
-        return _newton(_fun_u(dev, c), u0, max_iter, ftol, gtol)
+        # (f, ∇f, H) at every trial point: the program holds one derivative program of the
+        # criterion, not that and a separate value for the line search (Penicillin's fit
+        # compiled in ~3.3 s instead of 5-6.5 s, (x | a) + (1 | b) with 40 levels of b
+        # 4.9 instead of 9.8 s; warm fits as fast, the same iterations; issue 12).
+        return _newton(None, u0, max_iter, ftol, gtol, fgh=_fgh_ad(_fun_u(dev, c)), trial_fgh=True)
     if layout.qr == 0:
         return _bfgs(_fun_u(dev, c), u0, max_iter, ftol, gtol)
     pairs = pair_data(stats, layout)  # θ-free: once, outside the loop
