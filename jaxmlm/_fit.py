@@ -184,6 +184,7 @@ def unpack_fit(vec: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray,
     sol = Solution(beta, sigma, vcov, b1, b_rest, var1, tuple(parts[15:-1]), parts[-1])
     return theta0, c, st, theta, sol
 
+
 def fit_snapped(run, u0, max_iter: int, layout: Layout):
     """A packed fit program run from ``u0`` (``run(u, max_iter)`` gives :func:`fit_packed`'s
     vector), then lmer's boundary snapping on the host (:func:`snap_host`), a candidate
