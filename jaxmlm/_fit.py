@@ -204,8 +204,8 @@ def fit_snapped(run, u0, max_iter: int, layout: Layout):
 
 def fit_stats(u0, stats: Stats, reml, layout: Layout, method: str, max_iter: int = 200):
     """:func:`fit_snapped` with :func:`fit_and_solve` on ``stats`` (through the program
-    cache): the program ``lmer`` fits with, so that refits of a fitted shape — ML refits
-    for ``anova``, ``ranova``'s reduced models, a new response — compile nothing.
+    cache): the program ``lmer`` fits with on statistics, so that refits of a fitted shape —
+    the ML refits of ``anova``, ``ranova``'s reduced models — compile no fit program.
     ``u0`` is the start in unit-free coordinates (θ₀ / c), ``reml`` a float64 0 or 1."""
     def run(u, n):
         return _programs.call(fit_and_solve, (u, stats, reml, n), dict(layout=layout, method=method))

@@ -51,6 +51,7 @@ from ._objective import (
     criterion,
     factorize,
     templates,
+    templates_host,
 )
 from ._fit import fit, fit_jit
 from ._optimize import STATUS, canonical_theta, diagonal_mask, lme4_start, theta_scale_host
@@ -251,7 +252,7 @@ def _simulate_spec(spec: _Spec, nsim: int, seed, use_u: bool) -> np.ndarray:
         return np.asarray(mu[None, :] + spec.sigma * _residual_scale(d) * E)
     shapes = [(nsim, blk.nlev, blk.k) for blk in d.blocks] + [(nsim, n)]
     *U, E = _normals(seed, shapes)
-    Ts = templates(jnp.asarray(spec.theta, dtype=jnp.float64), spec.layout)
+    Ts = templates_host(spec.theta, spec.layout)
     y = _sim_kernel(
         jnp.asarray(mu), jnp.asarray(spec.sigma), tuple(Ts),
         tuple(jnp.asarray(np.asarray(b.Z, float)) for b in d.blocks),

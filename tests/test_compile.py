@@ -1,5 +1,8 @@
 """A second fit of the same model shape must not recompile anything."""
 
+import logging
+import re
+
 import jax.monitoring
 
 import jaxmlm
@@ -116,9 +119,6 @@ def test_anova_and_ranova_refits_run_the_fitted_models_programs(caplog):
                  + rng.normal(size=len(rows)))
     m0 = jaxmlm.lmer("y ~ x + (1 | schoolid)", rows)
     m1 = jaxmlm.lmer("y ~ x + (1 | schoolid/classid)", rows)
-    import logging
-    import re
-
     with caplog.at_level(logging.WARNING), jax.log_compiles(True):
         table = jaxmlm.anova(m0, m1)
         reduced = m1.ranova()
