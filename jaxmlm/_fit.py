@@ -31,10 +31,10 @@ from ._objective import _deviance, blockdiag_value, levels_last
 from ._optimize import (SNAP_BELOW, OptState, canonical_theta_jax, diagonal_mask, fit_theta, per_level_formulas,
                         theta_scale)
 from ._solution import Solution, solve
-from ._stats import Layout, Stats
+from ._stats import Layout, Stats, widen
 
 __all__ = ["Fit", "fit", "snap", "snap_host", "snap_candidates", "fit_packed", "fit_and_solve", "unpack_fit",
-           "fit_snapped", "fit_stats"]
+           "fit_snapped", "fit_stats", "fit_program"]
 
 
 class Fit(NamedTuple):
@@ -185,15 +185,25 @@ def unpack_fit(vec: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray,
     return theta0, c, st, theta, sol
 
 
-def fit_snapped(run, u0, max_iter: int, layout: Layout):
+def fit_snapped(run, u0, max_iter: int, layout: Layout, p: int | None = None):
     """A packed fit program run from ``u0`` (``run(u, max_iter)`` gives :func:`fit_packed`'s
     vector), then lmer's boundary snapping on the host (:func:`snap_host`), a candidate
     evaluated by the same program with ``max_iter`` 0: one compiled program for the fit
-    and its snapping. Returns (θ₀, c, optimizer state, θ̂, solution, snapped)."""
-    theta0, c, st, theta, sol = unpack_fit(np.asarray(run(u0, np.int32(max_iter))), layout)
+    and its snapping. Returns (θ₀, c, optimizer state, θ̂, solution, snapped).
+
+    ``layout`` is the program's; ``p`` the real number of fixed effects where the program
+    runs on widened statistics (:func:`~jaxmlm._stats.widen`): the solution keeps the
+    leading p entries of β̂ and vcov(β̂)."""
+    p = layout.p if p is None else p
+
+    def unpack(vec):
+        theta0, c, st, theta, sol = unpack_fit(np.asarray(vec), layout)
+        return theta0, c, st, theta, sol._replace(beta=sol.beta[:p], vcov=sol.vcov[:p, :p])
+
+    theta0, c, st, theta, sol = unpack(run(u0, np.int32(max_iter)))
 
     def at(trial):  # the criterion and solution at a boundary candidate: no step
-        _, _, _, theta_t, sol_t = unpack_fit(np.asarray(run((trial / c).astype(u0.dtype), np.int32(0))), layout)
+        _, _, _, theta_t, sol_t = unpack(run((trial / c).astype(u0.dtype), np.int32(0)))
         return float(sol_t.criterion), (theta_t, sol_t)
 
     _, _, snapped, at_snapped = snap_host(theta, float(st.f), c, layout, at)
@@ -207,7 +217,18 @@ def fit_stats(u0, stats: Stats, reml, layout: Layout, method: str, max_iter: int
     cache): the program ``lmer`` fits with on statistics, so that refits of a fitted shape —
     the ML refits of ``anova``, ``ranova``'s reduced models — compile no fit program.
     ``u0`` is the start in unit-free coordinates (θ₀ / c), ``reml`` a float64 0 or 1."""
-    def run(u, n):
-        return _programs.call(fit_and_solve, (u, stats, reml, n), dict(layout=layout, method=method))
+    run, wide = fit_program(stats, reml, layout, method)
+    return fit_snapped(run, np.asarray(u0, dtype=np.float64), max_iter, wide, p=layout.p)
 
-    return fit_snapped(run, np.asarray(u0, dtype=np.float64), max_iter, layout)
+
+def fit_program(stats: Stats, reml, layout: Layout, method: str):
+    """(run, the program's layout): ``run(u, max_iter)`` runs :func:`fit_and_solve` (through
+    the program cache) on ``stats`` widened to a common fixed-effects width
+    (:func:`~jaxmlm._stats.widen`), so that models differing only in their fixed effects
+    share the program; :func:`fit_snapped` with ``p=layout.p`` takes its output apart."""
+    wide_stats, wide = widen(stats, layout)
+
+    def run(u, n):
+        return _programs.call(fit_and_solve, (u, wide_stats, reml, n), dict(layout=wide, method=method))
+
+    return run, wide

@@ -80,7 +80,7 @@ from jax.scipy.linalg import solve_triangular
 from . import _compiled, _programs, _x64  # noqa: F401
 from ._errors import InferenceError, InferenceWarning
 from ._objective import factorize
-from ._stats import Layout, Stats, a22_dense
+from ._stats import Layout, Stats, a22_dense, widen
 
 __all__ = [
     "InferenceError",
@@ -133,7 +133,7 @@ def varpar_deviance(varpar: jax.Array, stats: Stats, reml, layout: Layout) -> ja
     log2pis2 = _LOG2PI + jnp.log(s2)
     dev = fac.logdet_L + r2 / s2 + stats.n * log2pis2 - stats.ldw  # ldw: prior weights' constant
     logdet_rx = 2.0 * jnp.sum(jnp.log(jnp.diagonal(fac.R)[:p]))
-    return dev + reml * (logdet_rx - p * log2pis2)
+    return dev + reml * (logdet_rx - stats.p * log2pis2)
 
 
 def theta_pieces(theta: jax.Array, stats: Stats, reml, layout: Layout) -> jax.Array:
@@ -305,13 +305,19 @@ def _varpar(m):
     """(g, H, V, ∂V) of d(θ, σ) at the fit (see :func:`varpar_derivatives`)."""
 
     def compute():
+        # On statistics widened as the fit's (one program for models that differ only in
+        # their fixed effects); the padding block of (R_X R_Xᵀ)⁻¹ is I, left out here.
+        stats, layout = widen(m.stats, m.layout)
         out = _programs.call(
             theta_derivatives,
-            (np.asarray(m.theta, dtype=float), m.stats, _reml(m)),
-            {"layout": m.layout},
+            (np.asarray(m.theta, dtype=float), stats, _reml(m)),
+            {"layout": layout},
             compiler_options=_ONE_SHOT_OPTIONS,
         )
-        return varpar_derivatives(*out, sigma=m.sigma, n=float(m.nobs), p=m.layout.p, reml=m.REML)
+        p, pw = m.layout.p, layout.p
+        keep = np.concatenate([[0, 1], 2 + (np.arange(p)[:, None] * pw + np.arange(p)).ravel()])
+        value, jac, hess = (np.asarray(x)[keep] for x in out)
+        return varpar_derivatives(value, jac, hess, sigma=m.sigma, n=float(m.nobs), p=p, reml=m.REML)
 
     return _cached(m, "varpar", compute)
 

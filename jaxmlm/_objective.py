@@ -375,10 +375,12 @@ def _phi_from_R(R: jax.Array, stats: Stats, reml, p: int) -> jax.Array:
     reml·log|R_X|² + (n − reml·p)(1 + log(2π r² / (n − reml·p))) − Σ log wᵢ.
 
     The last term is 0 without prior weights; with them it turns the criterion of
-    the √w-scaled rows into that of the weighted model (lme4's ``ldW``)."""
+    the √w-scaled rows into that of the weighted model (lme4's ``ldW``). ``p`` is W's
+    fixed-effects width (static); the count in n − reml·p is ``stats.p``, which leaves out
+    padding columns (:func:`~jaxmlm._stats.widen`: each adds a unit diagonal to R_X, log 1 = 0)."""
     r2 = R[p, p] ** 2
     logdet_rx = 2.0 * jnp.sum(jnp.log(jnp.diagonal(R)[:p]))
-    dof = stats.n - reml * p
+    dof = stats.n - reml * stats.p
     return reml * logdet_rx + dof * (1.0 + _LOG2PI + jnp.log(r2 / dof)) - stats.ldw
 
 
@@ -979,6 +981,6 @@ def average_information(theta: jax.Array, pieces: dict, stats: Stats, reml, layo
     Sww = ww - jnp.einsum("git,giu->tu", C1w, C1w) - C2w.T @ C2w
     Yx = solve_triangular(RX, SXw, lower=True)
     wPw = Sww - Yx.T @ Yx
-    c = stats.n - reml * p
+    c = stats.n - reml * stats.p
     AI = (c / r2) * (wPw - jnp.outer(ehe, ehe) / r2)
     return 0.5 * (AI + AI.T), ehe

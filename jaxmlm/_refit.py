@@ -107,7 +107,7 @@ def _estimates(fac: Factor, stats: Stats, reml, p: int):
     """β̂, σ̂ and vcov(β̂) from the factor's last block, as :func:`jaxmlm._solution.solve`
     computes them: β̂ = R_X⁻ᵀ c_β + β₀, σ̂² = r² / (n − p·REML), vcov = σ̂² R_X⁻ᵀ R_X⁻¹."""
     R = fac.R
-    sigma2 = R[p, p] ** 2 / (stats.n - reml * p)
+    sigma2 = R[p, p] ** 2 / (stats.n - reml * stats.p)
     if p == 0:
         return stats.beta0, jnp.sqrt(sigma2), jnp.zeros((0, 0))
     RXinv = batched_solve_lower(R[:p, :p], jnp.eye(p))

@@ -24,7 +24,7 @@ from ._design import Design
 from ._errors import ConvergenceError, ConvergenceWarning, DataError, JaxmlmError
 from ._frontend import build_design
 from ._objective import templates_host
-from ._fit import fit_and_solve, fit_packed, fit_snapped
+from ._fit import fit_packed, fit_program, fit_snapped
 from ._optimize import STATUS, choose_method, diagonal_mask, fit_theta, lme4_start, moment_start, theta_scale_host
 from ._stats import Layout, Stats, is_nested, one_chunk, stats_from_chunk, sufficient_stats
 
@@ -527,7 +527,7 @@ def lmer(
             made.append(out)
             return packed
 
-        stages = []
+        stages, wide = [], layout
     else:
         if stats is None:
             stats = _programs.call(_pass, (one.floats, one.ints), dict(spec=one.spec, layout=layout))
@@ -554,10 +554,9 @@ def lmer(
             else:
                 est_stats, est_reml, u0 = stats32, reml32, u0.astype(np.float32)
 
-        def run(u, n):
-            return _programs.call(fit_and_solve, (u, est_stats, est_reml, n), opts)
+        run, wide = fit_program(est_stats, est_reml, layout, method)
 
-    theta0, c, st, theta, sol, snapped = fit_snapped(run, u0, max_iter, layout)
+    theta0, c, st, theta, sol, snapped = fit_snapped(run, u0, max_iter, wide, p=layout.p)
     if stats is None:
         stats = made[0]
     stages.append(st)

@@ -70,7 +70,7 @@ def solve(theta: jax.Array, stats: Stats, reml, layout: Layout) -> Solution:
     R = fac.R
     RX, cb, r = R[:p, :p], R[p, :p], R[p, p]
     beta_shifted = solve_triangular(RX.T, cb, lower=False)  # for y' = y − Xβ₀
-    sigma2 = r**2 / (stats.n - reml * p)
+    sigma2 = r**2 / (stats.n - reml * stats.p)
     dt = R.dtype  # float64, or float32 in float32 mode: constants follow the data
     RXinv = solve_triangular(RX, jnp.eye(p, dtype=dt), lower=True)
     vcov = sigma2 * RXinv.T @ RXinv

@@ -129,3 +129,29 @@ def test_anova_and_ranova_refits_run_the_fitted_models_programs(caplog):
     ml = jaxmlm.lmer("y ~ x + (1 | schoolid/classid)", rows, REML=False)
     assert abs(table["deviance"].iloc[1] - ml.deviance) < 1e-6
     assert len(reduced) == 3
+
+
+def test_models_differing_in_fixed_effects_share_the_fit_and_summary_programs(caplog):
+    """A covariate added, or the null model: W's fixed-effects columns are padded to a common
+    width (3, 7 or 15 columns: ``jaxmlm._stats.fixed_width``), so the fit and its Satterthwaite
+    table run the programs of the first model; only the pass over the rows (its width is the
+    data's) compiles. Issue 12: a course session compiled a fit program for each of Hsb82's
+    null and ``ses`` models and each of three nested classroom models."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(5)
+    rows = pd.DataFrame({"g": np.repeat(np.arange(60), 6)})
+    rows["x"], rows["z"] = rng.normal(size=360), rng.normal(size=360)
+    rows["y"] = 1.0 + 0.5 * rows.x - 0.3 * rows.z + rng.normal(size=60)[rows.g] + rng.normal(size=360)
+    m0 = jaxmlm.lmer("y ~ 1 + (1 | g)", rows)
+    m0.coef_table()
+    with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+        m1 = jaxmlm.lmer("y ~ x + (1 | g)", rows)
+        m2 = jaxmlm.lmer("y ~ x + z + (1 | g)", rows, REML=False)
+        t1, t2 = m1.coef_table(), m2.coef_table()
+    compiled = set(re.findall(r"Finished XLA compilation of jit\((\w+)\)", caplog.text))
+    # the pass and the padding of its statistics (~20-100 ms each) compile for the data's width
+    assert compiled <= {"_accumulate", "_widen_arrays", "templates", "theta_scale", "stage"}, compiled
+    assert list(t1.index) == ["(Intercept)", "x"] and list(t2.index) == ["(Intercept)", "x", "z"]
+    assert np.all(np.isfinite(t2.to_numpy()))

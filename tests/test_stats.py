@@ -8,7 +8,8 @@ from conftest import CASES, case_data
 
 from jaxmlm._frontend import build_design
 from jaxmlm._objective import deviance
-from jaxmlm._stats import a22_dense, bucket, sufficient_stats
+from jaxmlm._solution import solve
+from jaxmlm._stats import a22_dense, bucket, fixed_width, sufficient_stats, widen
 
 
 def test_bucket_grid():
@@ -134,3 +135,36 @@ def test_one_chunk_program_makes_the_pass_statistics(cid):
     assert oc.spec[0][1][0] == ONE_PROGRAM_ROWS  # every data size up to it: one program
     assert one_chunk(d, rows=d.n - 1) is None
 
+
+
+def test_fixed_width_grid():
+    widths = [fixed_width(p) for p in range(40)]
+    assert all(w >= p for p, w in enumerate(widths))
+    assert sorted(set(widths[:16])) == [3, 7, 15]  # W's p + 1 columns: 4, 8 or 16
+    assert widths[16:] == list(range(16, 40))  # wider designs keep their width
+
+
+@pytest.mark.parametrize("cid", ["sleepstudy_rs", "hsb_null", "sleepstudy_nointercept", "nlschools_ri",
+                                 "pastes_nested", "penicillin_crossed", "crossed_item_slope"])
+def test_widened_statistics_give_the_same_criterion_and_estimates(cid):
+    """Zero fixed-effect columns with a unit diagonal leave the criterion (REML and ML, at any θ),
+    σ̂, b̂ and the real columns' β̂ and vcov unchanged; the padding β̂ are 0."""
+    c = CASES[cid]
+    layout, st, _ = sufficient_stats(build_design(c["formula"], case_data(c)))
+    wst, wide = widen(st, layout)
+    assert wide.p == fixed_width(layout.p) > layout.p and float(wst.p) == layout.p
+    rng = np.random.default_rng(3)
+    for theta in (np.ones(layout.ntheta), rng.uniform(0.1, 2.0, layout.ntheta)):
+        for reml in (1.0, 0.0):
+            d0 = float(deviance(jnp.asarray(theta), st, jnp.asarray(reml), layout))
+            d1 = float(deviance(jnp.asarray(theta), wst, jnp.asarray(reml), wide))
+            assert abs(d1 - d0) <= 1e-9 * abs(d0)
+            s0 = solve(jnp.asarray(theta), st, jnp.asarray(reml), layout)
+            s1 = solve(jnp.asarray(theta), wst, jnp.asarray(reml), wide)
+            p = layout.p
+            np.testing.assert_allclose(np.asarray(s1.beta)[:p], np.asarray(s0.beta), rtol=1e-10, atol=1e-12)
+            np.testing.assert_array_equal(np.asarray(s1.beta)[p:], 0.0)
+            np.testing.assert_allclose(np.asarray(s1.vcov)[:p, :p], np.asarray(s0.vcov), rtol=1e-9, atol=1e-14)
+            np.testing.assert_allclose(float(s1.sigma), float(s0.sigma), rtol=1e-11)
+            np.testing.assert_allclose(np.asarray(s1.b1), np.asarray(s0.b1), rtol=1e-9, atol=1e-11)
+            np.testing.assert_allclose(np.asarray(s1.b_rest), np.asarray(s0.b_rest), rtol=1e-9, atol=1e-11)
