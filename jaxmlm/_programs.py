@@ -160,9 +160,10 @@ def _import_types(names) -> dict:
 def _jit_call(exp, compiler_options):
     import jax
 
-    options = _compiled.compile_options(_compiled.nbytes_of((a.shape, a.dtype) for a in exp.in_avals),
-                                        compiler_options)
-    return jax.jit(exp.call, **({"compiler_options": options} if options else {}))
+    def make(options):
+        return jax.jit(exp.call, **({"compiler_options": options} if options else {}))
+
+    return _compiled.tiered(make, _compiled.nbytes_of((a.shape, a.dtype) for a in exp.in_avals), compiler_options)
 
 
 def _program(fn, args, static, compiler_options):

@@ -196,3 +196,54 @@ def test_the_cheap_code_generator_gives_the_same_fit(monkeypatch):
     np.testing.assert_allclose(cheap.fixef, default.fixef, rtol=1e-11)
     assert abs(cheap.objective - default.objective) < 1e-9
     assert cheap.record.iterations == default.record.iterations
+
+
+# ---- tiered compilation: quick first, optimized once busy -------------------------------------
+
+
+def test_small_programs_start_at_level_0_and_tier_up_on_a_later_call():
+    """tiered(): a small program is made with level 0 added to its options and made again,
+    with its own options only, on call number TIER_UP_CALLS; large programs and programs
+    that choose a level themselves are made once, as asked."""
+    made = []
+
+    def make(options):
+        made.append(options)
+        return lambda x: x + len(made)
+
+    cheap = _compiled.compile_options(1000)
+    prog = _compiled.tiered(make, 1000)
+    assert made == [{**cheap, "xla_backend_optimization_level": 0}]
+    results = [prog(0) for _ in range(_compiled.TIER_UP_CALLS + 3)]
+    assert made[1:] == [cheap]  # made again exactly once, without level 0
+    n = _compiled.TIER_UP_CALLS
+    assert results == [1] * (n - 1) + [2] * 4 and prog.optimized
+
+    made.clear()
+    big = _compiled.tiered(make, _compiled.SMALL_PROGRAM_BYTES + 1)
+    [big(0) for _ in range(n + 1)]
+    assert made == [None]
+    made.clear()
+    own = {"xla_backend_optimization_level": 0}
+    mine = _compiled.tiered(make, 1000, own)
+    [mine(0) for _ in range(n + 1)]
+    assert made == [{**cheap, **own}]
+
+
+def test_a_kernel_compiles_twice_when_busy_and_gives_the_same_numbers():
+    """End to end through jax: one compile on the first call, one more on call TIER_UP_CALLS,
+    none after; one executable alive throughout; level 0 and full optimization agree."""
+    import jax.monitoring
+
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, *a, **k: compiles.append(k.get("fun_name")) if name.endswith("backend_compile_duration") else None)
+    _compiled.clear()
+    x = np.eye(5) * 3.0
+    out = []
+    for i in range(_compiled.TIER_UP_CALLS + 2):
+        out.append(np.asarray(_kernel(x, k=3)))
+        assert _kernel._cache_size() == 1
+        assert compiles.count("jit(_kernel)") == (1 if i + 1 < _compiled.TIER_UP_CALLS else 2)
+    for o in out[1:]:
+        np.testing.assert_allclose(o, out[0], rtol=1e-13)
