@@ -61,7 +61,7 @@ from ._stats import Layout, Stats, is_nested
 __all__ = [
     "Factor", "templates", "templates_host", "factorize", "nested_data", "nested_scalar", "nested_scalar_data",
     "nested_scalar_criterion", "deviance", "deviance_and_grad", "deviance_hessian",
-    "blockdiag_fgh", "criterion_rest", "criterion_rest_value_and_grad",
+    "blockdiag_fgh", "blockdiag_derivatives", "criterion_rest", "criterion_rest_value_and_grad",
     "average_information", "pair_data",
 ]
 
@@ -602,6 +602,13 @@ def blockdiag_fgh(theta: jax.Array, A: jax.Array, Z: jax.Array, stats: Stats, re
     ``A`` and ``Z`` are ``stats.A11`` and ``stats.Z1W`` level-last (:func:`levels_last`),
     transposed once by the caller, outside any optimizer loop.
     """
+    return blockdiag_derivatives(theta, A, Z, stats, reml, layout)[:3]
+
+
+def blockdiag_derivatives(theta: jax.Array, A: jax.Array, Z: jax.Array, stats: Stats, reml, layout: Layout):
+    """(d, ∇d, ∇²d, S, ∂S) at θ: :func:`blockdiag_fgh`'s values, and S with its derivative
+    along each θ entry (t, m, m), from which r², (R_X R_Xᵀ)⁻¹ = S_XX⁻¹ and their first
+    derivatives follow (the Satterthwaite pieces of :mod:`jaxmlm._inference`)."""
     assert layout.qr == 0
     p, k = layout.p, layout.k1
     la = _level_algebra(theta, A, layout)
@@ -643,7 +650,7 @@ def blockdiag_fgh(theta: jax.Array, A: jax.Array, Z: jax.Array, stats: Stats, re
             )
             H[i][j] = H[j][i] = jnp.sum(per)
     H = jnp.stack([jnp.stack(row) for row in H]) + jnp.einsum("tab,uab->tu", HdS, dS)
-    return logdet + f_phi, g, 0.5 * (H + H.T)
+    return logdet + f_phi, g, 0.5 * (H + H.T), S, dS
 
 
 # ---- large fill-in block (q_r > 0): cheap exact gradients and the average information ------
