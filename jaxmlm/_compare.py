@@ -62,7 +62,6 @@ import re
 import warnings
 from dataclasses import dataclass
 
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from scipy.special import chdtrc  # χ² survival chdtrc(k, x); scipy.stats takes ~0.5–4 s to import
@@ -110,8 +109,9 @@ def zero_columns(m, columns) -> object:
                 A22[:, rows] = 0.0
             ZrW[rows, :] = 0.0
             A21[np.isin(pair_a, rows), :] = 0.0
-    return st._replace(A11=jnp.asarray(A11), Z1W=jnp.asarray(Z1W), A21=jnp.asarray(A21),
-                       A22=jnp.asarray(A22), ZrW=jnp.asarray(ZrW))
+    # host arrays: the kernels take them as they are (jnp.asarray here compiled a
+    # one-operation program per shape, outside any kernel)
+    return st._replace(A11=A11, Z1W=Z1W, A21=A21, A22=A22, ZrW=ZrW)
 
 
 def lift_zero_diagonals(theta: np.ndarray, layout, scale, value: float = 0.1) -> np.ndarray:
@@ -159,7 +159,7 @@ def ml_deviance(m) -> float:
 
 def _ols_criterion(m, reml: bool) -> float:
     """The criterion at θ = 0: −2 × logLik(lm(...), REML = reml) for the same X and y."""
-    return float(deviance(jnp.zeros(m.layout.ntheta), m.stats, jnp.asarray(1.0 if reml else 0.0), m.layout))
+    return float(deviance(np.zeros(m.layout.ntheta), m.stats, np.asarray(1.0 if reml else 0.0), m.layout))
 
 
 # ---- checks shared by the comparisons ------------------------------------------------------------

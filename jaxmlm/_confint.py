@@ -85,7 +85,7 @@ from . import _compiled, _programs, _x64  # noqa: F401
 from ._compare import lift_zero_diagonals, refit_criterion, zero_columns
 from ._covariance import Structure
 from ._errors import ConvergenceWarning, InferenceError, JaxmlmError
-from ._objective import factorize
+from ._objective import factorize, templates_host
 from ._optimize import _newton, diagonal_mask, theta_scale, theta_scale_host
 from ._solution import solve
 from ._stats import Layout, Stats
@@ -439,8 +439,8 @@ def _prof_minimize(phi, v, spec: _Spec, snappable, frozen, stats: Stats, layout:
 def _minimize(m, spec: dict, X: np.ndarray, v: np.ndarray, frozen: np.ndarray):
     """:func:`_prof_minimize` for the tasks of ``spec`` (arrays of :class:`_Spec`'s fields) from
     φ = X: (φ̂, D, ∂D/∂v, finite); ``frozen`` tasks keep X (their D and ∂D/∂v are not used)."""
-    args = (jnp.asarray(X), jnp.asarray(v), _Spec(*(jnp.asarray(spec[f]) for f in _Spec._fields)),
-            jnp.asarray(_snappable(m.layout, spec)), jnp.asarray(frozen), m.stats)
+    args = (np.asarray(X), np.asarray(v), _Spec(*(np.asarray(spec[f]) for f in _Spec._fields)),
+            np.asarray(_snappable(m.layout, spec)), np.asarray(frozen), m.stats)
     # Through the program cache: a later process finds the traced program.
     Xn, D, gv = (np.array(a) for a in _programs.call(_prof_minimize, args, dict(layout=m.layout)))
     return Xn, D, gv, np.isfinite(D) | frozen
@@ -455,12 +455,12 @@ def _ml_fit(m):
         theta = refit_criterion(m, reml=False)[1]
     else:
         theta = np.asarray(m.theta, dtype=np.float64)
-    sol = solve(jnp.asarray(theta), m.stats, jnp.asarray(0.0), m.layout)
+    sol = solve(np.asarray(theta), m.stats, np.asarray(0.0), m.layout)
     return theta, float(sol.sigma), np.asarray(sol.beta), np.asarray(sol.vcov), float(sol.criterion)
 
 
 def _estimates(m, params, theta, sigma, beta) -> np.ndarray:
-    starts = _term_starts(m)
+    Ts = templates_host(theta, m.layout)  # one program, not a dozen eager operations
     out = []
     for p in params:
         if p.kind == SIGMA:
@@ -468,8 +468,8 @@ def _estimates(m, params, theta, sigma, beta) -> np.ndarray:
         elif p.kind == BETA:
             out.append(beta[p.fixef])
         else:
-            cov, t0 = m.design.terms[p.term].cov, starts[p.term]
-            T = np.asarray(cov.factor(jnp.asarray(theta[t0 : t0 + cov.nparams])), dtype=np.float64)
+            term = m.design.terms[p.term]
+            T = Ts[term.block][term.offset : term.offset + term.k, term.offset : term.offset + term.k]
             S = T @ T.T
             if p.kind == SD:
                 out.append(sigma * math.sqrt(S[p.row, p.row]))
