@@ -1012,7 +1012,8 @@ def markdown(info: dict, table: list[dict], breakdown: list[dict], opts, elapsed
     L.append("")
     L.append("Times in seconds. *warm* = median of repeated fits after one warm-up fit in the same process "
              f"(at least {opts.repeats}, more — up to {MAX_REPEATS} — until they took {opts.min_time:g} s: "
-             "the same rule for every tool); "
+             "the same rule for every tool; jaxmlm's after up to 11 more untimed fits or 5 s of them, "
+             "since its small programs are compiled again, optimized, on their 12th run); "
              "*cold* = that first fit in a fresh process (jaxmlm: includes JAX tracing + XLA compilation). "
              "ratio = jaxmlm / peer (< 1: jaxmlm faster). REML throughout. "
              f"*agrees*: REML criterion within {CRIT_ABS_TOL:g} (where the peer reports it) and every fixed "

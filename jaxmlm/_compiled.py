@@ -248,22 +248,20 @@ class Tiered:
     rounding.
     """
 
-    __slots__ = ("_make", "_options", "_program", "_calls", "__weakref__")
+    __slots__ = ("_make", "_options", "_program", "_calls", "optimized", "__weakref__")
 
     def __init__(self, make, options: dict | None):
         self._make, self._options, self._calls = make, options, 0
+        self.optimized = False  # whether calls run the fully optimized program
         self._program = make({**(options or {}), **_QUICK})
 
     def __call__(self, *args, **kwargs):
-        self._calls += 1
-        if self._calls == TIER_UP_CALLS:
-            self._program = self._make(self._options)  # the quick one is dropped, and freed
+        if not self.optimized:
+            self._calls += 1
+            if self._calls >= TIER_UP_CALLS:  # (two threads may both compile it: harmless)
+                self.optimized = True
+                self._program = self._make(self._options)  # the quick one is dropped, and freed
         return self._program(*args, **kwargs)
-
-    @property
-    def optimized(self) -> bool:
-        """Whether calls now run the fully optimized program."""
-        return self._calls >= TIER_UP_CALLS
 
     def _cache_size(self) -> int:
         return self._program._cache_size()
@@ -279,6 +277,7 @@ class BoundedJit:
     def __init__(self, fn, options: dict):
         self.fn = fn
         self.options = dict(options)
+        self.tiered = self.options.pop("tiered", True)
         names = options.get("static_argnames") or ()
         self.static_argnames = (names,) if isinstance(names, str) else tuple(names)
         params = list(inspect.signature(fn).parameters)
@@ -327,7 +326,8 @@ class BoundedJit:
         arrays = [x for x in (leaves or ()) if isinstance(x, tuple)]
         if leaves is None or any(traced for _, _, traced in arrays):
             return make(own)
-        return tiered(make, nbytes_of((shape, dtype) for shape, dtype, _ in arrays), own)
+        nbytes = nbytes_of((shape, dtype) for shape, dtype, _ in arrays)
+        return tiered(make, nbytes, own) if self.tiered else make(compile_options(nbytes, own))
 
     def _cache_size(self) -> int:
         """Executables alive for this kernel (as ``jax.jit``'s ``_cache_size``, over its keys)."""
@@ -341,7 +341,8 @@ def jit(fn=None, **options):
     """``jax.jit`` for jaxmlm's kernels, with programs kept in the bounded LRU.
 
     Use as ``@jit``, ``@jit(static_argnames=...)`` or ``jit(fn, **options)``;
-    ``options`` are ``jax.jit``'s.
+    ``options`` are ``jax.jit``'s, and ``tiered=False`` for a kernel made to be run many
+    times over (its small programs are then optimized from the start; see :class:`Tiered`).
     """
     if fn is None:
         return lambda f: BoundedJit(f, options)

@@ -157,13 +157,16 @@ def _import_types(names) -> dict:
     return types
 
 
-def _jit_call(exp, compiler_options):
+def _jit_call(exp, compiler_options, tiered: bool = True):
     import jax
 
     def make(options):
         return jax.jit(exp.call, **({"compiler_options": options} if options else {}))
 
-    return _compiled.tiered(make, _compiled.nbytes_of((a.shape, a.dtype) for a in exp.in_avals), compiler_options)
+    nbytes = _compiled.nbytes_of((a.shape, a.dtype) for a in exp.in_avals)
+    if not tiered:
+        return make(_compiled.compile_options(nbytes, compiler_options))
+    return _compiled.tiered(make, nbytes, compiler_options)
 
 
 def _program(fn, args, static, compiler_options):
@@ -202,7 +205,7 @@ def _load(fn, args, static, compiler_options, safe, key):
         _register(types)
         body = exp.serialize()
         _write(path, json.dumps(sorted(types)).encode() + b"\n" + bytes(body))
-    return _jit_call(exp, compiler_options)
+    return _jit_call(exp, compiler_options, getattr(fn, "tiered", True))
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -135,7 +135,7 @@ def _fit_one(theta0, base: Stats, zy1, xy, yy, zry, beta0, flat, reml, layout: L
     return _Batch(theta, beta, sigma, vcov, criterion(fac, st, reml, layout.p), status, opt.it, opt.nfev, gmax)
 
 
-@partial(_compiled.jit, static_argnames=("layout", "max_iter"), compiler_options=_XLA_OPTIONS)
+@partial(_compiled.jit, static_argnames=("layout", "max_iter"), compiler_options=_XLA_OPTIONS, tiered=False)
 def _refit_chunk(Y, theta0, base: Stats, ops: ResponseOps, reml, layout: Layout, max_iter: int = 200,
                  ftol=1e-10, gtol=1e-8) -> _Batch:
     """Fit every row of Y (c, n) with the design of ``base``/``ops``, starting at ``theta0``.
@@ -226,7 +226,7 @@ def _normals(seed, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
     return [rng.standard_normal(s) for s in shapes]
 
 
-@partial(_compiled.jit, compiler_options=_XLA_OPTIONS)
+@partial(_compiled.jit, compiler_options=_XLA_OPTIONS, tiered=False)
 def _sim_kernel(mu, sigma, Ts, Zs, codes, U, E):
     """y* = μ + σ (Σ_b Z_b (T_b u_b) + ε) for every replicate: μ (n,), U per block
     (nsim, levels, k), E (nsim, n); b_l = T u_l per level, Z_b's rows pick their level."""

@@ -75,6 +75,17 @@ def fits():
     return get
 
 
+@pytest.fixture
+def no_tier_up(monkeypatch):
+    """Programs keep the tier they have: ``jaxmlm/_compiled.py`` compiles a small program again,
+    optimized, on its ``TIER_UP_CALLS``-th call in the process. Tests that count compilations
+    of new programs use this, so that what earlier tests ran does not decide their outcome
+    (tiering itself is tested in test_compiled.py)."""
+    from jaxmlm import _compiled
+
+    monkeypatch.setattr(_compiled, "TIER_UP_CALLS", 10**9)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drop JAX's compiled programs after every test module.

@@ -4,8 +4,12 @@ import logging
 import re
 
 import jax.monitoring
+import pytest
 
 import jaxmlm
+
+# Counts compilations of new programs: a program's one tier-up (test_compiled.py) is not one.
+pytestmark = pytest.mark.usefixtures("no_tier_up")
 
 _COMPILES: list[str] = []
 jax.monitoring.register_event_duration_secs_listener(
@@ -72,12 +76,7 @@ def _subset_without(d, subject):
 def test_summary_ranova_and_refits_of_a_fitted_shape_do_not_compile():
     """Once a model shape has been fitted with its summary, Satterthwaite table, ranova and an
     ML refit, a second fit on a subset of the rows, its ML refit, its ranova and its summary
-    (issue 12) reuse every program: nothing compiles. (From fresh programs: a program run
-    ``TIER_UP_CALLS`` times in this process is compiled once more, optimized; see
-    ``test_compiled.py``.)"""
-    from jaxmlm import _compiled
-
-    _compiled.clear()
+    (issue 12) reuse every program: nothing compiles."""
     d = jaxmlm.load_example("sleepstudy")
     f = "Reaction ~ Days + (Days | Subject)"
     m = jaxmlm.lmer(f, d)

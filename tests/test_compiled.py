@@ -247,3 +247,23 @@ def test_a_kernel_compiles_twice_when_busy_and_gives_the_same_numbers():
         assert compiles.count("jit(_kernel)") == (1 if i + 1 < _compiled.TIER_UP_CALLS else 2)
     for o in out[1:]:
         np.testing.assert_allclose(o, out[0], rtol=1e-13)
+
+
+def test_kernels_made_for_many_runs_are_optimized_from_the_start():
+    """``tiered=False`` (the batched refit and simulation kernels): one program, fully
+    optimized, however often it runs; a default kernel's small program is tiered."""
+
+    @_compiled.jit(tiered=False)
+    def many(x):
+        return x * 2.0
+
+    @_compiled.jit
+    def few(x):
+        return x * 2.0
+
+    x = np.float64(2.0)
+    for _ in range(_compiled.TIER_UP_CALLS + 1):
+        assert float(many(x)) == 4.0 and float(few(x)) == 4.0
+    assert many._cache_size() == 1 and few._cache_size() == 1
+    assert not isinstance(_compiled.cached(many.key((x,), {}), lambda: None), _compiled.Tiered)
+    assert _compiled.cached(few.key((x,), {}), lambda: None).optimized

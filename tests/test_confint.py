@@ -162,7 +162,7 @@ def test_boot_delegates_to_bootstrap(fits, monkeypatch):
     assert list(got.columns) == ["5 %", "95 %"]
 
 
-def test_second_profile_of_a_model_does_not_recompile(fits, profiles):
+def test_second_profile_of_a_model_does_not_recompile(fits, profiles, no_tier_up):
     m = fits("sleepstudy_rs")
     # The first profile right here: one made many tests earlier may have left the bounded
     # list of compiled programs (_compiled.py) since, as it should.

@@ -276,7 +276,7 @@ jax.monitoring.register_event_duration_secs_listener(
 )
 
 
-def test_inference_does_not_recompile_for_the_same_shape():
+def test_inference_does_not_recompile_for_the_same_shape(no_tier_up):
     d = jaxmlm.load_example("sleepstudy")
     d2 = d.copy()
     d2["Reaction"] = d2["Reaction"].to_numpy()[::-1] * 1.5

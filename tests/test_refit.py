@@ -113,7 +113,7 @@ def test_failed_replicates_are_flagged_and_do_not_spoil_others(fits):
     np.testing.assert_allclose(r.theta[keep], clean.theta[keep], rtol=1e-11, atol=1e-14)
 
 
-def test_chunks_give_the_same_fits_and_compile_once(fits):
+def test_chunks_give_the_same_fits_and_compile_once(fits, no_tier_up):
     m = fits("penicillin_crossed")
     Y = m.simulate(NSIM, seed=6)
     whole = m.refit_many(Y, progress=False)
