@@ -237,8 +237,8 @@ class Tiered:
     :data:`TIER_UP_CALLS`-th call, again with full optimization (``options``).
 
     Why: a fresh process spends most of a model's first fit compiling. At level 0 the
-    engine's small programs compile in ~40 % less time (a course session's fit
-    programs 5.9 → 3.5 s; issue 12) but run 1.1–2× slower (warm Hsb82 slope model
+    engine's small programs compile in about a third less time (a course session's fit
+    programs 7.9 → 5.2 s of XLA compile; issue 12) but run 1.1–2× slower (warm Hsb82 slope model
     3.0 → 5.8 ms). A program that a session calls a few times (a fit, its ML refit)
     is done before full optimization would have paid (the busiest program of the
     course-session benchmark, the nested classroom fit, runs 8 times); one called
