@@ -338,7 +338,9 @@ def _varpar(m):
         )
         r2, dr2, g, H, Vr, dVr = (np.asarray(x) for x in out)
         p = m.layout.p
-        return varpar_derivatives(r2, dr2, g, H, Vr[:p, :p], dVr[:, :p, :p], n=float(m.nobs), p=p, reml=m.REML)
+        # n as in the criterion: rows of positive weight (m.nobs also counts zero-weight rows)
+        n = float(np.asarray(m.stats.n))
+        return varpar_derivatives(r2, dr2, g, H, Vr[:p, :p], dVr[:, :p, :p], n=n, p=p, reml=m.REML)
 
     return _cached(m, "varpar", compute)
 

@@ -92,6 +92,12 @@ def test_zero_weights_equal_dropping_the_rows(sleep, formula):
     _close(m1.sigma, m0.sigma, rtol=1e-7)
     keep = np.setdiff1d(np.arange(len(df)), zero)
     _close(m1.fitted[keep], m0.fitted)
+    # inference counts the rows of positive weight, as the criterion does
+    _close(m1.coef_table()["df"], m0.coef_table()["df"], rtol=1e-5)
+    _close(m1.vcov, m0.vcov, rtol=1e-6)
+    vc1, vc0 = m1.variance_components(), m0.variance_components()
+    num = vc0.select_dtypes("number").columns
+    _close(vc1[num].to_numpy(dtype=float), vc0[num].to_numpy(dtype=float), rtol=1e-4)
 
 
 def test_refits_of_the_observed_response_equal_the_fit(sleep):
