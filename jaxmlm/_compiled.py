@@ -221,12 +221,13 @@ TIER_UP_CALLS = 12
 _QUICK = {"xla_backend_optimization_level": 0}
 
 
-def tiered(make, nbytes: int, options: dict | None = None):
+def tiered(make, nbytes: int, options: dict | None = None, tier: bool = True):
     """The program ``make(compile options)`` (a ``jax.jit`` callable) for arguments of
     ``nbytes``, with :func:`compile_options`; a small program on the CPU whose ``options``
-    do not choose an optimization level themselves is :class:`Tiered`."""
+    do not choose an optimization level themselves is :class:`Tiered`, unless ``tier`` is
+    False (a kernel made to be run many times over)."""
     chosen = compile_options(nbytes, options)
-    if (nbytes > SMALL_PROGRAM_BYTES or not _cheap_codegen_available()
+    if (not tier or nbytes > SMALL_PROGRAM_BYTES or not _cheap_codegen_available()
             or "xla_backend_optimization_level" in (options or {})):
         return make(chosen)
     return Tiered(make, chosen)
@@ -326,8 +327,7 @@ class BoundedJit:
         arrays = [x for x in (leaves or ()) if isinstance(x, tuple)]
         if leaves is None or any(traced for _, _, traced in arrays):
             return make(own)
-        nbytes = nbytes_of((shape, dtype) for shape, dtype, _ in arrays)
-        return tiered(make, nbytes, own) if self.tiered else make(compile_options(nbytes, own))
+        return tiered(make, nbytes_of((shape, dtype) for shape, dtype, _ in arrays), own, self.tiered)
 
     def _cache_size(self) -> int:
         """Executables alive for this kernel (as ``jax.jit``'s ``_cache_size``, over its keys)."""

@@ -162,8 +162,9 @@ def theta_derivatives(theta, stats: Stats, reml, layout: Layout):
 
     Otherwise forward over forward through the factorization (θ has a handful of entries,
     and forward mode compiles markedly faster than reverse mode) of :func:`theta_pieces`,
-    a and r² differentiated twice, and d = a + ν log r² + const assembled from them. The closed forms make the one-factor program several times smaller (a
-    course session's Satterthwaite tables compile in less time; issue 12).
+    a and r² differentiated twice, and d = a + ν log r² + const assembled from them.
+    The closed forms trace in a third to half the time (Hsb82's programs 0.37–0.43 →
+    0.11–0.19 s; issue 12); the compiled programs are about as large.
     """
     p, m = layout.p, theta.shape[0]
     if per_level_formulas(layout):

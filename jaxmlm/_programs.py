@@ -163,10 +163,8 @@ def _jit_call(exp, compiler_options, tiered: bool = True):
     def make(options):
         return jax.jit(exp.call, **({"compiler_options": options} if options else {}))
 
-    nbytes = _compiled.nbytes_of((a.shape, a.dtype) for a in exp.in_avals)
-    if not tiered:
-        return make(_compiled.compile_options(nbytes, compiler_options))
-    return _compiled.tiered(make, nbytes, compiler_options)
+    return _compiled.tiered(make, _compiled.nbytes_of((a.shape, a.dtype) for a in exp.in_avals),
+                            compiler_options, tiered)
 
 
 def _program(fn, args, static, compiler_options):
