@@ -30,6 +30,7 @@ from ._errors import (
     NewLevelsError,
     PredictArgumentError,
     RankDeficiencyWarning,
+    RowsNotHeldError,
     UnknownColumnError,
 )
 
@@ -75,6 +76,7 @@ __all__ = [
     "GroupingError",
     "NewLevelsError",
     "PredictArgumentError",
+    "RowsNotHeldError",
     "InferenceError",
     "ConvergenceError",
     "ConfigurationError",

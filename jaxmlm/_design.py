@@ -59,7 +59,7 @@ from ._errors import (
 from ._covariance import Structure, make_structure
 from ._formula import ParsedFormula, RandomTerm, _mask_quoted
 
-__all__ = ["Term", "Block", "Design", "r_column_name"]
+__all__ = ["Term", "Block", "Design", "check_levels", "r_column_name"]
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,13 @@ class Design:
     weights: np.ndarray | None = field(default=None, repr=False)
     arg_offset: np.ndarray | None = field(default=None, repr=False)
     offset_column: str | None = None
+    nobs_total: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether the design holds its rows (False for a fit from data in pieces, e.g. a Dask frame:
+        then ``y``, ``X`` and the blocks' ``Z`` and ``codes`` are None, and ``nobs_total`` counts the rows)."""
+        return self.y is not None
 
     @property
     def frame(self) -> pd.DataFrame | None:
@@ -174,11 +181,11 @@ class Design:
 
     @property
     def n(self) -> int:
-        return self.y.shape[0]
+        return self.y.shape[0] if self.y is not None else self.nobs_total
 
     @property
     def p(self) -> int:
-        return self.X.shape[1]
+        return len(self.fixef_names)
 
 
 _SYNTACTIC = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
@@ -531,9 +538,15 @@ def _grouping(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray,
 
 def _check_grouping(raw: list, n: int) -> None:
     """lme4's checkNlevels then checkZdims, in lme4's order and wording (raw is in lme4 term order)."""
+    check_levels([(term.group_name, term.expr, len(cols), len(labels)) for term, _, cols, _, labels, _ in raw], n)
+
+
+def check_levels(terms: list[tuple[str, str, int, int]], n: int) -> None:
+    """lme4's checkNlevels and checkZdims for (group, term text, columns, levels) of each term in
+    lme4's order and ``n`` rows: also for data held in pieces, where only the counts are known."""
     nlev: dict[str, int] = {}
-    for term, _, _, _, labels, _ in raw:
-        nlev.setdefault(term.group_name, len(labels))
+    for group, _, _, levels in terms:
+        nlev.setdefault(group, levels)
     few = [g for g, nl in nlev.items() if nl < 2]
     if few:
         detail = "; ".join(f"{g!r} has {nlev[g]} level{'s' if nlev[g] != 1 else ''}" for g in few)
@@ -545,12 +558,12 @@ def _check_grouping(raw: list, n: int) -> None:
             "number of levels of each grouping factor must be < number of observations "
             f"(problems: {', '.join(many)}): {detail} for {n} observations"
         )
-    for term, _, cols, _, labels, _ in raw:
-        n_re = len(labels) * len(cols)
+    for group, expr, ncols, levels in terms:
+        n_re = levels * ncols
         if n <= n_re:
             raise GroupingError(
                 f"number of observations (={n}) <= number of random effects (={n_re}) for term "
-                f"({' '.join(term.expr.split())} | {term.group_name}); the random-effects parameters and the "
+                f"({' '.join(expr.split())} | {group}); the random-effects parameters and the "
                 "residual variance (or scale parameter) are probably unidentifiable"
             )
 
@@ -646,13 +659,17 @@ _COPY_ON_WRITE = int(pd.__version__.split(".")[0]) >= 3 or pd.options.mode.copy_
 # ---- both paths end here -----------------------------------------------------------------------------
 
 
-def _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, fixed_spec, series=None) -> Design:
+def _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, fixed_spec, series=None,
+              template: bool = False) -> Design:
     """lme4's term order and checks, aliased columns, blocks: the design from its matrices.
 
     ``y`` (n,), ``X_all`` (n, p_all) and each raw term's Z are already cut to
     the ``complete`` rows; ``raw`` holds (term, Z, column names, codes, level
     labels, spec) per random-effects term in formula order; ``series``, if given, the
-    columns ``cols`` of ``data`` as Series already taken from it.
+    columns ``cols`` of ``data`` as Series already taken from it. ``template``: ``data``
+    holds one row per combination of levels of a data set held in pieces
+    (:mod:`jaxmlm._partitioned`), so the checks that count rows and the aliased-column
+    test, which need every row, are left to the caller.
     """
     n = len(y)
     nl = [len(r[4]) for r in raw]
@@ -660,7 +677,8 @@ def _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, fixed_spec
     if any(b > a for a, b in zip(nl, nl[1:])):
         order = sorted(range(len(raw)), key=lambda i: nl[i])[::-1]  # rev(order(nl)): Python sort is stable
     raw = [raw[i] for i in order]
-    _check_grouping(raw, n)
+    if not template:
+        _check_grouping(raw, n)
 
     # offset() columns are part of the linear predictor with coefficient 1, not of X.
     offsets = [j for j, nm in enumerate(names_all) if nm.startswith("offset(")]
@@ -671,7 +689,7 @@ def _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, fixed_spec
         rest = [j for j in range(X_all.shape[1]) if j not in offsets]
         X_all, names_fit = X_all[:, rest], [names_all[j] for j in rest]
     # Fixed effects: drop aliased columns as lme4's chkRank.drop.cols does.
-    keep = _prune_aliased(X_all, names_fit)
+    keep = list(range(X_all.shape[1])) if template else _prune_aliased(X_all, names_fit)
     dropped = tuple(nm for j, nm in enumerate(names_fit) if j not in keep)
     if dropped:
         warnings.warn(

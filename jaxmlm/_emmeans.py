@@ -119,7 +119,7 @@ def ref_grid(m, at=None) -> ReferenceGrid:
     from ._design import _doubles
     from ._predict import _column, _evaluate
 
-    design = m.design
+    design = m._rows("emmeans' reference grid (the covariates' means and the factors' levels in the data)")
     if design.offset is not None:
         raise InferenceError("estimated marginal means of a model with an offset are not supported yet (emmeans "
                              "evaluates the offset on the reference grid); use m.predict on a grid of your own")

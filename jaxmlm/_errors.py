@@ -18,6 +18,7 @@ __all__ = [
     "GroupingError",
     "NewLevelsError",
     "PredictArgumentError",
+    "RowsNotHeldError",
     "InferenceError",
     "ConvergenceError",
     "ConfigurationError",
@@ -84,6 +85,11 @@ class NewLevelsError(DataError):
         self.levels = levels
         self.missing = missing
         super().__init__(message)
+
+class RowsNotHeldError(JaxmlmError, ValueError):
+    """A result that needs the model's rows, asked of a fit from data in pieces (a Dask frame or a
+    Parquet dataset), which keeps only their statistics."""
+
 
 class PredictArgumentError(JaxmlmError, TypeError):
     """An argument of ``predict`` has the wrong type or is not supported."""

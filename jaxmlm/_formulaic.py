@@ -292,32 +292,14 @@ def _as_float(matrix, what: str) -> np.ndarray:
 # ---- the design ---------------------------------------------------------------------------------------
 
 
-def formulaic_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
+def formulaic_design(parsed: ParsedFormula, data: pd.DataFrame, template: bool = False) -> Design:
     """The general path: every model matrix from formulaic, on R's model frame."""
     text = parsed.text
     # Which columns, and are they there?
     columns = {c for c in data.columns if isinstance(c, str)}
     fixed = _quote_columns(parsed.fixed, columns)
-    lhs = _quote_columns(parsed.lhs, columns)
     exprs = [_quote_columns(t.expr, columns) for t in parsed.random]
-    lhs_cols = _variables(lhs, columns, text, 0, "the response")
-    direct: dict[str, str] = {}  # column used as it is -> where (dates are refused there)
-    seen: set[str] = set()
-    predictors = _variables(fixed, columns, text, 0, "the fixed-effects part", seen)
-    direct.update(dict.fromkeys(seen - lhs_cols, "the fixed-effects part"))
-    needed = predictors | lhs_cols
-    for term, expr in zip(parsed.random, exprs):
-        where = f"the random-effects term ({term.expr} | {term.group_name})"
-        seen = set()
-        used = _variables(expr, columns, text, _term_start(term), where, seen)
-        for c in seen:
-            direct.setdefault(c, where)
-        predictors |= used
-        needed |= used
-        for f in term.factors:
-            if f not in columns:
-                _unknown_column(f, columns)
-            needed.add(f)
+    lhs_cols, predictors, needed, direct = formula_columns(parsed, columns)
     dup = sorted(c for c in needed if list(data.columns).count(c) > 1)
     if dup:
         raise DataError(f"column(s) {dup} appear more than once in the data")
@@ -380,7 +362,33 @@ def formulaic_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design:
         _nonfinite(Z, cols_t, f"the random-effects term ({term.expr} | {term.group_name})")
         codes, labels = _grouping(kept, term.factors)
         raw.append((term, Z, cols_t, codes, labels, zm.model_spec))
-    return _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, mm.rhs.model_spec)
+    return _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, mm.rhs.model_spec, template=template)
+
+
+def formula_columns(parsed: ParsedFormula, columns: set[str]) -> tuple[set[str], set[str], set[str], dict[str, str]]:
+    """The data columns the formula reads: (response's, predictors (random-effects
+    columns included), all needed (grouping factors too), {column used as it is: where}).
+    A name that is not a column is an :class:`UnknownColumnError` with close matches."""
+    text = parsed.text
+    lhs_cols = _variables(_quote_columns(parsed.lhs, columns), columns, text, 0, "the response")
+    direct: dict[str, str] = {}  # column used as it is -> where (dates are refused there)
+    seen: set[str] = set()
+    predictors = _variables(_quote_columns(parsed.fixed, columns), columns, text, 0, "the fixed-effects part", seen)
+    direct.update(dict.fromkeys(seen - lhs_cols, "the fixed-effects part"))
+    needed = predictors | lhs_cols
+    for term in parsed.random:
+        where = f"the random-effects term ({term.expr} | {term.group_name})"
+        seen = set()
+        used = _variables(_quote_columns(term.expr, columns), columns, text, _term_start(term), where, seen)
+        for c in seen:
+            direct.setdefault(c, where)
+        predictors |= used
+        needed |= used
+        for f in term.factors:
+            if f not in columns:
+                _unknown_column(f, columns)
+            needed.add(f)
+    return lhs_cols, predictors, needed, direct
 
 
 def formulaic_specs(parsed: ParsedFormula, model_frame: pd.DataFrame, cols: list[str]):

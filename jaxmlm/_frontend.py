@@ -37,7 +37,8 @@ from ._formula import ParsedFormula, parse_formula
 __all__ = ["build_design", "with_prior"]
 
 
-def build_design(formula: str | ParsedFormula, data: pd.DataFrame, weights=None, offset=None) -> Design:
+def build_design(formula: str | ParsedFormula, data: pd.DataFrame, weights=None, offset=None,
+                 template: bool = False) -> Design:
     """Materialize ``formula`` on ``data`` (rows with missing values dropped; ``data`` is not modified).
 
     ``weights`` and ``offset`` (lme4's prior weights and offset): a column name of
@@ -54,13 +55,13 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, weights=None,
         raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     if parsed.lhs.startswith("cbind("):
         raise FormulaError("a two-column (binomial) response needs glmer, which jaxmlm does not provide yet")
-    design = _fast_design(parsed, data)
+    design = _fast_design(parsed, data, template)
     if design is None:
         # formulaic (~0.3 s to import) only where the fast path does not apply: a first fit
         # of plain columns in a fresh process does without it.
         from ._formulaic import formulaic_design
 
-        design = formulaic_design(parsed, data)
+        design = formulaic_design(parsed, data, template)
     if weights is None and offset is None:
         return design
     return with_prior(design, data, weights, offset)
@@ -170,7 +171,7 @@ def _missing(col: pd.Series) -> np.ndarray | None:
     return col.isna().to_numpy()
 
 
-def _fast_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design | None:
+def _fast_design(parsed: ParsedFormula, data: pd.DataFrame, template: bool = False) -> Design | None:
     """The design of a formula of plain columns, built with numpy; None when the formula needs formulaic.
 
     Covers the response and random-effects terms made of numeric columns, and
@@ -265,7 +266,7 @@ def _fast_design(parsed: ParsedFormula, data: pd.DataFrame) -> Design | None:
         codes, labels_t = groupings[term.factors]
         raw.append((term, Z, cols_t, codes, labels_t, _Deferred(lambda t=t: specs.get()[1][t])))
     fixed_spec = _Deferred(lambda: specs.get()[0])
-    return _assemble(parsed, data, cols, complete, y, X, names_all, raw, fixed_spec, series)
+    return _assemble(parsed, data, cols, complete, y, X, names_all, raw, fixed_spec, series, template)
 
 
 def _formulaic_specs(parsed: ParsedFormula, frame: dict, index: pd.Index, complete: np.ndarray, cols: list[str]):

@@ -424,7 +424,7 @@ def _argument_offset(design, newdata: pd.DataFrame, offset) -> np.ndarray | None
     fitted with an array needs the new rows' values as ``predict(..., offset=)``.
     (lme4 1.1-31 silently leaves such an offset out of predictions for new data,
     lme4 issue #447; here it is always included.)"""
-    if design.arg_offset is None:
+    if design.arg_offset is None and design.offset_column is None:  # (a fit from pieces keeps only the name)
         if offset is not None:
             raise PredictArgumentError("offset= is for models fitted with an offset= argument; this one has none "
                                        "(offset() terms in the formula are evaluated on newdata)")

@@ -231,11 +231,14 @@ def summary_text(m) -> str:
         out.append(" " + "  ".join(f"{c:>9}" for c in ic.columns))
         out.append(" " + "  ".join(f"{v:>9.1f}" if c != "df.resid" else f"{int(v):>9d}" for c, v in ic.iloc[0].items()))
     out.append("")
-    r = m.pearson_resid
-    q = np.quantile(r, [0, 0.25, 0.5, 0.75, 1])
-    out.append("Scaled residuals: ")
-    out.append(" ".join(f"{h:>8}" for h in ["Min", "1Q", "Median", "3Q", "Max"]))
-    out.append(" ".join(f"{v:>8.4f}" for v in q))
+    if m.design.held:
+        r = m.pearson_resid
+        q = np.quantile(r, [0, 0.25, 0.5, 0.75, 1])
+        out.append("Scaled residuals: ")
+        out.append(" ".join(f"{h:>8}" for h in ["Min", "1Q", "Median", "3Q", "Max"]))
+        out.append(" ".join(f"{v:>8.4f}" for v in q))
+    else:
+        out.append("Scaled residuals: not computed (fitted from data in pieces; the rows stay there)")
     out.append("")
     out.append("Random effects:")
     out.append(_random_effects_table(m))

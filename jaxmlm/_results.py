@@ -21,7 +21,7 @@ import pandas as pd
 
 from . import _compiled, _programs, _x64  # noqa: F401  (float64 before any array exists)
 from ._design import Design
-from ._errors import ConvergenceError, ConvergenceWarning, DataError, JaxmlmError
+from ._errors import ConvergenceError, ConvergenceWarning, DataError, JaxmlmError, RowsNotHeldError
 from ._frontend import build_design
 from ._objective import templates_host
 from ._fit import fit_packed, fit_program, fit_snapped
@@ -265,9 +265,18 @@ class LinearMixedModel:
         return out
 
     # ---- fitted values ----------------------------------------------------------
+    def _rows(self, what: str) -> Design:
+        """The design, for ``what`` needs its rows: a fit from data in pieces has none (RowsNotHeldError)."""
+        if not self.design.held:
+            raise RowsNotHeldError(
+                f"{what} needs the rows the model was fitted to, and a fit from data in pieces (a Dask frame or a "
+                "Parquet dataset) keeps only their sufficient statistics; compute it piece by piece with "
+                "predict(newdata=piece), or fit the rows you need in memory")
+        return self.design
+
     @cached_property
     def _fitted(self) -> np.ndarray:
-        d = self.design
+        d = self._rows("fitted values and residuals")
         mu = d.X @ self._beta
         if d.offset is not None:
             mu = mu + d.offset
@@ -288,7 +297,7 @@ class LinearMixedModel:
     @property
     def weights(self) -> np.ndarray:
         """Prior weights of the rows used (all 1 without ``weights=``), as lme4's ``weights(m)``."""
-        w = self.design.weights
+        w = self._rows("weights(m)").weights
         return _readonly(np.ones(self.nobs) if w is None else w)
 
     @property
@@ -301,7 +310,7 @@ class LinearMixedModel:
     def update(self, formula: str | None = None, *, REML: bool | None = None) -> LinearMixedModel:
         """The model refitted, as lme4's ``update``: with another ``formula`` and/or REML setting,
         on the same rows (the model frame), prior weights and ``offset=`` argument."""
-        d = self.design
+        d = self._rows("update()")
         if d.frame is None:
             raise JaxmlmError("this model does not carry its model frame (m.design.frame), which a refit of a "
                               "different formula needs; refit the model with the current jaxmlm version")
@@ -314,24 +323,29 @@ class LinearMixedModel:
         """Predictions as lme4's ``predict.merMod`` (see :func:`jaxmlm._predict.predict`)."""
         from ._predict import predict
 
+        if newdata is None:
+            self._rows("predict() without newdata")
         return predict(self, newdata, re_form=re_form, allow_new_levels=allow_new_levels, offset=offset, **kwargs)
 
     def simulate(self, nsim: int = 1, seed=None, use_u: bool = False, **kwargs) -> np.ndarray:
         """Responses simulated from the fitted model, (nsim, nobs), as lme4's ``simulate.merMod``."""
         from ._refit import simulate
 
+        self._rows("simulate()")
         return simulate(self, nsim, seed=seed, use_u=use_u, **kwargs)
 
     def refit_many(self, Y, **kwargs):
         """Refit the same design to every row of ``Y`` (nsim, nobs) in one batched computation."""
         from ._refit import refit_many
 
+        self._rows("refit_many()")
         return refit_many(self, Y, **kwargs)
 
     def bootstrap(self, nsim: int, seed=None, **kwargs):
         """Parametric bootstrap of fixed effects and variance components."""
         from ._refit import bootstrap
 
+        self._rows("bootstrap()")
         return bootstrap(self, nsim, seed=seed, **kwargs)
 
     # ---- inference (jaxmlm/_inference.py, jaxmlm/_compare.py, jaxmlm/_confint.py) ---
@@ -339,12 +353,16 @@ class LinearMixedModel:
         """Estimate, Std. Error, df, t value, Pr(>|t|) as lmerTest's summary."""
         from ._inference import coef_table
 
+        if str(ddf).lower().startswith("k"):
+            self._rows("Kenward-Roger degrees of freedom")
         return coef_table(self, ddf=ddf, **kwargs)
 
     def contest(self, L, ddf: str = "Satterthwaite", rhs=0.0) -> pd.DataFrame:
         """F-test of L β = rhs with Satterthwaite or Kenward-Roger df, as lmerTest's contest(joint = TRUE)."""
         from ._inference import contest
 
+        if str(ddf).lower().startswith("k"):
+            self._rows("Kenward-Roger degrees of freedom")
         return contest(self, L, ddf=ddf, rhs=rhs)
 
     def anova(self, type=3, ddf: str = "Satterthwaite"):
@@ -356,6 +374,7 @@ class LinearMixedModel:
         """
         from ._anova import anova_table
 
+        self._rows("anova() of one model (its terms' hypothesis matrices)")
         return anova_table(self, type=type, ddf=ddf)
 
     def all_fit(self, optimizers=None, n_random: int = 3, seed=0, max_iter: int = 200):
@@ -382,12 +401,15 @@ class LinearMixedModel:
         """Confidence intervals as lme4's ``confint(oldNames = FALSE)``."""
         from ._confint import confint
 
+        if method == "boot":
+            self._rows("confint(method='boot')")
         return confint(self, method=method, level=level, **kwargs)
 
     def ranova(self, **kwargs) -> pd.DataFrame:
         """lmerTest's single-term deletion table for the random-effect terms."""
         from ._compare import ranova
 
+        self._rows("ranova() (refits of reduced models)")
         return ranova(self, **kwargs)
 
     def lrt_vs_ols(self, **kwargs):
@@ -400,12 +422,14 @@ class LinearMixedModel:
         """Intraclass correlations σ²_group / (Σσ²_groups + σ²_ε) per grouping level."""
         from ._compare import icc
 
+        self._rows("icc() (the random-effects columns' variances)")
         return icc(self, **kwargs)
 
     def r2_nakagawa(self, **kwargs):
         """Nakagawa & Schielzeth's marginal and conditional R²."""
         from ._compare import r2_nakagawa
 
+        self._rows("r2_nakagawa() (the variance of the fixed-effects predictions)")
         return r2_nakagawa(self, **kwargs)
 
     def summary(self) -> str:
@@ -501,12 +525,20 @@ def lmer(
         raise DataError(f"optimizer must be 'auto', 'newton', 'ai' or 'bfgs', got {optimizer!r}")
     if dtype not in ("float64", "float32"):
         raise DataError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
-    design = build_design(formula, data, weights=weights, offset=offset)
-    # Small data (float64 mode): the pass over the rows runs in the optimizer's program
-    # (_pass_fit_and_solve), unless the start needs the statistics first. A layout fitted
-    # both to small and to larger data compiles both programs (once).
-    one = one_chunk(design) if dtype == "float64" else None
-    layout, stats = (one.layout, None) if one is not None else sufficient_stats(design)[:2]
+    from ._dask import is_dask_frame, is_dataset_path
+
+    if is_dask_frame(data) or is_dataset_path(data):
+        from ._dask import fit_statistics
+
+        design, layout, stats = fit_statistics(formula, data, weights=weights, offset=offset)
+        one = None
+    else:
+        design = build_design(formula, data, weights=weights, offset=offset)
+        # Small data (float64 mode): the pass over the rows runs in the optimizer's program
+        # (_pass_fit_and_solve), unless the start needs the statistics first. A layout fitted
+        # both to small and to larger data compiles both programs (once).
+        one = one_chunk(design) if dtype == "float64" else None
+        layout, stats = (one.layout, None) if one is not None else sufficient_stats(design)[:2]
     reml = np.asarray(1.0 if REML else 0.0)
     t0 = time.perf_counter()
     method = choose_method(layout) if optimizer == "auto" else optimizer

@@ -1,0 +1,340 @@
+"""Stage 3 for data held in pieces: a plan from the pieces' structure, each piece's statistics
+against it, merged — the rows are never gathered in one place.
+
+A linear mixed model's sufficient statistics (:mod:`jaxmlm._stats`) have sizes set by the
+numbers of levels, not of rows, and statistics of disjoint rows merge
+(:func:`~jaxmlm._stats.merge_stats`). Data in pieces — the partitions of a Dask frame, the
+files of a Parquet dataset — are therefore fitted in two passes over the pieces:
+
+1. **Structure** (:func:`piece_structure`, :func:`combine_structure`). Each piece gives,
+   from its complete rows, one row per distinct combination of the grouping factors and the
+   non-numeric predictors, and its row counts. Their union (the *skeleton*) holds every
+   level and every combination of levels that occurs, which is all that the design's levels,
+   term order and formulaic specs and the schema's sparse index read: the design built on
+   it (``build_design(..., template=True)``) and its schema are those of all rows
+   (:func:`make_plan`).
+2. **Statistics** (:func:`piece_statistics`). Each piece is materialized with the plan's
+   frozen formulaic specs (as ``predict(newdata)`` materializes new rows), its grouping
+   levels mapped onto the plan's, and its statistics accumulated against the schema;
+   :func:`merge_pieces` adds them up in any order and grouping (a tree).
+
+What needs every row is decided from the merged statistics in :func:`finish`: lme4's checks
+of level counts against the number of rows, and lme4's test for aliased fixed-effects
+columns, made on XᵀX (:func:`drop_aliased`).
+
+Limits: transforms whose result depends on all rows (``scale``, ``center``, ``poly``…) are
+refused (their state would come from the skeleton), and so is ``C(x)`` / ``factor(x)`` of a
+numeric column (its levels would be missed by the skeleton): compute those columns first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import NamedTuple
+
+import jax
+import numpy as np
+import pandas as pd
+
+from . import _compiled
+from ._design import Design, _doubles, _grouping, _prepare, check_levels
+from ._errors import DataError, FormulaError, RankDeficiencyWarning
+from ._formula import ParsedFormula, parse_formula
+from ._frontend import build_design
+from ._stats import Layout, Schema, Stats, accumulate, make_schema, merge_stats
+
+__all__ = ["Plan", "Structure", "combine_structure", "drop_aliased", "finish", "formula_columns_of", "make_plan",
+           "merge_pieces", "piece_statistics", "piece_structure"]
+
+
+class Structure(NamedTuple):
+    """What the first pass keeps of some pieces: the skeleton rows (one per distinct combination of
+    the ``keys`` columns among complete rows, with the formula's other columns from one such row),
+    the number of rows and of complete rows, and the number of pieces seen."""
+
+    frame: pd.DataFrame
+    keys: tuple[str, ...]
+    rows: int
+    complete: int
+    pieces: int
+
+
+class Plan(NamedTuple):
+    """Everything a piece needs to make its statistics (picklable: it travels to a cluster's workers).
+
+    ``design`` is the template design without rows (levels, names, frozen specs, lme4's term
+    order; every fixed-effects column kept); ``schema`` its statistics' shapes; ``lhs_spec``
+    formulaic's spec of the response; ``columns`` the data columns the formula reads and
+    ``lhs_columns`` the response's; ``weights`` / ``offset`` the prior weights' and offset's
+    column names (or None)."""
+
+    design: Design
+    schema: Schema
+    lhs_spec: object
+    columns: tuple[str, ...]
+    lhs_columns: tuple[str, ...]
+    weights: str | None
+    offset: str | None
+
+
+def formula_columns_of(formula: str | ParsedFormula, columns, weights=None, offset=None):
+    """(parsed formula, the columns a fit reads in data order, the response's columns, the grouping
+    factors): what the passes over pieces select. ``columns``: the data's column labels."""
+    from ._formulaic import formula_columns
+
+    parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
+    if parsed.lhs.startswith("cbind("):
+        raise FormulaError("a two-column (binomial) response needs glmer, which jaxmlm does not provide yet")
+    labels = list(columns)
+    names = {c for c in labels if isinstance(c, str)}
+    lhs_cols, _, needed, _ = formula_columns(parsed, names)
+    for what, name in (("weights", weights), ("offset", offset)):
+        if name is None:
+            continue
+        if not isinstance(name, str):
+            raise DataError(f"with data in pieces, {what}= must be a column name (values given as an array cannot be "
+                            "matched to the pieces' rows)")
+        if name not in names:
+            from ._design import _unknown_column
+
+            _unknown_column(name, names)
+        needed.add(name)
+    dup = sorted(c for c in needed if labels.count(c) > 1)
+    if dup:
+        raise DataError(f"column(s) {dup} appear more than once in the data")
+    factors = tuple(dict.fromkeys(f for t in parsed.random for f in t.factors))
+    return parsed, tuple(c for c in labels if c in needed), tuple(sorted(lhs_cols)), factors
+
+
+def _complete(piece: pd.DataFrame, columns) -> np.ndarray:
+    return ~piece[list(columns)].isna().any(axis=1).to_numpy()
+
+
+def piece_structure(piece: pd.DataFrame, columns: tuple[str, ...], keys: tuple[str, ...],
+                    formula_columns: tuple[str, ...] | None = None) -> Structure:
+    """The first pass over one piece: its complete rows' distinct ``keys`` combinations (one row each).
+    A row is complete without a missing value in ``formula_columns`` (default ``columns``; the
+    weights and offset columns are not among them: a missing weight in a row the model uses is an
+    error, as in memory)."""
+    complete = _complete(piece, columns if formula_columns is None else formula_columns)
+    rows = piece.loc[complete, list(columns)] if not complete.all() else piece[list(columns)]
+    frame = rows.drop_duplicates(subset=list(keys)) if keys else rows.iloc[:1]
+    return Structure(frame, keys, len(piece), int(complete.sum()), 1)
+
+
+def combine_structure(a: Structure, b: Structure) -> Structure:
+    """The structure of the pieces of ``a`` and ``b`` together (associative: a tree reduction)."""
+    both = pd.concat([a.frame, b.frame], ignore_index=True)
+    frame = both.drop_duplicates(subset=list(a.keys)) if a.keys else both.iloc[:1]
+    return Structure(frame, a.keys, a.rows + b.rows, a.complete + b.complete, a.pieces + b.pieces)
+
+
+def _refuse_stateful(spec, what: str) -> None:
+    state = getattr(spec, "transform_state", None) or {}
+    if state:
+        names = ", ".join(sorted(str(k) for k in state))
+        raise FormulaError(
+            f"{what} uses {names}, a transform whose result depends on all rows (its state would come from a "
+            "sample of them); with data in pieces compute that column first (e.g. with Dask) and use it as it is")
+
+
+def _refuse_numeric_factors(spec, skeleton: pd.DataFrame, what: str) -> None:
+    from formulaic.parser.types.factor import Factor
+
+    for factor, (kind, _) in spec.encoder_state.items():
+        if kind is not Factor.Kind.CATEGORICAL:
+            continue
+        for variables in (v for f, v in spec.factor_variables.items() if f.expr == factor):
+            numeric = sorted(str(c) for c in variables if str(c) in skeleton.columns
+                             and pd.api.types.is_numeric_dtype(skeleton[str(c)].dtype)
+                             and not pd.api.types.is_bool_dtype(skeleton[str(c)].dtype))
+            if numeric:
+                raise FormulaError(
+                    f"{what} makes a factor of the numeric column(s) {numeric}; with data in pieces make the column "
+                    f"categorical first (e.g. ddf[{numeric[0]!r}] = ddf[{numeric[0]!r}].astype(str)), so that its "
+                    "levels are gathered from every piece")
+
+
+def make_plan(formula: str | ParsedFormula, structure: Structure, weights: str | None = None,
+              offset: str | None = None) -> Plan:
+    """The :class:`Plan` of a fit from the first pass's :class:`Structure` of all pieces.
+
+    lme4's level-count checks (``checkNlevels``, ``checkZdims``) run here against the
+    number of complete rows of all pieces."""
+    from ._formulaic import _model_matrix
+    from ._design import _quote_columns
+
+    if structure.complete == 0:
+        from ._design import _no_complete_rows
+
+        raise _no_complete_rows()
+    skeleton = structure.frame.reset_index(drop=True)
+    parsed, columns, lhs_cols, _ = formula_columns_of(formula, skeleton.columns, weights, offset)
+    template = build_design(parsed, skeleton, template=True)
+    check_levels([(t.group, _term_text(parsed, t), t.k, template.blocks[t.block].nlev) for t in template.terms],
+                 structure.complete)
+    fixed_spec = template.fixed_spec
+    _refuse_stateful(fixed_spec, "the fixed-effects part")
+    _refuse_numeric_factors(fixed_spec, skeleton, "the fixed-effects part")
+    terms = []
+    for t in template.terms:
+        where = f"the random-effects term on {t.group!r}"
+        _refuse_stateful(t.spec, where)
+        _refuse_numeric_factors(t.spec, skeleton, where)
+        terms.append(dataclasses.replace(t, _spec=t.spec))
+    names = {c for c in skeleton.columns if isinstance(c, str)}
+    frame = pd.DataFrame({c: _prepare(skeleton[c], c in lhs_cols) for c in columns})
+    lhs_spec = _model_matrix(_quote_columns(parsed.lhs, names) + " ~ 1", _doubles(frame), parsed.text, 0,
+                             "the response").lhs.model_spec
+    _refuse_stateful(lhs_spec, "the response")
+    schema = make_schema(template)
+    blocks = tuple(dataclasses.replace(b, Z=None, codes=None) for b in template.blocks)
+    design = dataclasses.replace(
+        template, y=None, X=None, blocks=blocks, terms=tuple(terms), rows=pd.RangeIndex(0), _fixed_spec=fixed_spec,
+        _frame=None, positions=None, formula_offset=None, n_dropped_na=structure.rows - structure.complete,
+        nobs_total=structure.complete, offset_column=offset)
+    return Plan(design, schema, lhs_spec, columns, lhs_cols, weights, offset)
+
+
+def _term_text(parsed: ParsedFormula, term) -> str:
+    """The formula text of a template term (lme4's order) for lme4's messages."""
+    for t in parsed.random:
+        if t.group_name == term.group:
+            return t.expr
+    return ", ".join(term.columns)
+
+
+def piece_design(plan: Plan, piece: pd.DataFrame, where: str = "a piece") -> Design:
+    """One piece's rows as a :class:`Design` in the plan's shapes: its complete rows materialized
+    with the frozen specs, grouping codes indexing the plan's levels (a level the first pass
+    did not see is an error: the data changed between passes)."""
+    from ._predict import _evaluate
+
+    tpl = plan.design
+    lhs = set(plan.lhs_columns)
+    missing = [c for c in plan.columns if c not in piece.columns]
+    if missing:
+        raise DataError(f"{where} has no column(s) {missing}, which the formula reads")
+    frame = pd.DataFrame({c: _prepare(piece[c], c in lhs) for c in plan.columns}, index=piece.index)
+    complete = _complete(frame, [c for c in plan.columns if c not in (plan.weights, plan.offset)])
+    kept = frame if complete.all() else frame.loc[complete]
+    names = list(tpl.fixed_columns_all)
+    if len(kept):
+        doubles = _doubles(kept)
+        y = _evaluate(plan.lhs_spec, doubles, f"the response in {where}")[0][:, 0]
+        X_all, _ = _evaluate(tpl.fixed_spec, doubles, f"the fixed-effects part in {where}")
+    else:  # an empty piece adds nothing (formulaic cannot evaluate zero rows)
+        y, X_all = np.zeros(0), np.zeros((0, len(names)))
+    offsets = [names.index(nm) for nm in tpl.offset_columns]
+    keep = [names.index(nm) for nm in tpl.fixef_names]
+    formula_offset = X_all[:, offsets].sum(axis=1) if offsets else None
+    blocks = []
+    for b, blk in enumerate(tpl.blocks):
+        Z = np.column_stack([_evaluate(tpl.terms[t].spec, doubles, f"the random-effects term on {blk.group!r} in "
+                                       f"{where}")[0] for t in blk.terms]) if len(kept) else np.zeros((0, blk.k))
+        if len(kept):
+            codes, labels = _grouping(kept, blk.factors)
+            index = blk.levels.get_indexer(pd.Index(labels, dtype=object))
+            if (index < 0).any():
+                unseen = [str(v) for v in np.asarray(labels, dtype=object)[index < 0][:5]]
+                raise DataError(f"{where} has level(s) of {blk.group!r} that the first pass over the data did not see "
+                                f"({', '.join(unseen)}): the data changed between the passes; fit again")
+            codes = index[codes]
+        else:
+            codes = np.zeros(0, np.int64)
+        blocks.append(dataclasses.replace(blk, Z=Z, codes=codes))
+    nan = np.isnan(y) | np.isnan(X_all).any(axis=1)
+    for blk in blocks:
+        nan |= np.isnan(blk.Z).any(axis=1)
+    if nan.any():
+        raise DataError(f"{where}: the formula gives a missing value (e.g. log of a negative number) in "
+                        f"{int(nan.sum())} complete row(s); with data in pieces such rows must be removed first")
+    weights = arg_offset = None
+    if plan.weights is not None:
+        weights = np.asarray(kept[plan.weights], dtype=np.float64)
+        if (weights < 0).any() or not np.isfinite(weights).all():
+            raise DataError(f"{where}: weights must be finite and >= 0 in every row the model uses (a weight is the "
+                            "inverse of a row's relative residual variance)")
+    if plan.offset is not None:
+        arg_offset = np.asarray(kept[plan.offset], dtype=np.float64)
+        if not np.isfinite(arg_offset).all():
+            raise DataError(f"{where}: the offset is missing or not finite in {int((~np.isfinite(arg_offset)).sum())} "
+                            "row(s) the model uses; give a finite value for every complete row")
+    return dataclasses.replace(
+        tpl, y=y, X=np.asarray(X_all[:, keep], order="F"), blocks=tuple(blocks), rows=kept.index,
+        formula_offset=formula_offset, weights=weights, arg_offset=arg_offset, nobs_total=None)
+
+
+def piece_statistics(plan: Plan, piece: pd.DataFrame, where: str = "a piece") -> Stats:
+    """The statistics of one piece's complete rows against the plan's schema, as host (numpy) arrays."""
+    return jax.device_get(accumulate(plan.schema, piece_design(plan, piece, where)))
+
+
+_merge = _compiled.jit(merge_stats)
+
+
+def merge_pieces(a: Stats, b: Stats) -> Stats:
+    """:func:`~jaxmlm._stats.merge_stats` as one compiled program, back on the host (picklable)."""
+    return jax.device_get(_merge(a, b))
+
+
+def drop_aliased(stats: Stats, names: tuple[str, ...], tol: float = 1e-5) -> tuple[Stats, list[int]]:
+    """Statistics without the fixed-effects columns aliased with earlier ones, and the kept columns.
+
+    lme4 (chkRank.drop.cols) drops a column whose residual on the columns before it is below
+    1e-7 of its norm (pivoting QR of X); from XᵀX alone, whose condition number is squared,
+    the test is made at relative residual ``tol`` (1e-5), which finds exact aliasing (a
+    level combination that never occurs, a column that is a sum of others) reliably. The
+    response column is centred on β₀ over all columns; over the kept ones K it is centred on
+    β₀_K + C β₀_D with X_D = X_K C, the same vector.
+    """
+    p = len(names)
+    WW = np.asarray(stats.WW, dtype=np.float64)
+    G = WW[:p, :p]
+    keep: list[int] = []
+    for j in range(p):
+        gjj = G[j, j]
+        if gjj <= 0:
+            continue
+        if keep:
+            GK = G[np.ix_(keep, keep)]
+            r2 = gjj - G[keep, j] @ np.linalg.solve(GK, G[keep, j])
+        else:
+            r2 = gjj
+        if r2 > tol * tol * gjj:
+            keep.append(j)
+    if len(keep) == p:
+        return stats, keep
+    drop = [j for j in range(p) if j not in keep]
+    beta0 = np.asarray(stats.beta0, dtype=np.float64)
+    C = np.linalg.solve(G[np.ix_(keep, keep)], G[np.ix_(keep, drop)])
+    beta_k = beta0[keep] + C @ beta0[drop]
+    idx = keep + [p]
+    out = stats._replace(
+        WW=WW[np.ix_(idx, idx)], Z1W=np.asarray(stats.Z1W)[..., idx], ZrW=np.asarray(stats.ZrW)[:, idx],
+        beta0=beta_k, p=np.asarray(float(len(keep))))
+    return out, keep
+
+
+def finish(plan: Plan, stats: Stats) -> tuple[Design, Layout, Stats]:
+    """The merged statistics of all pieces → (design without rows, layout, statistics) for the fit:
+    aliased fixed-effects columns dropped (with lme4's warning), a response left with nothing to
+    explain refused."""
+    tpl = plan.design
+    stats, keep = drop_aliased(stats, tpl.fixef_names)
+    names = tpl.fixef_names
+    dropped = tuple(nm for j, nm in enumerate(names) if j not in keep)
+    if dropped:
+        warnings.warn(
+            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
+            f"column{'s' if len(dropped) > 1 else ''} / coefficient{'s' if len(dropped) > 1 else ''}: "
+            f"{', '.join(dropped)}", RankDeficiencyWarning, stacklevel=4)
+    p = len(keep)
+    rss = float(np.asarray(stats.WW)[p, p])
+    if not rss > 0:
+        raise DataError(f"the response {tpl.formula.lhs!r} is an exact linear function of the fixed-effects columns "
+                        "(or constant): nothing is left for random effects or residuals to explain")
+    design = dataclasses.replace(tpl, fixef_names=tuple(names[j] for j in keep), dropped_columns=dropped)
+    layout = plan.schema.layout._replace(p=p)
+    return design, layout, jax.device_put(stats)
