@@ -7,7 +7,8 @@
     jaxmlm examples
 
 ``DATA`` is a CSV (``.csv``, ``.csv.gz``) or Parquet (``.parquet``, ``.pq``;
-needs pyarrow) file. The default output is the model's ``summary()``;
+needs pyarrow) file, or a folder or glob of Parquet files (a dataset read partition by
+partition through Dask: ``pip install 'jaxmlm[dask]'``). The default output is the model's ``summary()``;
 ``--json`` prints one JSON object instead. Errors a user can cause (bad
 formula, unknown column, missing or unreadable file) print one line
 ``jaxmlm: error: ...`` on stderr and exit with status 2; jaxmlm's warnings
@@ -134,10 +135,13 @@ def _import_pyarrow():
 
 
 def read_data(path_text: str):
-    """Read a CSV or Parquet file into a DataFrame; CLIError for anything unusable."""
+    """Read a CSV or Parquet file into a DataFrame; CLIError for anything unusable. A folder or a
+    glob is a Parquet dataset: returned as its path, which ``lmer`` reads partition by partition."""
     import pandas as pd
 
     path = Path(path_text)
+    if path.is_dir() or (not path.exists() and any(ch in path_text for ch in "*?[")):
+        return path_text
     name = path.name.lower()
     if name.endswith(_CSV_SUFFIXES):
         kind = "csv"
@@ -149,8 +153,6 @@ def read_data(path_text: str):
         )
     if not path.exists():
         raise CLIError(f"no such file: {path_text!r}")
-    if path.is_dir():
-        raise CLIError(f"{path_text!r} is a directory, not a data file")
     if kind == "parquet":
         try:
             _import_pyarrow()

@@ -19,17 +19,18 @@ import pandas as pd
 
 from ._errors import ConfigurationError, DataError, UnknownColumnError
 from ._partitioned import (
+    Columns,
     Structure,
+    columns_of,
     combine_structure,
     finish,
-    formula_columns_of,
     make_plan,
     merge_pieces,
     piece_statistics,
     piece_structure,
 )
 
-__all__ = ["is_dask_frame", "is_dataset_path", "fit_statistics"]
+__all__ = ["check_files", "dataset_files", "is_dask_frame", "is_dataset_path", "fit_statistics", "read_dataset"]
 
 #: Results combined per node of the reduction trees (dask's own default for tree reductions).
 SPLIT_EVERY = 8
@@ -37,7 +38,8 @@ SPLIT_EVERY = 8
 
 def is_dask_frame(data) -> bool:
     """Whether ``data`` is a Dask DataFrame (checked without importing Dask)."""
-    return type(data).__module__.split(".")[0] in ("dask", "dask_expr") and hasattr(data, "to_delayed")
+    return (type(data).__module__.split(".")[0] in ("dask", "dask_expr") and hasattr(data, "to_delayed")
+            and hasattr(data, "columns"))
 
 
 def is_dataset_path(data) -> bool:
@@ -64,6 +66,8 @@ def read_dataset(path) -> object:
     for text in texts:
         if not (os.path.exists(text) or glob.glob(text)):
             raise DataError(f"no file matches {text!r}: give a Parquet file, a directory of Parquet files or a glob")
+        if os.path.isdir(text) and not dataset_files(text):
+            raise DataError(f"the directory {text!r} holds no Parquet files")
     text = texts if isinstance(path, (list, tuple)) else texts[0]
     try:
         return dd.read_parquet(text)
@@ -71,39 +75,63 @@ def read_dataset(path) -> object:
         raise DataError(f"cannot read the Parquet dataset {text!r} ({type(exc).__name__}: {exc})") from None
 
 
-def _kind(dtype) -> str:
-    """What a column's dtype means to a formula: a number, or levels of a factor."""
-    if pd.api.types.is_bool_dtype(dtype):
+def dataset_files(path) -> list[str]:
+    """The Parquet files a path, directory, glob or list of them names (directories as pyarrow lists them)."""
+    import pyarrow.dataset as ds
+
+    out: list[str] = []
+    for text in ([os.fspath(p) for p in path] if isinstance(path, (list, tuple)) else [os.fspath(path)]):
+        if os.path.isdir(text):
+            out.extend(ds.dataset(text, format="parquet").files)
+        elif os.path.exists(text):
+            out.append(text)
+        else:
+            out.extend(sorted(glob.glob(text)))
+    return out
+
+
+def _arrow_kind(t) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_null(t):  # a column of only missing values: no type to disagree with
+        return "null"
+    if pa.types.is_boolean(t):
         return "logical"
-    if isinstance(dtype, pd.CategoricalDtype):
+    if pa.types.is_dictionary(t):
         return "categorical"
-    return "numeric" if pd.api.types.is_numeric_dtype(dtype) else "text"
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "numeric"
+    return "text"
 
 
-def _checked(part: pd.DataFrame, i: int, kinds: dict[str, tuple[str, object]]) -> pd.DataFrame:
-    """``part`` after checking that each column means what the frame's metadata says (numbers or levels)."""
-    for c, (kind, dtype) in kinds.items():
-        if c not in part.columns:
-            raise DataError(f"partition {i} has no column {c!r}, which the formula reads")
-        got = part[c].dtype
-        if _kind(got) != kind and not (len(part) and part[c].isna().all()):
-            raise DataError(f"partition {i}'s column {c!r} has dtype {got}, but the frame's metadata (its first "
-                            f"partition or schema) says {dtype}: the partitions disagree on the column's type; cast "
-                            f"it to one type first (e.g. ddf[{c!r}].astype(...))")
-    return part
+def check_files(path, kinds: dict[str, tuple[str, object]]) -> None:
+    """Each file of a Parquet dataset has the formula's columns, of the kinds the dataset's schema
+    says (read from the files' footers only): a DataError naming the first file that does not."""
+    import pyarrow.parquet as pq
+
+    for f in dataset_files(path):
+        schema = pq.read_schema(f)
+        missing = [c for c in kinds if c not in schema.names]
+        if missing:
+            raise DataError(f"file {f!r} of the Parquet dataset has no column(s) {missing}, which the formula reads")
+        for c, (kind, dtype) in kinds.items():
+            got = schema.field(c).type
+            if _arrow_kind(got) not in (kind, "null"):
+                raise DataError(f"file {f!r} stores column {c!r} as {got}, but the dataset's schema says {dtype}: the "
+                                "files disagree on the column's type; rewrite them with one type")
 
 
-def _structure(part: pd.DataFrame, i: int, kinds, columns, keys, required) -> Structure:
-    return piece_structure(_checked(part, i, kinds), columns, keys, required)
+def _structure(part: pd.DataFrame, i: int, cols: Columns) -> Structure:
+    return piece_structure(part, cols, f"partition {i}")
 
 
-def _statistics(plan, part: pd.DataFrame, i: int, kinds):
+def _statistics(plan, part: pd.DataFrame, i: int):
     devices = jax.local_devices()
     where = f"partition {i}"
     if len(devices) == 1:
-        return piece_statistics(plan, _checked(part, i, kinds), where)
+        return piece_statistics(plan, part, where)
     with jax.default_device(devices[i % len(devices)]):
-        return piece_statistics(plan, _checked(part, i, kinds), where)
+        return piece_statistics(plan, part, where)
 
 
 def _tree(dask, combine, items: list):
@@ -127,29 +155,22 @@ def fit_statistics(formula, data, weights=None, offset=None):
     ddf = read_dataset(data) if is_dataset_path(data) else data
     meta = ddf._meta
     try:
-        parsed, columns, lhs_cols, factors = formula_columns_of(formula, meta.columns, weights, offset)
+        cols = columns_of(formula, meta, weights, offset)
     except UnknownColumnError as exc:
         if not is_dataset_path(data):
             raise
         err = UnknownColumnError(exc.name, exc.close)
         err.message = f"{exc.message} (the Parquet dataset {data!r} has columns {list(meta.columns)})"
         raise err from None
-    kinds = {c: (_kind(meta[c].dtype), meta[c].dtype) for c in columns}
-    for c in (weights, offset):
-        if c is not None and kinds[c][0] != "numeric":
-            raise DataError(f"column {c!r} ({'weights' if c == weights else 'offset'}) must be numeric, got dtype "
-                            f"{kinds[c][1]}")
-    keys = tuple(c for c in columns if c in factors or (kinds[c][0] != "numeric" and c not in lhs_cols
-                                                        and c not in (weights, offset)))
-    required = tuple(c for c in columns if c not in (weights, offset))
+    if is_dataset_path(data):
+        check_files(data, cols.kinds)
+    columns = cols.columns
     parts = ddf[list(columns)].to_delayed()  # only the formula's columns are read
-    structure = _tree(dask, combine_structure, [dask.delayed(_structure, pure=True)(p, i, kinds, columns, keys, required)
-                                                for i, p in enumerate(parts)])
-    structure = _compute(dask, structure, columns)
-    plan = make_plan(parsed, structure, weights, offset)
+    structure = _tree(dask, combine_structure,
+                      [dask.delayed(_structure, pure=True)(p, i, cols) for i, p in enumerate(parts)])
+    plan = make_plan(_compute(dask, structure, columns))
     plan_node = dask.delayed(plan, pure=True)
-    stats = _tree(dask, merge_pieces,
-                  [dask.delayed(_statistics, pure=True)(plan_node, p, i, kinds) for i, p in enumerate(parts)])
+    stats = _tree(dask, merge_pieces, [dask.delayed(_statistics, pure=True)(plan_node, p, i) for i, p in enumerate(parts)])
     return finish(plan, _compute(dask, stats, columns))
 
 

@@ -109,7 +109,7 @@ class Block:
 
     @property
     def k(self) -> int:
-        return self.Z.shape[1]
+        return len(self.columns)
 
     @property
     def nlev(self) -> int:

@@ -44,17 +44,44 @@ from ._formula import ParsedFormula, parse_formula
 from ._frontend import build_design
 from ._stats import Layout, Schema, Stats, accumulate, make_schema, merge_stats
 
-__all__ = ["Plan", "Structure", "combine_structure", "drop_aliased", "finish", "formula_columns_of", "make_plan",
-           "merge_pieces", "piece_statistics", "piece_structure"]
+__all__ = ["Columns", "Plan", "Structure", "check_piece", "column_kind", "columns_of", "combine_structure",
+           "drop_aliased", "finish", "formula_columns_of", "make_plan", "merge_compiled", "merge_pieces", "piece_statistics",
+           "piece_structure"]
+
+
+def column_kind(dtype) -> str:
+    """What a column's dtype means to a formula: numbers, or the levels of a factor (logical,
+    categorical, text): pieces must agree on it."""
+    if pd.api.types.is_bool_dtype(dtype):
+        return "logical"
+    if isinstance(dtype, pd.CategoricalDtype):
+        return "categorical"
+    return "numeric" if pd.api.types.is_numeric_dtype(dtype) else "text"
+
+
+class Columns(NamedTuple):
+    """What the passes read: the parsed formula, the columns in data order (``kinds``: each one's
+    :func:`column_kind` and dtype), the response's, the ``keys`` whose level combinations the
+    first pass collects (grouping factors and non-numeric predictors), the ``required`` ones
+    (a row missing one of them is dropped) and the weights' and offset's column names."""
+
+    parsed: ParsedFormula
+    columns: tuple[str, ...]
+    kinds: dict
+    lhs: tuple[str, ...]
+    keys: tuple[str, ...]
+    required: tuple[str, ...]
+    weights: str | None
+    offset: str | None
 
 
 class Structure(NamedTuple):
     """What the first pass keeps of some pieces: the skeleton rows (one per distinct combination of
-    the ``keys`` columns among complete rows, with the formula's other columns from one such row),
-    the number of rows and of complete rows, and the number of pieces seen."""
+    the ``cols.keys`` columns among complete rows, with the formula's other columns from one such
+    row), the :class:`Columns` read, the number of rows and of complete rows, and of pieces seen."""
 
     frame: pd.DataFrame
-    keys: tuple[str, ...]
+    cols: Columns
     rows: int
     complete: int
     pieces: int
@@ -65,17 +92,42 @@ class Plan(NamedTuple):
 
     ``design`` is the template design without rows (levels, names, frozen specs, lme4's term
     order; every fixed-effects column kept); ``schema`` its statistics' shapes; ``lhs_spec``
-    formulaic's spec of the response; ``columns`` the data columns the formula reads and
-    ``lhs_columns`` the response's; ``weights`` / ``offset`` the prior weights' and offset's
-    column names (or None)."""
+    formulaic's spec of the response; ``cols`` the :class:`Columns` read."""
 
     design: Design
     schema: Schema
     lhs_spec: object
-    columns: tuple[str, ...]
-    lhs_columns: tuple[str, ...]
-    weights: str | None
-    offset: str | None
+    cols: Columns
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.cols.columns
+
+    @property
+    def lhs_columns(self) -> tuple[str, ...]:
+        return self.cols.lhs
+
+    @property
+    def weights(self) -> str | None:
+        return self.cols.weights
+
+    @property
+    def offset(self) -> str | None:
+        return self.cols.offset
+
+
+def columns_of(formula: str | ParsedFormula, meta: pd.DataFrame, weights=None, offset=None) -> Columns:
+    """The :class:`Columns` of a fit of ``formula`` on data whose columns and dtypes are ``meta``'s
+    (a Dask frame's metadata, or any piece)."""
+    parsed, columns, lhs, factors = formula_columns_of(formula, meta.columns, weights, offset)
+    kinds = {c: (column_kind(meta[c].dtype), meta[c].dtype) for c in columns}
+    for c in (weights, offset):
+        if c is not None and kinds[c][0] != "numeric":
+            raise DataError(f"column {c!r} ({'weights' if c == weights else 'offset'}) must be numeric, got dtype "
+                            f"{kinds[c][1]}")
+    prior = (weights, offset)
+    keys = tuple(c for c in columns if c in factors or (kinds[c][0] != "numeric" and c not in lhs and c not in prior))
+    return Columns(parsed, columns, kinds, lhs, keys, tuple(c for c in columns if c not in prior), weights, offset)
 
 
 def formula_columns_of(formula: str | ParsedFormula, columns, weights=None, offset=None):
@@ -111,23 +163,39 @@ def _complete(piece: pd.DataFrame, columns) -> np.ndarray:
     return ~piece[list(columns)].isna().any(axis=1).to_numpy()
 
 
-def piece_structure(piece: pd.DataFrame, columns: tuple[str, ...], keys: tuple[str, ...],
-                    formula_columns: tuple[str, ...] | None = None) -> Structure:
+def piece_structure(piece: pd.DataFrame, cols: Columns, where: str = "a piece") -> Structure:
     """The first pass over one piece: its complete rows' distinct ``keys`` combinations (one row each).
-    A row is complete without a missing value in ``formula_columns`` (default ``columns``; the
-    weights and offset columns are not among them: a missing weight in a row the model uses is an
-    error, as in memory)."""
-    complete = _complete(piece, columns if formula_columns is None else formula_columns)
-    rows = piece.loc[complete, list(columns)] if not complete.all() else piece[list(columns)]
-    frame = rows.drop_duplicates(subset=list(keys)) if keys else rows.iloc[:1]
-    return Structure(frame, keys, len(piece), int(complete.sum()), 1)
+    A row is complete without a missing value in ``cols.required`` (the weights and offset columns
+    are not among them: a missing weight in a row the model uses is an error, as in memory)."""
+    check_piece(piece, cols, where)
+    complete = _complete(piece, cols.required)
+    rows = piece.loc[complete, list(cols.columns)] if not complete.all() else piece[list(cols.columns)]
+    frame = rows.drop_duplicates(subset=list(cols.keys)) if cols.keys else rows.iloc[:1]
+    return Structure(frame, cols, len(piece), int(complete.sum()), 1)
+
+
+def check_piece(piece: pd.DataFrame, cols: Columns, where: str) -> None:
+    """Refuse a piece without one of the columns, or whose column means something else (numbers
+    where the others hold levels, or the reverse) than ``cols.kinds`` says."""
+    for c, (kind, dtype) in cols.kinds.items():
+        if c not in piece.columns:
+            raise DataError(f"{where} has no column {c!r}, which the formula reads")
+        got = piece[c].dtype
+        if column_kind(got) != kind and not (len(piece) and piece[c].isna().all()):
+            raise DataError(f"{where}'s column {c!r} has dtype {got}, but the data's metadata (its first piece or "
+                            f"schema) says {dtype}: the pieces disagree on the column's type; cast it to one type "
+                            f"first (e.g. ddf[{c!r}].astype(...))")
 
 
 def combine_structure(a: Structure, b: Structure) -> Structure:
     """The structure of the pieces of ``a`` and ``b`` together (associative: a tree reduction)."""
+    keys = a.cols.keys
+    if keys != b.cols.keys or a.cols.columns != b.cols.columns:
+        raise DataError(f"the pieces disagree on the columns read or on which hold levels ({list(keys)} against "
+                        f"{list(b.cols.keys)}); give every piece the same columns and dtypes")
     both = pd.concat([a.frame, b.frame], ignore_index=True)
-    frame = both.drop_duplicates(subset=list(a.keys)) if a.keys else both.iloc[:1]
-    return Structure(frame, a.keys, a.rows + b.rows, a.complete + b.complete, a.pieces + b.pieces)
+    frame = both.drop_duplicates(subset=list(keys)) if keys else both.iloc[:1]
+    return Structure(frame, a.cols, a.rows + b.rows, a.complete + b.complete, a.pieces + b.pieces)
 
 
 def _refuse_stateful(spec, what: str) -> None:
@@ -156,8 +224,7 @@ def _refuse_numeric_factors(spec, skeleton: pd.DataFrame, what: str) -> None:
                     "levels are gathered from every piece")
 
 
-def make_plan(formula: str | ParsedFormula, structure: Structure, weights: str | None = None,
-              offset: str | None = None) -> Plan:
+def make_plan(structure: Structure) -> Plan:
     """The :class:`Plan` of a fit from the first pass's :class:`Structure` of all pieces.
 
     lme4's level-count checks (``checkNlevels``, ``checkZdims``) run here against the
@@ -170,7 +237,8 @@ def make_plan(formula: str | ParsedFormula, structure: Structure, weights: str |
 
         raise _no_complete_rows()
     skeleton = structure.frame.reset_index(drop=True)
-    parsed, columns, lhs_cols, _ = formula_columns_of(formula, skeleton.columns, weights, offset)
+    cols = structure.cols
+    parsed, columns, lhs_cols, offset = cols.parsed, cols.columns, cols.lhs, cols.offset
     template = build_design(parsed, skeleton, template=True)
     check_levels([(t.group, _term_text(parsed, t), t.k, template.blocks[t.block].nlev) for t in template.terms],
                  structure.complete)
@@ -194,7 +262,7 @@ def make_plan(formula: str | ParsedFormula, structure: Structure, weights: str |
         template, y=None, X=None, blocks=blocks, terms=tuple(terms), rows=pd.RangeIndex(0), _fixed_spec=fixed_spec,
         _frame=None, positions=None, formula_offset=None, n_dropped_na=structure.rows - structure.complete,
         nobs_total=structure.complete, offset_column=offset)
-    return Plan(design, schema, lhs_spec, columns, lhs_cols, weights, offset)
+    return Plan(design, schema, lhs_spec, cols)
 
 
 def _term_text(parsed: ParsedFormula, term) -> str:
@@ -205,25 +273,42 @@ def _term_text(parsed: ParsedFormula, term) -> str:
     return ", ".join(term.columns)
 
 
+def _matrix(spec, frame: pd.DataFrame, what: str) -> np.ndarray:
+    """``spec``'s model matrix for ``frame``. Not through ``predict``'s evaluator: that one records
+    formulaic's warnings with ``warnings.catch_warnings``, which is not thread-safe, and pieces are
+    made in Dask's worker threads (a level the plan lacks is caught by ``_check_levels`` instead)."""
+    from ._formulaic import FORMULA_CONTEXT
+    from ._predict import _check_levels
+
+    _check_levels(spec, frame, what, "The data changed between the passes over it; fit again")
+    try:
+        mm = spec.get_model_matrix(frame, context=FORMULA_CONTEXT, na_action="ignore")
+    except Exception as exc:  # noqa: BLE001 - formulaic or a transform; the user needs the reason
+        raise DataError(f"evaluating {what} failed ({type(exc).__name__}: {exc})") from None
+    return np.asarray(mm, dtype=np.float64)
+
+
+def _used_levels(col: pd.Series) -> pd.Series:
+    """A Categorical without the categories its values do not use (formulaic re-codes a piece's
+    categories onto the plan's levels, and pandas deprecates categories outside them)."""
+    return col.cat.remove_unused_categories() if isinstance(col.dtype, pd.CategoricalDtype) else col
+
+
 def piece_design(plan: Plan, piece: pd.DataFrame, where: str = "a piece") -> Design:
     """One piece's rows as a :class:`Design` in the plan's shapes: its complete rows materialized
     with the frozen specs, grouping codes indexing the plan's levels (a level the first pass
     did not see is an error: the data changed between passes)."""
-    from ._predict import _evaluate
-
     tpl = plan.design
     lhs = set(plan.lhs_columns)
-    missing = [c for c in plan.columns if c not in piece.columns]
-    if missing:
-        raise DataError(f"{where} has no column(s) {missing}, which the formula reads")
-    frame = pd.DataFrame({c: _prepare(piece[c], c in lhs) for c in plan.columns}, index=piece.index)
+    check_piece(piece, plan.cols, where)
+    frame = pd.DataFrame({c: _used_levels(_prepare(piece[c], c in lhs)) for c in plan.columns}, index=piece.index)
     complete = _complete(frame, [c for c in plan.columns if c not in (plan.weights, plan.offset)])
     kept = frame if complete.all() else frame.loc[complete]
     names = list(tpl.fixed_columns_all)
     if len(kept):
         doubles = _doubles(kept)
-        y = _evaluate(plan.lhs_spec, doubles, f"the response in {where}")[0][:, 0]
-        X_all, _ = _evaluate(tpl.fixed_spec, doubles, f"the fixed-effects part in {where}")
+        y = _matrix(plan.lhs_spec, doubles, f"the response in {where}")[:, 0]
+        X_all = _matrix(tpl.fixed_spec, doubles, f"the fixed-effects part in {where}")
     else:  # an empty piece adds nothing (formulaic cannot evaluate zero rows)
         y, X_all = np.zeros(0), np.zeros((0, len(names)))
     offsets = [names.index(nm) for nm in tpl.offset_columns]
@@ -231,8 +316,8 @@ def piece_design(plan: Plan, piece: pd.DataFrame, where: str = "a piece") -> Des
     formula_offset = X_all[:, offsets].sum(axis=1) if offsets else None
     blocks = []
     for b, blk in enumerate(tpl.blocks):
-        Z = np.column_stack([_evaluate(tpl.terms[t].spec, doubles, f"the random-effects term on {blk.group!r} in "
-                                       f"{where}")[0] for t in blk.terms]) if len(kept) else np.zeros((0, blk.k))
+        Z = np.column_stack([_matrix(tpl.terms[t].spec, doubles, f"the random-effects term on {blk.group!r} in "
+                                     f"{where}") for t in blk.terms]) if len(kept) else np.zeros((0, blk.k))
         if len(kept):
             codes, labels = _grouping(kept, blk.factors)
             index = blk.levels.get_indexer(pd.Index(labels, dtype=object))
@@ -271,12 +356,13 @@ def piece_statistics(plan: Plan, piece: pd.DataFrame, where: str = "a piece") ->
     return jax.device_get(accumulate(plan.schema, piece_design(plan, piece, where)))
 
 
-_merge = _compiled.jit(merge_stats)
+#: merge_stats as one compiled program (called eagerly on host arrays too: ``core.merge``).
+merge_compiled = _compiled.jit(merge_stats)
 
 
 def merge_pieces(a: Stats, b: Stats) -> Stats:
     """:func:`~jaxmlm._stats.merge_stats` as one compiled program, back on the host (picklable)."""
-    return jax.device_get(_merge(a, b))
+    return jax.device_get(merge_compiled(a, b))
 
 
 def drop_aliased(stats: Stats, names: tuple[str, ...], tol: float = 1e-5) -> tuple[Stats, list[int]]:
@@ -292,17 +378,15 @@ def drop_aliased(stats: Stats, names: tuple[str, ...], tol: float = 1e-5) -> tup
     p = len(names)
     WW = np.asarray(stats.WW, dtype=np.float64)
     G = WW[:p, :p]
+    d = np.sqrt(np.maximum(np.diag(G), 0.0))
+    scale = np.where(d > 0, 1.0 / np.where(d > 0, d, 1.0), 0.0)
+    R = G * scale[:, None] * scale[None, :]  # unit diagonal: the test does not depend on the columns' units
     keep: list[int] = []
     for j in range(p):
-        gjj = G[j, j]
-        if gjj <= 0:
+        if d[j] == 0:
             continue
-        if keep:
-            GK = G[np.ix_(keep, keep)]
-            r2 = gjj - G[keep, j] @ np.linalg.solve(GK, G[keep, j])
-        else:
-            r2 = gjj
-        if r2 > tol * tol * gjj:
+        r2 = 1.0 - (R[keep, j] @ np.linalg.solve(R[np.ix_(keep, keep)], R[keep, j]) if keep else 0.0)
+        if r2 > tol * tol:
             keep.append(j)
     if len(keep) == p:
         return stats, keep

@@ -9,6 +9,7 @@ the arrays of :class:`~jaxmlm._solution.Solution`; nothing is mutated later.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -478,6 +479,13 @@ def _pass_fit_and_solve(u0, floats, ints, reml, max_iter, spec: tuple, layout: L
     return stats, fit_packed(u0, stats, reml, layout, max_iter, method)
 
 
+def _in_pieces(data) -> bool:
+    """A Dask frame or a Parquet path (jaxmlm/_dask.py), imported only when data is not a pandas frame."""
+    from ._dask import is_dask_frame, is_dataset_path
+
+    return is_dask_frame(data) or is_dataset_path(data)
+
+
 def lmer(
     formula: str,
     data: pd.DataFrame,
@@ -494,7 +502,9 @@ def lmer(
     """Fit a linear mixed model by REML (default) or maximum likelihood, as lme4's ``lmer``.
 
     ``formula`` uses lme4's syntax, e.g. ``"Reaction ~ Days + (Days | Subject)"``;
-    ``data`` is a pandas DataFrame. Rows with a missing value in any variable
+    ``data`` is a pandas DataFrame — or, for data beyond memory, a Dask DataFrame or the path
+    (file, folder, glob, or a list of them) of a Parquet dataset: then the rows are read
+    partition by partition and only their statistics kept (:mod:`jaxmlm._dask`). Rows with a missing value in any variable
     of the formula are dropped (``m.n_dropped`` counts them). ``data_name``
     labels the data in ``summary()`` (lme4 prints the data argument there).
     ``optimizer`` is "newton" (exact Hessian: closed form for one grouping
@@ -525,13 +535,13 @@ def lmer(
         raise DataError(f"optimizer must be 'auto', 'newton', 'ai' or 'bfgs', got {optimizer!r}")
     if dtype not in ("float64", "float32"):
         raise DataError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
-    from ._dask import is_dask_frame, is_dataset_path
-
-    if is_dask_frame(data) or is_dataset_path(data):
+    if not isinstance(data, pd.DataFrame) and _in_pieces(data):
         from ._dask import fit_statistics
 
         design, layout, stats = fit_statistics(formula, data, weights=weights, offset=offset)
         one = None
+        if data_name is None and isinstance(data, (str, os.PathLike)):
+            data_name = os.fspath(data)  # summary() names the dataset, as lme4 names the data argument
     else:
         design = build_design(formula, data, weights=weights, offset=offset)
         # Small data (float64 mode): the pass over the rows runs in the optimizer's program

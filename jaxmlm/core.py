@@ -23,6 +23,15 @@
   boundary snapping, estimates) as one traceable function.
 * :func:`with_structure` puts a covariance structure of your own (a
   :class:`CovarianceStructure` subclass: parameters → relative factor) on a term.
+* Data in pieces (files, partitions, other machines): :func:`structure` of each piece,
+  :func:`combine_structures`, one :func:`plan`, each piece's :func:`piece_statistics`,
+  :func:`merge`, :func:`finish` — what ``lmer`` does with a Dask frame, for any framework::
+
+      parts = [pd.read_parquet(f) for f in files]            # or one at a time, anywhere
+      st = functools.reduce(core.combine_structures, [core.structure(formula, d) for d in parts])
+      pl = core.plan(st)
+      design, layout, stats = core.finish(pl, functools.reduce(core.merge, [core.piece_statistics(pl, d) for d in parts]))
+      res = core.fit(stats, layout)
 
 θ is lme4's: per random-effects term, the lower triangle of its relative covariance factor
 Λ (Σ = σ² Λ Λᵀ) column by column for unstructured terms; other structures (``diag``,
@@ -52,6 +61,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 
 from . import _compiled, _x64  # noqa: F401
 from ._covariance import CovarianceStructure
@@ -62,6 +72,9 @@ from ._fit import fit as _fit
 from ._frontend import build_design
 from ._objective import _deviance
 from ._optimize import STATUS, OptState, lme4_start
+from ._partitioned import Plan, Structure, columns_of, combine_structure, make_plan, merge_compiled, piece_structure
+from ._partitioned import finish as _finish
+from ._partitioned import piece_statistics as _piece_statistics
 from ._solution import Solution
 from ._solution import solve as _solve
 from ._stats import (
@@ -71,7 +84,6 @@ from ._stats import (
     Stats,
     accumulate,
     make_schema,
-    merge_stats,
     response_ops,
     response_stats,
     with_response,
@@ -83,21 +95,28 @@ __all__ = [
     "Fit",
     "Layout",
     "OptState",
+    "Plan",
     "ResponseOps",
     "STATUS",
     "Schema",
     "Solution",
     "Stats",
+    "Structure",
+    "combine_structures",
     "criterion",
     "design",
+    "finish",
     "fit",
     "merge",
+    "piece_statistics",
+    "plan",
     "response_operators",
     "response_statistics",
     "schema",
     "solve",
     "start",
     "statistics",
+    "structure",
     "theta_names",
     "with_structure",
 ]
@@ -129,8 +148,9 @@ def merge(a: Stats, b: Stats) -> Stats:
 
     Sums, except that each part's response column is centred on its own least-squares
     fit, so both are re-centred on the joint fit first (formulas: ``jaxmlm._stats.merge_stats``).
-    Pure JAX: usable in ``jit``, in a tree reduction over devices or a cluster's partitions."""
-    return merge_stats(a, b)
+    Pure JAX, one compiled program: usable in ``jit``, in a tree reduction over devices or a
+    cluster's partitions, on device or host (numpy) statistics."""
+    return merge_compiled(a, b)
 
 
 @partial(_compiled.jit, static_argnames="layout")
@@ -224,3 +244,33 @@ def with_structure(design: Design, term, structure: CovarianceStructure) -> Desi
                         "definite")
     new = dataclasses.replace(t, cov=structure)
     return dataclasses.replace(design, terms=terms[:term] + (new,) + terms[term + 1:])
+
+
+def structure(formula: str, piece: pd.DataFrame, *, weights: str | None = None, offset: str | None = None) -> Structure:
+    """The first pass over one piece of data held in pieces: its complete rows' distinct
+    combinations of grouping factors and categorical predictors (one row each) and its row
+    counts. ``weights`` / ``offset``: column names. Small: its size is set by the levels."""
+    return piece_structure(piece, columns_of(formula, piece, weights, offset))
+
+
+def combine_structures(a: Structure, b: Structure) -> Structure:
+    """The :class:`Structure` of the pieces of ``a`` and ``b`` together (associative)."""
+    return combine_structure(a, b)
+
+
+def plan(structure: Structure) -> Plan:
+    """The :class:`Plan` (template design without rows, schema, frozen specs) from the structure of
+    all pieces: every piece's statistics are made against it (lme4's level checks run here)."""
+    return make_plan(structure)
+
+
+def piece_statistics(plan: Plan, piece: pd.DataFrame) -> Stats:
+    """The :class:`Stats` of one piece's complete rows in the plan's shapes (host arrays:
+    :func:`merge` them with the other pieces'), on JAX's default device."""
+    return _piece_statistics(plan, piece)
+
+
+def finish(plan: Plan, stats: Stats) -> tuple[Design, Layout, Stats]:
+    """The merged statistics of all pieces → (design without rows, layout, statistics) for
+    :func:`fit`: aliased fixed-effects columns dropped (lme4's warning) as in memory."""
+    return _finish(plan, stats)

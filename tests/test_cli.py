@@ -258,6 +258,23 @@ def test_parquet_input(capsys, sleepstudy_file, cli_json):
     assert json.loads(out)["objective"] == pytest.approx(cli_json("sleepstudy_rs")["objective"], rel=1e-10)
 
 
+@pytest.mark.parametrize("glob", [False, True])
+def test_parquet_dataset_folder_or_glob(capsys, tmp_path, cli_json, glob):
+    """A folder (or glob) of Parquet files is read partition by partition (Dask), with the same fit."""
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("dask")
+    df = jaxmlm.load_example("sleepstudy")
+    for i in range(3):
+        df.iloc[i::3].to_parquet(tmp_path / f"part-{i}.parquet")
+    data = str(tmp_path / "part-*.parquet") if glob else str(tmp_path)
+    status, out, err = run_cli(capsys, "fit", "--no-cache", "--json", data, "Reaction ~ Days + (Days | Subject)")
+    assert status == 0, err
+    j = json.loads(out)
+    assert j["nobs"] == 180 and j["objective"] == pytest.approx(cli_json("sleepstudy_rs")["objective"], rel=1e-10)
+    status, out, err = run_cli(capsys, "fit", "--no-cache", data, "Reaction ~ Days + (Days | Subject)")
+    assert status == 0 and "Scaled residuals: not computed" in out and f"Data: {data}" in out, err
+
+
 @pytest.mark.parametrize("suffix", [".parquet", ".pq"])
 def test_parquet_without_pyarrow(capsys, monkeypatch, tmp_path, suffix):
     path = tmp_path / f"data{suffix}"

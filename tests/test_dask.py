@@ -105,14 +105,20 @@ def test_categorical_columns_keep_their_level_order():
     _same(m, md)
 
 
-def test_aliased_columns_are_dropped_as_in_memory():
+@pytest.mark.parametrize("formula, dropped", [
+    ("y ~ x + x2 + (1 | g)", "x2"),
+    ("y ~ tiny + x + big + (1 | g)", "big"),  # units far apart: the test is on the correlation scale
+])
+def test_aliased_columns_are_dropped_as_in_memory(formula, dropped):
     df = _data(3)
     df["x2"] = 2 * df["x"] - 1
-    with pytest.warns(RankDeficiencyWarning, match="x2"):
-        m = jaxmlm.lmer("y ~ x + x2 + (1 | g)", df)
-    with pytest.warns(RankDeficiencyWarning, match="x2"):
-        md = jaxmlm.lmer("y ~ x + x2 + (1 | g)", _pieces(df, 7, seed=1))
-    assert md.design.dropped_columns == m.design.dropped_columns == ("x2",)
+    df["big"] = 1e6 * df["x"] + 3e5
+    df["tiny"] = 1e-6 * df["x"] + 1e-6 * np.random.default_rng(0).normal(size=len(df))  # not aliased
+    with pytest.warns(RankDeficiencyWarning, match=dropped):
+        m = jaxmlm.lmer(formula, df)
+    with pytest.warns(RankDeficiencyWarning, match=dropped):
+        md = jaxmlm.lmer(formula, _pieces(df, 7, seed=1))
+    assert md.design.dropped_columns == m.design.dropped_columns == (dropped,)
     _same(m, md)
 
 
@@ -164,6 +170,15 @@ def test_bad_paths_and_columns(tmp_path):
     df.to_parquet(tmp_path / "one.parquet")
     with pytest.raises(UnknownColumnError, match=r"'z'.*one\.parquet"):
         jaxmlm.lmer("y ~ z + (1 | g)", str(tmp_path / "one.parquet"))
+    # files of one dataset that disagree: the first such file is named
+    df.iloc[:100].drop(columns="x").to_parquet(tmp_path / "two.parquet")
+    with pytest.raises(DataError, match=r"file '.*two\.parquet' of the Parquet dataset has no column\(s\) \['x'\]"):
+        jaxmlm.lmer("y ~ x + (1 | g)", str(tmp_path))
+    bad = df.iloc[:100].copy()
+    bad["x"] = bad["x"].astype(str)
+    bad.to_parquet(tmp_path / "two.parquet")
+    with pytest.raises(DataError, match=r"file '.*two\.parquet' stores column 'x' as"):
+        jaxmlm.lmer("y ~ x + (1 | g)", str(tmp_path))
     # a partition without a column the others have
     ddf = dd.from_delayed([dask.delayed(df), dask.delayed(df.iloc[:100].drop(columns="x"))], meta=df.iloc[:0],
                           verify_meta=False)
