@@ -185,6 +185,9 @@ def _check_same_rows(models, names) -> None:
     """Refuse models fitted to different rows (lme4: 'models were not all fitted to the same size of dataset')."""
     first, n0 = models[0], names[0]
     for m, nm in zip(models[1:], names[1:]):
+        if not (m.design.held and first.design.held):
+            _check_same_pieces(first, n0, m, nm)
+            continue
         same = m.nobs == first.nobs and m.design.rows.equals(first.design.rows)
         if not same:
             cols = _variables([first, m])
@@ -207,6 +210,23 @@ def _check_same_rows(models, names) -> None:
                 f"{m.formula!r}); likelihoods of differently weighted data are not comparable: fit every model "
                 "with the same weights= and offset"
             )
+
+
+def _check_same_pieces(first, n0: str, m, nm: str) -> None:
+    """Models fitted from data in pieces (jaxmlm/_partitioned.py): the same rows, response, weights and
+    offset, by the rows' fingerprints and the response's formula text."""
+    if m.design.held != first.design.held:
+        raise DataError(f"{n0} and {nm}: one model was fitted to a pandas frame and the other to data in pieces (a Dask "
+                        "frame or a Parquet dataset); compare fits made the same way from the same data")
+    if m.nobs != first.nobs or m.design.fingerprint != first.design.fingerprint:
+        raise DataError(
+            f"the models were fitted to different rows, or to rows with different responses, weights or offsets: "
+            f"{n0} ({first.formula!r}) uses {first.nobs} rows, {nm} ({m.formula!r}) {m.nobs}, and their rows' "
+            "fingerprints differ (rows with a missing value in a variable of a formula are dropped). Likelihoods "
+            "of different data are not comparable: fit every model on the same complete rows")
+    if m.design.formula.lhs != first.design.formula.lhs:
+        raise DataError(f"the models have different responses ({n0}: {first.formula!r}, {nm}: {m.formula!r}); "
+                        "likelihoods of different responses are not comparable")
 
 
 # ---- anova -------------------------------------------------------------------------------------------

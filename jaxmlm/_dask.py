@@ -20,6 +20,7 @@ import pandas as pd
 from ._errors import ConfigurationError, DataError, UnknownColumnError
 from ._partitioned import (
     Columns,
+    aliased,
     Structure,
     columns_of,
     combine_structure,
@@ -28,9 +29,10 @@ from ._partitioned import (
     merge_pieces,
     piece_statistics,
     piece_structure,
+    without,
 )
 
-__all__ = ["check_files", "dataset_files", "is_dask_frame", "is_dataset_path", "fit_statistics", "read_dataset"]
+__all__ = ["check_files", "dataset_files", "fit_statistics", "is_dask_frame", "is_dataset_path", "read_dataset"]
 
 #: Results combined per node of the reduction trees (dask's own default for tree reductions).
 SPLIT_EVERY = 8
@@ -169,9 +171,17 @@ def fit_statistics(formula, data, weights=None, offset=None):
     structure = _tree(dask, combine_structure,
                       [dask.delayed(_structure, pure=True)(p, i, cols) for i, p in enumerate(parts)])
     plan = make_plan(_compute(dask, structure, columns))
-    plan_node = dask.delayed(plan, pure=True)
-    stats = _tree(dask, merge_pieces, [dask.delayed(_statistics, pure=True)(plan_node, p, i) for i, p in enumerate(parts)])
-    return finish(plan, _compute(dask, stats, columns))
+    stats = _compute(dask, _statistics_of(dask, plan, parts), columns)
+    drop = aliased(plan, stats)
+    if drop:  # rare: one more pass, without the aliased columns (see _partitioned.aliased)
+        plan = without(plan, drop)
+        stats = _compute(dask, _statistics_of(dask, plan, parts), columns)
+    return finish(plan, stats)
+
+
+def _statistics_of(dask, plan, parts):
+    node = dask.delayed(plan, pure=True)
+    return _tree(dask, merge_pieces, [dask.delayed(_statistics, pure=True)(node, p, i) for i, p in enumerate(parts)])
 
 
 def _compute(dask, node, columns):

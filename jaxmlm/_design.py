@@ -154,11 +154,13 @@ class Design:
     arg_offset: np.ndarray | None = field(default=None, repr=False)
     offset_column: str | None = None
     nobs_total: int | None = None
+    fingerprint: int | None = None
 
     @property
     def held(self) -> bool:
         """Whether the design holds its rows (False for a fit from data in pieces, e.g. a Dask frame:
-        then ``y``, ``X`` and the blocks' ``Z`` and ``codes`` are None, and ``nobs_total`` counts the rows)."""
+        then ``y``, ``X`` and the blocks' ``Z`` and ``codes`` are None, ``nobs_total`` counts the rows
+        and ``fingerprint`` identifies them: :class:`jaxmlm._partitioned.Structure`)."""
         return self.y is not None
 
     @property

@@ -18,9 +18,11 @@ files of a Parquet dataset — are therefore fitted in two passes over the piece
    levels mapped onto the plan's, and its statistics accumulated against the schema;
    :func:`merge_pieces` adds them up in any order and grouping (a tree).
 
-What needs every row is decided from the merged statistics in :func:`finish`: lme4's checks
-of level counts against the number of rows, and lme4's test for aliased fixed-effects
-columns, made on XᵀX (:func:`drop_aliased`).
+What needs every row is decided from the merged statistics: lme4's checks of level counts
+against the number of rows (in :func:`make_plan`, from the counts), and lme4's test for aliased
+fixed-effects columns, made on the merged XᵀX (:func:`aliased`); when it drops columns, the
+pieces' statistics are made again without them (:func:`without`), as in memory the columns go
+before the pass over the rows.
 
 Limits: transforms whose result depends on all rows (``scale``, ``center``, ``poly``…) are
 refused (their state would come from the skeleton), and so is ``C(x)`` / ``factor(x)`` of a
@@ -45,8 +47,8 @@ from ._frontend import build_design
 from ._stats import Layout, Schema, Stats, accumulate, make_schema, merge_stats
 
 __all__ = ["Columns", "Plan", "Structure", "check_piece", "column_kind", "columns_of", "combine_structure",
-           "drop_aliased", "finish", "formula_columns_of", "make_plan", "merge_compiled", "merge_pieces", "piece_statistics",
-           "piece_structure"]
+           "aliased", "finish", "formula_columns_of", "make_plan", "merge_compiled", "merge_pieces", "piece_statistics",
+           "piece_structure", "without"]
 
 
 def column_kind(dtype) -> str:
@@ -78,13 +80,17 @@ class Columns(NamedTuple):
 class Structure(NamedTuple):
     """What the first pass keeps of some pieces: the skeleton rows (one per distinct combination of
     the ``cols.keys`` columns among complete rows, with the formula's other columns from one such
-    row), the :class:`Columns` read, the number of rows and of complete rows, and of pieces seen."""
+    row), the :class:`Columns` read, the number of rows and of complete rows, and of pieces seen;
+    ``fingerprint`` identifies the complete rows (their index labels, response, weights and offset
+    values): the sum of one 64-bit hash per row, modulo 2⁶⁴, so any split of the rows in any order
+    gives the same value, and fits of different rows differ (``anova(m0, m1)`` checks it)."""
 
     frame: pd.DataFrame
     cols: Columns
     rows: int
     complete: int
     pieces: int
+    fingerprint: int = 0
 
 
 class Plan(NamedTuple):
@@ -171,7 +177,9 @@ def piece_structure(piece: pd.DataFrame, cols: Columns, where: str = "a piece") 
     complete = _complete(piece, cols.required)
     rows = piece.loc[complete, list(cols.columns)] if not complete.all() else piece[list(cols.columns)]
     frame = rows.drop_duplicates(subset=list(cols.keys)) if cols.keys else rows.iloc[:1]
-    return Structure(frame, cols, len(piece), int(complete.sum()), 1)
+    ident = [c for c in (*cols.lhs, cols.weights, cols.offset) if c is not None]
+    hashes = pd.util.hash_pandas_object(rows[ident], index=True).to_numpy()
+    return Structure(frame, cols, len(piece), int(complete.sum()), 1, int(np.sum(hashes, dtype=np.uint64)))
 
 
 def check_piece(piece: pd.DataFrame, cols: Columns, where: str) -> None:
@@ -187,15 +195,31 @@ def check_piece(piece: pd.DataFrame, cols: Columns, where: str) -> None:
                             f"first (e.g. ddf[{c!r}].astype(...))")
 
 
+def _same_categories(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``a`` and ``b`` with each Categorical column on the union of both sides' categories, a's
+    first then b's new ones in their order (as pandas and pyarrow unite the files of a dataset),
+    so that concatenating keeps the column categorical and its level order (the reference level)."""
+    fixes_a, fixes_b = {}, {}
+    for c in a.columns:
+        ca, cb = a[c].dtype, b[c].dtype
+        if isinstance(ca, pd.CategoricalDtype) and isinstance(cb, pd.CategoricalDtype) and not ca.categories.equals(
+                cb.categories):
+            cats = ca.categories.append(cb.categories[~cb.categories.isin(ca.categories)])
+            dtype = pd.CategoricalDtype(cats, ordered=ca.ordered)
+            fixes_a[c], fixes_b[c] = a[c].astype(dtype), b[c].astype(dtype)
+    return (a.assign(**fixes_a) if fixes_a else a), (b.assign(**fixes_b) if fixes_b else b)
+
+
 def combine_structure(a: Structure, b: Structure) -> Structure:
     """The structure of the pieces of ``a`` and ``b`` together (associative: a tree reduction)."""
     keys = a.cols.keys
     if keys != b.cols.keys or a.cols.columns != b.cols.columns:
         raise DataError(f"the pieces disagree on the columns read or on which hold levels ({list(keys)} against "
                         f"{list(b.cols.keys)}); give every piece the same columns and dtypes")
-    both = pd.concat([a.frame, b.frame], ignore_index=True)
+    both = pd.concat(_same_categories(a.frame, b.frame), ignore_index=True)
     frame = both.drop_duplicates(subset=list(keys)) if keys else both.iloc[:1]
-    return Structure(frame, a.cols, a.rows + b.rows, a.complete + b.complete, a.pieces + b.pieces)
+    return Structure(frame, a.cols, a.rows + b.rows, a.complete + b.complete, a.pieces + b.pieces,
+                     (a.fingerprint + b.fingerprint) % (1 << 64))
 
 
 def _refuse_stateful(spec, what: str) -> None:
@@ -240,6 +264,8 @@ def make_plan(structure: Structure) -> Plan:
     cols = structure.cols
     parsed, columns, lhs_cols, offset = cols.parsed, cols.columns, cols.lhs, cols.offset
     template = build_design(parsed, skeleton, template=True)
+    if template.n < len(skeleton):
+        raise _nan_rows(len(skeleton) - template.n, "the data")
     check_levels([(t.group, _term_text(parsed, t), t.k, template.blocks[t.block].nlev) for t in template.terms],
                  structure.complete)
     fixed_spec = template.fixed_spec
@@ -261,7 +287,7 @@ def make_plan(structure: Structure) -> Plan:
     design = dataclasses.replace(
         template, y=None, X=None, blocks=blocks, terms=tuple(terms), rows=pd.RangeIndex(0), _fixed_spec=fixed_spec,
         _frame=None, positions=None, formula_offset=None, n_dropped_na=structure.rows - structure.complete,
-        nobs_total=structure.complete, offset_column=offset)
+        nobs_total=structure.complete, offset_column=offset, fingerprint=structure.fingerprint)
     return Plan(design, schema, lhs_spec, cols)
 
 
@@ -273,6 +299,13 @@ def _term_text(parsed: ParsedFormula, term) -> str:
     return ", ".join(term.columns)
 
 
+def _nan_rows(count: int, where: str) -> DataError:
+    return DataError(
+        f"in {where} the formula gives a missing value (e.g. the log of a number <= 0) in {count} row(s) without "
+        "missing values; in memory such rows are dropped, but with data in pieces a level seen only in them would "
+        "be counted: remove them first (e.g. ddf[ddf['y'] > 0])")
+
+
 def _matrix(spec, frame: pd.DataFrame, what: str) -> np.ndarray:
     """``spec``'s model matrix for ``frame``. Not through ``predict``'s evaluator: that one records
     formulaic's warnings with ``warnings.catch_warnings``, which is not thread-safe, and pieces are
@@ -282,7 +315,8 @@ def _matrix(spec, frame: pd.DataFrame, what: str) -> np.ndarray:
 
     _check_levels(spec, frame, what, "The data changed between the passes over it; fit again")
     try:
-        mm = spec.get_model_matrix(frame, context=FORMULA_CONTEXT, na_action="ignore")
+        with np.errstate(all="ignore"):  # thread-safe, unlike catch_warnings: NaN is reported below
+            mm = spec.get_model_matrix(frame, context=FORMULA_CONTEXT, na_action="ignore")
     except Exception as exc:  # noqa: BLE001 - formulaic or a transform; the user needs the reason
         raise DataError(f"evaluating {what} failed ({type(exc).__name__}: {exc})") from None
     return np.asarray(mm, dtype=np.float64)
@@ -333,8 +367,7 @@ def piece_design(plan: Plan, piece: pd.DataFrame, where: str = "a piece") -> Des
     for blk in blocks:
         nan |= np.isnan(blk.Z).any(axis=1)
     if nan.any():
-        raise DataError(f"{where}: the formula gives a missing value (e.g. log of a negative number) in "
-                        f"{int(nan.sum())} complete row(s); with data in pieces such rows must be removed first")
+        raise _nan_rows(int(nan.sum()), where)
     weights = arg_offset = None
     if plan.weights is not None:
         weights = np.asarray(kept[plan.weights], dtype=np.float64)
@@ -365,22 +398,21 @@ def merge_pieces(a: Stats, b: Stats) -> Stats:
     return jax.device_get(merge_compiled(a, b))
 
 
-def drop_aliased(stats: Stats, names: tuple[str, ...], tol: float = 1e-5) -> tuple[Stats, list[int]]:
-    """Statistics without the fixed-effects columns aliased with earlier ones, and the kept columns.
+def aliased(plan: Plan, stats: Stats, tol: float = 1e-5) -> tuple[str, ...]:
+    """The fixed-effects columns of ``plan`` aliased with earlier ones, judged on the merged XᵀX.
 
     lme4 (chkRank.drop.cols) drops a column whose residual on the columns before it is below
     1e-7 of its norm (pivoting QR of X); from XᵀX alone, whose condition number is squared,
-    the test is made at relative residual ``tol`` (1e-5), which finds exact aliasing (a
-    level combination that never occurs, a column that is a sum of others) reliably. The
-    response column is centred on β₀ over all columns; over the kept ones K it is centred on
-    β₀_K + C β₀_D with X_D = X_K C, the same vector.
-    """
+    the test is made at relative residual ``tol`` (1e-5), on the correlation scale (so the
+    columns' units do not matter). The statistics of the kept columns are then made again
+    (:func:`without`): centring the response on nearly aliased columns loses the digits that
+    recentring them afterwards would need."""
+    names = plan.design.fixef_names
     p = len(names)
-    WW = np.asarray(stats.WW, dtype=np.float64)
-    G = WW[:p, :p]
+    G = np.asarray(stats.WW, dtype=np.float64)[:p, :p]
     d = np.sqrt(np.maximum(np.diag(G), 0.0))
     scale = np.where(d > 0, 1.0 / np.where(d > 0, d, 1.0), 0.0)
-    R = G * scale[:, None] * scale[None, :]  # unit diagonal: the test does not depend on the columns' units
+    R = G * scale[:, None] * scale[None, :]  # unit diagonal
     keep: list[int] = []
     for j in range(p):
         if d[j] == 0:
@@ -388,37 +420,41 @@ def drop_aliased(stats: Stats, names: tuple[str, ...], tol: float = 1e-5) -> tup
         r2 = 1.0 - (R[keep, j] @ np.linalg.solve(R[np.ix_(keep, keep)], R[keep, j]) if keep else 0.0)
         if r2 > tol * tol:
             keep.append(j)
-    if len(keep) == p:
-        return stats, keep
-    drop = [j for j in range(p) if j not in keep]
-    beta0 = np.asarray(stats.beta0, dtype=np.float64)
-    C = np.linalg.solve(G[np.ix_(keep, keep)], G[np.ix_(keep, drop)])
-    beta_k = beta0[keep] + C @ beta0[drop]
-    idx = keep + [p]
-    out = stats._replace(
-        WW=WW[np.ix_(idx, idx)], Z1W=np.asarray(stats.Z1W)[..., idx], ZrW=np.asarray(stats.ZrW)[:, idx],
-        beta0=beta_k, p=np.asarray(float(len(keep))))
-    return out, keep
+    return tuple(nm for j, nm in enumerate(names) if j not in keep)
+
+
+def without(plan: Plan, names: tuple[str, ...]) -> Plan:
+    """``plan`` without the fixed-effects columns ``names`` (recorded as dropped, lme4's way)."""
+    tpl = plan.design
+    design = dataclasses.replace(tpl, fixef_names=tuple(nm for nm in tpl.fixef_names if nm not in names),
+                                 dropped_columns=tpl.dropped_columns + tuple(names))
+    layout = plan.schema.layout._replace(p=len(design.fixef_names))
+    return plan._replace(design=design, schema=plan.schema._replace(layout=layout))
 
 
 def finish(plan: Plan, stats: Stats) -> tuple[Design, Layout, Stats]:
-    """The merged statistics of all pieces → (design without rows, layout, statistics) for the fit:
-    aliased fixed-effects columns dropped (with lme4's warning), a response left with nothing to
-    explain refused."""
+    """The merged statistics of all pieces → (design without rows, layout, statistics) for the fit.
+
+    Aliased fixed-effects columns must have been taken out of the plan first (:func:`aliased`,
+    :func:`without`, statistics made again): that is an error here. The dropped ones get lme4's
+    warning; a response with nothing to explain is refused, as in memory."""
     tpl = plan.design
-    stats, keep = drop_aliased(stats, tpl.fixef_names)
-    names = tpl.fixef_names
-    dropped = tuple(nm for j, nm in enumerate(names) if j not in keep)
+    left = aliased(plan, stats)
+    if left:
+        raise DataError(f"fixed-effects column(s) {list(left)} are aliased with earlier ones: make the plan without "
+                        "them (jaxmlm._partitioned.without) and the pieces' statistics again")
+    dropped = tpl.dropped_columns
     if dropped:
         warnings.warn(
             f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
             f"column{'s' if len(dropped) > 1 else ''} / coefficient{'s' if len(dropped) > 1 else ''}: "
             f"{', '.join(dropped)}", RankDeficiencyWarning, stacklevel=4)
-    p = len(keep)
-    rss = float(np.asarray(stats.WW)[p, p])
-    if not rss > 0:
-        raise DataError(f"the response {tpl.formula.lhs!r} is an exact linear function of the fixed-effects columns "
-                        "(or constant): nothing is left for random effects or residuals to explain")
-    design = dataclasses.replace(tpl, fixef_names=tuple(names[j] for j in keep), dropped_columns=dropped)
-    layout = plan.schema.layout._replace(p=p)
-    return design, layout, jax.device_put(stats)
+    p = len(tpl.fixef_names)
+    WW, beta0 = np.asarray(stats.WW), np.asarray(stats.beta0)
+    rss = float(WW[p, p])
+    yy = rss + 2.0 * float(beta0 @ WW[:p, p]) + float(beta0 @ WW[:p, :p] @ beta0)  # Σ yᵢ² (weighted)
+    if not rss > 1e-20 * yy:  # as in memory: the residuals below 1e-10 of the response's scale
+        raise DataError(f"the response {tpl.formula.lhs!r} is constant or an exact linear function of the fixed-effects "
+                        "columns: nothing is left for random effects or residuals to explain, so the model has no "
+                        "maximum-likelihood estimate")
+    return tpl, plan.schema.layout, jax.device_put(stats)

@@ -305,7 +305,8 @@ class LinearMixedModel:
     def pearson_resid(self) -> np.ndarray:
         """Pearson residuals √wᵢ (yᵢ − fittedᵢ) / σ̂: scaled to unit variance (lme4's
         ``residuals(m, "pearson", scaled = TRUE)``, which ``summary`` describes)."""
-        return _readonly(np.sqrt(self.weights) * (self.design.y - self._fitted) / self.sigma)
+        d = self._rows("Pearson residuals")
+        return _readonly(np.sqrt(self.weights) * (d.y - self._fitted) / self.sigma)
 
     # ---- refitting --------------------------------------------------------------------
     def update(self, formula: str | None = None, *, REML: bool | None = None) -> LinearMixedModel:

@@ -25,12 +25,15 @@
   :class:`CovarianceStructure` subclass: parameters → relative factor) on a term.
 * Data in pieces (files, partitions, other machines): :func:`structure` of each piece,
   :func:`combine_structures`, one :func:`plan`, each piece's :func:`piece_statistics`,
-  :func:`merge`, :func:`finish` — what ``lmer`` does with a Dask frame, for any framework::
+  :func:`merge`, :func:`without_aliased`, :func:`finish` — what ``lmer`` does with a Dask frame, for any framework::
 
       parts = [pd.read_parquet(f) for f in files]            # or one at a time, anywhere
       st = functools.reduce(core.combine_structures, [core.structure(formula, d) for d in parts])
       pl = core.plan(st)
-      design, layout, stats = core.finish(pl, functools.reduce(core.merge, [core.piece_statistics(pl, d) for d in parts]))
+      stats = functools.reduce(core.merge, [core.piece_statistics(pl, d) for d in parts])
+      if (pl2 := core.without_aliased(pl, stats)) is not pl:   # aliased columns: the statistics again
+          pl, stats = pl2, functools.reduce(core.merge, [core.piece_statistics(pl2, d) for d in parts])
+      design, layout, stats = core.finish(pl, stats)
       res = core.fit(stats, layout)
 
 θ is lme4's: per random-effects term, the lower triangle of its relative covariance factor
@@ -73,7 +76,9 @@ from ._frontend import build_design
 from ._objective import _deviance
 from ._optimize import STATUS, OptState, lme4_start
 from ._partitioned import Plan, Structure, columns_of, combine_structure, make_plan, merge_compiled, piece_structure
+from ._partitioned import aliased as _aliased
 from ._partitioned import finish as _finish
+from ._partitioned import without as _without
 from ._partitioned import piece_statistics as _piece_statistics
 from ._solution import Solution
 from ._solution import solve as _solve
@@ -119,6 +124,7 @@ __all__ = [
     "structure",
     "theta_names",
     "with_structure",
+    "without_aliased",
 ]
 
 
@@ -270,7 +276,15 @@ def piece_statistics(plan: Plan, piece: pd.DataFrame) -> Stats:
     return _piece_statistics(plan, piece)
 
 
+def without_aliased(plan: Plan, stats: Stats) -> Plan:
+    """``plan`` itself when no fixed-effects column is aliased with earlier ones (judged on the
+    merged statistics of all pieces), else a plan without those columns: make the pieces'
+    statistics again against it (centring the response on nearly aliased columns loses digits)."""
+    drop = _aliased(plan, stats)
+    return _without(plan, drop) if drop else plan
+
+
 def finish(plan: Plan, stats: Stats) -> tuple[Design, Layout, Stats]:
     """The merged statistics of all pieces → (design without rows, layout, statistics) for
-    :func:`fit`: aliased fixed-effects columns dropped (lme4's warning) as in memory."""
+    :func:`fit`, with lme4's warning for the columns :func:`without_aliased` dropped."""
     return _finish(plan, stats)

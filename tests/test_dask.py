@@ -108,18 +108,60 @@ def test_categorical_columns_keep_their_level_order():
 @pytest.mark.parametrize("formula, dropped", [
     ("y ~ x + x2 + (1 | g)", "x2"),
     ("y ~ tiny + x + big + (1 | g)", "big"),  # units far apart: the test is on the correlation scale
+    ("y ~ x + xr + (1 | g)", "xr"),  # nearly aliased: the statistics are made again without xr
+    ("y ~ x + x32 + (1 | g)", "x32"),
 ])
 def test_aliased_columns_are_dropped_as_in_memory(formula, dropped):
     df = _data(3)
     df["x2"] = 2 * df["x"] - 1
     df["big"] = 1e6 * df["x"] + 3e5
     df["tiny"] = 1e-6 * df["x"] + 1e-6 * np.random.default_rng(0).normal(size=len(df))  # not aliased
+    df["xr"] = df["x"].round(9)
+    df["x32"] = df["x"].astype(np.float32).astype(float)
     with pytest.warns(RankDeficiencyWarning, match=dropped):
         m = jaxmlm.lmer(formula, df)
     with pytest.warns(RankDeficiencyWarning, match=dropped):
         md = jaxmlm.lmer(formula, _pieces(df, 7, seed=1))
     assert md.design.dropped_columns == m.design.dropped_columns == (dropped,)
     _same(m, md)
+
+
+def test_pieces_with_different_categories_keep_the_level_order():
+    """Pieces whose Categorical holds only its own levels (files written per subset): the levels of
+    all pieces in order of appearance, as Dask's and pyarrow's concatenation gives them."""
+    df = _data(12)
+    df["fc"] = pd.Categorical(df["f"], categories=["mid", "lo", "hi"])
+    df = df.sort_values("fc", kind="stable")
+    parts = [p.assign(fc=p["fc"].cat.remove_unused_categories()) for p in _split(df, 3)]
+    ddf = dd.from_delayed([dask.delayed(p) for p in parts], meta=df.iloc[:0], verify_meta=False)
+    whole = ddf.compute()
+    assert list(whole["fc"].cat.categories) == ["mid", "lo", "hi"]
+    m = jaxmlm.lmer("y ~ x + fc + (1 | g)", whole)
+    md = jaxmlm.lmer("y ~ x + fc + (1 | g)", ddf)
+    assert list(md.fixef.index) == ["(Intercept)", "x", "fclo", "fchi"]
+    _same(m, md)
+
+
+def test_model_comparison_checks_the_rows():
+    df = _data(13)
+    rng = np.random.default_rng(0)
+    df["z"] = rng.normal(size=len(df))  # missing in as many used rows as x, other ones
+    lost = df.x.isna() & df.y.notna()
+    other = rng.choice(np.flatnonzero(df.x.notna() & df.y.notna()), int(lost.sum()), replace=False)
+    df.loc[df.index[other], "z"] = np.nan
+    ddf = _pieces(df, 4, seed=2)
+    m0, m1 = (jaxmlm.lmer(f, df, REML=False) for f in ("y ~ x + (1 | g)", "y ~ x + f + (1 | g)"))
+    md0, md1 = (jaxmlm.lmer(f, ddf, REML=False) for f in ("y ~ x + (1 | g)", "y ~ x + f + (1 | g)"))
+    pd.testing.assert_frame_equal(jaxmlm.anova(md0, md1), jaxmlm.anova(m0, m1), rtol=1e-8)
+    mz = jaxmlm.lmer("y ~ z + f + (1 | g)", ddf, REML=False)
+    assert mz.nobs == md0.nobs
+    with pytest.raises(DataError, match="different rows"):
+        jaxmlm.anova(md0, mz)
+    other = jaxmlm.lmer("y ~ x + f + (1 | g)", _pieces(_data(14), 4, seed=2), REML=False)
+    with pytest.raises(DataError, match="different rows"):
+        jaxmlm.anova(md0, other)
+    with pytest.raises(DataError, match="pandas frame and the other to data in pieces"):
+        jaxmlm.anova(m0, md1)
 
 
 def test_parquet_dataset(tmp_path):
@@ -144,7 +186,7 @@ def test_summary_and_row_free_inference():
 
 
 @pytest.mark.parametrize("use", [
-    lambda m: m.fitted, lambda m: m.resid, lambda m: m.predict(), lambda m: m.simulate(2), lambda m: m.ranova(),
+    lambda m: m.fitted, lambda m: m.resid, lambda m: m.pearson_resid, lambda m: m.weights, lambda m: m.predict(), lambda m: m.simulate(2), lambda m: m.ranova(),
     lambda m: m.anova(), lambda m: m.update(REML=False), lambda m: m.icc(), lambda m: jaxmlm.emmeans(m, "f"),
 ])
 def test_results_that_need_the_rows_say_so(use):
@@ -200,6 +242,12 @@ def test_refused_formulas_and_sizes():
         jaxmlm.lmer("y ~ x + (1 | g)", df, weights="w")
     with pytest.raises(DataError, match="weights must be finite"):
         jaxmlm.lmer("y ~ x + (1 | g)", _pieces(df, 3, seed=0), weights="w")
+    flat = _data(9).assign(y=lambda d: 1 + 2 * d["x"])
+    with pytest.raises(DataError, match="exact linear function"):
+        jaxmlm.lmer("y ~ x + (1 | g)", _pieces(flat, 3, seed=0))
+    negative = _data(9)
+    with pytest.raises(DataError, match="the formula gives a missing value"):
+        jaxmlm.lmer("np.log(y) ~ x + (1 | g)", _pieces(negative, 3, seed=0))
     small = pd.DataFrame({"y": [1.0, 2.0, 3.0, 4.0], "g": ["a", "b", "c", "d"]})
     with pytest.raises(GroupingError, match="number of levels of each grouping factor"):
         jaxmlm.lmer("y ~ 1 + (1 | g)", dd.from_pandas(small, npartitions=2))
