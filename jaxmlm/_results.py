@@ -434,6 +434,38 @@ class LinearMixedModel:
         self._rows("r2_nakagawa() (the variance of the fixed-effects predictions)")
         return r2_nakagawa(self, **kwargs)
 
+    def hatvalues(self) -> np.ndarray:
+        """Leverage of each row used in the fit, as lme4's ``hatvalues`` (see :mod:`jaxmlm._influence`)."""
+        from ._influence import hat_values
+
+        return _readonly(hat_values(self))
+
+    def cooks_distance(self) -> np.ndarray:
+        """Cook's distance of each row used in the fit, as lme4's ``cooks.distance``."""
+        from ._influence import cooks_distance
+
+        return _readonly(cooks_distance(self))
+
+    # ---- tidy tables (jaxmlm/_tidy.py) --------------------------------------------------
+    def tidy(self, effects=("fixed", "ran_pars"), conf_int: bool = False, conf_level: float = 0.95,
+             ddf: str = "Satterthwaite") -> pd.DataFrame:
+        """One row per estimate, as broom.mixed's ``tidy`` (see :func:`jaxmlm._tidy.tidy`)."""
+        from ._tidy import tidy
+
+        return tidy(self, effects=effects, conf_int=conf_int, conf_level=conf_level, ddf=ddf)
+
+    def glance(self) -> pd.DataFrame:
+        """One row per model, as broom.mixed's ``glance``: nobs, sigma, logLik, AIC, BIC, REMLcrit or deviance, df.residual."""
+        from ._tidy import glance
+
+        return glance(self)
+
+    def augment(self) -> pd.DataFrame:
+        """The model frame with fitted values, residuals, hat values and Cook's distances, as broom.mixed's ``augment``."""
+        from ._tidy import augment
+
+        return augment(self)
+
     def summary(self) -> str:
         """lme4-style text summary (also printed by ``print(m)``)."""
         from ._present import summary_text
