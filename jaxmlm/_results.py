@@ -455,7 +455,7 @@ class LinearMixedModel:
         return tidy(self, effects=effects, conf_int=conf_int, conf_level=conf_level, ddf=ddf)
 
     def glance(self) -> pd.DataFrame:
-        """One row per model, as broom.mixed's ``glance``: nobs, sigma, logLik, AIC, BIC, REMLcrit or deviance, df.residual."""
+        """One row per model, as broom.mixed's ``glance``: nobs, sigma, logLik, AIC, BIC, REMLcrit or deviance, df_residual."""
         from ._tidy import glance
 
         return glance(self)

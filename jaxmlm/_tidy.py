@@ -1,8 +1,10 @@
 """Tidy tables of a fit, as broom.mixed's ``tidy``, ``glance`` and ``augment`` give them for lmerTest fits.
 
 One row per estimate (``tidy``), one row per model (``glance``), one row per observation
-(``augment``), with broom's column names, so that tables from many fits stack, merge and
-plot without reshaping (Robinson 2014, "broom: an R package for converting statistical
+(``augment``), with broom's rows, term names and columns — spelt with underscores where broom
+has a dot inside a name (``std_error``, ``p_value``, ``conf_low``, ``df_residual``), so that
+they are plain Python identifiers — so that tables from many fits stack, merge and plot
+without reshaping (Robinson 2014, "broom: an R package for converting statistical
 analysis objects into tidy data frames"; broom.mixed 0.2.9.4, Bolker & Robinson). Tested
 against broom.mixed on REML and ML, slope, nested and crossed fits
 (``tests/reference/broom/``).
@@ -25,17 +27,17 @@ def _fixed(m, conf_int: bool, conf_level: float, ddf: str) -> pd.DataFrame:
     ct = m.coef_table(ddf=ddf)
     out = pd.DataFrame({
         "effect": "fixed", "group": None, "term": list(ct.index),
-        "estimate": ct["Estimate"].to_numpy(), "std.error": ct["Std. Error"].to_numpy(),
+        "estimate": ct["Estimate"].to_numpy(), "std_error": ct["Std. Error"].to_numpy(),
         "statistic": ct.iloc[:, -2].to_numpy(),
     })
     if "df" in ct.columns:
         out["df"] = ct["df"].to_numpy()
-    out["p.value"] = ct.iloc[:, -1].to_numpy()
+    out["p_value"] = ct.iloc[:, -1].to_numpy()
     if conf_int:
         df = out["df"].to_numpy() if "df" in out else np.full(len(out), np.inf)
         q = st.t.ppf(0.5 + conf_level / 2, df)
-        out["conf.low"] = out["estimate"] - q * out["std.error"]
-        out["conf.high"] = out["estimate"] + q * out["std.error"]
+        out["conf_low"] = out["estimate"] - q * out["std_error"]
+        out["conf_high"] = out["estimate"] + q * out["std_error"]
     return out
 
 
@@ -61,7 +63,7 @@ def _ran_vals(m) -> pd.DataFrame:
     rf = m.ranef_frame()
     return pd.DataFrame({"effect": "ran_vals", "group": rf["grpvar"].to_numpy(), "level": rf["grp"].astype(str).to_numpy(),
                          "term": rf["term"].to_numpy(), "estimate": rf["condval"].to_numpy(),
-                         "std.error": rf["condsd"].to_numpy()})
+                         "std_error": rf["condsd"].to_numpy()})
 
 
 def _ran_coefs(m) -> pd.DataFrame:
@@ -77,13 +79,14 @@ def tidy(m, effects=("fixed", "ran_pars"), conf_int: bool = False, conf_level: f
          ddf: str = "Satterthwaite") -> pd.DataFrame:
     """One row per estimate, as broom.mixed's ``tidy`` of an lmerTest fit.
 
-    ``effects``: any of "fixed" (estimate, std.error, t statistic, ``ddf`` degrees of freedom
+    ``effects``: any of "fixed" (estimate, std_error, t statistic, ``ddf`` degrees of freedom
     and p-value: lmerTest's table), "ran_pars" (SDs ``sd__x`` and correlations ``cor__x.z``
     per grouping factor, then the residual ``sd__Observation``), "ran_vals" (conditional
     modes with conditional SDs per level) and "ran_coefs" (fixed plus random effects per
     level). ``conf_int``: t-based Wald intervals for the fixed effects at ``conf_level``
     (with the same df; broom's ``conf.method = "Wald"``); random-effect parameters get none.
-    Columns and order are broom's, which puts the fixed effects first.
+    Columns and order are broom's (``std_error``, ``p_value``, ``conf_low``, ``conf_high`` for
+    its ``std.error``, ...), which puts the fixed effects first.
     """
     chosen = (effects,) if isinstance(effects, str) else tuple(effects)
     bad = [e for e in chosen if e not in _EFFECTS]
@@ -98,16 +101,16 @@ def tidy(m, effects=("fixed", "ran_pars"), conf_int: bool = False, conf_level: f
         parts.append(_fixed(m, conf_int, conf_level, ddf) if e == "fixed" else
                      _ran_pars(m) if e == "ran_pars" else _ran_vals(m) if e == "ran_vals" else _ran_coefs(m))
     out = pd.concat(parts, ignore_index=True)
-    columns = ["effect", "group", "level", "term", "estimate", "std.error", "statistic", "df", "p.value",
-               "conf.low", "conf.high"]
+    columns = ["effect", "group", "level", "term", "estimate", "std_error", "statistic", "df", "p_value",
+               "conf_low", "conf_high"]
     return out[[c for c in columns if c in out.columns]]
 
 
 def glance(m) -> pd.DataFrame:
-    """One row: nobs, sigma, logLik, AIC, BIC, REMLcrit (REML fits) or deviance (ML fits), df.residual."""
+    """One row: nobs, sigma, logLik, AIC, BIC, REMLcrit (REML fits) or deviance (ML fits), df_residual."""
     crit = "REMLcrit" if m.REML else "deviance"
     return pd.DataFrame({"nobs": [m.nobs], "sigma": [m.sigma], "logLik": [m.loglik], "AIC": [m.aic], "BIC": [m.bic],
-                         crit: [m.objective], "df.residual": [m.nobs - m.npar]})
+                         crit: [m.objective], "df_residual": [m.nobs - m.npar]})
 
 
 def augment(m) -> pd.DataFrame:
