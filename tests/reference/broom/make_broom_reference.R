@@ -1,4 +1,4 @@
-# broom.mixed's tidy / glance / augment of lmerTest fits, for tests/test_tidy.py.
+# broom.mixed's tidy / glance / augment of lmerTest fits, for tests/test_tidy.py, and lme4's lmList.
 # Run from the repository root:  Rscript tests/reference/broom/make_broom_reference.R
 # Data: the package's own CSVs (jaxmlm/data), with the factor level orders of levels.json.
 # The optimizer runs to tight tolerances, so that lme4's optimum is the criterion's minimum to
@@ -43,5 +43,9 @@ for (cs in cases) {
     augment = col(aug),
     augment_rows = as.integer(rownames(aug)))
 }
+# lme4's lmList (per-group OLS coefficients), for tests/test_lmlist.py: NA where a group cannot estimate one
+ll <- function(f, d) { cf <- coef(lmList(as.formula(f), d)); list(formula = f, levels = rownames(cf), coef = col(cf)) }
+out$lmlist <- list(sleep = c(ll("Reaction ~ Days | Subject", sleep), data = "sleepstudy"),
+                   classroom = c(ll("mathgain ~ mathkind + sex | classid", cls), data = "classroom"))
 writeLines(toJSON(out, digits = NA, na = "null", auto_unbox = TRUE, pretty = FALSE),
            "tests/reference/broom/broom_reference.json")

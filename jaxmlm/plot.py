@@ -1,0 +1,243 @@
+"""jaxmlm.plot — the pictures a multilevel course draws, from a fitted model (matplotlib).
+
+Each function takes a fitted :class:`~jaxmlm.LinearMixedModel` and returns the matplotlib
+Axes (or Figure, for several panels) it drew on, so it can be styled, saved or tested:
+
+* :func:`caterpillar` — conditional modes of each level with intervals from the conditional
+  SDs, sorted (lme4's ``dotplot(ranef(m, condVar = TRUE))``);
+* :func:`shrinkage` — per-group OLS estimates (``lmList``, no pooling) against the model's
+  per-group coefficients (partial pooling), with the fixed effects (complete pooling);
+* :func:`group_lines` — each group's data with its fitted line, one panel per group
+  (lattice's ``xyplot(y ~ x | g)`` with the model's fit);
+* :func:`trajectories` — individual fitted trajectories against the population mean;
+* :func:`resid_fitted` — residuals against fitted values;
+* :func:`qq` — normal QQ plot of the scaled residuals or of one term's conditional modes;
+* :func:`ranef_density` — density of the conditional modes of one term, with the
+  normal density the model assumes for the random effects.
+
+Needs matplotlib (``pip install 'jaxmlm[plot]'``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+from ._errors import ConfigurationError, DataError
+
+__all__ = ["caterpillar", "group_lines", "qq", "ranef_density", "resid_fitted", "shrinkage", "trajectories"]
+
+
+def _plt():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - the [plot] extra installs it
+        raise ConfigurationError("jaxmlm.plot needs matplotlib: pip install 'jaxmlm[plot]'") from None
+    return plt
+
+
+def _axes(ax):
+    return _plt().subplots()[1] if ax is None else ax
+
+
+def _group(m, group: str | None) -> str:
+    groups = list(m.ranef)
+    if group is None:
+        return groups[0]
+    if group not in groups:
+        raise DataError(f"the model has no grouping factor {group!r}; it has {groups}")
+    return group
+
+
+def _term(m, group: str, term: str | None) -> str:
+    cols = list(m.ranef[group].columns)
+    if term is None:
+        return cols[0]
+    if term not in cols:
+        raise DataError(f"the random effects of {group!r} have no term {term!r}; they have {cols}")
+    return term
+
+
+def caterpillar(m, group: str | None = None, term: str | None = None, level: float = 0.95, ax=None):
+    """Conditional modes b̂ of ``group``'s levels for one ``term`` (default: the first of each), sorted,
+    with intervals b̂ ± z·condsd at ``level`` (lme4's ``dotplot(ranef(m, condVar = TRUE))``)."""
+    g = _group(m, group)
+    t = _term(m, g, term)
+    modes, sds = m.ranef[g][t], m.condsd[g][t]
+    order = np.argsort(modes.to_numpy(), kind="stable")
+    z = stats.norm.ppf(0.5 + level / 2)
+    ax = _axes(ax)
+    y = np.arange(len(order))
+    ax.errorbar(modes.to_numpy()[order], y, xerr=z * sds.to_numpy()[order], fmt="o", ms=3, lw=1, color="C0")
+    ax.axvline(0.0, color="0.5", lw=0.8, ls="--")
+    if len(y) <= 60:
+        ax.set_yticks(y, [str(v) for v in modes.index[order]], fontsize="x-small" if len(y) > 30 else None)
+        ax.set_ylabel(g)
+    else:  # too many to label: the levels' ranks
+        ax.set_ylabel(f"{g} ({len(y)} levels, by conditional mode)")
+    ax.set_xlabel(f"conditional mode of {t} ± {level:.0%} interval")
+    ax.set_title(f"{g}: {t}")
+    return ax
+
+
+def shrinkage(m, group: str | None = None, terms: tuple[str, str] | None = None, ax=None):
+    """No pooling against partial pooling: each group's OLS coefficients (:func:`jaxmlm.lmList` of the
+    model's fixed part) and the model's per-group coefficients (``m.coef``), joined by arrows, with
+    the fixed effects (complete pooling) marked. Two coefficients (default the first two of the
+    random-effects terms) give a plane; one (random intercepts) a strip of arrows per group."""
+    from ._lmlist import lmList
+
+    d = m._rows("shrinkage()")
+    g = _group(m, group)
+    ols = lmList(f"{d.formula.lhs} ~ {d.formula.fixed_rhs} | {g}", d.frame)  # g: "a:b" for nested levels
+    part = m.coef[g]
+    names = list(terms) if terms is not None else [c for c in m.ranef[g].columns][:2]
+    missing = [c for c in names if c not in ols.columns or c not in part.columns]
+    if missing:
+        raise DataError(f"shrinkage needs coefficients that are both fixed and random; {missing} are not")
+    common = part.index.intersection(ols.index)
+    ax = _axes(ax)
+    fe = m.fixef
+    if len(names) >= 2:
+        a, b = names[:2]
+        x0, y0 = ols.loc[common, a].to_numpy(), ols.loc[common, b].to_numpy()
+        x1, y1 = part.loc[common, a].to_numpy(), part.loc[common, b].to_numpy()
+        ax.scatter(x0, y0, s=12, color="C1", label="no pooling (per-group OLS)")
+        ax.scatter(x1, y1, s=12, color="C0", label="partial pooling (mixed model)")
+        for i in range(len(common)):
+            ax.annotate("", xy=(x1[i], y1[i]), xytext=(x0[i], y0[i]),
+                        arrowprops=dict(arrowstyle="->", color="0.6", lw=0.7))
+        ax.scatter([fe[a]], [fe[b]], marker="X", s=80, color="k", label="complete pooling (fixed effects)")
+        ax.set_xlabel(a)
+        ax.set_ylabel(b)
+    else:
+        a = names[0]
+        x0, x1 = ols.loc[common, a].to_numpy(), part.loc[common, a].to_numpy()
+        ax.scatter(x0, np.zeros(len(common)), s=12, color="C1", label="no pooling (per-group OLS)")
+        ax.scatter(x1, np.ones(len(common)), s=12, color="C0", label="partial pooling (mixed model)")
+        for i in range(len(common)):
+            ax.plot([x0[i], x1[i]], [0, 1], color="0.6", lw=0.7)
+        ax.axvline(fe[a], color="k", ls="--", label="complete pooling (fixed effect)")
+        ax.set_yticks([0, 1], ["per-group OLS", "mixed model"])
+        ax.set_xlabel(a)
+    ax.set_title(f"shrinkage of {g}'s coefficients")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def _x_column(m, x: str) -> np.ndarray:
+    d = m._rows("group_lines() and trajectories()")
+    frame = d.frame
+    if x not in frame.columns:
+        raise DataError(f"{x!r} is not a column of the model frame; it has {list(frame.columns)}")
+    return frame[x].to_numpy(dtype=float)
+
+
+def group_lines(m, x: str, group: str | None = None, max_groups: int = 24, ncols: int = 6):
+    """Each group's observations against ``x`` with the model's fitted values as a line, one panel
+    per level of ``group`` (the first ``max_groups`` levels), as lattice's ``xyplot(y ~ x | g)``."""
+    plt = _plt()
+    d = m._rows("group_lines()")
+    g = _group(m, group)
+    block = next(b for b in d.blocks if b.group == g)
+    xs = _x_column(m, x)
+    levels = list(range(min(block.nlev, max_groups)))
+    nrows = math.ceil(len(levels) / ncols)
+    fig, axes = plt.subplots(nrows, min(ncols, len(levels)), sharex=True, sharey=True, squeeze=False,
+                             figsize=(2.0 * min(ncols, len(levels)), 1.8 * nrows))
+    fitted = m.fitted
+    for k, ax in enumerate(axes.ravel()):
+        if k >= len(levels):
+            ax.set_visible(False)
+            continue
+        rows = np.flatnonzero(block.codes == levels[k])
+        order = rows[np.argsort(xs[rows], kind="stable")]
+        ax.plot(xs[order], d.y[order], "o", ms=3, color="C0")
+        ax.plot(xs[order], fitted[order], "-", color="C1")
+        ax.set_title(str(block.levels[levels[k]]), fontsize="small")
+    fig.supxlabel(x)
+    fig.supylabel(d.formula.lhs)
+    return fig
+
+
+def trajectories(m, x: str, group: str | None = None, ax=None):
+    """Each group's fitted trajectory over ``x`` (thin lines) and the population mean, the fixed
+    part Xβ̂ (thick): how far individuals spread around the average growth."""
+    d = m._rows("trajectories()")
+    g = _group(m, group)
+    block = next(b for b in d.blocks if b.group == g)
+    xs = _x_column(m, x)
+    fixed = d.X @ np.asarray(m.fixef) + (0.0 if d.offset is None else d.offset)
+    ax = _axes(ax)
+    fitted = m.fitted
+    for level in range(block.nlev):
+        rows = np.flatnonzero(block.codes == level)
+        order = rows[np.argsort(xs[rows], kind="stable")]
+        ax.plot(xs[order], fitted[order], color="C0", alpha=0.35, lw=0.8)
+    order = np.argsort(xs, kind="stable")
+    ax.plot(xs[order], fixed[order], color="k", lw=2.5, label="population mean (fixed effects)")
+    ax.set_xlabel(x)
+    ax.set_ylabel(d.formula.lhs)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def resid_fitted(m, ax=None):
+    """Pearson residuals against fitted values, with a smooth-free zero line (lme4's ``plot(m)``)."""
+    ax = _axes(ax)
+    ax.scatter(m.fitted, m.pearson_resid, s=8, color="C0")
+    ax.axhline(0.0, color="0.5", lw=0.8, ls="--")
+    ax.set_xlabel("fitted values")
+    ax.set_ylabel("scaled residuals")
+    return ax
+
+
+def qq(m, which: str = "resid", term: str | None = None, ax=None):
+    """Normal QQ plot of the scaled residuals (``which="resid"``) or of one grouping factor's
+    conditional modes (``which=<grouping factor>``, ``term`` default its first column),
+    against the normal quantiles (R's ``qqnorm``: plotting positions (i − a) / (n + 1 − 2a),
+    a = 3/8 for n ≤ 10, else 1/2), with the line through the quartiles (``qqline``)."""
+    if which == "resid":
+        values, label = m.pearson_resid, "scaled residuals"
+    else:
+        g = _group(m, which)
+        t = _term(m, g, term)
+        values, label = m.ranef[g][t].to_numpy(), f"conditional modes, {g}: {t}"
+    n = len(values)
+    a = 3 / 8 if n <= 10 else 0.5
+    theo = stats.norm.ppf((np.arange(1, n + 1) - a) / (n + 1 - 2 * a))
+    sample = np.sort(values)
+    ax = _axes(ax)
+    ax.scatter(theo, sample, s=8, color="C0")
+    q1, q3 = np.quantile(values, [0.25, 0.75])
+    z1, z3 = stats.norm.ppf([0.25, 0.75])
+    slope = (q3 - q1) / (z3 - z1)
+    ax.axline((z1, q1), slope=slope, color="C1", lw=1)
+    ax.set_xlabel("normal quantiles")
+    ax.set_ylabel(label)
+    return ax
+
+
+def ranef_density(m, group: str | None = None, term: str | None = None, ax=None):
+    """Kernel density of one term's conditional modes with the normal density N(0, σ̂²_term) the
+    model assumes for the random effects (modes are shrunk, so their spread is smaller)."""
+    g = _group(m, group)
+    t = _term(m, g, term)
+    values = m.ranef[g][t].to_numpy()
+    vc = m.varcorr
+    row = vc[(vc["var1"] == t) & vc["var2"].isna()]
+    sd = float(row[row["grp"].isin([tm.vc_name for tm in m.design.terms if tm.group == g])]["sdcor"].iloc[0])
+    lim = max(4 * sd, float(np.max(np.abs(values))) * 1.1) if sd > 0 else float(np.max(np.abs(values))) * 1.1 + 1e-12
+    grid = np.linspace(-lim, lim, 256)
+    ax = _axes(ax)
+    if np.std(values) > 0:
+        ax.plot(grid, stats.gaussian_kde(values)(grid), color="C0", label="conditional modes (kernel density)")
+    ax.plot(grid, stats.norm.pdf(grid, scale=sd) if sd > 0 else np.zeros_like(grid), color="C1", ls="--",
+            label=f"N(0, {sd:.3g}²), the model's")
+    ax.plot(values, np.zeros_like(values), "|", color="C0", ms=10)
+    ax.set_xlabel(f"{g}: {t}")
+    ax.set_ylabel("density")
+    ax.legend(fontsize="small")
+    return ax

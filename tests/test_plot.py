@@ -1,0 +1,90 @@
+"""jaxmlm.plot: each function draws the model's numbers (checked on the artists' data, not pixels)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from scipy import stats  # noqa: E402
+
+import jaxmlm  # noqa: E402
+from jaxmlm import DataError, plot  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sleep():
+    return jaxmlm.lmer("Reaction ~ Days + (Days | Subject)", jaxmlm.load_example("sleepstudy"))
+
+
+@pytest.fixture(autouse=True)
+def _close():
+    yield
+    plt.close("all")
+
+
+def _offsets(ax, k=0):
+    return np.asarray(ax.collections[k].get_offsets())
+
+
+def test_caterpillar(sleep):
+    ax = plot.caterpillar(sleep, term="Days", level=0.9)
+    modes, sds = sleep.ranef["Subject"]["Days"], sleep.condsd["Subject"]["Days"]
+    order = np.argsort(modes.to_numpy(), kind="stable")
+    line = ax.lines[0]
+    np.testing.assert_allclose(line.get_xdata(), modes.to_numpy()[order])
+    segs = ax.collections[0].get_segments()  # the error bars: x ± z·condsd
+    half = np.array([(s[1][0] - s[0][0]) / 2 for s in segs])
+    np.testing.assert_allclose(half, stats.norm.ppf(0.95) * sds.to_numpy()[order], rtol=1e-12)
+    assert [t.get_text() for t in ax.get_yticklabels()] == [str(v) for v in modes.index[order]]
+
+
+def test_shrinkage(sleep):
+    ax = plot.shrinkage(sleep)
+    ols = jaxmlm.lmList("Reaction ~ Days | Subject", jaxmlm.load_example("sleepstudy"))
+    np.testing.assert_allclose(_offsets(ax, 0), ols[["(Intercept)", "Days"]].to_numpy())
+    np.testing.assert_allclose(_offsets(ax, 1), sleep.coef["Subject"][["(Intercept)", "Days"]].to_numpy())
+    np.testing.assert_allclose(_offsets(ax, 2), [sleep.fixef[["(Intercept)", "Days"]].to_numpy()])
+    one = jaxmlm.lmer("Reaction ~ Days + (1 | Subject)", jaxmlm.load_example("sleepstudy"))
+    ax = plot.shrinkage(one)
+    np.testing.assert_allclose(_offsets(ax, 1)[:, 0], one.coef["Subject"]["(Intercept)"].to_numpy())
+    with pytest.raises(DataError, match="grouping factor"):
+        plot.shrinkage(sleep, group="Days")
+
+
+def test_trajectories_and_group_lines(sleep):
+    ax = plot.trajectories(sleep, "Days")
+    assert len(ax.lines) == 18 + 1
+    d = sleep.design
+    days = d.frame["Days"].to_numpy()
+    mean = ax.lines[-1]
+    np.testing.assert_allclose(mean.get_ydata(), (d.X @ sleep.fixef.to_numpy())[np.argsort(days, kind="stable")])
+    fig = plot.group_lines(sleep, "Days", max_groups=8, ncols=4)
+    visible = [a for a in fig.axes if a.get_visible()]
+    assert len(visible) == 8
+    first = visible[0]
+    rows = np.flatnonzero(d.blocks[0].codes == 0)
+    np.testing.assert_allclose(first.lines[0].get_ydata(), d.y[rows])
+    np.testing.assert_allclose(first.lines[1].get_ydata(), sleep.fitted[rows])
+    with pytest.raises(DataError, match="not a column"):
+        plot.trajectories(sleep, "Hours")
+
+
+def test_residuals_qq_and_density(sleep):
+    ax = plot.resid_fitted(sleep)
+    np.testing.assert_allclose(_offsets(ax), np.column_stack([sleep.fitted, sleep.pearson_resid]))
+    ax = plot.qq(sleep)
+    n = sleep.nobs
+    theo = stats.norm.ppf((np.arange(1, n + 1) - 0.5) / n)  # R's ppoints for n > 10
+    np.testing.assert_allclose(_offsets(ax), np.column_stack([theo, np.sort(sleep.pearson_resid)]))
+    ax = plot.qq(sleep, "Subject", term="Days")
+    np.testing.assert_allclose(_offsets(ax)[:, 1], np.sort(sleep.ranef["Subject"]["Days"].to_numpy()))
+    ax = plot.ranef_density(sleep, term="Days")
+    sd = sleep.varcorr.query("var1 == 'Days' and var2.isna()")["sdcor"].iloc[0]
+    normal = ax.lines[1]
+    assert np.max(normal.get_ydata()) == pytest.approx(1 / (sd * np.sqrt(2 * np.pi)), rel=1e-3)
+    with pytest.raises(DataError, match="no term"):
+        plot.qq(sleep, "Subject", term="Hours")
