@@ -475,6 +475,12 @@ class LinearMixedModel:
     def __str__(self) -> str:
         return self.summary()
 
+    def _repr_html_(self) -> str:
+        """A notebook shows a bare model as its ``summary()`` (preformatted, HTML-escaped)."""
+        import html
+
+        return f"<pre>{html.escape(self.summary())}</pre>"
+
 
 @_compiled.jit
 def _as_float32(stats: Stats) -> Stats:
