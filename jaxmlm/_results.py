@@ -199,6 +199,16 @@ class LinearMixedModel:
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
     @property
+    def varcorr_matrices(self) -> dict[str, pd.DataFrame]:
+        """The covariance matrix of each random-effects term, σ̂² T Tᵀ (lme4's ``VarCorr(m)[[name]]``),
+        keyed by the term's name in VarCorr (``Subject``, ``Subject.1`` …), rows and columns its columns."""
+        def sym(S):  # σ² T Tᵀ, exactly symmetric
+            return (S + S.T) / 2
+
+        return {term.vc_name: pd.DataFrame(sym(self._term_cov(t)), index=list(term.columns), columns=list(term.columns))
+                for t, term in enumerate(self.design.terms)}
+
+    @property
     def is_singular(self) -> bool:
         """lme4's isSingular: a template diagonal below 1e-4 (a variance on the boundary)."""
         mask = diagonal_mask(self.layout)

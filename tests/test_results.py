@@ -67,6 +67,24 @@ def test_variance_components(fits, cid):
 
 
 @pytest.mark.parametrize("cid", IDS)
+def test_varcorr_matrices(fits, cid):
+    """VarCorr's matrix form: each term's covariance matrix holds R's variances and covariances."""
+    ref, m = CASES[cid], fits(cid)
+    mats = m.varcorr_matrices
+    rv = pd.DataFrame(ref["varcorr"])
+    rv = rv[rv["grp"] != "Residual"]
+    assert list(mats) == list(dict.fromkeys(rv["grp"]))
+    scale = rv["vcov"].abs().max()
+    for r in rv.itertuples(index=False):
+        S = mats[r.grp]
+        other = r.var1 if "var2" not in rv or pd.isna(r.var2) else r.var2
+        assert S.loc[r.var1, other] == pytest.approx(r.vcov, rel=2e-3, abs=1e-7 * scale)
+        assert S.loc[other, r.var1] == S.loc[r.var1, other]  # symmetric
+    for S in mats.values():
+        assert np.all(np.linalg.eigvalsh(S.to_numpy()) >= -1e-9 * scale)
+
+
+@pytest.mark.parametrize("cid", IDS)
 def test_random_effects(fits, cid):
     ref, m = CASES[cid], fits(cid)
     ours = m.ranef_frame()
