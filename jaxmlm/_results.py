@@ -528,6 +528,44 @@ def _pass_fit_and_solve(u0, floats, ints, reml, max_iter, spec: tuple, layout: L
     return stats, fit_packed(u0, stats, reml, layout, max_iter, method)
 
 
+def _subset(data, subset, weights, offset):
+    """(rows of ``data`` where ``subset`` holds, weights and offset values cut alike): lme4's ``subset``."""
+    if not isinstance(data, pd.DataFrame):
+        raise DataError("subset= needs a pandas DataFrame; filter a Dask frame or dataset before fitting it "
+                        "(e.g. ddf[ddf.year >= 2000])")
+    if isinstance(subset, str):
+        try:
+            mask = data.eval(subset)
+        except Exception as exc:  # noqa: BLE001 - pandas' parser and evaluation errors alike
+            raise DataError(f"subset {subset!r} could not be evaluated on the data ({type(exc).__name__}: {exc})") \
+                from None
+    elif isinstance(subset, pd.Series):
+        if not subset.index.equals(data.index):
+            raise DataError("subset given as a Series must have the data's index")
+        mask = subset
+    else:
+        mask = np.asarray(subset)
+        if mask.ndim != 1 or len(mask) != len(data):
+            raise DataError(f"subset must be a condition (text) or one boolean per row of the data ({len(data)}), "
+                            f"got {mask.shape}")
+    values = pd.Series(mask, index=data.index) if not isinstance(mask, pd.Series) else mask
+    present = values.dropna()
+    if not (pd.api.types.is_bool_dtype(present.dtype) or (present.dtype == object and
+                                                           all(isinstance(v, (bool, np.bool_)) for v in present))):
+        raise DataError(f"subset must be true or false for each row, got values of dtype {values.dtype}")
+    keep = values.fillna(False).to_numpy(dtype=bool)  # missing: left out, as R's subset
+    if not keep.any():
+        raise DataError("subset leaves no rows")
+
+    def cut(v):  # values given per row of data (a column name needs nothing)
+        if v is None or isinstance(v, str):
+            return v
+        arr = v.to_numpy() if isinstance(v, pd.Series) else np.asarray(v)
+        return arr[keep] if arr.ndim == 1 and len(arr) == len(keep) else v  # a wrong length: build_design says so
+
+    return data.loc[keep], cut(weights), cut(offset)
+
+
 def _in_pieces(data) -> bool:
     """A Dask frame or a Parquet path (jaxmlm/_dask.py), imported only when data is not a pandas frame."""
     from ._dask import is_dask_frame, is_dataset_path
@@ -547,6 +585,7 @@ def lmer(
     data_name: str | None = None,
     weights=None,
     offset=None,
+    subset=None,
 ) -> LinearMixedModel:
     """Fit a linear mixed model by REML (default) or maximum likelihood, as lme4's ``lmer``.
 
@@ -577,6 +616,11 @@ def lmer(
     lme4's ``offset`` argument; ``offset(expr)`` terms in the formula do the same
     and may be combined with it. ``fitted``, ``predict`` and ``simulate`` include
     the offset.
+
+    ``subset``: fit only some rows, as lme4's ``subset`` — a boolean mask (one value per row,
+    or a Series on ``data``'s index) or a condition in pandas' ``DataFrame.eval`` syntax, e.g.
+    ``"Days >= 2"``; rows where it is missing are left out, as R does. Weights or offsets
+    given as values are cut to the same rows. ``data`` is not modified.
     """
     if not isinstance(REML, (bool, np.bool_)):
         raise DataError(f"REML must be True or False, got {REML!r}")
@@ -584,6 +628,8 @@ def lmer(
         raise DataError(f"optimizer must be 'auto', 'newton', 'ai' or 'bfgs', got {optimizer!r}")
     if dtype not in ("float64", "float32"):
         raise DataError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    if subset is not None:
+        data, weights, offset = _subset(data, subset, weights, offset)
     if not isinstance(data, pd.DataFrame) and _in_pieces(data):
         from ._dask import fit_statistics
 

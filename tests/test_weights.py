@@ -309,3 +309,26 @@ def test_update_keeps_rows_weights_and_offset(sleep):
     _close(u.loglik, direct.loglik, rtol=1e-10)
     _close(u.fixef, direct.fixef)
     _close(m.update().loglik, m.loglik, rtol=1e-12)
+
+
+def test_subset_equals_fitting_the_filtered_rows():
+    """lmer(subset=) as lme4's subset: a condition, a mask or a Series; weights given as values are
+    cut alike; missing mask values leave the row out; the data frame is not modified."""
+    df = jaxmlm.load_example("sleepstudy")
+    df = df.assign(w=np.linspace(0.5, 2.0, len(df)))
+    before = df.copy()
+    keep = df["Days"] >= 2
+    ref = jaxmlm.lmer("Reaction ~ Days + (Days | Subject)", df[keep], weights=df.loc[keep, "w"].to_numpy())
+    for subset in ("Days >= 2", keep, keep.to_numpy()):
+        m = jaxmlm.lmer("Reaction ~ Days + (Days | Subject)", df, weights=df["w"].to_numpy(), subset=subset)
+        assert m.nobs == ref.nobs and m.objective == pytest.approx(ref.objective, rel=1e-12)
+        np.testing.assert_allclose(m.fixef, ref.fixef, rtol=1e-10)
+    masked = keep.astype(object)
+    masked.iloc[:3] = None
+    m = jaxmlm.lmer("Reaction ~ Days + (Days | Subject)", df, subset=masked)
+    assert m.nobs == int(keep.sum()) - int(keep.iloc[:3].sum())
+    pd.testing.assert_frame_equal(df, before)
+    for bad, match in (("Hours > 2", "could not be evaluated"), (np.ones(5, bool), "one boolean per row"),
+                       (df["Days"], "true or false"), ("Days > 100", "no rows")):
+        with pytest.raises(DataError, match=match):
+            jaxmlm.lmer("Reaction ~ Days + (Days | Subject)", df, subset=bad)
