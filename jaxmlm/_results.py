@@ -331,43 +331,64 @@ class LinearMixedModel:
 
     # ---- prediction and simulation (jaxmlm/_predict.py, jaxmlm/_refit.py) -------
     def predict(self, newdata: pd.DataFrame | None = None, re_form=None, allow_new_levels: bool = False,
-                offset=None, **kwargs):
-        """Predictions as lme4's ``predict.merMod`` (see :func:`jaxmlm._predict.predict`)."""
+                offset=None, **kwargs) -> np.ndarray:
+        """Predictions Xβ̂ + Zb̂ (+ offset), as lme4's ``predict.merMod``.
+
+        ``newdata``: a DataFrame of new rows (None: the fitted rows); ``re_form``: which random
+        effects to include — None (all), ``"~0"`` or ``"NA"`` (none: the population mean), or a
+        formula of some of the model's terms (``"~(1 | Subject)"``); ``allow_new_levels``: give a
+        grouping level the fit never saw zero random effects instead of an error; ``offset``: the
+        new rows' offsets when the model was fitted with ``offset=`` values. Rows with a missing
+        predictor give NaN. Other lme4 arguments (``type``, ``se.fit``) are refused by name.
+        """
         from ._predict import predict
 
         if newdata is None:
             self._rows("predict() without newdata")
         return predict(self, newdata, re_form=re_form, allow_new_levels=allow_new_levels, offset=offset, **kwargs)
 
-    def simulate(self, nsim: int = 1, seed=None, use_u: bool = False, **kwargs) -> np.ndarray:
-        """Responses simulated from the fitted model, (nsim, nobs), as lme4's ``simulate.merMod``."""
+    def simulate(self, nsim: int = 1, seed=None, use_u: bool = False) -> np.ndarray:
+        """``nsim`` responses simulated from the fitted model, an (nsim, nobs) array, as lme4's
+        ``simulate.merMod``: new random effects each time (``use_u=False``), or the conditional
+        modes held fixed (``use_u=True``); ``seed``: None, an int, a numpy Generator or a JAX PRNG key."""
         from ._refit import simulate
 
         self._rows("simulate()")
-        return simulate(self, nsim, seed=seed, use_u=use_u, **kwargs)
+        return simulate(self, nsim, seed=seed, use_u=use_u)
 
-    def refit_many(self, Y, **kwargs):
-        """Refit the same design to every row of ``Y`` (nsim, nobs) in one batched computation."""
+    def refit_many(self, Y, progress: bool = True, chunk_size: int | None = None, *, REML: bool | None = None,
+                   start=None, max_iter: int = 200):
+        """Refit the same design to every row of ``Y`` (nsim, nobs) in one batched computation
+        (lme4's ``refit`` over many responses). ``REML``: default the model's; ``start``: θ to
+        start from (default the fit's θ̂, "default" lmer's own start); ``chunk_size``: responses per compiled batch;
+        ``progress``: a progress bar (tqdm) for long runs. Returns a ``RefitResult`` (θ, β, σ,
+        criteria and convergence of every refit)."""
         from ._refit import refit_many
 
         self._rows("refit_many()")
-        return refit_many(self, Y, **kwargs)
+        return refit_many(self, Y, progress, chunk_size, REML=REML, start=start, max_iter=max_iter)
 
-    def bootstrap(self, nsim: int, seed=None, **kwargs):
-        """Parametric bootstrap of fixed effects and variance components."""
+    def bootstrap(self, nsim: int, seed=None, level: float = 0.95, progress: bool = True,
+                  chunk_size: int | None = None, use_u: bool = False):
+        """Parametric bootstrap of the fixed effects and variance components (lme4's ``bootMer``):
+        ``nsim`` responses simulated from the fit (``use_u`` as in :meth:`simulate`), each refitted
+        in batches; the result holds the replicates and gives percentile intervals at ``level``."""
         from ._refit import bootstrap
 
         self._rows("bootstrap()")
-        return bootstrap(self, nsim, seed=seed, **kwargs)
+        return bootstrap(self, nsim, seed=seed, level=level, progress=progress, chunk_size=chunk_size, use_u=use_u)
 
     # ---- inference (jaxmlm/_inference.py, jaxmlm/_compare.py, jaxmlm/_confint.py) ---
-    def coef_table(self, ddf: str = "Satterthwaite", **kwargs) -> pd.DataFrame:
-        """Estimate, Std. Error, df, t value, Pr(>|t|) as lmerTest's summary."""
+    def coef_table(self, ddf: str = "Satterthwaite") -> pd.DataFrame:
+        """The fixed-effects table of lmerTest's summary: Estimate, Std. Error, df, t value, Pr(>|t|).
+
+        ``ddf``: "Satterthwaite" (default), "Kenward-Roger" (REML fits; adjusted SEs as pbkrtest)
+        or "none" (Wald z-tests, df = inf)."""
         from ._inference import coef_table
 
         if str(ddf).lower().startswith("k"):
             self._rows("Kenward-Roger degrees of freedom")
-        return coef_table(self, ddf=ddf, **kwargs)
+        return coef_table(self, ddf=ddf)
 
     def contest(self, L, ddf: str = "Satterthwaite", rhs=0.0) -> pd.DataFrame:
         """F-test of L β = rhs with Satterthwaite or Kenward-Roger df, as lmerTest's contest(joint = TRUE)."""
@@ -403,46 +424,56 @@ class LinearMixedModel:
 
         return all_fit(self, optimizers=optimizers, n_random=n_random, seed=seed, max_iter=max_iter)
 
-    def variance_components(self, level: float = 0.95, **kwargs) -> pd.DataFrame:
-        """Each SD / variance / correlation with its standard error and a Wald interval (as Stata)."""
+    def variance_components(self, level: float = 0.95) -> pd.DataFrame:
+        """Each random-effect SD, variance and correlation and the residual SD with its standard error
+        and a Wald interval at ``level``, computed on the log-SD / Fisher-z scale as Stata's ``mixed``."""
         from ._inference import variance_components
 
-        return variance_components(self, level=level, **kwargs)
+        return variance_components(self, level=level)
 
-    def confint(self, method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
-        """Confidence intervals as lme4's ``confint(oldNames = FALSE)``."""
+    def confint(self, method: str = "profile", level: float = 0.95, parm=None, nsim: int = 500, seed=None,
+                **kwargs) -> pd.DataFrame:
+        """Confidence intervals as lme4's ``confint(oldNames = FALSE)``: ``method`` "profile"
+        (likelihood profile), "Wald" (fixed effects only) or "boot" (parametric bootstrap with
+        ``nsim`` replicates and ``seed``); ``parm``: the rows wanted (names, positions, or
+        ``"theta_"`` / ``"beta_"``), default all. Further keywords go to the profile search or to
+        :meth:`bootstrap`."""
         from ._confint import confint
 
         if method == "boot":
             self._rows("confint(method='boot')")
-        return confint(self, method=method, level=level, **kwargs)
+        return confint(self, method=method, level=level, parm=parm, nsim=nsim, seed=seed, **kwargs)
 
-    def ranova(self, **kwargs) -> pd.DataFrame:
-        """lmerTest's single-term deletion table for the random-effect terms."""
+    def ranova(self, reduce_terms: bool = True) -> pd.DataFrame:
+        """lmerTest's ``ranova``: a likelihood-ratio test of each random-effects term against the model
+        without it (``reduce_terms=True``: a vector term is reduced to its intercept, as lmerTest does)."""
         from ._compare import ranova
 
         self._rows("ranova() (refits of reduced models)")
-        return ranova(self, **kwargs)
+        return ranova(self, reduce_terms=reduce_terms)
 
-    def lrt_vs_ols(self, **kwargs):
-        """Stata's "LR test vs. linear regression" with the 50:50 χ̄² mixture p-value."""
+    def lrt_vs_ols(self):
+        """Stata's "LR test vs. linear regression": the model against the same fixed effects without
+        random effects, with the χ̄² mixture p-value for variances on the boundary."""
         from ._compare import lrt_vs_ols
 
-        return lrt_vs_ols(self, **kwargs)
+        return lrt_vs_ols(self)
 
-    def icc(self, **kwargs):
-        """Intraclass correlations σ²_group / (Σσ²_groups + σ²_ε) per grouping level."""
+    def icc(self) -> pd.DataFrame:
+        """Intraclass correlations σ²_group / (Σσ²_groups + σ²_ε) per grouping factor, and cumulative
+        (the correlation of two observations sharing this and every higher level)."""
         from ._compare import icc
 
         self._rows("icc() (the random-effects columns' variances)")
-        return icc(self, **kwargs)
+        return icc(self)
 
-    def r2_nakagawa(self, **kwargs):
-        """Nakagawa & Schielzeth's marginal and conditional R²."""
+    def r2_nakagawa(self) -> pd.Series:
+        """Nakagawa & Schielzeth's marginal R² (variance of the fixed-effects predictions over the total)
+        and conditional R² (fixed plus random effects over the total)."""
         from ._compare import r2_nakagawa
 
         self._rows("r2_nakagawa() (the variance of the fixed-effects predictions)")
-        return r2_nakagawa(self, **kwargs)
+        return r2_nakagawa(self)
 
     def hatvalues(self) -> np.ndarray:
         """Leverage of each row used in the fit, as lme4's ``hatvalues`` (see :mod:`jaxmlm._influence`)."""

@@ -402,3 +402,23 @@ def test_response_with_nothing_to_explain_is_refused(make, match):
     # a response that varies a little (1e-6 of its size) is fitted
     ok = make(d).assign(y=lambda t: t.y + 1e-6 * t.y.abs().max() * rng.normal(size=60))
     assert jaxmlm.lmer("y ~ x + (1 | g)", ok).sigma > 0
+
+
+def test_methods_carry_the_signatures_of_what_they_run():
+    """help(m.method) shows the real arguments, not **kwargs (the functions behind the methods
+    live in private modules)."""
+    import inspect
+
+    from jaxmlm import _compare, _confint, _inference, _predict, _refit
+
+    pairs = {"predict": _predict.predict, "simulate": _refit.simulate, "refit_many": _refit.refit_many,
+             "bootstrap": _refit.bootstrap, "coef_table": _inference.coef_table,
+             "variance_components": _inference.variance_components, "confint": _confint.confint,
+             "ranova": _compare.ranova, "lrt_vs_ols": _compare.lrt_vs_ols, "icc": _compare.icc,
+             "r2_nakagawa": _compare.r2_nakagawa, "contest": _inference.contest}
+    for name, fn in pairs.items():
+        method = inspect.signature(getattr(jaxmlm.LinearMixedModel, name))
+        ours = [(p.name, p.kind, p.default) for p in list(method.parameters.values())[1:]]
+        theirs = [(p.name, p.kind, p.default) for p in list(inspect.signature(fn).parameters.values())[1:]]
+        assert ours == theirs, name
+        assert len(inspect.getdoc(getattr(jaxmlm.LinearMixedModel, name))) > 80, name
