@@ -187,21 +187,33 @@ def _fixed_effects_table(m) -> tuple[list[str], bool]:
 def _random_effects_table(m) -> str:
     lines = []
     header = ["Groups", "Name", "Variance", "Std.Dev.", "Corr"]
-    body = []
+    body, variances, sds = [], [], []
+    ncorr = max(t.k for t in m.design.terms if t.cov.shows_covariances()) - 1 if any(
+        t.cov.shows_covariances() for t in m.design.terms) else 0
     for t, term in enumerate(m.design.terms):
         S = m._term_cov(t)
         sd = np.sqrt(np.diag(S))
         with np.errstate(invalid="ignore", divide="ignore"):
             corr = S / np.outer(sd, sd)
+        # lme4's formatVC: format(round(corr, 2), nsmall = 2) over the whole matrix (one width),
+        # the lower triangle shown, one column per correlation
+        cells = [f"{v:.2f}" if np.isfinite(v) else "NaN" for v in corr.ravel()]
+        width = max(len(c) for c in cells)
+        cells = np.array([c.rjust(width) for c in cells]).reshape(term.k, term.k)
         for i, c in enumerate(term.columns):
-            cr = " ".join(f"{corr[i, j]:5.2f}" if np.isfinite(corr[i, j]) else "  NaN" for j in range(i))
-            body.append([term.vc_name if i == 0 else "", c, _sig(S[i, i]), _sig(sd[i]), cr])
-    body.append(["Residual", "", _sig(m.sigma**2), _sig(m.sigma), ""])
-    ncol = 5 if any(r[4] for r in body) else 4
+            shown = [cells[i, j] if term.cov.shows_covariances() else "" for j in range(i)]
+            body.append([term.vc_name if i == 0 else "", c, "", ""] + (shown + [""] * ncorr)[:ncorr])
+            variances.append(S[i, i])
+            sds.append(sd[i])
+    body.append(["Residual", "", "", ""] + [""] * ncorr)
+    # As lme4's formatVC: each numeric column formatted as one vector (R's format, 4 digits),
+    # then every column left-justified to its header.
+    for row, var, sd in zip(body, r_format(variances + [m.sigma**2], 4), r_format(sds + [m.sigma], 4)):
+        row[2], row[3] = var, sd
+    header = header[:4] + (["Corr"] + [""] * (ncorr - 1) if ncorr else [])
+    ncol = len(header)
     widths = [max(len(r[j]) for r in body + [header]) for j in range(ncol)]
-    fmt = lambda r: " " + " ".join(  # noqa: E731
-        (r[j].ljust(widths[j]) if j < 2 or j == 4 else r[j].rjust(widths[j])) for j in range(ncol)
-    )
+    fmt = lambda r: " " + " ".join(r[j].ljust(widths[j]) for j in range(ncol))  # noqa: E731
     lines.append(fmt(header).rstrip())
     lines += [fmt(r).rstrip() for r in body]
     return "\n".join(lines)
@@ -242,7 +254,7 @@ def summary_text(m) -> str:
     out.append("")
     out.append("Random effects:")
     out.append(_random_effects_table(m))
-    groups = ", ".join(f"{g}, {n}" for g, n in m.ngroups.items())
+    groups = "; ".join(f"{g}, {n}" for g, n in m.ngroups.items())  # lme4: semicolons between factors
     out.append(f"Number of obs: {m.nobs}, groups:  {groups}")
     if m.design.dropped_columns:
         out.append(f"Dropped (aliased) fixed-effect columns: {', '.join(m.design.dropped_columns)}")
