@@ -27,14 +27,16 @@ def _rows(m, name: str) -> list[tuple]:
     """(section, row label, model, value, se) of one model."""
     out = [("Fixed effects", term, name, float(est), float(se)) for term, est, se in zip(m.fixef.index, m.fixef, m.se)]
     vc = m.varcorr
+    group_of = {t.vc_name: t.group for t in m.design.terms}  # (x || g)'s "g.1" is still g
     out.append(("Variance components", "Residual: variance", name, float(m.sigma**2), np.nan))
     for r in vc.itertuples(index=False):
         if r.grp == "Residual":
             continue
+        g = group_of.get(r.grp, r.grp)
         if r.var2 is None or (isinstance(r.var2, float) and np.isnan(r.var2)):
-            out.append(("Variance components", f"{r.grp}: var({r.var1})", name, float(r.vcov), np.nan))
+            out.append(("Variance components", f"{g}: var({r.var1})", name, float(r.vcov), np.nan))
         else:
-            out.append(("Variance components", f"{r.grp}: cor({r.var1}, {r.var2})", name, float(r.sdcor), np.nan))
+            out.append(("Variance components", f"{g}: cor({r.var1}, {r.var2})", name, float(r.sdcor), np.nan))
     intercepts_only = {g: all(t.columns == ("(Intercept)",) for t in m.design.terms if t.group == g)
                        for g in m.ngroups}
     if all(intercepts_only.values()):
@@ -118,9 +120,16 @@ def compare_models(models, names=None, digits: int = 2) -> ModelComparison:
     labels (default "Model A", "Model B", …); ``digits``: decimals of the formatted views.
     Rows appear in order of first appearance across the models.
     """
+    from ._results import LinearMixedModel
+
+    if isinstance(models, LinearMixedModel) or not isinstance(models, (list, tuple)):
+        raise DataError("compare_models takes a list of fitted models, e.g. compare_models([m_a, m_b])")
     models = list(models)
     if not models:
         raise DataError("compare_models needs at least one fitted model")
+    bad = [type(m).__name__ for m in models if not isinstance(m, LinearMixedModel)]
+    if bad:
+        raise DataError(f"compare_models takes fitted models (jaxmlm.lmer's results), got {', '.join(bad)}")
     names = tuple(names) if names is not None else tuple(f"Model {chr(ord('A') + i)}" for i in range(len(models)))
     if len(names) != len(models) or len(set(names)) != len(names):
         raise DataError(f"names must be {len(models)} distinct labels, one per model; got {list(names)}")
@@ -128,9 +137,13 @@ def compare_models(models, names=None, digits: int = 2) -> ModelComparison:
     long = pd.DataFrame(rows, columns=["section", "row", "model", "value", "se"])
     order = {s: i for i, s in enumerate(_SECTIONS)}
     first = {key: i for i, key in reversed(list(enumerate(zip(long["section"], long["row"]))))}
-    # Within the variance components: the residual, variances, correlations, then ICCs.
-    kind = [0 if r.startswith("Residual") else 1 if ": var(" in r else 2 if ": cor(" in r else 3 for r in long["row"]]
-    long = long.assign(_s=long["section"].map(order), _k=np.where(long["section"] == "Variance components", kind, 0),
+    # Within the variance components: the residual, variances, correlations, then ICCs; in the fit
+    # section the criteria, AIC, BIC, then the counts (whatever mix of REML and ML fits).
+    fit_rank = {"REML criterion": 0, "Deviance": 0, "AIC": 1, "BIC": 2, "Observations": 3}
+    kind = [(0 if r.startswith("Residual") else 1 if ": var(" in r else 2 if ": cor(" in r else 3)
+            if sec == "Variance components" else fit_rank.get(r, 4) if sec == "Fit" else 0
+            for sec, r in zip(long["section"], long["row"])]
+    long = long.assign(_s=long["section"].map(order), _k=kind,
                        _r=[first[k] for k in zip(long["section"], long["row"])])
     long = long.sort_values(["_s", "_k", "_r"], kind="stable").drop(columns=["_s", "_k", "_r"]).reset_index(drop=True)
     return ModelComparison(long, names, digits)

@@ -88,7 +88,12 @@ def tidy(m, effects=("fixed", "ran_pars"), conf_int: bool = False, conf_level: f
     Columns and order are broom's (``std_error``, ``p_value``, ``conf_low``, ``conf_high`` for
     its ``std.error``, ...), which puts the fixed effects first.
     """
-    chosen = (effects,) if isinstance(effects, str) else tuple(effects)
+    if isinstance(effects, str):
+        chosen = (effects,)
+    elif isinstance(effects, (list, tuple)) and all(isinstance(e, str) for e in effects):
+        chosen = tuple(effects)
+    else:
+        raise InferenceError(f"effects must be some of {list(_EFFECTS)} (a name or a list of names), got {effects!r}")
     bad = [e for e in chosen if e not in _EFFECTS]
     if bad or not chosen:
         raise InferenceError(f"effects must be some of {list(_EFFECTS)}, got {bad or list(chosen)}")
@@ -116,8 +121,8 @@ def glance(m) -> pd.DataFrame:
 def augment(m) -> pd.DataFrame:
     """The model frame with one column per diagnostic, as broom.mixed's ``augment``: .fitted, .resid,
     .hat and .cooksd (lme4's ``hatvalues`` and ``cooks.distance``), .fixed (the fixed part Xβ̂,
-    offset included), .mu (the fitted mean), .offset, .sqrtXwt (1 for a linear model),
-    .sqrtrwt (√ prior weights), .weights and .wtres (√w × residual)."""
+    offset included), .mu (the fitted mean), .offset, .sqrtXwt and .sqrtrwt (√ prior weights,
+    as lme4's sqrtXWt and sqrtrwt of a linear model), .weights and .wtres (√w × residual)."""
     from ._influence import cooks_distance, hat_values
 
     d = m._rows("augment()")
@@ -132,7 +137,7 @@ def augment(m) -> pd.DataFrame:
     frame[".fixed"] = fixed + offset
     frame[".mu"] = m.fitted
     frame[".offset"] = offset
-    frame[".sqrtXwt"] = 1.0
+    frame[".sqrtXwt"] = np.sqrt(w)  # lme4's sqrtXWt: √ prior weights for a linear mixed model
     frame[".sqrtrwt"] = np.sqrt(w)
     frame[".weights"] = w
     frame[".wtres"] = np.sqrt(w) * m.resid

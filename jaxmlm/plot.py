@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 from ._errors import ConfigurationError, DataError
@@ -67,7 +68,7 @@ def caterpillar(m, group: str | None = None, term: str | None = None, level: flo
     t = _term(m, g, term)
     modes, sds = m.ranef[g][t], m.condsd[g][t]
     order = np.argsort(modes.to_numpy(), kind="stable")
-    z = stats.norm.ppf(0.5 + level / 2)
+    z = stats.norm.ppf(0.5 + _level(level) / 2)
     ax = _axes(ax)
     y = np.arange(len(order))
     ax.errorbar(modes.to_numpy()[order], y, xerr=z * sds.to_numpy()[order], fmt="o", ms=3, lw=1, color="C0")
@@ -82,7 +83,7 @@ def caterpillar(m, group: str | None = None, term: str | None = None, level: flo
     return ax
 
 
-def shrinkage(m, group: str | None = None, terms: tuple[str, str] | None = None, ax=None):
+def shrinkage(m, group: str | None = None, terms: str | tuple[str, str] | None = None, ax=None):
     """No pooling against partial pooling: each group's OLS coefficients (:func:`jaxmlm.lmList` of the
     model's fixed part) and the model's per-group coefficients (``m.coef``), joined by arrows, with
     the fixed effects (complete pooling) marked. Two coefficients (default the first two of the
@@ -91,9 +92,12 @@ def shrinkage(m, group: str | None = None, terms: tuple[str, str] | None = None,
 
     d = m._rows("shrinkage()")
     g = _group(m, group)
-    ols = lmList(f"{d.formula.lhs} ~ {d.formula.fixed_rhs} | {g}", d.frame)  # g: "a:b" for nested levels
+    block = next(b for b in d.blocks if b.group == g)
+    # the same rows, weights and offsets; the group by its columns ("C:B:A" for lme4's "C:(B:A)")
+    ols = lmList(f"{d.formula.lhs} ~ {d.formula.fixed_rhs} | {':'.join(block.factors)}", d.frame,
+                 weights=d.weights, offset=d.arg_offset)
     part = m.coef[g]
-    names = list(terms) if terms is not None else [c for c in m.ranef[g].columns][:2]
+    names = [terms] if isinstance(terms, str) else list(terms) if terms is not None else list(m.ranef[g].columns)[:2]
     missing = [c for c in names if c not in ols.columns or c not in part.columns]
     if missing:
         raise DataError(f"shrinkage needs coefficients that are both fixed and random; {missing} are not")
@@ -132,13 +136,24 @@ def _x_column(m, x: str) -> np.ndarray:
     frame = d.frame
     if x not in frame.columns:
         raise DataError(f"{x!r} is not a column of the model frame; it has {list(frame.columns)}")
-    return frame[x].to_numpy(dtype=float)
+    col = frame[x]
+    if not pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
+        raise DataError(f"{x!r} must be a numeric column to draw lines over (it has dtype {col.dtype})")
+    return col.to_numpy(dtype=float)
+
+
+def _level(level: float) -> float:
+    if not 0 < level < 1:
+        raise DataError(f"level must be between 0 and 1, got {level!r}")
+    return float(level)
 
 
 def group_lines(m, x: str, group: str | None = None, max_groups: int = 24, ncols: int = 6):
     """Each group's observations against ``x`` with the model's fitted values as a line, one panel
     per level of ``group`` (the first ``max_groups`` levels), as lattice's ``xyplot(y ~ x | g)``."""
     plt = _plt()
+    if not (isinstance(max_groups, int) and max_groups >= 1 and isinstance(ncols, int) and ncols >= 1):
+        raise DataError(f"max_groups and ncols must be positive integers, got {max_groups!r} and {ncols!r}")
     d = m._rows("group_lines()")
     g = _group(m, group)
     block = next(b for b in d.blocks if b.group == g)

@@ -77,3 +77,18 @@ def test_a_model_shows_its_summary_in_a_notebook(table):
     html = fits[1]._repr_html_()
     assert html.startswith("<pre>") and html.endswith("</pre>")
     assert "REML criterion at convergence: 46645.2" in html and "Pr(&gt;|t|)" in html  # escaped
+
+
+def test_mixed_fits_rows_and_bad_input(table):
+    _, fits = table
+    hsb = jaxmlm.load_example("Hsb82")
+    ml = jaxmlm.lmer("mAch ~ ses + (ses || school)", hsb, REML=False)
+    t = jaxmlm.compare_models([fits[2], ml], names=["REML", "ML"])
+    rows = [r for sec, r in t.frame().index if sec == "Fit"]
+    assert rows[:4] == ["REML criterion", "Deviance", "AIC", "BIC"]
+    long = t.long.set_index(["row", "model"])
+    assert ("school: var(ses)", "ML") in long.index  # (ses || school)'s slope: still the school's
+    with pytest.raises(DataError, match="list of fitted models"):
+        jaxmlm.compare_models(fits[0])
+    with pytest.raises(DataError, match="got str"):
+        jaxmlm.compare_models([fits[0], "x"])

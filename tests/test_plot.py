@@ -88,3 +88,29 @@ def test_residuals_qq_and_density(sleep):
     assert np.max(normal.get_ydata()) == pytest.approx(1 / (sd * np.sqrt(2 * np.pi)), rel=1e-3)
     with pytest.raises(DataError, match="no term"):
         plot.qq(sleep, "Subject", term="Hours")
+
+
+def test_shrinkage_of_the_innermost_of_three_nested_factors():
+    rng = np.random.default_rng(0)
+    a = np.repeat(np.arange(6), 40)
+    b = np.tile(np.repeat(np.arange(4), 10), 6)
+    c = np.tile(np.repeat(np.arange(2), 5), 24)
+    import pandas as pd
+
+    df = pd.DataFrame({"A": a, "B": b, "C": c, "x": rng.normal(size=240)})
+    df["y"] = df.x + rng.normal(size=6)[a] + rng.normal(size=24)[a * 4 + b] + rng.normal(size=240)
+    m = jaxmlm.lmer("y ~ x + (1 | A/B/C)", df)
+    inner = max(m.ngroups, key=m.ngroups.get)
+    ax = plot.shrinkage(m, inner, terms="(Intercept)")
+    np.testing.assert_allclose(_offsets(ax, 1)[:, 0], m.coef[inner]["(Intercept)"].to_numpy())
+
+
+def test_plot_arguments_are_checked(sleep):
+    with pytest.raises(DataError, match="level must be between 0 and 1"):
+        plot.caterpillar(sleep, level=95)
+    with pytest.raises(DataError, match="positive integers"):
+        plot.group_lines(sleep, "Days", max_groups=0)
+    df = jaxmlm.load_example("sleepstudy").assign(phase=lambda d: np.where(d["Days"] < 5, "early", "late"))
+    m = jaxmlm.lmer("Reaction ~ phase + (1 | Subject)", df)
+    with pytest.raises(DataError, match="numeric column"):
+        plot.trajectories(m, "phase")

@@ -45,7 +45,11 @@ for (cs in cases) {
 }
 # lme4's lmList (per-group OLS coefficients), for tests/test_lmlist.py: NA where a group cannot estimate one
 ll <- function(f, d) { cf <- coef(lmList(as.formula(f), d)); list(formula = f, levels = rownames(cf), coef = col(cf)) }
+sw <- sleep; i <- seq_len(nrow(sw)); sw$off <- 0.3 * sw$Days + sin(i); sw$w <- 1 + (i %% 3) / 2
+cf <- coef(lmList(Reaction ~ Days + offset(off) | Subject, sw, weights = w))
 out$lmlist <- list(sleep = c(ll("Reaction ~ Days | Subject", sleep), data = "sleepstudy"),
+                   sleep_offset_weights = list(formula = "Reaction ~ Days + offset(off) | Subject", data = "sleepstudy",
+                                               levels = rownames(cf), coef = col(cf)),
                    classroom = c(ll("mathgain ~ mathkind + sex | classid", cls), data = "classroom"))
 writeLines(toJSON(out, digits = NA, na = "null", auto_unbox = TRUE, pretty = FALSE),
            "tests/reference/broom/broom_reference.json")
