@@ -61,35 +61,39 @@ def _import_dask():
     return dask, dd
 
 
-def read_dataset(path) -> object:
-    """A Parquet file, directory of files or glob as a Dask frame (read lazily, partition by partition)."""
-    _, dd = _import_dask()
-    texts = [os.fspath(p) for p in path] if isinstance(path, (list, tuple)) else [os.fspath(path)]
-    for text in texts:
-        if not (os.path.exists(text) or glob.glob(text)):
-            raise DataError(f"no file matches {text!r}: give a Parquet file, a directory of Parquet files or a glob")
-        if os.path.isdir(text) and not dataset_files(text):
-            raise DataError(f"the directory {text!r} holds no Parquet files")
-    text = texts if isinstance(path, (list, tuple)) else texts[0]
-    try:
-        return dd.read_parquet(text)
-    except Exception as exc:  # noqa: BLE001 - pyarrow's and fsspec's errors; the user needs the reason
-        raise DataError(f"cannot read the Parquet dataset {text!r} ({type(exc).__name__}: {exc})") from None
+def _paths(path) -> list[str]:
+    return [os.fspath(p) for p in path] if isinstance(path, (list, tuple)) else [os.fspath(path)]
 
 
 def dataset_files(path) -> list[str]:
-    """The Parquet files a path, directory, glob or list of them names (directories as pyarrow lists them)."""
+    """The Parquet files a path, directory, glob or list of them names (directories as pyarrow
+    lists them); a DataError for a name that matches none."""
     import pyarrow.dataset as ds
 
     out: list[str] = []
-    for text in ([os.fspath(p) for p in path] if isinstance(path, (list, tuple)) else [os.fspath(path)]):
+    for text in _paths(path):
         if os.path.isdir(text):
-            out.extend(ds.dataset(text, format="parquet").files)
-        elif os.path.exists(text):
-            out.append(text)
+            files = ds.dataset(text, format="parquet").files
+            if not files:
+                raise DataError(f"the directory {text!r} holds no Parquet files")
         else:
-            out.extend(sorted(glob.glob(text)))
+            files = [text] if os.path.exists(text) else sorted(glob.glob(text))
+            if not files:
+                raise DataError(f"no file matches {text!r}: give a Parquet file, a directory of Parquet files or a glob")
+        out.extend(files)
     return out
+
+
+def read_dataset(path) -> tuple[object, list[str]]:
+    """A Parquet file, directory of files or glob as a Dask frame (read lazily, partition by
+    partition), and its files."""
+    _, dd = _import_dask()
+    files = dataset_files(path)
+    text = _paths(path) if isinstance(path, (list, tuple)) else os.fspath(path)
+    try:
+        return dd.read_parquet(text), files
+    except Exception as exc:  # noqa: BLE001 - pyarrow's and fsspec's errors; the user needs the reason
+        raise DataError(f"cannot read the Parquet dataset {text!r} ({type(exc).__name__}: {exc})") from None
 
 
 def _arrow_kind(t) -> str:
@@ -106,12 +110,12 @@ def _arrow_kind(t) -> str:
     return "text"
 
 
-def check_files(path, kinds: dict[str, tuple[str, object]]) -> None:
+def check_files(files: list[str], kinds: dict[str, tuple[str, object]]) -> None:
     """Each file of a Parquet dataset has the formula's columns, of the kinds the dataset's schema
     says (read from the files' footers only): a DataError naming the first file that does not."""
     import pyarrow.parquet as pq
 
-    for f in dataset_files(path):
+    for f in files:
         schema = pq.read_schema(f)
         missing = [c for c in kinds if c not in schema.names]
         if missing:
@@ -154,7 +158,7 @@ def fit_statistics(formula, data, weights=None, offset=None):
     """The two passes over ``data`` (a Dask frame, or a path to a Parquet dataset):
     (design without rows, layout, merged statistics), ready for lmer's fit."""
     dask, _ = _import_dask()
-    ddf = read_dataset(data) if is_dataset_path(data) else data
+    ddf, files = read_dataset(data) if is_dataset_path(data) else (data, None)
     meta = ddf._meta
     try:
         cols = columns_of(formula, meta, weights, offset)
@@ -164,8 +168,8 @@ def fit_statistics(formula, data, weights=None, offset=None):
         err = UnknownColumnError(exc.name, exc.close)
         err.message = f"{exc.message} (the Parquet dataset {data!r} has columns {list(meta.columns)})"
         raise err from None
-    if is_dataset_path(data):
-        check_files(data, cols.kinds)
+    if files is not None:
+        check_files(files, cols.kinds)
     columns = cols.columns
     parts = ddf[list(columns)].to_delayed()  # only the formula's columns are read
     structure = _tree(dask, combine_structure,

@@ -59,7 +59,7 @@ from ._errors import (
 from ._covariance import Structure, make_structure
 from ._formula import ParsedFormula, RandomTerm, _mask_quoted
 
-__all__ = ["Term", "Block", "Design", "check_levels", "r_column_name"]
+__all__ = ["Term", "Block", "Design", "check_levels", "level_rows", "r_column_name", "warn_dropped"]
 
 
 @dataclass(frozen=True)
@@ -570,6 +570,24 @@ def check_levels(terms: list[tuple[str, str, int, int]], n: int) -> None:
             )
 
 
+def warn_dropped(dropped: tuple[str, ...], stacklevel: int) -> None:
+    """lme4's warning for aliased fixed-effects columns it drops (chkRank.drop.cols' wording)."""
+    warnings.warn(
+        f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
+        f"column{'s' if len(dropped) > 1 else ''} / coefficient{'s' if len(dropped) > 1 else ''}: "
+        f"{', '.join(dropped)}",
+        RankDeficiencyWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def level_rows(codes: np.ndarray, nlev: int) -> list[np.ndarray]:
+    """The rows of each level (in row order), from one stable sort of the codes."""
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(nlev + 1))
+    return [order[starts[g]:starts[g + 1]] for g in range(nlev)]
+
+
 def _make_unique(names: list[str]) -> list[str]:
     """R's make.unique: repeated names get .1, .2, ..."""
     seen: dict[str, int] = {}
@@ -694,13 +712,7 @@ def _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, fixed_spec
     keep = list(range(X_all.shape[1])) if template else _prune_aliased(X_all, names_fit)
     dropped = tuple(nm for j, nm in enumerate(names_fit) if j not in keep)
     if dropped:
-        warnings.warn(
-            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
-            f"column{'s' if len(dropped) > 1 else ''} / coefficient{'s' if len(dropped) > 1 else ''}: "
-            f"{', '.join(dropped)}",
-            RankDeficiencyWarning,
-            stacklevel=5,
-        )
+        warn_dropped(dropped, stacklevel=6)
     X = X_all if len(keep) == X_all.shape[1] else X_all[:, keep]
 
     vc_names = _make_unique([r[0].group_name for r in raw])

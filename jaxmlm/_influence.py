@@ -21,6 +21,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 
 from ._errors import InferenceError
+from ._stats import weighted_rows
 
 __all__ = ["DENSE_MAX", "cooks_distance", "hat_values"]
 
@@ -29,10 +30,10 @@ DENSE_MAX = 4000
 
 
 def _weighted_rows(m):
+    """The design and its weighted rows √w z_iᵀΛ per block and √w x_iᵀ."""
     d = m._rows("hat values")
-    sw = np.ones(d.n) if d.weights is None else np.sqrt(d.weights)
-    U = [(blk.Z @ T) * sw[:, None] for blk, T in zip(d.blocks, m._templates)]  # rows of ZΛ, per block
-    return d, sw, U, d.X * sw[:, None]
+    w = weighted_rows(d)
+    return d, [Z @ T for Z, T in zip(w.Z, m._templates)], w.X
 
 
 def _one_factor(codes: np.ndarray, U: np.ndarray, X: np.ndarray, nlev: int) -> np.ndarray:
@@ -75,7 +76,7 @@ def _dense(d, U: list, X: np.ndarray) -> np.ndarray:
 
 def hat_values(m) -> np.ndarray:
     """Diagonal of the hat matrix at θ̂, one value per row used in the fit (lme4's ``hatvalues``)."""
-    d, _, U, X = _weighted_rows(m)
+    d, U, X = _weighted_rows(m)
     if len(d.blocks) == 1:
         return _one_factor(d.blocks[0].codes, U[0], X, d.blocks[0].nlev)
     return _dense(d, U, X)
@@ -84,11 +85,9 @@ def hat_values(m) -> np.ndarray:
 def cooks_distance(m) -> np.ndarray:
     """Cook's distance of each row used in the fit, as lme4's ``cooks.distance``:
     (r_i / (1 − h_i))² h_i / (σ̂² p), r_i = √w_i (y_i − μ̂_i); NaN where h_i = 1."""
-    d = m._rows("Cook's distance")
     h = hat_values(m)
-    w = np.ones(d.n) if d.weights is None else d.weights
-    r = np.sqrt(w) * (d.y - m.fitted)
+    r = m.pearson_resid  # √w_i (y_i − μ̂_i) / σ̂
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = (r / (1.0 - h)) ** 2 * h / (m.sigma**2 * d.p)
+        out = (r / (1.0 - h)) ** 2 * h / m.design.p
     out[~np.isfinite(out)] = np.nan
     return out

@@ -31,7 +31,7 @@ def lmList(formula: str, data: pd.DataFrame, weights=None, offset=None) -> pd.Da
     the model matrix (a column aliased in all the data included, all NaN); rows with a missing
     value are dropped first.
     """
-    from ._design import _prune_aliased
+    from ._design import _prune_aliased, level_rows
     from ._errors import RankDeficiencyWarning
     from ._frontend import build_design
     from ._stats import weighted_rows
@@ -51,10 +51,7 @@ def lmList(formula: str, data: pd.DataFrame, weights=None, offset=None) -> pd.Da
     cols = [names.index(c) for c in design.fixef_names]
     out = np.full((blk.nlev, len(names)), np.nan)
     informative = np.ones(len(y), bool) if design.weights is None else design.weights > 0
-    order = np.argsort(codes, kind="stable")
-    starts = np.searchsorted(codes[order], np.arange(blk.nlev + 1))
-    for g in range(blk.nlev):
-        rows = order[starts[g]:starts[g + 1]]
+    for g, rows in enumerate(level_rows(codes, blk.nlev)):
         rows = rows[informative[rows]]
         Xg, yg = X[rows], y[rows]
         keep = _prune_aliased(Xg, [])  # R's lm: the later of two aliased columns is NA

@@ -32,7 +32,6 @@ numeric column (its levels would be missed by the skeleton): compute those colum
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import NamedTuple
 
 import jax
@@ -40,8 +39,9 @@ import numpy as np
 import pandas as pd
 
 from . import _compiled
-from ._design import Design, _doubles, _grouping, _prepare, check_levels
-from ._errors import DataError, FormulaError, RankDeficiencyWarning
+from ._design import (Design, _doubles, _grouping, _no_complete_rows, _prepare, _quote_columns, _unknown_column,
+                      check_levels, warn_dropped)
+from ._errors import DataError, FormulaError
 from ._formula import ParsedFormula, parse_formula
 from ._frontend import build_design
 from ._stats import Layout, Schema, Stats, accumulate, make_schema, merge_stats
@@ -105,22 +105,6 @@ class Plan(NamedTuple):
     lhs_spec: object
     cols: Columns
 
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return self.cols.columns
-
-    @property
-    def lhs_columns(self) -> tuple[str, ...]:
-        return self.cols.lhs
-
-    @property
-    def weights(self) -> str | None:
-        return self.cols.weights
-
-    @property
-    def offset(self) -> str | None:
-        return self.cols.offset
-
 
 def columns_of(formula: str | ParsedFormula, meta: pd.DataFrame, weights=None, offset=None) -> Columns:
     """The :class:`Columns` of a fit of ``formula`` on data whose columns and dtypes are ``meta``'s
@@ -154,8 +138,6 @@ def formula_columns_of(formula: str | ParsedFormula, columns, weights=None, offs
             raise DataError(f"with data in pieces, {what}= must be a column name (values given as an array cannot be "
                             "matched to the pieces' rows)")
         if name not in names:
-            from ._design import _unknown_column
-
             _unknown_column(name, names)
         needed.add(name)
     dup = sorted(c for c in needed if labels.count(c) > 1)
@@ -253,12 +235,9 @@ def make_plan(structure: Structure) -> Plan:
 
     lme4's level-count checks (``checkNlevels``, ``checkZdims``) run here against the
     number of complete rows of all pieces."""
-    from ._formulaic import _model_matrix
-    from ._design import _quote_columns
+    from ._formulaic import _model_matrix  # formulaic: imported when first needed
 
     if structure.complete == 0:
-        from ._design import _no_complete_rows
-
         raise _no_complete_rows()
     skeleton = structure.frame.reset_index(drop=True)
     cols = structure.cols
@@ -332,11 +311,10 @@ def piece_design(plan: Plan, piece: pd.DataFrame, where: str = "a piece") -> Des
     """One piece's rows as a :class:`Design` in the plan's shapes: its complete rows materialized
     with the frozen specs, grouping codes indexing the plan's levels (a level the first pass
     did not see is an error: the data changed between passes)."""
-    tpl = plan.design
-    lhs = set(plan.lhs_columns)
-    check_piece(piece, plan.cols, where)
-    frame = pd.DataFrame({c: _used_levels(_prepare(piece[c], c in lhs)) for c in plan.columns}, index=piece.index)
-    complete = _complete(frame, [c for c in plan.columns if c not in (plan.weights, plan.offset)])
+    tpl, cols = plan.design, plan.cols
+    check_piece(piece, cols, where)
+    frame = pd.DataFrame({c: _used_levels(_prepare(piece[c], c in cols.lhs)) for c in cols.columns}, index=piece.index)
+    complete = _complete(frame, cols.required)
     kept = frame if complete.all() else frame.loc[complete]
     names = list(tpl.fixed_columns_all)
     if len(kept):
@@ -369,13 +347,13 @@ def piece_design(plan: Plan, piece: pd.DataFrame, where: str = "a piece") -> Des
     if nan.any():
         raise _nan_rows(int(nan.sum()), where)
     weights = arg_offset = None
-    if plan.weights is not None:
-        weights = np.asarray(kept[plan.weights], dtype=np.float64)
+    if cols.weights is not None:
+        weights = np.asarray(kept[cols.weights], dtype=np.float64)
         if (weights < 0).any() or not np.isfinite(weights).all():
             raise DataError(f"{where}: weights must be finite and >= 0 in every row the model uses (a weight is the "
                             "inverse of a row's relative residual variance)")
-    if plan.offset is not None:
-        arg_offset = np.asarray(kept[plan.offset], dtype=np.float64)
+    if cols.offset is not None:
+        arg_offset = np.asarray(kept[cols.offset], dtype=np.float64)
         if not np.isfinite(arg_offset).all():
             raise DataError(f"{where}: the offset is missing or not finite in {int((~np.isfinite(arg_offset)).sum())} "
                             "row(s) the model uses; give a finite value for every complete row")
@@ -443,12 +421,8 @@ def finish(plan: Plan, stats: Stats) -> tuple[Design, Layout, Stats]:
     if left:
         raise DataError(f"fixed-effects column(s) {list(left)} are aliased with earlier ones: make the plan without "
                         "them (jaxmlm._partitioned.without) and the pieces' statistics again")
-    dropped = tpl.dropped_columns
-    if dropped:
-        warnings.warn(
-            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
-            f"column{'s' if len(dropped) > 1 else ''} / coefficient{'s' if len(dropped) > 1 else ''}: "
-            f"{', '.join(dropped)}", RankDeficiencyWarning, stacklevel=4)
+    if tpl.dropped_columns:
+        warn_dropped(tpl.dropped_columns, stacklevel=5)
     p = len(tpl.fixef_names)
     WW, beta0 = np.asarray(stats.WW), np.asarray(stats.beta0)
     rss = float(WW[p, p])

@@ -285,6 +285,11 @@ class LinearMixedModel:
                 "predict(newdata=piece), or fit the rows you need in memory")
         return self.design
 
+    def _rows_for(self, ddf) -> None:
+        """Kenward-Roger needs the rows (its dense matrices); Satterthwaite works from the statistics."""
+        if str(ddf).lower().startswith("k"):
+            self._rows("Kenward-Roger degrees of freedom")
+
     @cached_property
     def _fitted(self) -> np.ndarray:
         d = self._rows("fitted values and residuals")
@@ -386,16 +391,14 @@ class LinearMixedModel:
         or "none" (Wald z-tests, df = inf)."""
         from ._inference import coef_table
 
-        if str(ddf).lower().startswith("k"):
-            self._rows("Kenward-Roger degrees of freedom")
+        self._rows_for(ddf)
         return coef_table(self, ddf=ddf)
 
     def contest(self, L, ddf: str = "Satterthwaite", rhs=0.0) -> pd.DataFrame:
         """F-test of L β = rhs with Satterthwaite or Kenward-Roger df, as lmerTest's contest(joint = TRUE)."""
         from ._inference import contest
 
-        if str(ddf).lower().startswith("k"):
-            self._rows("Kenward-Roger degrees of freedom")
+        self._rows_for(ddf)
         return contest(self, L, ddf=ddf, rhs=rhs)
 
     def anova(self, type=3, ddf: str = "Satterthwaite"):

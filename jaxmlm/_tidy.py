@@ -128,13 +128,12 @@ def augment(m) -> pd.DataFrame:
     d = m._rows("augment()")
     frame = d.frame.copy() if d.frame is not None else pd.DataFrame(index=d.rows)
     w = m.weights
-    fixed = d.X @ np.asarray(m.fixef)
     offset = np.zeros(d.n) if d.offset is None else d.offset
     frame[".fitted"] = m.fitted
     frame[".resid"] = m.resid
     frame[".hat"] = hat_values(m)
     frame[".cooksd"] = cooks_distance(m)
-    frame[".fixed"] = fixed + offset
+    frame[".fixed"] = m.predict(re_form="~0")  # Xβ̂ + offset
     frame[".mu"] = m.fitted
     frame[".offset"] = offset
     frame[".sqrtXwt"] = np.sqrt(w)  # lme4's sqrtXWt: √ prior weights for a linear mixed model

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ._design import level_rows
 from ._errors import ConfigurationError, DataError
 
 __all__ = ["caterpillar", "group_lines", "qq", "ranef_density", "resid_fitted", "shrinkage", "trajectories"]
@@ -163,11 +164,12 @@ def group_lines(m, x: str, group: str | None = None, max_groups: int = 24, ncols
     fig, axes = plt.subplots(nrows, min(ncols, len(levels)), sharex=True, sharey=True, squeeze=False,
                              figsize=(2.0 * min(ncols, len(levels)), 1.8 * nrows))
     fitted = m.fitted
+    rows_of = level_rows(block.codes, block.nlev)
     for k, ax in enumerate(axes.ravel()):
         if k >= len(levels):
             ax.set_visible(False)
             continue
-        rows = np.flatnonzero(block.codes == levels[k])
+        rows = rows_of[levels[k]]
         order = rows[np.argsort(xs[rows], kind="stable")]
         ax.plot(xs[order], d.y[order], "o", ms=3, color="C0")
         ax.plot(xs[order], fitted[order], "-", color="C1")
@@ -184,11 +186,10 @@ def trajectories(m, x: str, group: str | None = None, ax=None):
     g = _group(m, group)
     block = next(b for b in d.blocks if b.group == g)
     xs = _x_column(m, x)
-    fixed = d.X @ np.asarray(m.fixef) + (0.0 if d.offset is None else d.offset)
+    fixed = m.predict(re_form="~0")  # Xβ̂ + offset: the population mean
     ax = _axes(ax)
     fitted = m.fitted
-    for level in range(block.nlev):
-        rows = np.flatnonzero(block.codes == level)
+    for rows in level_rows(block.codes, block.nlev):
         order = rows[np.argsort(xs[rows], kind="stable")]
         ax.plot(xs[order], fitted[order], color="C0", alpha=0.35, lw=0.8)
     order = np.argsort(xs, kind="stable")
