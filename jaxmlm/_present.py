@@ -11,62 +11,11 @@ import numpy as np
 import pandas as pd
 
 from ._errors import JaxmlmError
-from ._rnum import format_pvalues_r, r_format, zapsmall
+from ._rnum import abbreviate, format_pvalues_r, r_format, zapsmall
 
-__all__ = ["summary_text", "format_table", "format_pvalue", "signif_stars", "format_anova", "format_matrix", "AnovaTable"]
+__all__ = ["summary_text", "print_coefmat", "signif_stars", "format_anova", "format_matrix", "AnovaTable"]
 
 SIGNIF_LEGEND = "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"
-
-
-def _sig(x: float, digits: int = 4) -> str:
-    """R's format(x, digits = d): d significant digits."""
-    if not np.isfinite(x):
-        return "NA"
-    return f"{x:.{digits}g}" if abs(x) >= 1e-4 or x == 0 else f"{x:.{digits - 1}e}"
-
-
-def _decimals(values: np.ndarray, digits: int) -> int:
-    """Decimals that show every value with at least ``digits`` significant digits (at most 6)."""
-    v = np.abs(values[np.isfinite(values) & (values != 0)])
-    if not v.size:
-        return 0
-    return int(min(6, max(0, np.max(digits - 1 - np.floor(np.log10(v))))))
-
-
-def format_table(df: pd.DataFrame, digits: int = 4, together: tuple[str, ...] = ("Estimate", "Std. Error")) -> str:
-    """Right-aligned numeric table in the manner of R's printCoefmat.
-
-    The columns named in ``together`` share one number of decimals (R formats
-    estimates and standard errors together); every column gets as many
-    decimals as its smallest entry needs for ``digits`` significant digits.
-    Columns of strings (object dtype, e.g. formatted p-values) are printed as they are.
-    """
-    shared = [c for c in together if c in df.columns]
-    dec_shared = _decimals(df[shared].to_numpy(dtype=float).ravel(), digits) if shared else 0
-    cols = {}
-    for c in df.columns:
-        if df[c].dtype == object:
-            cols[c] = [str(x) for x in df[c]]
-            continue
-        v = df[c].to_numpy(dtype=float)
-        dec = dec_shared if c in shared else _decimals(v, digits)
-        cols[c] = ["NA" if not np.isfinite(x) else f"{x:.{dec}f}" for x in v]
-    rows = [str(i) for i in df.index]
-    w0 = max([len(r) for r in rows] + [0])
-    widths = {c: max(len(str(c)), *(len(s) for s in cols[c])) for c in df.columns}
-    lines = [" " * w0 + "".join(" " + str(c).rjust(widths[c]) for c in df.columns)]
-    for i, r in enumerate(rows):
-        lines.append(r.ljust(w0) + "".join(" " + cols[c][i].rjust(widths[c]) for c in df.columns))
-    return "\n".join(lines)
-
-
-def format_pvalue(p: float, digits: int = 3) -> str:
-    """R's format.pval(p, digits = 3, eps = .Machine$double.eps) as printCoefmat uses it."""
-    if not np.isfinite(p):
-        return "NA"
-    if p < 2.220446049250313e-16:
-        return "< 2e-16"
-    return _sig(p, digits)
 
 
 def signif_stars(p: float) -> str:
@@ -155,6 +104,51 @@ def format_anova(table: pd.DataFrame, digits: int = 5) -> str:
     return "\n".join(out)
 
 
+def print_coefmat(table: pd.DataFrame, digits: int = 4) -> list[str]:
+    """The lines of R's ``printCoefmat(table, digits)`` (R 4.2), as lme4's summary calls it.
+
+    The columns before the test statistic (estimate, standard error and, for lmerTest, df) are
+    rounded together to ``digits − digmin`` decimals, digmin = 1 + ⌊log10 min|x|⌋ over their
+    non-zero entries, and formatted as one block (one width); the statistic is rounded to
+    ``dig.tst = digits − 1`` decimals; a last column named ``Pr(...)`` is ``format.pval`` with
+    significance stars when any p < 0.1. A non-zero number that would print as zero is printed
+    alone with one digit less. Columns are right-aligned under their names, rows left-aligned.
+    """
+    cols = list(table.columns)
+    nc = len(cols)
+    has_p = nc >= 4 and cols[-1][:3] in ("Pr(", "p-v")
+    k = nc - has_p - 1
+    xm = table.to_numpy(dtype=float)
+    cells = np.full(xm.shape, "", dtype=object)
+    dig_tst = max(1, min(5, digits - 1))
+    cs = xm[:, :k]
+    acs = np.abs(cs[np.isfinite(cs) & (cs != 0)])
+    if np.isfinite(cs).any():
+        digmin = 1 + int(np.floor(np.log10(acs.min()))) if acs.size else 1
+        cells[:, :k] = np.array(r_format(np.round(cs, max(1, digits - digmin)).ravel(), digits),
+                                dtype=object).reshape(cs.shape)
+    cells[:, k] = r_format(np.round(xm[:, k], dig_tst), digits)
+    for i, j in zip(*np.nonzero(np.isfinite(xm[:, :k]) & (xm[:, :k] != 0))):
+        if float(cells[i, j]) == 0.0:  # R's "not both 0"
+            cells[i, j] = r_format([xm[i, j]], max(1, digits - 1))[0]
+    cells[:, :k + 1][np.isnan(xm[:, :k + 1])] = "NA"
+    shown = {c: list(cells[:, j]) for j, c in enumerate(cols[:k + 1])}
+    stars = False
+    if has_p:
+        p = xm[:, -1]
+        shown[cols[-1]] = format_pvalues_r(p, dig_tst)
+        shown[cols[-1]] = [s if np.isfinite(x) else "NA" for s, x in zip(shown[cols[-1]], p)]
+        if np.any(np.isfinite(p) & (p < 0.1)):
+            stars = True
+            marks = [signif_stars(x) or " " for x in p]
+            width = max(len(s) for s in marks)
+            shown[""] = [s.ljust(width) for s in marks]
+    lines = [line.rstrip() for line in format_matrix(shown, [str(i) for i in table.index]).split("\n")]
+    if stars:
+        lines += ["---", SIGNIF_LEGEND]
+    return lines
+
+
 def _fixed_effects_table(m) -> tuple[list[str], bool]:
     """lmerTest's fixed-effects table (Satterthwaite df and p-values) and whether it was computed.
 
@@ -171,17 +165,8 @@ def _fixed_effects_table(m) -> tuple[list[str], bool]:
         tab = None
     if tab is None or not np.all(np.isfinite(tab["df"])):
         lme4 = pd.DataFrame({"Estimate": m.fixef, "Std. Error": m.se, "t value": m.fixef / m.se})
-        return [format_table(lme4)], False
-    p = tab["Pr(>|t|)"].to_numpy()
-    shown = tab[["Estimate", "Std. Error", "df", "t value"]].copy()
-    shown["Pr(>|t|)"] = pd.Series([format_pvalue(x) for x in p], index=tab.index, dtype=object)
-    stars = [signif_stars(x) for x in p]
-    shown[""] = pd.Series([s.ljust(3) for s in stars], index=tab.index, dtype=object)
-    # Rows without stars would end in blanks: strip them, as R does not print trailing spaces.
-    lines = ["\n".join(r.rstrip() for r in format_table(shown).split("\n"))]
-    if any(stars):
-        lines += ["---", SIGNIF_LEGEND]
-    return lines, True
+        return print_coefmat(lme4), False
+    return print_coefmat(tab[["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)"]]), True
 
 
 def _random_effects_table(m) -> str:
@@ -234,21 +219,22 @@ def summary_text(m) -> str:
         out.append(f"{m.n_dropped} observation{'s' if m.n_dropped != 1 else ''} deleted due to missingness")
     out.append("")
     if m.REML:
-        out.append(f"REML criterion at convergence: {m.objective:.1f}")
-    else:
-        ic = pd.DataFrame(
-            [[m.aic, m.bic, m.loglik, m.objective, m.nobs - m.npar]],
-            columns=["AIC", "BIC", "logLik", "deviance", "df.resid"],
-        )
-        out.append(" " + "  ".join(f"{c:>9}" for c in ic.columns))
-        out.append(" " + "  ".join(f"{v:>9.1f}" if c != "df.resid" else f"{int(v):>9d}" for c, v in ic.iloc[0].items()))
+        out.append(f"REML criterion at convergence: {r_format([round(m.objective, 1)])[0]}")
+    else:  # lme4's .prt.aictab: a named vector, one width for every entry
+        names = ["AIC", "BIC", "logLik", "deviance", "df.resid"]
+        vals = r_format(np.round([m.aic, m.bic, m.loglik, m.objective], 1)) + [str(int(m.nobs - m.npar))]
+        w = max(len(x) for x in names + vals)
+        out.append(" ".join(x.rjust(w) for x in names))
+        out.append(" ".join(x.rjust(w) for x in vals))
     out.append("")
     if m.design.held:
-        r = m.pearson_resid
-        q = np.quantile(r, [0, 0.25, 0.5, 0.75, 1])
+        # lme4's .prt.resids: quantiles zapped to digits + 1, printed as a named vector (digits 4)
+        q = zapsmall(np.quantile(m.pearson_resid, [0, 0.25, 0.5, 0.75, 1]), 5)
+        names, vals = ["Min", "1Q", "Median", "3Q", "Max"], r_format(q, 4)
+        w = max(len(x) for x in names + vals)
         out.append("Scaled residuals: ")
-        out.append(" ".join(f"{h:>8}" for h in ["Min", "1Q", "Median", "3Q", "Max"]))
-        out.append(" ".join(f"{v:>8.4f}" for v in q))
+        out.append(" ".join(x.rjust(w) for x in names))
+        out.append(" ".join(x.rjust(w) for x in vals))
     else:
         out.append("Scaled residuals: not computed (fitted from data in pieces; the rows stay there)")
     out.append("")
@@ -266,18 +252,10 @@ def summary_text(m) -> str:
         out.append("No fixed effect coefficients")
     p = len(m.fixef)
     if 1 < p <= 12:
-        out.append("")
-        out.append("Correlation of Fixed Effects:")
-        V = m.vcov.to_numpy()
-        sd = np.sqrt(np.diag(V))
-        C = V / np.outer(sd, sd)
-        abbrev = [_abbreviate(n) for n in m.fixef.index]
-        names = list(m.fixef.index)
-        w0 = max(len(n) for n in names[1:])
-        w = max(6, *(len(a) for a in abbrev[:-1]))
-        out.append(" " * w0 + " " + " ".join(a.rjust(w) for a in abbrev[:-1]))
-        for i in range(1, p):
-            out.append(names[i].ljust(w0) + " " + " ".join(f"{C[i, j]:.3f}".rjust(w) for j in range(i)))
+        out += ["", "Correlation of Fixed Effects:"] + _fixef_correlation(m)
+    elif p > 12:
+        out += ["", f"Correlation matrix not shown by default, as p = {p} > 12.",
+                "Use m.vcov (a DataFrame) if you need it"]
     if m.is_singular:
         out.append("optimizer (Newton) convergence code: 0 (OK)" if m.record.converged else "")
         out.append("boundary (singular) fit: see help('isSingular')")
@@ -286,8 +264,22 @@ def summary_text(m) -> str:
     return "\n".join(line for line in out if line is not None) + "\n"
 
 
-def _abbreviate(name: str, minlength: int = 6) -> str:
-    """A short column label in the spirit of R's abbreviate(minlength = 4) for vcov correlations."""
-    if name == "(Intercept)":
-        return "(Intr)"
-    return name if len(name) <= minlength else name[:minlength]
+def _fixef_correlation(m) -> list[str]:
+    """lme4's correlation of the fixed effects: format(round(r, 3), nsmall = 3) as one block,
+    the lower triangle, rows named by abbreviate(minlength = 11), columns by minlength = 6,
+    printed left-aligned (print of a character matrix)."""
+    V = m.vcov.to_numpy()
+    sd = np.sqrt(np.diag(V))
+    C = V / np.outer(sd, sd)
+    p = C.shape[0]
+    text = [f"{v:.3f}" for v in np.round(C, 3).ravel()]
+    w = max(len(t) for t in text)
+    cells = np.array([t.rjust(w) for t in text], dtype=object).reshape(p, p)
+    rows = abbreviate(m.fixef.index, 11)[1:]
+    cols = abbreviate(m.fixef.index, 6)[:-1]
+    widths = [max(len(c), w) for c in cols]
+    w0 = max(len(r) for r in rows)
+    lines = [" " * w0 + "".join(" " + c.ljust(wc) for c, wc in zip(cols, widths))]
+    for i, r in enumerate(rows, start=1):
+        lines.append(r.ljust(w0) + "".join(" " + (cells[i, j] if j < i else "").ljust(widths[j]) for j in range(p - 1)))
+    return [line.rstrip() for line in lines]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -562,6 +563,29 @@ def _pass_fit_and_solve(u0, floats, ints, reml, max_iter, spec: tuple, layout: L
     return stats, fit_packed(u0, stats, reml, layout, max_iter, method)
 
 
+def _callers_name(data) -> str | None:
+    """The name the user's code binds ``data`` to, for summary()'s "Data:" line.
+
+    lme4 prints the expression given as its data argument; Python keeps no expressions, so
+    the variables of the first calling frame outside jaxmlm are searched for this very object
+    (locals, then globals; names starting with "_", e.g. IPython's output cache, skipped).
+    None when no variable holds it (``lmer(f, load_example("sleepstudy"))``).
+    """
+    frame = sys._getframe(1)
+    try:
+        while frame is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] == "jaxmlm":
+            frame = frame.f_back
+        if frame is None:
+            return None
+        for scope in (frame.f_locals, frame.f_globals):
+            for name, value in list(scope.items()):
+                if value is data and not name.startswith("_"):
+                    return name
+        return None
+    finally:
+        del frame
+
+
 def _subset(data, subset, weights, offset):
     """(rows of ``data`` where ``subset`` holds, weights and offset values cut alike): lme4's ``subset``."""
     if not isinstance(data, pd.DataFrame):
@@ -662,6 +686,8 @@ def lmer(
         raise DataError(f"optimizer must be 'auto', 'newton', 'ai' or 'bfgs', got {optimizer!r}")
     if dtype not in ("float64", "float32"):
         raise DataError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    if data_name is None and isinstance(data, pd.DataFrame):
+        data_name = _callers_name(data)
     if subset is not None:
         data, weights, offset = _subset(data, subset, weights, offset)
     if not isinstance(data, pd.DataFrame) and _in_pieces(data):

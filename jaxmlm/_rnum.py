@@ -50,8 +50,9 @@ def r_format(values, digits: int = 7) -> list[str]:
     neg = int(np.any(fin < 0))
     sig, exps = zip(*(_sig_digits(v, digits) if v != 0 else (1, 0) for v in fin))
     rgt = max(0, max(s - 1 - e for s, e in zip(sig, exps)))
-    left = max(max(e + 1, 1) for e in exps)
-    fixed_w = neg + left + (rgt > 0) + rgt
+    # R's formatReal: the widest integer part counts its own sign, not the sign of another entry
+    left = max(int(v < 0) + max(e + 1, 1) for v, e in zip(fin, exps))
+    fixed_w = left + (rgt > 0) + rgt
     mf = max(sig)
     big = max(abs(e) for e in exps) >= 100
     sci_w = neg + (mf + 1 if mf > 1 else mf) + (5 if big else 4)
@@ -99,4 +100,61 @@ def format_pvalues_r(p, digits: int = 4) -> list[str]:
         text = "<" + sep + r_format([eps], d)[0].strip()
         for i in np.flatnonzero(small):
             out[i] = text
+    return out
+
+
+def _vowel(c: str) -> bool:
+    return c in "aeiou"
+
+
+def _strip_to(name: str, minlength: int) -> str:
+    """R's C routine ``stripchars`` (method "left.kept", use.classes = TRUE) for one name.
+
+    Characters are dropped from the right, never the first of a word, in four rounds until
+    the name is short enough: lower-case vowels that end a word, other lower-case vowels,
+    lower-case letters that end a word, other lower-case letters; then anything.
+    """
+    b = list(name.strip())
+    if len(b) <= minlength:
+        return "".join(b)
+
+    def first(i):
+        return b[i - 1].isspace()
+
+    def last(i):
+        return not b[i - 1].isspace() and (i + 1 == len(b) or b[i + 1].isspace())
+
+    def short():
+        return len(b) - sum(c.isspace() for c in b) <= minlength
+
+    rounds = [lambda i: _vowel(b[i]) and last(i), lambda i: _vowel(b[i]) and not first(i),
+              lambda i: b[i].islower() and last(i), lambda i: b[i].islower() and not first(i),
+              lambda i: not first(i) and not b[i].isspace()]
+    for drop in rounds:
+        for i in range(len(b) - 1, 0, -1):
+            if i < len(b) and drop(i):
+                del b[i]
+            if short():
+                return "".join(b).replace(" ", "")
+    return "".join(b).replace(" ", "")
+
+
+def abbreviate(names, minlength: int = 4) -> list[str]:
+    """R's ``abbreviate(names, minlength)``: names shortened as R shortens them, kept distinct.
+
+    Where two names would shorten to the same text, those get one character more, as R does.
+    lme4 labels the columns of the fixed effects' correlation matrix with ``minlength = 6``.
+    """
+    names = [str(n) for n in names]
+    out = [_strip_to(n, minlength) for n in names]
+    length = minlength
+    while len(set(out)) < len(out) and length < max(len(n) for n in names):
+        length += 1
+        seen = {}
+        for i, a in enumerate(out):
+            seen.setdefault(a, []).append(i)
+        for idx in seen.values():
+            if len(idx) > 1:
+                for i in idx:
+                    out[i] = _strip_to(names[i], length)
     return out

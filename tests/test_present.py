@@ -44,3 +44,64 @@ def test_random_effects_block_as_lme4_prints_it(cid):
                 assert abs(float(x) - float(y)) <= 10.0**-decimals + 1e-6 * abs(float(y)), (a, b)
             else:
                 assert x == y, (a, b)
+
+
+# ---- the whole summary, as lmerTest prints it ----------------------------------------------------------
+# Reference: tests/reference/printed/summary_printed.json, made by make_summary_printed.R beside it.
+FULL = json.loads((Path(__file__).parent / "reference" / "printed" / "summary_printed.json").read_text())
+ABBREV = FULL.pop("abbreviate")
+
+
+def _same_print(ours: str, theirs: str):
+    """Same words at the same column positions; each number to the same decimals and equal to its
+    last printed digit (1e-6 relative for wide ones: df to 5 decimals, variances to every integer)."""
+    ta, tb = list(re.finditer(r"\S+", ours)), list(re.finditer(r"\S+", theirs))
+    assert [t.start() for t in ta] == [t.start() for t in tb], (ours, theirs)
+    for x, y in zip(ta, tb):
+        x, y = x.group(), y.group()
+        if NUMBER.match(y):
+            decimals = len(y.split(".")[1].split("e")[0]) if "." in y else 0
+            assert len(x) == len(y) and (len(x.split(".")[1].split("e")[0]) if "." in x else 0) == decimals, (ours, theirs)
+            assert abs(float(x) - float(y)) <= 10.0**-decimals + 1e-6 * abs(float(y)), (ours, theirs)
+        else:
+            assert x == y, (ours, theirs)
+
+
+@pytest.mark.parametrize("cid", list(FULL))
+def test_summary_prints_as_lmertest(cid):
+    """Every line after lmerTest's title (which names its class, wrapped at 80 columns): the Data line
+    (the name of the caller's variable), criterion or AIC table, scaled residuals, random effects,
+    fixed effects with Satterthwaite df, p-values and stars, correlation of the fixed effects."""
+    c = FULL[cid]
+    frames = {c["data"]: jaxmlm.load_example(c["data"])}
+    m = jaxmlm.lmer(c["formula"], frames[c["data"]], REML=c["REML"], data_name=c["data"])
+    ours = [ln.rstrip() for ln in m.summary().splitlines()]
+    theirs = [ln.replace("\u2018", "'").replace("\u2019", "'") for ln in c["lines"]]
+    theirs = [ln for ln in theirs if not ln.startswith("Control:")]  # R names its own control argument
+    theirs = theirs[next(i for i, ln in enumerate(theirs) if ln.startswith("Formula:")):]
+    ours = ours[next(i for i, ln in enumerate(ours) if ln.startswith("Formula:")):]
+    while theirs and not theirs[-1]:
+        theirs.pop()
+    assert len(ours) == len(theirs), "\n".join(ours)
+    for a, b in zip(ours, theirs):
+        if b.startswith("optimizer ("):  # lme4 names its optimizer, jaxmlm its own
+            assert re.sub(r"\(\w+\)", "", a) == re.sub(r"\(\w+\)", "", b)
+        else:
+            _same_print(a, b)
+
+
+def test_data_line_names_the_callers_variable():
+    sleep = jaxmlm.load_example("sleepstudy")
+    m = jaxmlm.lmer("Reaction ~ Days + (1 | Subject)", sleep)
+    assert m.summary().splitlines()[2] == "   Data: sleep"
+    assert m.update(REML=False).data_name == "sleep"
+    assert jaxmlm.lmer("Reaction ~ Days + (1 | Subject)", sleep, data_name="my data").data_name == "my data"
+    unnamed = jaxmlm.lmer("Reaction ~ Days + (1 | Subject)", sleep.copy())
+    assert unnamed.data_name is None and "Data:" not in unnamed.summary()
+
+
+@pytest.mark.parametrize("minlength", [6, 11])
+def test_abbreviate_as_r(minlength):
+    from jaxmlm._rnum import abbreviate
+
+    assert abbreviate(ABBREV["names"], minlength) == ABBREV[f"minlength{minlength}"]
