@@ -58,7 +58,9 @@ class AnovaTable(pd.DataFrame):
     def _repr_html_(self) -> str:
         heading = self.attrs.get("heading") or []
         heading = [heading] if isinstance(heading, str) else heading
-        return "".join(f"<p>{line}</p>" for line in heading if line) + pd.DataFrame(self).to_html()
+        import html
+
+        return "".join(f"<p>{html.escape(line)}</p>" for line in heading if line) + pd.DataFrame(self).to_html()
 
     @classmethod
     def of(cls, table: pd.DataFrame, heading) -> "AnovaTable":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from html import escape
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,17 @@ def test_abbreviate_as_r(minlength):
     from jaxmlm._rnum import abbreviate
 
     assert abbreviate(ABBREV["names"], minlength) == ABBREV[f"minlength{minlength}"]
+
+
+def test_anova_tables_show_as_html_with_their_heading():
+    """anova(m0, m1), ranova(m) and anova(m) in a notebook: the heading lines, then the table."""
+    sleep = jaxmlm.load_example("sleepstudy")
+    m1 = jaxmlm.lmer("Reaction ~ Days + (Days | Subject)", sleep)
+    m0 = jaxmlm.lmer("Reaction ~ Days + (1 | Subject)", sleep)
+    for table in (jaxmlm.anova(m0, m1), m1.ranova(), m1.anova()):
+        html = table._repr_html_()
+        heading = table.attrs["heading"]
+        heading = [heading] if isinstance(heading, str) else [h for h in heading if h]
+        assert html.startswith("<p>") and html.count("<p>") == len(heading) and "<table" in html
+        assert all(escape(col) in html for col in table.columns) and all(escape(h) in html for h in heading)
+        assert f"{table.iloc[-1, 0]}"[:5] in html  # the table's numbers, not just its frame
