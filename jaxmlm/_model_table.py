@@ -33,7 +33,7 @@ def _rows(m, name: str) -> list[tuple]:
         if r.grp == "Residual":
             continue
         g = group_of.get(r.grp, r.grp)
-        if r.var2 is None or (isinstance(r.var2, float) and np.isnan(r.var2)):
+        if pd.isna(r.var2):
             out.append(("Variance components", f"{g}: var({r.var1})", name, float(r.vcov), np.nan))
         else:
             out.append(("Variance components", f"{g}: cor({r.var1}, {r.var2})", name, float(r.sdcor), np.nan))

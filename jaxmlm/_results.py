@@ -184,19 +184,21 @@ class LinearMixedModel:
 
         Columns grp, var1, var2, vcov, sdcor; per term (lme4 order) the
         variances, then the covariances (sdcor holds the correlation), then
-        the residual.
+        the residual. A name that does not apply (var2 of a variance, the
+        residual's var1) is missing (NaN), as R's NA.
         """
         rows = []
         for t, term in enumerate(self.design.terms):
             S = self._term_cov(t)
             sd = np.sqrt(np.diag(S))
             for i, c in enumerate(term.columns):
-                rows.append((term.vc_name, c, None, S[i, i], sd[i]))
+                rows.append((term.vc_name, c, np.nan, S[i, i], sd[i]))
             for j in range(term.k if term.cov.shows_covariances() else 0):
                 for i in range(j + 1, term.k):
                     corr = S[i, j] / (sd[i] * sd[j]) if sd[i] > 0 and sd[j] > 0 else np.nan
                     rows.append((term.vc_name, term.columns[j], term.columns[i], S[i, j], corr))
-        rows.append(("Residual", None, None, self.sigma**2, self.sigma))
+        rows.append(("Residual", np.nan, np.nan, self.sigma**2, self.sigma))
+        # missing names are NaN in every model (R's NA), whatever dtype pandas infers
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
     @property

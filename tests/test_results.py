@@ -422,3 +422,13 @@ def test_methods_carry_the_signatures_of_what_they_run():
         theirs = [(p.name, p.kind, p.default) for p in list(inspect.signature(fn).parameters.values())[1:]]
         assert ours == theirs, name
         assert len(inspect.getdoc(getattr(jaxmlm.LinearMixedModel, name))) > 80, name
+
+
+def test_varcorr_marks_names_that_do_not_apply_as_missing_in_every_model():
+    """var2 of a variance and the residual's var1 are NaN (R's NA), with or without covariances."""
+    sleep = jaxmlm.load_example("sleepstudy")
+    for f in ("Reaction ~ Days + (Days | Subject)", "Reaction ~ Days + (1 | Subject)"):
+        vc = jaxmlm.lmer(f, sleep).varcorr
+        assert all(v is not None for v in vc["var2"]) and all(v is not None for v in vc["var1"])
+        variances = vc["var2"].isna()
+        assert list(vc.loc[variances, "var1"].isna()) == [False] * (variances.sum() - 1) + [True]
