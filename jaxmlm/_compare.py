@@ -491,13 +491,34 @@ def ranova(m, reduce_terms: bool = True) -> pd.DataFrame:
 
 
 def _model_formula(design) -> str:
-    """The model's formula as lme4 keeps it: the text given, with ``||`` terms expanded into their parts."""
+    """The model's formula as lmerTest's ``ranova`` prints it (rebuilt from its terms, R's
+    ``reformulate``): the fixed terms without an explicit ``1``, then every random term in
+    formula order with nested factors and ``||`` expanded (``(1 | cask:batch) + (1 | batch)``),
+    and ``- 1`` last when the intercept is removed."""
     parsed = design.formula
-    if "||" not in parsed.text:
-        return parsed.text
-    pos = _formula_positions(design)
-    bars = " + ".join(design.terms[q].cov.text(_deparse(rt.expr), rt.group_name) for rt, q in zip(parsed.random, pos))
-    return f"{parsed.lhs} ~ {_deparse(parsed.fixed_rhs)} + {bars}"
+    bars = [design.terms[q].cov.text(_deparse(rt.expr), rt.group_name)
+            for rt, q in zip(parsed.random, _formula_positions(design))]
+    fixed, intercept = [], True
+    for sign, term in _signed_terms(_deparse(parsed.fixed_rhs)):
+        if term in ("0", "1"):
+            intercept = intercept and not (term == "0" or sign == "-")
+        else:
+            fixed.append(term if sign == "+" else f"- {term}")
+    rhs = " + ".join(fixed + bars).replace("+ - ", "- ")
+    return f"{parsed.lhs} ~ {rhs}" + ("" if intercept else " - 1")
+
+
+def _signed_terms(rhs: str) -> list[tuple[str, str]]:
+    """``"1 + x - z"`` → ``[("+", "1"), ("+", "x"), ("-", "z")]``: top-level terms with their signs."""
+    out, depth, sign, start = [], 0, "+", 0
+    for i, c in enumerate(rhs + "+"):
+        depth += (c == "(") - (c == ")")
+        if depth == 0 and c in "+-" and (i == len(rhs) or rhs[i - 1:i] == " " or i == 0):
+            term = rhs[start:i].strip()
+            if term:
+                out.append((sign, term))
+            sign, start = c, i + 1
+    return out
 
 
 def _zeroed_fit(m, cols) -> float:

@@ -246,12 +246,8 @@ def summary_text(m) -> str:
     out.append(f"Number of obs: {m.nobs}, groups:  {groups}")
     if m.design.dropped_columns:
         out.append(f"Dropped (aliased) fixed-effect columns: {', '.join(m.design.dropped_columns)}")
-    out.append("")
-    if len(m.fixef):
-        out.append("Fixed effects:")
-        out += fixed_lines
-    else:
-        out.append("No fixed effect coefficients")
+    if len(m.fixef):  # lme4 prints no block at all for a model without fixed effects
+        out += ["", "Fixed effects:"] + fixed_lines
     p = len(m.fixef)
     if 1 < p <= 12:
         out += ["", "Correlation of Fixed Effects:"] + _fixef_correlation(m)

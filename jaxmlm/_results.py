@@ -706,6 +706,10 @@ def lmer(
         # both to small and to larger data compiles both programs (once).
         one = one_chunk(design) if dtype == "float64" else None
         layout, stats = (one.layout, None) if one is not None else sufficient_stats(design)[:2]
+    if design.p == 0:
+        # Nothing to integrate out: the restricted likelihood is the likelihood, and lme4
+        # reports such a fit as ML (with AIC), whatever REML says.
+        REML = False
     reml = np.asarray(1.0 if REML else 0.0)
     t0 = time.perf_counter()
     method = choose_method(layout) if optimizer == "auto" else optimizer

@@ -17,6 +17,7 @@ Needs ``pip install ".[notebooks]"``.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -62,6 +63,11 @@ def notebook_of(source: str) -> nbformat.NotebookNode:
 
 def run(nb: nbformat.NotebookNode, timeout: int = TIMEOUT) -> nbformat.NotebookNode:
     """Execute ``nb`` in a fresh python3 kernel whose working directory is notebooks/."""
+    # The kernel inherits the environment but starts in notebooks/: a relative PYTHONPATH
+    # (PYTHONPATH=. from a checkout) would point there, and the kernel import another jaxmlm.
+    paths = os.environ.get("PYTHONPATH")
+    if paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in paths.split(os.pathsep) if p)
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
     return nb
 

@@ -120,3 +120,21 @@ def test_anova_tables_show_as_html_with_their_heading():
         assert html.startswith("<p>") and html.count("<p>") == len(heading) and "<table" in html
         assert all(escape(col) in html for col in table.columns) and all(escape(h) in html for h in heading)
         assert f"{table.iloc[-1, 0]}"[:5] in html  # the table's numbers, not just its frame
+
+
+# lmerTest's ranova of a model without fixed effects refits its reduced models wrongly (npar 3,
+# Df 0, negative LRT): that table is not a reference.
+@pytest.mark.parametrize("cid, what", [(c, w) for c in FULL for w in ("ranova", "anova")
+                                       if FULL[c][w] and (c, w) != ("pastes_no_intercept", "ranova")])
+def test_ranova_and_anova_print_as_lmertest(cid, what):
+    """ranova(m) and anova(m) (type III, Satterthwaite) of each fit, every printed line (lmerTest
+    prints no anova table for a model with the intercept alone)."""
+    c = FULL[cid]
+    theirs = [ln.replace("\u2018", "'").replace("\u2019", "'") for ln in c[what]]
+    m = jaxmlm.lmer(c["formula"], jaxmlm.load_example(c["data"]), REML=c["REML"], data_name=c["data"])
+    ours = [ln.rstrip() for ln in str(m.ranova() if what == "ranova" else m.anova()).splitlines()]
+    while theirs and not theirs[-1]:
+        theirs.pop()
+    assert len(ours) == len(theirs), "\n".join(ours)
+    for a, b in zip(ours, theirs):
+        _same_print(a, b)

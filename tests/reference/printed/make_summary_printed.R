@@ -1,4 +1,4 @@
-# How lmerTest's summary() prints whole fits, for tests/test_present.py. Run from the repository root:
+# How lmerTest prints summary(), ranova() and anova() of whole fits, for tests/test_present.py. Run from the repository root:
 #   Rscript tests/reference/printed/make_summary_printed.R
 # Data: the package's CSVs (jaxmlm/data) with levels.json's level orders, bound to a variable named
 # as the data set so that the "Data:" line names it; lme4 run to tight tolerances so that its
@@ -30,6 +30,8 @@ cases <- list(
   list(id = "hsb_null", formula = "mAch ~ 1 + (1 | school)", data = "Hsb82", REML = FALSE),
   list(id = "hsb_ses", formula = "mAch ~ ses + (1 | school)", data = "Hsb82", REML = FALSE),
   list(id = "hsb_ses_slope", formula = "mAch ~ ses + (ses | school)", data = "Hsb82", REML = TRUE),
+  list(id = "penicillin_reversed", formula = "diameter ~ 1 + (1 | sample) + (1 | plate)", data = "Penicillin", REML = TRUE),
+  list(id = "pastes_no_intercept", formula = "strength ~ 0 + (1 | batch/cask)", data = "Pastes", REML = TRUE),
   list(id = "classroom_nested", formula = "mathgain ~ mathkind + sex + minority + ses + (1 | schoolid/classid)", data = "classroom", REML = TRUE))
 ctrl <- lmerControl(optimizer = "nloptwrap",
                     optCtrl = list(xtol_abs = 1e-14, ftol_abs = 1e-15, xtol_rel = 1e-14, ftol_rel = 1e-15, maxeval = 1e5))
@@ -37,7 +39,11 @@ out <- list()
 for (cs in cases) {
   m <- eval(parse(text = sprintf("lmer(%s, data = %s, REML = %s, control = ctrl)", cs$formula, cs$data, cs$REML)))
   s <- capture.output(print(summary(m)))
-  out[[cs$id]] <- list(formula = cs$formula, data = cs$data, REML = cs$REML, lines = sub(" +$", "", s))
+  # lmerTest's ranova() and anova() (type III, Satterthwaite) of the same fit, as printed
+  r <- capture.output(print(ranova(m)))
+  a <- if (length(fixef(m)) > 1) capture.output(print(anova(m))) else character(0)
+  out[[cs$id]] <- list(formula = cs$formula, data = cs$data, REML = cs$REML, lines = sub(" +$", "", s),
+                       ranova = sub(" +$", "", r), anova = sub(" +$", "", a))
 }
 # R's abbreviate(), which labels the columns (minlength 6) and rows (11) of the correlation block
 nm <- c("(Intercept)", "mathkind", "minority", "standLRT", "schgendgirls", "schgendmixed", "Days:Treatment",
