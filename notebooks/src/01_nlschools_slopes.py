@@ -369,19 +369,12 @@ assert slope_test["Df"].iloc[1] == 2 and slope_test["Pr(>Chisq)"].iloc[1] < 0.01
 # What do the random effects do to the class lines we started with? To see it in the plane
 # of IQ and score, fit the simplest model with both random effects, `lang ~ IQc + (IQc |
 # class)`, and draw each class's conditional line (fixed effects plus the class's predicted
-# random effects) with `jaxmlm.plot.group_lines`, over the per-class OLS lines (dashed) of the
-# same ten classes as at the start.
+# random effects) with `jaxmlm.plot.group_lines`; `ols=True` adds each class's own OLS line
+# (dashed), for the same ten classes as at the start.
 
 # %%
 simple = jaxmlm.lmer("lang ~ IQc + (IQc | class)", nl_c)
-ols_c = jaxmlm.lmList("lang ~ IQc | class", nl_c)
-fig = jaxmlm.plot.group_lines(simple, "IQc", max_groups=10, ncols=5)
-for ax in fig.axes:
-    if ax.get_visible():
-        b0, b1 = ols_c.loc[ax.get_title()]
-        x = nl_c.loc[nl_c["class"] == ax.get_title(), "IQc"]
-        xs = np.array([x.min(), x.max()])
-        ax.plot(xs, b0 + b1 * xs, "--", color="0.3", lw=1.2)
+fig = jaxmlm.plot.group_lines(simple, "IQc", max_groups=10, ncols=5, ols=True)
 fig.suptitle("Mixed-model lines (orange) and per-class OLS lines (dashed)")
 fig.set_size_inches(12, 5)
 fig.tight_layout()
@@ -400,6 +393,7 @@ ax.figure.set_size_inches(7, 6)
 
 # %%
 coefs = simple.coef["class"]
+ols_c = jaxmlm.lmList("lang ~ IQc | class", nl_c)
 common = ols_c.dropna().index
 spread_ols = ols_c.loc[common, "IQc"].std()
 spread_mixed = coefs.loc[common, "IQc"].std()
