@@ -141,7 +141,8 @@ assert abs(m2_dbar.objective - m2_uncor.objective) < 1e-6
 # (The note's generic example `lmer(Y ~ X1 + X2 + (1 | X2))` puts the same variable among
 # the fixed effects and as the grouping factor; in practice the grouping factor is a
 # categorical identifier — organisation, school, participant — and a categorical `X2` in
-# both places would make the group means estimable twice.)
+# both places would give each group a fixed and a random intercept, which the data cannot
+# tell apart.)
 #
 # ## A random intercept model
 #
@@ -162,8 +163,9 @@ print(m1.summary())
 # lme4's accessors have jaxmlm equivalents: `fixef(m)` is `m.fixef`, `ranef(m)` is
 # `m.ranef` (a DataFrame per grouping factor) or `m.ranef_frame()` (R's
 # `as.data.frame(ranef(m))`), `coef(m)` is `m.coef`, `fitted(m)` is `m.fitted`, and
-# `as.data.frame(VarCorr(m))` is `m.varcorr`. The standard errors that the note takes from
-# the `arm` package are `m.se`.
+# `as.data.frame(VarCorr(m))` is `m.varcorr`. The standard errors that the labs take from
+# the `arm` package are `m.se` (arm's `se.fixef`) and `m.condsd` (its `se.ranef`, the
+# conditional SDs of the random effects).
 
 # %%
 print(m1.fixef, "\n")
@@ -340,7 +342,7 @@ pooling.round(2)
 # own means. Ours behave the same way.
 #
 # Why, and by how much? For the intercept-only model the conditional mean of organisation *j*
-# has a closed form (e.g. Gelman & Hill 2007, §12.2; Snijders & Bosker 2012, §4.8):
+# has a closed form (Gelman & Hill 2007, §12.2):
 #
 # $$\hat\beta_{0j} = \hat\gamma_{00} + \lambda_j\,(\bar y_j - \hat\gamma_{00}),\qquad
 # \lambda_j = \frac{\hat\sigma_{v_0}^2}{\hat\sigma_{v_0}^2 + \hat\sigma_\epsilon^2 / n_j},$$
@@ -455,8 +457,9 @@ assert 0 < icc < 1
 # 1. *Exercise hours before and after an intervention, 100 people in each of two
 #    conditions.* Measurements are nested in people; the question is whether the change
 #    differs between conditions:
-#    `ExHrs ~ time * condition + age + sex + (1 | person)`. With only two time points per
-#    person, a random slope of time cannot be separated from the residual.
+#    `ExHrs ~ time * condition + age + sex + (1 | person)`. With so few occasions per
+#    person, a random slope of time would be barely distinguishable from the residual, so a
+#    random intercept is the usual choice.
 # 2. *Aggression measured every year from age 7 to 17, children from different areas of one
 #    city.* Occasions in children in areas; each child has its own trajectory:
 #    `Aggression ~ age + (1 + age | child) + (1 | area)`, with `age` centred (e.g. at 7) so
