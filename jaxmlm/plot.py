@@ -149,12 +149,22 @@ def _level(level: float) -> float:
     return float(level)
 
 
-def group_lines(m, x: str, group: str | None = None, max_groups: int = 24, ncols: int = 6):
+def group_lines(m, x: str, group: str | None = None, max_groups: int = 24, ncols: int = 6, ols: bool = False):
     """Each group's observations against ``x`` with the model's fitted values as a line, one panel
-    per level of ``group`` (the first ``max_groups`` levels), as lattice's ``xyplot(y ~ x | g)``."""
+    per level of ``group`` (the first ``max_groups`` levels), as lattice's ``xyplot(y ~ x | g)``.
+
+    ``ols=True`` adds, dashed, each group's own least-squares line of the response on ``x``
+    alone (lattice's ``type = "r"``; weighted by the model's prior weights, if any), over the
+    group's range of ``x``: the no-pooling line beside the model's partial-pooling fit, which
+    shows how far the model pulls each group toward the others. A group whose ``x`` takes fewer
+    than two values has no such line. (The fitted values include every predictor of the model,
+    so with predictors other than ``x`` varying within groups the model's line is not straight.)
+    """
     plt = _plt()
     if not (isinstance(max_groups, int) and max_groups >= 1 and isinstance(ncols, int) and ncols >= 1):
         raise DataError(f"max_groups and ncols must be positive integers, got {max_groups!r} and {ncols!r}")
+    if not isinstance(ols, bool):
+        raise DataError(f"ols must be True or False, got {ols!r}")
     d = m._rows("group_lines()")
     g = _group(m, group)
     block = next(b for b in d.blocks if b.group == g)
@@ -173,6 +183,12 @@ def group_lines(m, x: str, group: str | None = None, max_groups: int = 24, ncols
         order = rows[np.argsort(xs[rows], kind="stable")]
         ax.plot(xs[order], d.y[order], "o", ms=3, color="C0")
         ax.plot(xs[order], fitted[order], "-", color="C1")
+        if ols and np.unique(xs[order]).size >= 2:
+            # y = a + b x by least squares in this group; polyfit's w scales residuals, so √w
+            w = None if d.weights is None else np.sqrt(d.weights[order])
+            b, a = np.polyfit(xs[order], d.y[order], 1, w=w)
+            ends = xs[order][[0, -1]]
+            ax.plot(ends, a + b * ends, "--", color="0.35", lw=1)
         ax.set_title(str(block.levels[levels[k]]), fontsize="small")
     fig.supxlabel(x)
     fig.supylabel(d.formula.lhs)

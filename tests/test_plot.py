@@ -73,6 +73,27 @@ def test_trajectories_and_group_lines(sleep):
         plot.trajectories(sleep, "Hours")
 
 
+def test_group_lines_with_each_groups_ols_line(sleep):
+    fig = plot.group_lines(sleep, "Days", max_groups=5, ncols=5, ols=True)
+    ols = jaxmlm.lmList("Reaction ~ Days | Subject", jaxmlm.load_example("sleepstudy"))
+    for ax in fig.axes:
+        a, b = ols.loc[ax.get_title()]
+        line = ax.lines[2]  # data, model's fit, then the group's own OLS line over its range of x
+        np.testing.assert_allclose(line.get_xdata(), [0, 9])
+        np.testing.assert_allclose(line.get_ydata(), [a, a + 9 * b], rtol=1e-10)
+    assert all(len(ax.lines) == 2 for ax in plot.group_lines(sleep, "Days", max_groups=2).axes)
+    # a group whose x has one value gets no line; prior weights weight the line as lm's weights
+    df = jaxmlm.load_example("sleepstudy")
+    df = df[(df["Subject"] != "308") | (df["Days"] == 0)].assign(w=lambda d: 1.0 + (d["Days"] % 3))
+    m = jaxmlm.lmer("Reaction ~ Days + (1 | Subject)", df, weights="w")
+    fig = plot.group_lines(m, "Days", max_groups=2, ols=True)
+    assert fig.axes[0].get_title() == "308" and len(fig.axes[0].lines) == 2
+    a, b = jaxmlm.lmList("Reaction ~ Days | Subject", df, weights="w").loc["309"]
+    np.testing.assert_allclose(fig.axes[1].lines[2].get_ydata(), [a, a + 9 * b], rtol=1e-10)
+    with pytest.raises(DataError, match="ols must be True or False"):
+        plot.group_lines(sleep, "Days", ols="yes")
+
+
 def test_residuals_qq_and_density(sleep):
     ax = plot.resid_fitted(sleep)
     np.testing.assert_allclose(_offsets(ax), np.column_stack([sleep.fitted, sleep.pearson_resid]))
