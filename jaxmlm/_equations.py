@@ -22,7 +22,11 @@ predictor. A fixed-effects column then splits into its parts at each level: the 
 (``cses``) picks the level-1 coefficient, the level-2 part (``meanses``) the term of that
 coefficient's level-2 equation — so a cross-level interaction ``meanses:cses`` is the
 ``γ_11 meanses_j`` of the slope's equation ``β_1j = γ_10 + γ_11 meanses_j + u_1j``, as in
-equatiomatic. Coefficients are numbered as Raudenbush & Bryk number them: 0 for the
+equatiomatic. (Where the slope does not vary between groups, equatiomatic moves such a product
+into the intercept's mean; a level-2 equation cannot hold a level-1 variable, so here it stays
+in the slope's equation, Raudenbush & Bryk's non-randomly varying slope ``β_1j = γ_10 + γ_11
+W_j``. tests/test_equations.py compares this structure with equatiomatic's output for six
+models.) Coefficients are numbered as Raudenbush & Bryk number them: 0 for the
 intercept of an equation, then 1, 2, … in the order the formula gives the predictors.
 
 Where the levels cannot be written — crossed grouping factors (neither nested in the other),

@@ -293,3 +293,85 @@ def test_what_it_cannot_write_is_a_clear_error(hsb):
     for bad in (-1, 1.5, "2", True):
         with pytest.raises(DataError, match="digits"):
             ok.equations(digits=bad)
+
+
+# ---- the structure equatiomatic gives the same models ---------------------------------------------
+# tests/reference/equations/equatiomatic.json holds extract_eq()'s LaTeX for six models (written by
+# make_equatiomatic.R beside it). equatiomatic writes Gelman & Hill's notation (α_j[i], γ^α), not
+# the level equations, so what is compared is the structure: which predictors sit in the level-1
+# equation, and which in the equation of each intercept and random slope at each grouping level.
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+_REFERENCE = json.loads((Path(__file__).parent / "reference" / "equations" / "equatiomatic.json").read_text())
+_EQM_NAME = re.compile(r"\\operatorname\{([^}]*)\}(?:_\{\\operatorname\{([^}]*)\}\})?")
+
+
+def _eqm_product(term: str) -> frozenset:
+    return frozenset(f"{a}[{b}]" if b else a for a, b in _EQM_NAME.findall(term))
+
+
+def _equatiomatic_structure(tex: str):
+    """(level-1 products, [per grouping level: {0: intercept's products, p: slope p's products}])."""
+    first = tex.splitlines()[1]
+    mean = first[first.index(r"N \left(") + len(r"N \left("): first.rindex(r", \sigma^2")]
+    level1 = {_eqm_product(t) for t in mean.split(" + ")} - {frozenset()}
+    blocks = re.split(r"\\text\{, for ", tex)[:-1]
+    levels = []
+    for block in blocks:
+        eqs: dict[int, set] = {}
+        for beta, inside in re.findall(r"\\gamma(?:\^\{\\beta_\{(\d+)\}\})?_\{\d+\}(?:\^\{\\alpha\})?\(([^()]*)\)", block):
+            eqs.setdefault(int(beta) if beta else 0, set()).add(_eqm_product(inside))
+        levels.append(eqs)
+    return level1, levels
+
+
+def _jaxmlm_structure(e):
+    """The same from m.equations()'s LaTeX: products of \\text{} variables per equation."""
+    sections = re.split(r"&\\text\{Level \d+:\}", e.latex.split(r"&\text{Composite:}")[0])[1:]
+
+    def products(rhs: str) -> set:
+        return {frozenset(re.findall(r"\\text\{([^}]*)\}", t)) for t in rhs.split(" + ")} - {frozenset()}
+
+    level1 = products(sections[0].split("&=")[1].split(r"\\")[0])
+    levels = []
+    for sec in sections[1:]:
+        eqs = {}
+        for line in sec.strip().split(" \\\\\n"):
+            if "&=" not in line:
+                continue
+            lhs, rhs = line.split("&=")
+            digits = re.search(r"_\{(\d+)[jk]*\}", lhs).group(1)
+            if set(digits[1:]) <= {"0"}:  # an intercept (all 0) or a slope p of the level-1 equation (p0, p00)
+                eqs[int(digits[0])] = products(rhs)
+        levels.append(eqs)
+    return level1, levels
+
+
+@pytest.mark.parametrize("name", sorted(_REFERENCE))
+def test_structure_matches_equatiomatic(name, hsb, classroom):
+    ref = _REFERENCE[name]
+    data = {"Hsb82": hsb, "classroom": classroom}[ref["data"]]
+    e = jaxmlm.lmer(ref["formula"], data).equations()
+    l1_ref, levels_ref = _equatiomatic_structure(ref["latex"])
+    l1, levels = _jaxmlm_structure(e)
+    assert l1 == l1_ref
+    level1_vars = {v for p in l1 for v in p}
+    slope_index = {next(iter(p)): i + 1 for i, p in enumerate(sorted(l1, key=lambda p: e.latex.index(next(iter(p)))))}
+    assert len(levels) == len(levels_ref)
+    for mine, theirs in zip(levels, levels_ref):
+        expected: dict[int, set] = {}
+        for coef, prods in theirs.items():
+            for p in prods:
+                # equatiomatic puts a cross-level product into the intercept's mean when the slope it
+                # modifies does not vary at that level; the level notation cannot (a level-1 variable
+                # in a level-2 equation), so it is in that slope's equation (a non-randomly varying slope)
+                if coef == 0 and p & level1_vars:
+                    (v,) = p & level1_vars
+                    expected.setdefault(slope_index[v], set()).add(p - {v})
+                else:
+                    expected.setdefault(coef, set()).add(p)
+        assert {c: ps for c, ps in mine.items() if ps} == expected
+    if name in ("cross_level", "categorical", "three_level_predictors"):  # the comparison is not empty
+        assert any(levels_ref)
