@@ -427,8 +427,8 @@ class _Writer:
         mat_l = (r"\begin{pmatrix} " + r" \\ ".join(" & ".join(element(a, b, True) for b in range(k)) for a in range(k))
                  + r" \end{pmatrix}")
         bigl = _LATEX_MATRIX[big]
-        self.eq(vec_t, f"N(0, {big}),  {big} = {mat_t}", f"N\\left(\\mathbf{{0}}, {bigl}\\right),\\quad {bigl} = {mat_l}",
-                rel="sim")
+        self.eq(vec_t, f"N(0, {big}),  {big} = {mat_t}",
+                f"N\\left(\\mathbf{{0}}, {bigl}\\right),\\quad {bigl} = {mat_l}", rel="sim")
         self.latex[-1] = ("eq", vec_l, self.latex[-1][2])
 
     # ---- rendering ----
@@ -489,7 +489,6 @@ def equations(m, estimates: bool = False, digits: int = 2) -> Equations:
         if chain is None:
             note = (f"The grouping factors {', '.join(b.group for b in blocks)} are crossed (not nested), so the "
                     "model has no level-by-level form: it is written in its composite form.")
-    levels = None
     if chain is not None:
         factors = {f for _, fs in fixed for f in fs} | {f for cols in random.values() for _, fs, _ in cols for f in fs}
         level_of = _levels_of(sorted(factors, key=lambda f: (f.expr, f.label or "")), d.frame, chain)

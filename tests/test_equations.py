@@ -264,6 +264,18 @@ def test_offsets_and_slopes_without_fixed_part(hsb):
     assert "  mAchᵢⱼ = β₀ⱼ + β₁ⱼ csesᵢⱼ + sesᵢⱼ + εᵢⱼ" in m2.equations().text
 
 
+def test_weights_and_two_digit_indices(hsb):
+    df = hsb.assign(w=1.0 + np.arange(len(hsb)) % 3)
+    m = jaxmlm.lmer("mAch ~ ses + (1 | school)", df, weights="w")
+    assert "εᵢⱼ ~ N(0, σ²/wᵢⱼ)" in m.equations().text  # lme4's weights: residual variance σ²/w
+    assert rf"\varepsilon_{{ij}} &\sim N(0, {m.sigma ** 2:.2f}/w_{{ij}})" in m.equations(estimates=True).latex
+    # ten slopes: indices of two digits are separated by commas (γ_10,0 is slope 10's intercept)
+    m10 = jaxmlm.lmer("mAch ~ poly(ses, 10) + (1 | school)", hsb)
+    lines = m10.equations().text.splitlines()
+    assert "  β₁₀ⱼ = γ₁₀,₀" in lines and "   β₁ⱼ = γ₁₀" in lines
+    assert r"\beta_{10j} &= \gamma_{10,0}" in m10.equations().latex
+
+
 def test_a_random_slope_of_a_group_constant_predictor_falls_back_to_the_composite(hsb):
     m = jaxmlm.lmer("mAch ~ meanses + (meanses | school)", hsb)
     e = m.equations()
