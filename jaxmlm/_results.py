@@ -513,6 +513,15 @@ class LinearMixedModel:
 
         return augment(self)
 
+    def equations(self, estimates: bool = False, digits: int = 2):
+        """The model as equations: level-1 and level-2 (level-3, ...) equations where the grouping
+        factors nest, the composite form and the distributions, as R's equatiomatic ``extract_eq``
+        (see :mod:`jaxmlm._equations`); ``estimates=True`` puts the fitted numbers, rounded to
+        ``digits``, in place of the symbols. Prints as text; a notebook renders its LaTeX."""
+        from ._equations import equations
+
+        return equations(self, estimates=estimates, digits=digits)
+
     def summary(self) -> str:
         """lme4-style text summary (also printed by ``print(m)``)."""
         from ._present import summary_text
