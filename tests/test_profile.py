@@ -242,3 +242,23 @@ def test_maxpts_bounds_each_walk(profiles):
     prof = m.profile(parm="sigma", maxpts=4)
     v, z = _curve(prof, "sigma")
     assert len(v) == 1 + 2 * 3  # the estimate and three points on each side
+
+
+@pytest.mark.parametrize("structured, unstructured", [
+    # exact equivalences (as in test_confint): a 2-column cs term has one free correlation in
+    # (−1, 1), as us; diag is the double-bar model
+    ("Reaction ~ Days + cs(1 + Days | Subject)", "Reaction ~ Days + (1 + Days | Subject)"),
+    ("Reaction ~ Days + diag(1 + Days | Subject)", "Reaction ~ Days + (1 + Days || Subject)"),
+])
+def test_structure_profiles_equal_their_unstructured_twins(structured, unstructured):
+    d = jaxmlm.load_example("sleepstudy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", jaxmlm.ConvergenceWarning)
+        got, want = jaxmlm.lmer(structured, d).profile(), jaxmlm.lmer(unstructured, d).profile()
+    assert sorted(set(got["parameter"])) == sorted(set(want["parameter"]))
+    for name in dict.fromkeys(want["parameter"]):
+        v, z = _curve(want, name)
+        gv, gz = _curve(got, name)
+        inside = (gv >= v.min()) & (gv <= v.max())
+        assert inside.sum() >= len(gv) - 2  # the grids may end a step apart
+        np.testing.assert_allclose(gz[inside], CubicSpline(v, z)(gv[inside]), atol=5e-5, err_msg=name)
