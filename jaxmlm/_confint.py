@@ -687,7 +687,7 @@ def profile(m, parm=None, alphamax: float = 0.01, maxpts: int = 100, delta: floa
         elif p.kind == BETA:
             walks += [(a, -1.0, -np.inf, est[a], False), (a, 1.0, est[a], np.inf, False)]
         else:
-            (lo, lo_at), (hi, hi_at) = _cor_bounds(m, p)
+            (lo, _), (hi, _) = _cor_bounds(m, p)
             walks += [(a, -1.0, lo, est[a], False), (a, 1.0, est[a], hi, False)]
     if walks:
         rows += _walk(m, params, est, walks, theta, sigma, vcov, base, cutoff, float(delta), int(maxpts))
@@ -711,7 +711,7 @@ def _walk(m, params, est, walks, theta, sigma, vcov, base, cutoff, delta, maxpts
     at = {}  # where a correlation's bound is evaluated (just inside a structure's range)
     for i, p in enumerate(P):
         if p.kind == COR:
-            (blo, lo_at), (bhi, hi_at) = _cor_bounds(m, p)
+            (_, lo_at), (_, hi_at) = _cor_bounds(m, p)
             at[i] = lo_at if side[i] < 0 else hi_at
     v = np.array([_first_guess(m, p, vhat[i], side[i] * delta, sigma, vcov, m.nobs) for i, p in enumerate(P)])
     v = np.clip(v, lo, hi)
