@@ -90,7 +90,7 @@ from ._optimize import _newton, diagonal_mask, theta_scale, theta_scale_host
 from ._solution import solve
 from ._stats import Layout, Stats
 
-__all__ = ["confint", "param_names"]
+__all__ = ["confint", "param_names", "profile"]
 
 _LOG2PI = 1.8378770664093453
 _TINY = 1e-300
@@ -627,6 +627,151 @@ def _profile(m, level: float, parm, max_outer: int = 40, ztol: float = 1e-7) -> 
     return pd.DataFrame({cols[0]: lower, cols[1]: upper}, index=pd.Index([p.name for p in params]))
 
 
+# ---- the profile on a grid (lme4's profile.merMod) ---------------------------------------------------------
+
+
+def profile(m, parm=None, alphamax: float = 0.01, maxpts: int = 100, delta: float | None = None,
+            delta_cutoff: float = 1 / 8) -> pd.DataFrame:
+    """ζ on a grid of values of each parameter, as lme4's ``profile.merMod`` (its
+    ``as.data.frame``: ``.zeta``, ``.focal``, ``.par``; here ``zeta``, ``value``, ``parameter``).
+
+    ζ(v) = sign(v − ψ̂)·√(D*(v) − D(ψ̂)) is the signed root of the profiled ML deviance (module
+    docstring), the quantity whose crossings of ±z are the profile limits of :func:`confint`.
+    Each parameter is walked from its ML estimate (ζ = 0) out to each side as lme4 does: the
+    walk stops at the first point with |ζ| > cutoff = √χ²_{npar}(1 − ``alphamax``) (lme4's
+    cutoff: the χ² quantile on as many degrees of freedom as the model has parameters), at a
+    bound (an sd at 0, a correlation at ±1, each evaluated there as in :func:`confint`) or
+    after ``maxpts`` points; steps aim at ζ increments of ``delta`` (default cutoff ×
+    ``delta_cutoff``, lme4's 1/8). lme4 extrapolates the step from the last two points; here
+    it is a Newton step with the exact dζ/dv (envelope theorem), in log v for sd and sigma
+    away from 0, capped at 10 times the step before (lme4's ``maxmult``). Every point is a
+    minimization of the same kernel as :func:`confint`'s (all parameters and both sides in
+    one compiled program per step), warm-started from the point before (lme4's
+    ``startmethod = "prev"``). REML fits are profiled on the ML deviance, as lme4.
+
+    Returns a DataFrame with columns ``parameter`` (names as :func:`confint`'s rows),
+    ``value`` and ``zeta``, the parameters in :func:`param_names` order, each by value.
+    """
+    if not (isinstance(alphamax, (float, int)) and 0.0 < float(alphamax) < 1.0):
+        raise JaxmlmError(f"alphamax must be a number between 0 and 1 (e.g. 0.01), got {alphamax!r}")
+    if not (isinstance(maxpts, (int, np.integer)) and maxpts >= 2):
+        raise JaxmlmError(f"maxpts must be an integer of at least 2, got {maxpts!r}")
+    own = sorted({type(t.cov).__name__ for t in m.design.terms if not isinstance(t.cov, Structure)})
+    if own:
+        raise InferenceError(f"profiles need the built-in covariance structures (us, diag, cs, ar1), not {', '.join(own)}")
+    from scipy.special import chdtri  # the χ² upper-tail quantile
+
+    allp = _params(m)
+    cutoff = math.sqrt(float(chdtri(len(allp), float(alphamax))))
+    if delta is None:
+        delta = cutoff * float(delta_cutoff)
+    if not (isinstance(delta, (float, int)) and 0.0 < float(delta) <= cutoff):
+        raise JaxmlmError(f"delta must be a positive number no larger than the cutoff {cutoff:.4g}, got {delta!r}")
+    params = _select(allp, parm)
+    theta, sigma, beta, vcov, base = _ml_fit(m)
+    est = _estimates(m, params, theta, sigma, beta)
+    rows = [(a, est[a], 0.0) for a in range(len(params)) if np.isfinite(est[a])]
+
+    # Walks: (param index, side s, lower bound, upper bound, step in log v?). An sd walks down
+    # in v itself, to reach 0 (lme4's lower bound), where it is evaluated without its column.
+    walks = []
+    for a, p in enumerate(params):
+        if not np.isfinite(est[a]):
+            continue
+        if p.kind == SD:
+            if est[a] > 0:
+                walks.append((a, -1.0, 0.0, est[a], False))
+            walks.append((a, 1.0, est[a], np.inf, True))
+        elif p.kind == SIGMA:
+            walks += [(a, -1.0, 0.0, est[a], True), (a, 1.0, est[a], np.inf, True)]
+        elif p.kind == BETA:
+            walks += [(a, -1.0, -np.inf, est[a], False), (a, 1.0, est[a], np.inf, False)]
+        else:
+            (lo, _), (hi, _) = _cor_bounds(m, p)
+            walks += [(a, -1.0, lo, est[a], False), (a, 1.0, est[a], hi, False)]
+    if walks:
+        rows += _walk(m, params, est, walks, theta, sigma, vcov, base, cutoff, float(delta), int(maxpts))
+    out = pd.DataFrame(rows, columns=["a", "value", "zeta"]).drop_duplicates()
+    out = out.sort_values(["a", "value"], kind="stable")
+    out.insert(0, "parameter", [params[a].name for a in out["a"]])
+    return out.drop(columns="a").reset_index(drop=True)
+
+
+def _walk(m, params, est, walks, theta, sigma, vcov, base, cutoff, delta, maxpts, maxmult: float = 10.0):
+    """The points (param index, v, ζ) of every walk of :func:`profile`, all walks stepping together."""
+    nw = len(walks)
+    T = max(8, -(-nw // 8) * 8)
+    P = [params[a] for a, *_ in walks]
+    spec = _pad(_specs(m, P), T)
+    side = np.array([s for _, s, _, _, _ in walks])
+    lo = np.array([w[2] for w in walks], dtype=float)
+    hi = np.array([w[3] for w in walks], dtype=float)
+    logv = np.array([w[4] for w in walks])
+    vhat = np.array([est[a] for a, *_ in walks])
+    at = {}  # where a correlation's bound is evaluated (just inside a structure's range)
+    for i, p in enumerate(P):
+        if p.kind == COR:
+            (_, lo_at), (_, hi_at) = _cor_bounds(m, p)
+            at[i] = lo_at if side[i] < 0 else hi_at
+    v = np.array([_first_guess(m, p, vhat[i], side[i] * delta, sigma, vcov, m.nobs) for i, p in enumerate(P)])
+    v = np.clip(v, lo, hi)
+    X = _task_start(m, P, spec, theta, sigma)
+    vfull = np.concatenate([v, np.repeat(v[:1], T - nw)])
+    active = np.zeros(T, bool)
+    active[:nw] = True
+    prev_step = np.where(logv, np.log(np.where(logv & (vhat > 0), v / np.where(vhat > 0, vhat, 1.0), np.nan)),
+                         v - vhat)
+    npts = np.ones(nw, int)
+    out = []
+    while active.any():
+        # A point at a bound: an sd at 0 is the model without its column; a correlation at ±1 the kernel there.
+        for i in np.flatnonzero(active[:nw]):
+            if P[i].kind == SD and vfull[i] <= 0.0:
+                d = _sd_zero_deviance(m, P[i], theta)
+                out.append((walks[i][0], 0.0, -math.sqrt(max(d - base, 0.0))))
+                active[i] = False
+        if not active.any():
+            break
+        veval = vfull.copy()
+        for i, a_ in at.items():
+            if vfull[i] in (lo[i], hi[i]) and vfull[i] != vhat[i]:
+                veval[i] = a_
+        X = _lift_free(X, spec, m.layout)
+        Xn, D, gv, finite = _minimize(m, spec, X, veval, ~active)
+        X = np.where(active[:, None] & np.isfinite(Xn).all(axis=1)[:, None], Xn, X)
+        for i in np.flatnonzero(active[:nw]):
+            vi = vfull[i]
+            if not (finite[i] and np.isfinite(D[i])):
+                active[i] = False
+                continue
+            dd = D[i] - base
+            if dd < -1e-6 * max(1.0, abs(base)):
+                warnings.warn(f"profiling {P[i].name} found a lower deviance ({D[i]:.8g} < {base:.8g}): "
+                              "the fit is not at the optimum", ConvergenceWarning, stacklevel=3)
+            zeta = side[i] * math.sqrt(max(dd, 0.0))
+            out.append((walks[i][0], vi, zeta))
+            npts[i] += 1
+            if abs(zeta) > cutoff or vi in (lo[i], hi[i]) or npts[i] >= maxpts:
+                active[i] = False
+                continue
+            # Next: a Newton step towards ζ + s·δ; where dζ/dv is useless (ζ = 0, a flat or
+            # non-monotone profile), the step before again.
+            dz = gv[i] / (2.0 * zeta) if zeta != 0 else np.nan
+            vn = _newton_v(vi, -side[i] * delta, dz, logv[i]) if np.isfinite(dz) and dz > 0 else np.nan
+            step = (math.log(vn / vi) if logv[i] else vn - vi) if np.isfinite(vn) else np.nan
+            if not np.isfinite(step) or step * side[i] <= 0:
+                step = prev_step[i] if np.isfinite(prev_step[i]) else (
+                    math.log(vi / vhat[i]) if logv[i] else vi - vhat[i])
+            if np.isfinite(prev_step[i]) and abs(step) > maxmult * abs(prev_step[i]):
+                step = math.copysign(maxmult * abs(prev_step[i]), step)
+            prev_step[i] = step
+            vn = vi * math.exp(step) if logv[i] else vi + step
+            vfull[i] = min(max(vn, lo[i]), hi[i])
+            if vfull[i] == vi:
+                active[i] = False
+    return out
+
+
 def _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, max_outer, ztol):
     """Safeguarded Newton on ζ(v) = target for every task at once; returns the v's (∞/NaN if not found)."""
     nt_ = len(tasks)
@@ -638,30 +783,12 @@ def _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, ma
     lo = np.array([l for _, _, l, _ in tasks], dtype=float)
     hi = np.array([h for _, _, _, h in tasks], dtype=float)
     vhat = np.array([est[a] for a, _, _, _ in tasks])
-    se = np.sqrt(np.maximum(np.diag(vcov), 0.0))
-    c = theta_scale_host(m.stats, m.layout)
 
-    # First guesses: one "standard error" out, in the transformed coordinate.
-    v = np.empty(nt_)
-    for i, p in enumerate(P):
-        s = np.sign(target[i])
-        if p.kind == BETA:
-            v[i] = vhat[i] + target[i] * se[p.fixef]
-        elif p.kind == SIGMA:
-            v[i] = vhat[i] * math.exp(target[i] / math.sqrt(2.0 * n))
-        elif p.kind == SD:
-            if vhat[i] > 0:
-                v[i] = vhat[i] * math.exp(target[i] / math.sqrt(2.0 * _nlev(m, p)))
-            else:  # half of σ in the units of the sd's column (θ̃ = 0.5)
-                v[i] = 0.5 * sigma * c[_sd_entries(m, p)[-1]]
-        else:
-            v[i] = vhat[i] + s * (1.0 - vhat[i] ** 2) * abs(target[i]) / math.sqrt(_nlev(m, p))
+    v = np.array([_first_guess(m, p, vhat[i], target[i], sigma, vcov, n) for i, p in enumerate(P)])
+    for i in range(nt_):
         if not lo[i] < v[i] < hi[i]:
             v[i] = _midpoint(lo[i], hi[i], vhat[i], v[i], logv[i])
-    X = _cor_start(np.repeat(_free_start(m, theta)[None, :], T, axis=0), spec)
-    for i, p in enumerate(P):
-        if p.kind == SD:
-            X[i] = _sd_start(m, p, X[i], sigma)
+    X = _task_start(m, P, spec, theta, sigma)
     vfull = np.concatenate([v, np.repeat(v[:1], T - nt_)])
     active = np.zeros(T, bool)
     active[:nt_] = True
@@ -696,12 +823,7 @@ def _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, ma
                     hi[i] = min(hi[i], vi)
                 else:
                     lo[i] = max(lo[i], vi)
-            dz = gv[i] / (2.0 * zeta) if zeta != 0 else np.nan
-            if logv[i]:
-                step = -F / (dz * vi) if np.isfinite(dz) and dz * vi != 0 else np.nan
-                vn = vi * math.exp(max(min(step, 5.0), -5.0)) if np.isfinite(step) else np.nan
-            else:
-                vn = vi - F / dz if np.isfinite(dz) and dz != 0 else np.nan
+            vn = _newton_v(vi, F, gv[i] / (2.0 * zeta) if zeta != 0 else np.nan, logv[i])
             if not (np.isfinite(vn) and lo[i] < vn < hi[i]):
                 vn = _midpoint(lo[i], hi[i], vhat[i], vi, logv[i])
             if not np.isfinite(vn) or abs(vn - vi) <= 1e-13 * max(1.0, abs(vi)):
@@ -715,6 +837,41 @@ def _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, ma
         warnings.warn(f"the profile did not reach the confidence level for {bad}; their limits are NaN",
                       ConvergenceWarning, stacklevel=3)
     return result
+
+
+def _first_guess(m, p: _Param, vhat: float, target: float, sigma: float, vcov: np.ndarray, n: int) -> float:
+    """Where ζ(v) = target is first tried: about |target| "standard errors" from the estimate,
+    in the coordinate the steps use (log v for sd and sigma, v otherwise)."""
+    if p.kind == BETA:
+        return vhat + target * math.sqrt(max(float(vcov[p.fixef, p.fixef]), 0.0))
+    if p.kind == SIGMA:
+        return vhat * math.exp(target / math.sqrt(2.0 * n))
+    if p.kind == SD:
+        if vhat > 0:
+            return vhat * math.exp(target / math.sqrt(2.0 * _nlev(m, p)))
+        # half of σ in the units of the sd's column (θ̃ = 0.5)
+        return 0.5 * sigma * theta_scale_host(m.stats, m.layout)[_sd_entries(m, p)[-1]]
+    return vhat + math.copysign(1.0, target) * (1.0 - vhat**2) * abs(target) / math.sqrt(_nlev(m, p))
+
+
+def _task_start(m, P: list[_Param], spec: dict, theta: np.ndarray, sigma: float) -> np.ndarray:
+    """φ of every task (rows padded to len(spec)) at the ML estimates, in each task's coordinates."""
+    X = _cor_start(np.repeat(_free_start(m, theta)[None, :], len(spec["kind"]), axis=0), spec)
+    for i, p in enumerate(P):
+        if p.kind == SD:
+            X[i] = _sd_start(m, p, X[i], sigma)
+    return X
+
+
+def _newton_v(v: float, F: float, dzdv: float, logv: bool) -> float:
+    """One Newton step in v for ζ(v) − target = F, with dζ/dv from the envelope theorem; in
+    log v (step capped at ±5) for sd and sigma. NaN where the derivative is useless."""
+    if not np.isfinite(dzdv):
+        return np.nan
+    if logv:
+        step = -F / (dzdv * v) if dzdv * v != 0 else np.nan
+        return v * math.exp(max(min(step, 5.0), -5.0)) if np.isfinite(step) else np.nan
+    return v - F / dzdv if dzdv != 0 else np.nan
 
 
 def _free_start(m, theta: np.ndarray) -> np.ndarray:

@@ -450,6 +450,16 @@ class LinearMixedModel:
             self._rows("confint(method='boot')")
         return confint(self, method=method, level=level, parm=parm, nsim=nsim, seed=seed, **kwargs)
 
+    def profile(self, parm=None, alphamax: float = 0.01, maxpts: int = 100, delta: float | None = None,
+                delta_cutoff: float = 1 / 8) -> pd.DataFrame:
+        """lme4's ``profile()``: ζ, the signed root of the ML deviance increase, on a grid of each
+        parameter's values out to |ζ| = √χ²_npar(1 − ``alphamax``); columns ``parameter``,
+        ``value``, ``zeta`` (see :func:`jaxmlm._confint.profile`; plot with
+        :func:`jaxmlm.plot.profile_zeta`)."""
+        from ._confint import profile
+
+        return profile(self, parm=parm, alphamax=alphamax, maxpts=maxpts, delta=delta, delta_cutoff=delta_cutoff)
+
     def ranova(self, reduce_terms: bool = True) -> pd.DataFrame:
         """lmerTest's ``ranova``: a likelihood-ratio test of each random-effects term against the model
         without it (``reduce_terms=True``: a vector term is reduced to its intercept, as lmerTest does)."""

@@ -13,7 +13,9 @@ Axes (or Figure, for several panels) it drew on, so it can be styled, saved or t
 * :func:`resid_fitted` — residuals against fitted values;
 * :func:`qq` — normal QQ plot of the scaled residuals or of one term's conditional modes;
 * :func:`ranef_density` — density of the conditional modes of one term, with the
-  normal density the model assumes for the random effects.
+  normal density the model assumes for the random effects;
+* :func:`profile_zeta` — the profile ζ of each parameter against its value with the ±z
+  lines of the confidence levels (lattice's ``xyplot(profile(m))`` in lme4).
 
 Needs matplotlib (``pip install 'jaxmlm[plot]'``).
 """
@@ -29,7 +31,8 @@ from scipy import stats
 from ._design import level_rows
 from ._errors import ConfigurationError, DataError
 
-__all__ = ["caterpillar", "group_lines", "qq", "ranef_density", "resid_fitted", "shrinkage", "trajectories"]
+__all__ = ["caterpillar", "group_lines", "profile_zeta", "qq", "ranef_density", "resid_fitted", "shrinkage",
+           "trajectories"]
 
 
 def _plt():
@@ -273,3 +276,62 @@ def ranef_density(m, group: str | None = None, term: str | None = None, ax=None)
     ax.set_ylabel("density")
     ax.legend(fontsize="small")
     return ax
+
+
+def profile_zeta(prof, parm=None, levels=(0.95, 0.99), ncols: int = 3, **kwargs):
+    """ζ against each parameter's value, one panel per parameter, with horizontal lines at ±z for
+    each confidence level in ``levels`` (z = Φ⁻¹((1 + level)/2)), as lattice's
+    ``xyplot(profile(m))`` in lme4. Where the curve crosses ±z are the profile limits of
+    ``m.confint(level=...)``; a straight line means the Wald interval would be as good
+    (Bates et al. 2015, *J. Stat. Softw.* 67(1), §5.1).
+
+    ``prof`` is a fitted model (profiled here by ``m.profile(**kwargs)``) or the DataFrame
+    ``m.profile()`` returned (columns ``parameter``, ``value``, ``zeta``); ``parm``: the
+    parameters to draw (default all). Each panel's first line is the profile's points, joined.
+    """
+    plt = _plt()
+    if isinstance(prof, pd.DataFrame):
+        if kwargs:
+            raise DataError(f"keywords {sorted(kwargs)} profile a model; a profile table takes none")
+        missing = {"parameter", "value", "zeta"} - set(prof.columns)
+        if missing:
+            raise DataError(f"a profile table needs the columns parameter, value and zeta; it lacks {sorted(missing)}")
+        table = prof
+    elif hasattr(prof, "profile"):
+        table = prof.profile(parm=parm, **kwargs)
+    else:
+        raise DataError(f"profile_zeta takes a fitted model or the table m.profile() returns, not {type(prof).__name__}")
+    names = list(dict.fromkeys(table["parameter"]))
+    if parm is not None:
+        wanted = [parm] if isinstance(parm, str) else list(parm)
+        unknown = [q for q in wanted if q not in names]
+        if unknown:
+            raise DataError(f"the profile has no parameter {unknown}; it has {names}")
+        names = wanted
+    if not names:
+        raise DataError("the profile table is empty")
+    if not (isinstance(ncols, int) and ncols >= 1):
+        raise DataError(f"ncols must be a positive integer, got {ncols!r}")
+    lv = [_level(x) for x in ([levels] if isinstance(levels, float) else levels)]
+    nc = min(ncols, len(names))
+    nrows = math.ceil(len(names) / nc)
+    fig, axes = plt.subplots(nrows, nc, sharey=True, squeeze=False, figsize=(3.2 * nc, 2.8 * nrows))
+    styles = ["--", ":", "-.", (0, (5, 1, 1, 1))]
+    for k, ax in enumerate(axes.ravel()):
+        if k >= len(names):
+            ax.set_visible(False)
+            continue
+        rows = table[table["parameter"] == names[k]].sort_values("value", kind="stable")
+        ax.plot(rows["value"].to_numpy(), rows["zeta"].to_numpy(), "o-", ms=2.5, lw=1.2, color="C0")
+        for j, level in enumerate(lv):
+            z = float(stats.norm.ppf(0.5 + level / 2))
+            for sgn in (1.0, -1.0):
+                ax.axhline(sgn * z, color="0.45", lw=0.8, ls=styles[j % len(styles)],
+                           label=f"±z, {level:.0%}" if sgn > 0 else None)
+        ax.axhline(0.0, color="0.8", lw=0.6)
+        ax.set_xlabel(names[k], fontsize="small")
+        if k % nc == 0:
+            ax.set_ylabel("ζ")
+    axes.ravel()[0].legend(fontsize="x-small", loc="upper left")
+    fig.tight_layout()
+    return fig

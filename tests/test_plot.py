@@ -135,3 +135,27 @@ def test_plot_arguments_are_checked(sleep):
     m = jaxmlm.lmer("Reaction ~ phase + (1 | Subject)", df)
     with pytest.raises(DataError, match="numeric column"):
         plot.trajectories(m, "phase")
+
+
+def test_profile_zeta_draws_the_profile_table():
+    m = jaxmlm.lmer("Yield ~ 1 + (1 | Batch)", jaxmlm.load_example("Dyestuff"))
+    prof = m.profile()
+    fig = plot.profile_zeta(prof, levels=(0.95, 0.99))
+    names = list(dict.fromkeys(prof["parameter"]))
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == len(names) == 3
+    for ax, name in zip(axes, names):
+        rows = prof[prof["parameter"] == name]
+        np.testing.assert_array_equal(ax.lines[0].get_xdata(), rows["value"].to_numpy())
+        np.testing.assert_array_equal(ax.lines[0].get_ydata(), rows["zeta"].to_numpy())
+        levels = sorted(line.get_ydata()[0] for line in ax.lines[1:] if line.get_ydata()[0] != 0)
+        np.testing.assert_allclose(levels, [-2.5758293035489004, -1.959963984540054, 1.959963984540054,
+                                            2.5758293035489004], rtol=1e-12)
+        assert ax.get_xlabel() == name
+    # a model is profiled on the spot; parm picks panels
+    fig = plot.profile_zeta(m, parm="sigma")
+    assert [ax.get_xlabel() for ax in fig.axes if ax.get_visible()] == ["sigma"]
+    with pytest.raises(DataError, match="no parameter"):
+        plot.profile_zeta(prof, parm="nope")
+    with pytest.raises(DataError, match="columns"):
+        plot.profile_zeta(prof.rename(columns={"zeta": "z"}))
