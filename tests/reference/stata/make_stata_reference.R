@@ -38,6 +38,7 @@ cases <- list(
   list(name = "exam_slope_ml", data = "exam", formula = "normexam ~ standLRT + (standLRT | school)", REML = FALSE),
   list(name = "exam_slope_reml", data = "exam", formula = "normexam ~ standLRT + (standLRT | school)", REML = TRUE),
   list(name = "exam_note_reml", data = "exam", formula = "normexam ~ lrt_c + (lrt_c | school)", REML = TRUE),
+  list(name = "exam_note_int_reml", data = "exam", formula = "normexam ~ lrt_c + (1 | school)", REML = TRUE),
   list(name = "exam_int_ml", data = "exam", formula = "normexam ~ standLRT + (1 | school)", REML = FALSE),
   list(name = "exam_diag_ml", data = "exam", formula = "normexam ~ standLRT + (standLRT || school)", REML = FALSE),
   list(name = "growth_ml", data = "sleep", formula = "Reaction ~ Days + Days_sp + (1 | Subject)", REML = FALSE),
