@@ -30,6 +30,10 @@ Unstructured, Exchangeable (``cs(..., hom = TRUE)``: one variance and one covari
 with all its columns); structures Stata does not have for random effects (``ar1``, ``cs`` with a
 variance per column) are named AR(1) and Compound symmetry and show their one correlation.
 
+The wording is Stata 13's, as in the course notes ("LR test vs. linear regression", "Coef.",
+"Std. Err."); Stata 15 and later say "linear model", "Coefficient" and "Std. err.". A fit from
+data in pieces keeps no rows, so its minimum and maximum observations per group print as ``.``.
+
 Stata's log restricted-likelihood of a REML fit is printed as lme4 defines it (``logLik``);
 the LR test compares restricted likelihoods of the same definition, so its statistic does not
 depend on that constant.
@@ -140,7 +144,8 @@ def _header(m, wald, k, p_wald) -> list[str]:
                   " Group Variable |   Groups    Minimum    Average    Maximum",
                   "----------------+------------------------------------------"]
         for name, ng, lo, avg, hi in groups:
-            lines.append(f"{_abbrev(name, 14):>15} |{ng:9d}{count(lo)[1:]:>11}{avg:11.1f}{count(hi)[1:]:>11}")
+            lo_, hi_ = ("." if v is None else str(v) for v in (lo, hi))
+            lines.append(f"{_abbrev(name, 14):>15} |{ng:9d}{lo_:>11}{avg:11.1f}{hi_:>11}")
         lines.append(rule)
     lines.append("")
     ll_label = "Log restricted-likelihood" if m.REML else "Log likelihood"

@@ -260,3 +260,19 @@ def test_exchangeable_covariance_equals_the_nested_intercept_model():
     assert np.allclose(c["Subject/cov(f0 f1 f2 f3)"][:2], n["Subject/var(_cons)"][:2], rtol=1e-5)
     assert np.allclose(c["Residual/var(Residual)"], n["Residual/var(Residual)"], rtol=1e-5)
     assert cs["lr"][1] == nested["lr"][1]
+
+
+def test_fit_from_parquet_pieces_prints_the_same_numbers(tmp_path):
+    """A fit from data in pieces keeps no rows: the group sizes' min and max are Stata's '.', the rest
+    as the in-memory fit."""
+    pytest.importorskip("pyarrow")
+    d = jaxmlm.load_example("classroom")
+    for i in range(3):
+        d.iloc[i::3].to_parquet(tmp_path / f"part{i}.parquet")
+    m = jaxmlm.lmer(REF["classroom_nested_ml"]["formula"], str(tmp_path / "*.parquet"), REML=False)
+    text = m.summary(style="stata")
+    assert re.search(r"^ +schoolid \| +107 +\. +11\.1 +\.$", text, re.M)
+    ours, memory = _parse(text), _parse(_fit("classroom_nested_ml").summary(style="stata"))
+    assert ours["fixed"] == memory["fixed"] and ours["lr"] == memory["lr"]
+    assert np.allclose([v for _, r in ours["random"] for v in r], [v for _, r in memory["random"] for v in r],
+                       rtol=1e-5)
