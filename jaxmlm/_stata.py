@@ -106,15 +106,19 @@ def _right(label: str, value: str, left: str = "") -> str:
     return f"{left:<48}{label:<19}={value:>10}"
 
 
+def _factor_name(m, group: str) -> str:
+    """Stata's name of a grouping factor: lme4 names a nested factor "class:school" (``(1 | school/class)``),
+    Stata by its own variable, ``class``; other names stay."""
+    parts = group.split(":")
+    others = {b.group for b in m.design.blocks}
+    return parts[0] if len(parts) > 1 and all(p in others for p in parts[1:]) else group
+
+
 def _group_rows(m) -> list[tuple[str, int, int, float, int]]:
     """(name, groups, min, average, max observations per group), outermost factor first."""
-    blocks = list(reversed(m._blocks_lme4_order))
-    names = {b.group for b in blocks}
     out = []
-    for b in blocks:
-        # lme4 names a nested factor "class:school"; Stata names it by the inner variable
-        parts = b.group.split(":")
-        name = parts[0] if len(parts) > 1 and all(p in names for p in parts[1:]) else b.group
+    for b in reversed(m._blocks_lme4_order):
+        name = _factor_name(m, b.group)
         if m.design.held:
             n = np.bincount(np.asarray(b.codes), minlength=b.nlev)
             out.append((name, b.nlev, int(n.min()), float(n.mean()), int(n.max())))
@@ -206,12 +210,10 @@ def _blocks(m):
     by_block: dict[int, list] = {}
     for t, term in enumerate(m.design.terms):
         by_block.setdefault(term.block, []).append((t, term))
-    names = {b.group: b for b in m.design.blocks}
     out = []
     for blk in reversed(m._blocks_lme4_order):
         items = by_block[m.design.blocks.index(blk)]
-        parts = blk.group.split(":")
-        name = parts[0] if len(parts) > 1 and all(p in names for p in parts[1:]) else blk.group
+        name = _factor_name(m, blk.group)
         one_column = [it for it in items if it[1].k == 1 and it[1].cov.kind == "us"]
         if len(one_column) == len(items) and len(items) > 1:
             out.append((name, items))  # one Independent block, as Stata's cov(independent)
