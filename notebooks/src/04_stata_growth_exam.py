@@ -19,7 +19,7 @@
 # | Stata | jaxmlm |
 # |---|---|
 # | `mixed y x \|\| id: , var` (ML, Stata's default) | `jaxmlm.lmer("y ~ x + (1 \| id)", d, REML=False).summary(style="stata")` |
-# | `mixed y x \|\| school: x, cov(uns) stddev` (REML) | `jaxmlm.lmer("y ~ x + (x \| school)", d).summary(style="stata", stddev=True)` |
+# | `mixed y x \|\| school: x, cov(uns) reml stddev` | `jaxmlm.lmer("y ~ x + (x \| school)", d).summary(style="stata", stddev=True)` |
 #
 # The note's residual-correlation models (exchangeable and AR(1) errors within a child, and its
 # autocorrelation table) come when jaxmlm gains residual structures; they are skipped here.
