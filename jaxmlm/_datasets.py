@@ -36,6 +36,7 @@ EXAMPLES: tuple[str, ...] = (
     "nlschools",
     "Hsb82",
     "classroom",
+    "Exam",
 )
 
 _BY_LOWER = {n.lower(): n for n in EXAMPLES}
@@ -103,7 +104,7 @@ def load_example(name: str) -> pd.DataFrame:
     name : str
         One of :data:`EXAMPLES` (``"sleepstudy"``, ``"Dyestuff"``,
         ``"Dyestuff2"``, ``"Penicillin"``, ``"Pastes"``, ``"nlschools"``,
-        ``"Hsb82"``, ``"classroom"``), in any letter case.
+        ``"Hsb82"``, ``"classroom"``, ``"Exam"``), in any letter case.
 
     Returns
     -------

@@ -893,6 +893,22 @@ def variance_components(m, level: float = 0.95) -> pd.DataFrame:
     return out
 
 
+def term_eta_cov(m, t: int) -> np.ndarray:
+    """Cov(η̂) of term t's natural parameters, rows and columns in ``sdcor_labels()`` order (log SDs,
+    atanh correlations; the delta method's input for functions of several of them, such as
+    Stata's covariances ρ sd_i sd_j); all NaN for a term on the boundary or a Hessian that is not
+    positive definite (see :func:`variance_components`)."""
+    spec, free_terms, _, _, cov, _ = _vc_cov(m)
+    struct = m.design.terms[t].cov
+    n = len(struct.sdcor_labels())
+    out = np.full((n, n), np.nan)
+    free = {ft: eo for ft, (_, eo, _) in zip(free_terms, spec)}
+    if t in free:
+        order = _sd_first(struct)  # η position free[t] + a holds label order[a]
+        out[np.ix_(order, order)] = cov[free[t] : free[t] + n, free[t] : free[t] + n]
+    return out
+
+
 def _log_ci(x: float, se_log: float, z: float) -> tuple[float, float]:
     if not (np.isfinite(se_log) and x > 0):
         return math.nan, math.nan

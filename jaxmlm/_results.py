@@ -532,8 +532,18 @@ class LinearMixedModel:
 
         return equations(self, estimates=estimates, digits=digits)
 
-    def summary(self) -> str:
-        """lme4-style text summary (also printed by ``print(m)``)."""
+    def summary(self, style: str = "lme4", stddev: bool = False) -> str:
+        """Text summary: lme4's (``style="lme4"``, the default, also printed by ``print(m)``) or the
+        output of Stata's ``mixed`` (``style="stata"``: see :mod:`jaxmlm._stata`), with variances and
+        covariances or, with ``stddev=True``, standard deviations and correlations."""
+        if style == "stata":
+            from ._stata import stata_summary
+
+            return stata_summary(self, stddev=stddev)
+        if style != "lme4":
+            raise DataError(f"style must be 'lme4' or 'stata', got {style!r}")
+        if stddev:
+            raise DataError("stddev= applies to style='stata' (lme4's summary shows both variances and SDs)")
         from ._present import summary_text
 
         return summary_text(self)

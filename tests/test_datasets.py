@@ -12,7 +12,7 @@ import jaxmlm
 
 def test_every_example_loads_with_its_documented_row_count():
     rows = {"sleepstudy": 180, "Dyestuff": 30, "Dyestuff2": 30, "Penicillin": 144, "Pastes": 60,
-            "nlschools": 2287, "Hsb82": 7185, "classroom": 1190}
+            "nlschools": 2287, "Hsb82": 7185, "classroom": 1190, "Exam": 4059}
     assert set(rows) == set(jaxmlm.EXAMPLES)
     for name, n in rows.items():
         assert len(jaxmlm.load_example(name)) == n, name
@@ -67,3 +67,24 @@ def test_classroom_missing_teacher_data_and_ranova_as_in_the_note():
         assert _close(t.loc[name, "Estimate"], est) and _close(t.loc[name, "Std. Error"], se), name
         assert abs(t.loc[name, "df"] - float(df)) < 2e-3, name  # Satterthwaite: the note's 4 decimals
     assert np.isfinite(t["Pr(>|t|)"]).all()
+
+
+def test_exam_has_r_types_and_level_orders():
+    """mlmRev's Exam: its ten columns, R's factor levels in R's order (the first is the reference)."""
+    d = jaxmlm.load_example("exam")
+    assert d.shape == (4059, 10)
+    assert list(d.columns) == ["school", "normexam", "schgend", "schavg", "vr", "intake", "standLRT", "sex",
+                               "type", "student"]
+    assert list(d["schgend"].cat.categories) == ["mixed", "boys", "girls"]
+    assert list(d["vr"].cat.categories) == ["bottom 25%", "mid 50%", "top 25%"]
+    assert list(d["sex"].cat.categories) == ["F", "M"] and list(d["type"].cat.categories) == ["Mxd", "Sngl"]
+    assert list(d["school"].cat.categories[:3]) == ["1", "2", "3"] and d["school"].nunique() == 65
+    assert d["student"].cat.categories.size == 650
+    assert int(d.isna().sum().sum()) == 0
+    # course note 004's summary of pupils per school (Stata's summarize): 65 schools, mean 62.44615,
+    # SD 29.74844, min 2, max 198 -- the public data have the note's schools and pupils
+    n = d.groupby("school", observed=True).size()
+    assert (len(n), n.min(), n.max()) == (65, 2, 198)
+    assert abs(n.mean() - 62.44615) < 5e-6 and abs(n.std() - 29.74844) < 5e-6
+    # mlmRev's first row (R: Exam[1, ])
+    assert d.loc[0, "normexam"] == 0.2613242 and d.loc[0, "standLRT"] == 0.6190592
