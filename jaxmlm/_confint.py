@@ -159,6 +159,8 @@ def _select(params: list[_Param], parm) -> list[_Param]:
         if parm == "beta_":
             return [p for p in params if p.kind == BETA]
         parm = [parm]
+    elif isinstance(parm, (int, np.integer)):  # one position, as a list of one
+        parm = [parm]
     out = []
     for q in parm:
         if isinstance(q, (int, np.integer)):

@@ -237,6 +237,15 @@ def test_parm_and_bad_arguments(profiles):
             m.profile(**kw)
 
 
+def test_parm_as_one_position(profiles):
+    """parm = 1 (one position, as confint's and lme4's integer parm) is parm = [1], not a TypeError."""
+    m, _ = profiles("dyestuff", fine=False)
+    pd.testing.assert_frame_equal(m.profile(parm=1), m.profile(parm="sigma"))
+    assert list(m.confint(parm=1).index) == ["sigma"]
+    with pytest.raises(JaxmlmError):
+        m.profile(parm=7)
+
+
 def test_maxpts_bounds_each_walk(profiles):
     m, _ = profiles("dyestuff", fine=False)
     prof = m.profile(parm="sigma", maxpts=4)
