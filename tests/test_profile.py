@@ -235,6 +235,9 @@ def test_parm_and_bad_arguments(profiles):
     for kw in (dict(alphamax=0), dict(alphamax=1.5), dict(maxpts=1), dict(delta=-1.0), dict(parm="nope")):
         with pytest.raises(JaxmlmError):
             m.profile(**kw)
+    for bad in ("x", -0.1, 0, 2):  # the error names delta_cutoff, not the delta computed from it
+        with pytest.raises(JaxmlmError, match="delta_cutoff"):
+            m.profile(delta_cutoff=bad)
 
 
 def test_parm_as_one_position(profiles):
