@@ -491,34 +491,24 @@ def ranova(m, reduce_terms: bool = True) -> pd.DataFrame:
 
 
 def _model_formula(design) -> str:
-    """The model's formula as lmerTest's ``ranova`` prints it (rebuilt from its terms, R's
-    ``reformulate``): the fixed terms without an explicit ``1``, then every random term in
-    formula order with nested factors and ``||`` expanded (``(1 | cask:batch) + (1 | batch)``),
-    and ``- 1`` last when the intercept is removed."""
+    """The model's formula as lmerTest's ``ranova`` prints it: ``update(formula, . ~ fixed + bars)``,
+    which R simplifies into its terms: the first-order fixed terms, every random term in formula
+    order with nested factors and ``||`` expanded (``(1 | cask:batch) + (1 | batch)``), then the
+    higher-order fixed terms (interactions expanded, ``Days + z + (1 | Subject) + Days:z``),
+    offsets, and ``- 1`` last when the intercept is removed; terms removed (``+ z - z``) are gone."""
+    from ._anova import fixed_terms
+    from ._design import r_column_name
+
     parsed = design.formula
     bars = [design.terms[q].cov.text(_deparse(rt.expr), rt.group_name)
             for rt, q in zip(parsed.random, _formula_positions(design))]
-    fixed, intercept = [], True
-    for sign, term in _signed_terms(_deparse(parsed.fixed_rhs)):
-        if term in ("0", "1"):
-            intercept = intercept and not (term == "0" or sign == "-")
-        else:
-            fixed.append(term if sign == "+" else f"- {term}")
-    rhs = " + ".join(fixed + bars).replace("+ - ", "- ")
-    return f"{parsed.lhs} ~ {rhs}" + ("" if intercept else " - 1")
-
-
-def _signed_terms(rhs: str) -> list[tuple[str, str]]:
-    """``"1 + x - z"`` → ``[("+", "1"), ("+", "x"), ("-", "z")]``: top-level terms with their signs."""
-    out, depth, sign, start = [], 0, "+", 0
-    for i, c in enumerate(rhs + "+"):
-        depth += (c == "(") - (c == ")")
-        if depth == 0 and c in "+-" and (i == len(rhs) or rhs[i - 1:i] == " " or i == 0):
-            term = rhs[start:i].strip()
-            if term:
-                out.append((sign, term))
-            sign, start = c, i + 1
-    return out
+    ft = fixed_terms(design)  # term labels in R's order: by degree, then as written
+    first = [r_column_name(lab) for lab, f in zip(ft.labels, ft.factors) if len(f) <= 1]
+    higher = [r_column_name(lab) for lab, f in zip(ft.labels, ft.factors) if len(f) > 1]
+    offsets = [r_column_name(str(s.term)) for s in design.fixed_spec.structure
+               if any(f.expr.startswith("offset(") for f in s.term.factors)]
+    rhs = " + ".join(first + bars + higher + offsets)
+    return f"{parsed.lhs} ~ {rhs}" + ("" if ft.intercept else " - 1")
 
 
 def _zeroed_fit(m, cols) -> float:

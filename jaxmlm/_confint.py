@@ -159,6 +159,8 @@ def _select(params: list[_Param], parm) -> list[_Param]:
         if parm == "beta_":
             return [p for p in params if p.kind == BETA]
         parm = [parm]
+    elif isinstance(parm, (int, np.integer)):  # one position, as a list of one
+        parm = [parm]
     out = []
     for q in parm:
         if isinstance(q, (int, np.integer)):
@@ -664,6 +666,9 @@ def profile(m, parm=None, alphamax: float = 0.01, maxpts: int = 100, delta: floa
     allp = _params(m)
     cutoff = math.sqrt(float(chdtri(len(allp), float(alphamax))))
     if delta is None:
+        if not (isinstance(delta_cutoff, (float, int)) and not isinstance(delta_cutoff, bool)
+                and 0.0 < float(delta_cutoff) <= 1.0):
+            raise JaxmlmError(f"delta_cutoff must be a number in (0, 1] (lme4's 1/8), got {delta_cutoff!r}")
         delta = cutoff * float(delta_cutoff)
     if not (isinstance(delta, (float, int)) and 0.0 < float(delta) <= cutoff):
         raise JaxmlmError(f"delta must be a positive number no larger than the cutoff {cutoff:.4g}, got {delta!r}")

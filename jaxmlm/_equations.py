@@ -473,6 +473,8 @@ def equations(m, estimates: bool = False, digits: int = 2) -> Equations:
     (see :mod:`jaxmlm._equations`). ``estimates=True``: the fitted numbers, rounded to ``digits``."""
     if not isinstance(digits, (int, np.integer)) or isinstance(digits, bool) or digits < 0:
         raise DataError(f"digits must be a non-negative integer, got {digits!r}")
+    if not isinstance(estimates, (bool, np.bool_)):
+        raise DataError(f"estimates must be True or False, got {estimates!r}")
     d = m.design
     fixed = _fixed_columns(d)
     blocks = list(m._blocks_lme4_order)

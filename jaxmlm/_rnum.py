@@ -43,7 +43,7 @@ def r_format(values, digits: int = 7) -> list[str]:
     notation is chosen only when it is narrower than fixed (R's formatReal
     with scipen = 0). Non-finite values print as NA, Inf, -Inf.
     """
-    x = np.asarray(values, dtype=float)
+    x = np.asarray(values, dtype=float) + 0.0  # + 0.0: a negative zero prints as 0, as R's encodeReal
     fin = x[np.isfinite(x)]
     if not fin.size:
         return [_nonfinite(v) for v in x]

@@ -137,7 +137,8 @@ def _header(m, wald, k, p_wald) -> list[str]:
 
     if len(groups) == 1:
         name, ng, lo, avg, hi = groups[0]
-        lines.append(_right("Number of groups", f"{ng:10d}", f"Group variable: {name}"))
+        # cut (Stata's abbrev) to keep a blank before the right column
+        lines.append(_right("Number of groups", f"{ng:10d}", f"Group variable: {_abbrev(name, 31)}"))
         lines.append("")
         lines.append(_right("Obs per group: min", count(lo)))
         lines.append(_right("               avg", f"{avg:10.1f}"))
@@ -294,7 +295,9 @@ def _random_table(m, stddev: bool) -> list[str]:
     sep = "-" * 29 + "+" + "-" * 48
     lines = [_RULE, "  Random-effects Parameters  |   Estimate   Std. Err.     [95% Conf. Interval]", sep]
     for name, items in _blocks(m):
-        lines.append(f"{name + ': ' + _structure_label([term for _, term in items]):<28} |")
+        label = _structure_label([term for _, term in items])
+        # the factor's name cut (Stata's abbrev) to keep the bar in its column
+        lines.append(f"{_abbrev(name, min(12, 26 - len(label))) + ': ' + label:<28} |")
         for row in _re_rows(m, items, vc, stddev, z0):
             lines.append(_re_line(*row))
         lines.append(sep)

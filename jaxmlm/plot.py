@@ -147,7 +147,8 @@ def _x_column(m, x: str) -> np.ndarray:
 
 
 def _level(level: float) -> float:
-    if not 0 < level < 1:
+    if not (isinstance(level, (int, float, np.integer, np.floating)) and not isinstance(level, bool)
+            and 0 < level < 1):
         raise DataError(f"level must be between 0 and 1, got {level!r}")
     return float(level)
 
@@ -312,7 +313,7 @@ def profile_zeta(prof, parm=None, levels=(0.95, 0.99), ncols: int = 3, **kwargs)
         raise DataError("the profile table is empty")
     if not (isinstance(ncols, int) and ncols >= 1):
         raise DataError(f"ncols must be a positive integer, got {ncols!r}")
-    lv = [_level(x) for x in ([levels] if isinstance(levels, float) else levels)]
+    lv = [_level(x) for x in (levels if isinstance(levels, (list, tuple, np.ndarray)) else [levels])]
     nc = min(ncols, len(names))
     nrows = math.ceil(len(names) / nc)
     fig, axes = plt.subplots(nrows, nc, sharey=True, squeeze=False, figsize=(3.2 * nc, 2.8 * nrows))

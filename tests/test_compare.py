@@ -311,3 +311,16 @@ def test_anova_prints_as_lme4(cid, names):
 def test_ranova_prints_as_lmertest(cid, formula):
     table = jaxmlm.lmer(formula, jaxmlm.load_example("sleepstudy")).ranova()
     assert str(table).split("\n") == _r_lines(cid)
+
+
+HEADINGS = json.loads((Path(__file__).parent / "reference" / "printed" / "ranova_heading.json").read_text())
+
+
+@pytest.mark.parametrize("spec", HEADINGS, ids=lambda s: s["formula"])
+def test_ranova_model_line_as_lmertest(spec):
+    """ranova's "Model:" line is the formula as lmerTest rebuilds it: interactions expanded, removed
+    terms gone, first-order fixed terms, then the random terms, then higher-order terms, offsets
+    and "- 1" last (tests/reference/printed/make_ranova_heading.R)."""
+    d = jaxmlm.load_example("sleepstudy").assign(z=lambda x: np.cos(x["Days"]), off=lambda x: x["Days"] / 10)
+    heading = ranova(_fit(spec["formula"], d)).attrs["heading"]
+    assert heading[heading.index("Model:") + 1] == spec["model"]

@@ -305,6 +305,9 @@ def test_what_it_cannot_write_is_a_clear_error(hsb):
     for bad in (-1, 1.5, "2", True):
         with pytest.raises(DataError, match="digits"):
             ok.equations(digits=bad)
+    for bad in ("yes", 1, None):  # as summary(stddev=): True or False, not any truthy value
+        with pytest.raises(DataError, match="estimates"):
+            ok.equations(estimates=bad)
 
 
 # ---- the structure equatiomatic gives the same models ---------------------------------------------

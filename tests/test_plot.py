@@ -159,3 +159,9 @@ def test_profile_zeta_draws_the_profile_table():
         plot.profile_zeta(prof, parm="nope")
     with pytest.raises(DataError, match="columns"):
         plot.profile_zeta(prof.rename(columns={"zeta": "z"}))
+    # one level, whatever its number type; a level that is not a number in (0, 1) is a DataError
+    fig = plot.profile_zeta(prof, levels=np.float32(0.9))
+    assert len([ln for ln in fig.axes[0].lines[1:] if ln.get_ydata()[0] != 0]) == 2
+    for bad in (1, "0.95", [0.95, "x"]):
+        with pytest.raises(DataError, match="level"):
+            plot.profile_zeta(prof, levels=bad)

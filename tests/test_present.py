@@ -138,3 +138,32 @@ def test_ranova_and_anova_print_as_lmertest(cid, what):
     assert len(ours) == len(theirs), "\n".join(ours)
     for a, b in zip(ours, theirs):
         _same_print(a, b)
+
+
+COEFMAT = json.loads((Path(__file__).parent / "reference" / "printed" / "coefmat_printed.json").read_text())
+
+
+@pytest.mark.parametrize("k", range(len(COEFMAT["coefmat"])))
+def test_coefmat_prints_a_negative_zero_as_r(k):
+    """A t value (or estimate) that rounds to zero from below prints as R prints it: "0.000", not "-0.000"."""
+    import numpy as np
+    import pandas as pd
+
+    from jaxmlm._present import print_coefmat
+
+    case = COEFMAT["coefmat"][k]
+    est, se, df = (np.array(case[c], dtype=float) for c in ("Estimate", "SE", "df"))
+    t = est / se
+    from scipy import stats
+
+    table = pd.DataFrame({"Estimate": est, "Std. Error": se, "df": df, "t value": t,
+                          "Pr(>|t|)": 2 * stats.t.sf(np.abs(t), df)}, index=[f"x{i + 1}" for i in range(len(t))])
+    expected = [ln.replace("‘", "'").replace("’", "'") for ln in case["printed"]]
+    assert print_coefmat(table) == expected
+
+
+def test_r_format_prints_a_negative_zero_as_zero():
+    from jaxmlm._rnum import r_format
+
+    # JSON keeps no sign of zero: the R script's x is c(-0.0, -0.4, 0.0, -0.1)
+    assert r_format([-0.0, -0.4, 0.0, -0.1], COEFMAT["format"]["digits"][0]) == COEFMAT["format"]["printed"]

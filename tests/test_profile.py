@@ -235,6 +235,18 @@ def test_parm_and_bad_arguments(profiles):
     for kw in (dict(alphamax=0), dict(alphamax=1.5), dict(maxpts=1), dict(delta=-1.0), dict(parm="nope")):
         with pytest.raises(JaxmlmError):
             m.profile(**kw)
+    for bad in ("x", -0.1, 0, 2):  # the error names delta_cutoff, not the delta computed from it
+        with pytest.raises(JaxmlmError, match="delta_cutoff"):
+            m.profile(delta_cutoff=bad)
+
+
+def test_parm_as_one_position(profiles):
+    """parm = 1 (one position, as confint's and lme4's integer parm) is parm = [1], not a TypeError."""
+    m, _ = profiles("dyestuff", fine=False)
+    pd.testing.assert_frame_equal(m.profile(parm=1), m.profile(parm="sigma"))
+    assert list(m.confint(parm=1).index) == ["sigma"]
+    with pytest.raises(JaxmlmError):
+        m.profile(parm=7)
 
 
 def test_maxpts_bounds_each_walk(profiles):

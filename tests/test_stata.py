@@ -227,6 +227,21 @@ def test_nested_factors_print_outermost_first():
     assert re.search(r"^ +classid \| +312 +1 +3\.8 +10$", text, re.M)
 
 
+def test_long_factor_names_are_abbreviated_to_keep_the_columns():
+    """A grouping factor's name too long for its column is cut as Stata's abbrev() cuts names, so the
+    header's right column and every bar of the random-effects table stay where they are."""
+    d = jaxmlm.load_example("sleepstudy").rename(columns={"Subject": "participant_identifier_in_study"})
+    lines = jaxmlm.lmer("Reaction ~ Days + (Days | participant_identifier_in_study)", d).summary(style="stata").splitlines()
+    assert lines[1] == "Group variable: participant_identifier_in_study Number of groups   =        18"
+    re_table = lines[lines.index("  Random-effects Parameters  |   Estimate   Std. Err.     [95% Conf. Interval]"):]
+    assert all(ln[29] in "|+" for ln in re_table if "|" in ln or "+" in ln)
+    assert "participan~y: Unstructured" + " " * 3 + "|" in re_table
+    d = d.rename(columns={"participant_identifier_in_study": "participant_identifier_in_the_sleep_study"})
+    lines = jaxmlm.lmer("Reaction ~ Days + (1 | participant_identifier_in_the_sleep_study)", d) \
+        .summary(style="stata").splitlines()
+    assert lines[1] == "Group variable: participant_identifier_in_the~y Number of groups   =        18"
+
+
 def test_independent_block_for_uncorrelated_terms():
     text = _fit("exam_diag_ml").summary(style="stata")
     assert "school: Independent" in text and "cov(" not in text
