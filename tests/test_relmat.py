@@ -283,6 +283,43 @@ def test_beside_an_ordinary_factor(herd, other, nlev):
         assert abs((m2(up)[0] - m2(down)[0]) / (2 * h)) < 1e-3
 
 
+def test_a_covariate_term_and_the_criterion_gradient(herd):
+    """(0 + age | animal) under A: Z holds the covariate, V = σ²_a (Z A Zᵀ) + σ² I with Z_ij = age_i
+    for row i of animal j; the criterion at jaxmlm's estimates is the dense one, and
+    jax.grad of core.criterion is the central difference of the dense criterion in θ."""
+    import jax
+
+    data, A, pos = herd
+    d = core.with_structure(core.design("y ~ sex + age + (0 + age | animal)", data), "animal", core.RelationshipMatrix(A))
+    s = core.schema(d)
+    st = core.statistics(s, d)
+    res = core.fit(st, s.layout)
+    assert int(res.state.status) in (0, 1)
+    y, X = d.y, d.X
+    Z = np.zeros((len(y), A.shape[0]))
+    Z[np.arange(len(y)), pos] = data["age"].to_numpy()
+    Av = A.to_numpy()
+    sigma, th = float(res.solution.sigma), float(res.theta[0])
+    at, _ = dense_m2loglik(y, X, Z, Av, (th * sigma) ** 2, sigma**2, True)
+    assert abs(at - float(res.solution.criterion)) < 1e-6
+    assert th * sigma > 0.1
+
+    def dense_profiled(t):  # the dense criterion at θ, σ² and β profiled (σ² = r'H⁻¹r/(n − p))
+        H = t * t * Z @ Av @ Z.T + np.eye(len(y))
+        Hi_X = np.linalg.solve(H, X)
+        beta = np.linalg.solve(X.T @ Hi_X, Hi_X.T @ y)
+        r = y - X @ beta
+        s2 = r @ np.linalg.solve(H, r) / (len(y) - X.shape[1])
+        return dense_m2loglik(y, X, Z, Av, t * t * s2, s2, True)[0]
+
+    t0 = 0.5 * th
+    g = float(jax.grad(core.criterion)(np.array([t0]), st, s.layout)[0])
+    h = 1e-5
+    fd = (dense_profiled(t0 + h) - dense_profiled(t0 - h)) / (2 * h)
+    assert abs(g - fd) < 1e-5 * max(1.0, abs(fd))
+    assert abs(float(core.criterion(np.array([t0]), st, s.layout)) - dense_profiled(t0)) < 1e-6
+
+
 # ---- bad input --------------------------------------------------------------------------------
 
 def test_bad_relationship_matrices_get_clear_errors(herd):
