@@ -409,6 +409,12 @@ def _fgh_u(fgh, c):
 _CLOSED_FORM_MAX_K = 3
 
 
+#: Most entries of the unstructured templates through which :func:`_structured_fgh` takes the
+#: derivatives of a layout with structured terms (its autodiff Hessian is that size squared);
+#: above it θ's own derivatives are taken by autodiff (:func:`_fit_u`).
+_CHAIN_MAX = 64
+
+
 def per_level_formulas(layout: Layout) -> bool:
     """Whether the criterion of ``layout`` is evaluated by the per-level formulas of
     :func:`~jaxmlm._objective.blockdiag_fgh`/``blockdiag_value``: one grouping factor, no
@@ -425,6 +431,13 @@ def _fit_u(u0, c, stats: Stats, reml, layout: Layout, max_iter: int, ftol, gtol,
     if layout.structured:
         if method == "bfgs":
             return _bfgs(_fun_u(dev, c), u0, max_iter, ftol, gtol)
+        if unstructured_layout(layout)[0].ntheta > _CHAIN_MAX:
+            # A structure over many columns (a relationship matrix over the levels of a factor,
+            # jaxmlm._relmat) has a few parameters but a template of k(k + 1)/2 entries: the
+            # chain rule through the unstructured templates would need their Hessian, so θ's
+            # own (f, ∇f, ∇²f) are taken by autodiff through the dense factorization instead.
+            return _newton(None, u0, max_iter, ftol, gtol, fgh=_fgh_ad(_fun_u(dev, c), forward=len(u0) <= _FORWARD_MAX),
+                           trial_fgh=True)
         return _newton(None, u0, max_iter, ftol, gtol, fgh=_fgh_u(_structured_fgh(stats, reml, layout), c),
                        trial_fgh=True)
     if per_level_formulas(layout) and method in ("newton", "ai"):

@@ -54,6 +54,9 @@ __all__ = ["Layout", "is_nested", "a22_blocks", "a22_dense", "a22_diagonal", "ON
 
 CHUNK_ROWS = 1 << 16
 
+#: Most numbers one chunk's outer products may hold (2²³ float64: 64 MiB); see :func:`_pass_inputs`.
+PASS_ELEMENTS_MAX = 1 << 23
+
 
 #: Points per octave of the grid for sizes whose cost is linear (levels of the block-diagonal
 #: block, pair lists): ≤ 25 % padding, so data of nearly the same size — a subset, a few rows
@@ -442,6 +445,14 @@ def _pass_inputs(design: Design, chunk_rows: int, response: bool = True, schema:
         _check_response_varies(design, resid)
     n_info, ldw = weights_constant(None if design.weights is None else take(design.weights), len(y))
     chunk = min(chunk_rows, max(256, 1 << (max(len(y), 1) - 1).bit_length()))
+    # Each chunk forms every row's outer products (c × (k₁² + m_r² + m_r·k₁) numbers; block 1's
+    # k₁² not when it has one level: _accumulate): a block of many columns (a relationship
+    # matrix's, one column per level: jaxmlm._relmat) gets fewer rows per chunk, so that the
+    # chunk's products stay under PASS_ELEMENTS_MAX.
+    k1, mr = Z[0].shape[1], P.shape[1]
+    per_row = (k1 * k1 if lay.l1 > 1 else 0) + mr * mr + mr * k1
+    while chunk > 1 and chunk * per_row > PASS_ELEMENTS_MAX:
+        chunk //= 2
     inp = _PassInputs(np.column_stack([X, resid]), take(design.blocks[0].codes).astype(np.int32), Z[0], P, V, E,
                       beta0, chunk, lay.l1, lay.qr, lay.nnz, n_info, ldw)
     return schema, inp
@@ -760,8 +771,12 @@ def _accumulate(acc, W, g1, Z1, P, V, E, *, l1: int, qr: int, nnz: int, kr: int 
         )
     A11, Z1W, WW, A22, ZrW, A21 = acc
     seg = jax.ops.segment_sum
-    A11 = A11 + seg(Z1[:, :, None] * Z1[:, None, :], g1, l1)
-    Z1W = Z1W + seg(Z1[:, :, None] * W[:, None, :], g1, l1)
+    if l1 == 1:  # one level (a relationship matrix's block: many columns): products, no c × k₁² array
+        A11 = A11 + (Z1.T @ Z1)[None]
+        Z1W = Z1W + (Z1.T @ W)[None]
+    else:
+        A11 = A11 + seg(Z1[:, :, None] * Z1[:, None, :], g1, l1)
+        Z1W = Z1W + seg(Z1[:, :, None] * W[:, None, :], g1, l1)
     WW = WW + W.T @ W
     if qr:
         VV = (V[:, :, None] * V[:, None, :]).reshape(-1)

@@ -22,7 +22,9 @@
 * :func:`fit` runs lmer's whole pipeline (Newton from lme4's start, canonical signs,
   boundary snapping, estimates) as one traceable function.
 * :func:`with_structure` puts a covariance structure of your own (a
-  :class:`CovarianceStructure` subclass: parameters → relative factor) on a term.
+  :class:`CovarianceStructure` subclass: parameters → relative factor) on a term;
+  :class:`RelationshipMatrix` is one: a known relationship matrix between the levels of
+  a factor (pedigreemm's and lme4qtl's ``relmat``, the animal model).
 * Data in pieces (files, partitions, other machines): :func:`structure` of each piece,
   :func:`combine_structures`, one :func:`plan`, each piece's :func:`piece_statistics`,
   :func:`merge`, :func:`without_aliased`, :func:`finish` — what ``lmer`` does with a Dask frame, for any framework::
@@ -80,6 +82,7 @@ from ._partitioned import aliased as _aliased
 from ._partitioned import finish as _finish
 from ._partitioned import without as _without
 from ._partitioned import piece_statistics as _piece_statistics
+from ._relmat import RelationshipMatrix, apply_relmat
 from ._solution import Solution
 from ._solution import solve as _solve
 from ._stats import (
@@ -102,6 +105,7 @@ __all__ = [
     "OptState",
     "Plan",
     "ResponseOps",
+    "RelationshipMatrix",
     "STATUS",
     "Schema",
     "Solution",
@@ -220,6 +224,13 @@ def with_structure(design: Design, term, structure: CovarianceStructure) -> Desi
     :class:`CovarianceStructure` subclass (your own, or a built-in one) for the term's k
     columns. The schema, statistics, criterion and fit of the new design use it;
     θ's entries for the term are then the structure's parameters.
+
+    A :class:`RelationshipMatrix` (a known covariance between the *levels* of the term's
+    factor: the animal model, u ~ N(0, σ²_a A)) goes on a one-column term alone on its
+    factor, e.g. ``(1 | animal)``: the term becomes one block of q columns, one per level
+    with data (in the order of A's pivoted Cholesky factor: ``design.terms[i].columns``),
+    its relative factor θL (LLᵀ = A over those levels), so σ²_a = θ²σ² and ``b1``/``b_rest``
+    hold the predicted values of the levels (:mod:`jaxmlm._relmat`).
     """
     terms = design.terms
     if isinstance(term, str):
@@ -232,6 +243,8 @@ def with_structure(design: Design, term, structure: CovarianceStructure) -> Desi
         raise DataError(f"term must be a position 0 … {len(terms) - 1} or a grouping factor's name, got {term!r}")
     if not isinstance(structure, CovarianceStructure):
         raise DataError("structure must be an instance of a CovarianceStructure subclass (jaxmlm.core.CovarianceStructure)")
+    if isinstance(structure, RelationshipMatrix):  # a covariance between levels, not within a level
+        return apply_relmat(design, int(term), structure)
     t = terms[term]
     if getattr(structure, "k", None) != t.k:
         raise DataError(f"the term on {t.group!r} has {t.k} columns, the structure is for k = "
