@@ -445,13 +445,12 @@ def _pass_inputs(design: Design, chunk_rows: int, response: bool = True, schema:
         _check_response_varies(design, resid)
     n_info, ldw = weights_constant(None if design.weights is None else take(design.weights), len(y))
     chunk = min(chunk_rows, max(256, 1 << (max(len(y), 1) - 1).bit_length()))
-    # Each chunk forms every row's outer products (c × (k₁² + m_r² + m_r·k₁) numbers; block 1's
-    # k₁² not when it has one level: _accumulate): a block of many columns (a relationship
-    # matrix's, one column per level: jaxmlm._relmat) gets fewer rows per chunk, so that the
-    # chunk's products stay under PASS_ELEMENTS_MAX.
+    # Each chunk forms every row's outer products (c × (m_r² + m_r·k₁) numbers when block 1 has
+    # one level: _accumulate): a block of many columns (a relationship matrix's, one column per
+    # level: jaxmlm._relmat) gets fewer rows per chunk, so that the chunk's products stay under
+    # PASS_ELEMENTS_MAX. Ordinary layouts keep their chunks (and their benchmarked programs).
     k1, mr = Z[0].shape[1], P.shape[1]
-    per_row = (k1 * k1 if lay.l1 > 1 else 0) + mr * mr + mr * k1
-    while chunk > 1 and chunk * per_row > PASS_ELEMENTS_MAX:
+    while lay.l1 == 1 and chunk > 1 and chunk * (mr * mr + mr * k1) > PASS_ELEMENTS_MAX:
         chunk //= 2
     inp = _PassInputs(np.column_stack([X, resid]), take(design.blocks[0].codes).astype(np.int32), Z[0], P, V, E,
                       beta0, chunk, lay.l1, lay.qr, lay.nnz, n_info, ldw)

@@ -261,6 +261,13 @@ def with_structure(design: Design, term, structure: CovarianceStructure) -> Desi
     if not np.all(np.isfinite(T)) or np.linalg.matrix_rank(T @ T.T) < t.k:
         raise DataError(f"{type(structure).__name__}: at the start (1 for scales, 0 otherwise) T Tᵀ must be positive "
                         "definite")
+    # The engine's derivatives read only the lower triangle of T (lme4's Λ is lower triangular):
+    # an upper entry would be ignored silently, so it is refused here, at the start and at a
+    # second, arbitrary point.
+    other = np.asarray(structure.factor(jnp.asarray(np.linspace(0.3, 0.9, m))))
+    if np.any(np.triu(T, 1) != 0) or np.any(np.triu(other, 1) != 0):
+        raise DataError(f"{type(structure).__name__}: factor() must return a lower-triangular T (Σ = σ² T Tᵀ; e.g. "
+                        "the Cholesky factor of Σ/σ²), but it has entries above the diagonal")
     new = dataclasses.replace(t, cov=structure)
     return dataclasses.replace(design, terms=terms[:term] + (new,) + terms[term + 1:])
 

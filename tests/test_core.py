@@ -277,3 +277,14 @@ def test_with_structure_refuses_what_does_not_fit_the_term():
 
     with pytest.raises(jaxmlm.DataError, match="protocol"):
         core.with_structure(plain, 0, Incomplete(5))
+
+    @dataclass(frozen=True)
+    class Upper(_Exchangeable):
+        """The same Σ with an upper-triangular factor (Σ = UᵀU written as T = Uᵀ's transpose):
+        the engine reads only T's lower triangle, so this would be fitted wrongly."""
+
+        def factor(self, par):
+            return _Exchangeable.factor(self, par).T
+
+    with pytest.raises(jaxmlm.DataError, match="lower-triangular"):
+        core.with_structure(plain, 0, Upper(5))
