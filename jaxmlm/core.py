@@ -73,6 +73,9 @@ from ._errors import DataError
 from ._fit import Fit
 from ._fit import fit as _fit
 from ._frontend import build_design
+from ._implicit import RowData, active_set, implicit_theta
+from ._implicit import row_data as _row_data
+from ._implicit import statistics_of as _statistics_of
 from ._objective import _deviance
 from ._optimize import STATUS, OptState, lme4_start
 from ._partitioned import Plan, Structure, columns_of, combine_structure, make_plan, merge_compiled, piece_structure
@@ -102,6 +105,7 @@ __all__ = [
     "OptState",
     "Plan",
     "ResponseOps",
+    "RowData",
     "STATUS",
     "Schema",
     "Solution",
@@ -117,10 +121,12 @@ __all__ = [
     "plan",
     "response_operators",
     "response_statistics",
+    "row_data",
     "schema",
     "solve",
     "start",
     "statistics",
+    "statistics_of",
     "structure",
     "theta_names",
     "with_structure",
@@ -191,7 +197,33 @@ def fit(stats: Stats, layout: Layout, REML=True, theta0=None, max_iter: int = 20
     "bfgs". ``vmap`` it over statistics (e.g. from :func:`response_statistics`) or starts."""
     dt = stats.WW.dtype
     theta0 = jnp.asarray(lme4_start(layout) if theta0 is None else theta0, dt)
-    return _fit(theta0, stats, jnp.asarray(REML, dt), layout, max_iter=max_iter, method=method)
+    reml = jnp.asarray(REML, dt)
+    # The optimizer runs on stopped statistics (its iterations are never differentiated);
+    # θ̂ gets its derivative from the implicit function theorem (jaxmlm._implicit), and the
+    # estimates, explicit functions of (θ̂, stats), theirs from ordinary autodiff.
+    res = _fit(theta0, jax.lax.stop_gradient(stats), reml, layout, max_iter=max_iter, method=method,
+               with_solution=False)
+    theta = implicit_theta(res.theta, stats, reml, active_set(res.theta, layout), layout)
+    sol = _solve(theta, stats, reml, layout)
+    return res._replace(theta=theta, objective=sol.criterion, solution=sol)
+
+
+def row_data(design: Design, schema: Schema) -> RowData:
+    """The design's rows as JAX arrays (:class:`RowData`: X, y, weights, offset, Z's values,
+    level codes), for :func:`statistics_of`. Without prior weights ``weights`` is all ones,
+    without an offset ``offset`` all zeros."""
+    return _row_data(design, schema)
+
+
+def statistics_of(schema: Schema, data: RowData) -> Stats:
+    """:func:`statistics` of ``data``'s rows as a traceable function: differentiate a fit
+    with respect to y, the prior weights, X, the offset or Z's values by replacing that leaf,
+    e.g. ``statistics_of(s, rows._replace(weights=w))`` inside the function you ``grad``.
+
+    The same cross-product kernel as :func:`statistics`, in one chunk (memory grows with the
+    rows); the same statistics up to rounding. Rows of weight 0 carry nothing and have
+    derivative 0 (at w = 0 the criterion's count of rows jumps: no derivative exists)."""
+    return _statistics_of(schema, data)
 
 
 def response_operators(design: Design, layout: Layout) -> ResponseOps:
