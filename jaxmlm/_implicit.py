@@ -52,7 +52,7 @@ from ._stats import Layout, Schema, Stats, _accumulate, _entries, _rest_index, a
 __all__ = ["RowData", "row_data", "statistics_of", "implicit_theta", "exact_hessian", "RCOND"]
 
 #: Eigenvalues of the (reduced) Hessian in unit-free coordinates below RCOND × the largest are
-#: treated as 0 when it is inverted (module docstring).
+#: treated as 0 when it is inverted (module docstring); in float32, 100 ulps.
 RCOND = 1e-10
 
 
@@ -150,7 +150,8 @@ def _free_solve(H: jax.Array, rhs: jax.Array, free: jax.Array, c: jax.Array) -> 
     both = free[:, None] & free[None, :]
     Hu = jnp.where(both, H * (c[:, None] * c[None, :]), 0.0)
     w, V = jnp.linalg.eigh(Hu)
-    keep = jnp.abs(w) > RCOND * jnp.max(jnp.abs(w))
+    rcond = max(RCOND, 100.0 * float(jnp.finfo(H.dtype).eps))  # float32 mode: rounding noise is larger
+    keep = jnp.abs(w) > rcond * jnp.max(jnp.abs(w))
     winv = jnp.where(keep, 1.0 / jnp.where(keep, w, 1.0), 0.0)
     x = V @ (winv * (V.T @ jnp.where(free, c * rhs, 0.0)))
     return jnp.where(free, c * x, 0.0)

@@ -20,7 +20,17 @@
 * :func:`response_statistics` swaps in a new response inside traced code, so a criterion
   or a fit ``vmap``s over many responses (simulations) without a new pass over the rows.
 * :func:`fit` runs lmer's whole pipeline (Newton from lme4's start, canonical signs,
-  boundary snapping, estimates) as one traceable function.
+  boundary snapping, estimates) as one traceable function — differentiable: θ̂'s derivative
+  with respect to the statistics comes from the implicit function theorem at the optimum
+  (:mod:`jaxmlm._implicit`), the estimates' from autodiff of their explicit formulas.
+* :func:`row_data` and :func:`statistics_of`: the data → statistics step as a traceable
+  function of the rows (y, X, prior weights, offset, Z's values), for derivatives of a fit
+  with respect to the data::
+
+      rows = core.row_data(d, s)
+      def beta(w):
+          return core.fit(core.statistics_of(s, rows._replace(weights=w)), s.layout).solution.beta
+      J = jax.jacobian(beta)(rows.weights)              # (p, n): ∂β̂/∂wᵢ
 * :func:`with_structure` puts a covariance structure of your own (a
   :class:`CovarianceStructure` subclass: parameters → relative factor) on a term.
 * Data in pieces (files, partitions, other machines): :func:`structure` of each piece,
@@ -194,7 +204,14 @@ def fit(stats: Stats, layout: Layout, REML=True, theta0=None, max_iter: int = 20
 
     ``res.state.status`` says why the optimizer stopped (:data:`STATUS`: 0 and 1 are
     convergence). ``method``: "newton" (exact Hessian), "ai" (average information) or
-    "bfgs". ``vmap`` it over statistics (e.g. from :func:`response_statistics`) or starts."""
+    "bfgs". ``vmap`` it over statistics (e.g. from :func:`response_statistics`) or starts.
+
+    Differentiable with respect to ``stats`` (``jax.grad``, ``jacobian``, ``jvp``): the
+    optimizer runs on stopped statistics and θ̂ gets dθ̂ = −H⁻¹ (∂²f/∂θ∂s) ds, H the exact
+    Hessian of the criterion at θ̂ (implicit function theorem); at a boundary fit the
+    components held at 0 have derivative 0 and the others use the reduced Hessian
+    (:mod:`jaxmlm._implicit`). ``res.solution`` and ``res.objective`` are computed from
+    (θ̂, stats) and differentiate by autodiff. Not with respect to ``theta0``."""
     dt = stats.WW.dtype
     theta0 = jnp.asarray(lme4_start(layout) if theta0 is None else theta0, dt)
     reml = jnp.asarray(REML, dt)
