@@ -13,6 +13,7 @@ Step: h = 1e-4 relative (of the weight, or of the response's sd). The refits con
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 import jaxmlm
@@ -26,7 +27,18 @@ MODELS = {
     "nested": ("Pastes", "strength ~ 1 + (1 | batch/cask)", True, True),
     "crossed_ml": ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", False, False),
     "singular": ("Dyestuff2", "Yield ~ 1 + (1 | Batch)", True, False),
+    # a boundary fit inside a 2 × 2 term: the slope's variance is 0, its covariance row free
+    "singular_slope": ("no_slope_variance", "y ~ x + (1 + x | g)", True, True),
 }
+
+
+def _no_slope_variance():
+    """Intercepts vary by g, slopes do not (the slope's diagonal is snapped to 0)."""
+    rng = np.random.default_rng(11)
+    g = np.repeat(np.arange(40), 8)
+    x = rng.normal(size=g.size)
+    y = rng.normal(size=40)[g] + x + rng.normal(size=g.size)
+    return pd.DataFrame({"y": y, "x": x, "g": g.astype(str)})
 
 H_REL = 1e-4
 TOL = 1e-5
@@ -34,7 +46,7 @@ TOL = 1e-5
 
 def _setup(mid):
     name, formula, reml, random_w = MODELS[mid]
-    data = jaxmlm.load_example(name)
+    data = _no_slope_variance() if name == "no_slope_variance" else jaxmlm.load_example(name)
     d = core.design(formula, data)
     assert d.n == len(data)  # no rows dropped: design rows are the data's rows, in order
     s = core.schema(d)
@@ -100,9 +112,11 @@ def test_gradients_match_central_differences_of_refits(mid):
         for q, sl in blocks.items():
             err = _rel_error(A[:, sl], F[:, sl])
             assert err <= TOL, f"{mid}: d{q}/d{wrt} at rows {idx}: relative error {err:.2e}\nAD {A[:, sl]}\nFD {F[:, sl]}"
-    if mid == "singular":
-        assert np.all(base[p:p + m] == 0.0)  # lme4's boundary fit: θ̂ = 0, and it stays there
-        assert np.all(Jw[p:p + m] == 0.0) and np.all(Jy[p:p + m] == 0.0)
+    if mid.startswith("singular"):
+        # lme4's boundary fit: a diagonal of θ̂ at 0, and it stays there (derivative 0)
+        at0 = np.flatnonzero(base[p:p + m] == 0.0)
+        assert len(at0) == 1 and (mid == "singular" or at0[0] == 2)
+        assert np.all(Jw[p + at0] == 0.0) and np.all(Jy[p + at0] == 0.0)
         assert np.any(Jw[:p] != 0.0) and np.any(Jw[p + m] != 0.0)
 
 
