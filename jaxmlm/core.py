@@ -20,7 +20,17 @@
 * :func:`response_statistics` swaps in a new response inside traced code, so a criterion
   or a fit ``vmap``s over many responses (simulations) without a new pass over the rows.
 * :func:`fit` runs lmer's whole pipeline (Newton from lme4's start, canonical signs,
-  boundary snapping, estimates) as one traceable function.
+  boundary snapping, estimates) as one traceable function — differentiable: θ̂'s derivative
+  with respect to the statistics comes from the implicit function theorem at the optimum
+  (:mod:`jaxmlm._implicit`), the estimates' from autodiff of their explicit formulas.
+* :func:`row_data` and :func:`statistics_of`: the data → statistics step as a traceable
+  function of the rows (y, X, prior weights, offset, Z's values), for derivatives of a fit
+  with respect to the data::
+
+      rows = core.row_data(d, s)
+      def beta(w):
+          return core.fit(core.statistics_of(s, rows._replace(weights=w)), s.layout).solution.beta
+      J = jax.jacobian(beta)(rows.weights)              # (p, n): ∂β̂/∂wᵢ
 * :func:`with_structure` puts a covariance structure of your own (a
   :class:`CovarianceStructure` subclass: parameters → relative factor) on a term;
   :class:`RelationshipMatrix` is one: a known relationship matrix between the levels of
@@ -75,6 +85,9 @@ from ._errors import DataError
 from ._fit import Fit
 from ._fit import fit as _fit
 from ._frontend import build_design
+from ._implicit import RowData, active_set, implicit_theta
+from ._implicit import row_data as _row_data
+from ._implicit import statistics_of as _statistics_of
 from ._objective import _deviance
 from ._optimize import STATUS, OptState, lme4_start
 from ._partitioned import Plan, Structure, columns_of, combine_structure, make_plan, merge_compiled, piece_structure
@@ -106,6 +119,7 @@ __all__ = [
     "Plan",
     "ResponseOps",
     "RelationshipMatrix",
+    "RowData",
     "STATUS",
     "Schema",
     "Solution",
@@ -121,10 +135,12 @@ __all__ = [
     "plan",
     "response_operators",
     "response_statistics",
+    "row_data",
     "schema",
     "solve",
     "start",
     "statistics",
+    "statistics_of",
     "structure",
     "theta_names",
     "with_structure",
@@ -192,10 +208,43 @@ def fit(stats: Stats, layout: Layout, REML=True, theta0=None, max_iter: int = 20
 
     ``res.state.status`` says why the optimizer stopped (:data:`STATUS`: 0 and 1 are
     convergence). ``method``: "newton" (exact Hessian), "ai" (average information) or
-    "bfgs". ``vmap`` it over statistics (e.g. from :func:`response_statistics`) or starts."""
+    "bfgs". ``vmap`` it over statistics (e.g. from :func:`response_statistics`) or starts.
+
+    Differentiable with respect to ``stats`` (``jax.grad``, ``jacobian``, ``jvp``): the
+    optimizer runs on stopped statistics and θ̂ gets dθ̂ = −H⁻¹ (∂²f/∂θ∂s) ds, H the exact
+    Hessian of the criterion at θ̂ (implicit function theorem); at a boundary fit the
+    components held at 0 have derivative 0 and the others use the reduced Hessian
+    (:mod:`jaxmlm._implicit`). ``res.solution`` and ``res.objective`` are computed from
+    (θ̂, stats) and differentiate by autodiff. Not with respect to ``theta0``."""
     dt = stats.WW.dtype
     theta0 = jnp.asarray(lme4_start(layout) if theta0 is None else theta0, dt)
-    return _fit(theta0, stats, jnp.asarray(REML, dt), layout, max_iter=max_iter, method=method)
+    reml = jnp.asarray(REML, dt)
+    # The optimizer runs on stopped statistics (its iterations are never differentiated);
+    # θ̂ gets its derivative from the implicit function theorem (jaxmlm._implicit), and the
+    # estimates, explicit functions of (θ̂, stats), theirs from ordinary autodiff.
+    res = _fit(theta0, jax.lax.stop_gradient(stats), reml, layout, max_iter=max_iter, method=method,
+               with_solution=False)
+    theta = implicit_theta(res.theta, stats, reml, active_set(res.theta, layout), layout)
+    sol = _solve(theta, stats, reml, layout)
+    return res._replace(theta=theta, objective=sol.criterion, solution=sol)
+
+
+def row_data(design: Design, schema: Schema) -> RowData:
+    """The design's rows as JAX arrays (:class:`RowData`: X, y, weights, offset, Z's values,
+    level codes), for :func:`statistics_of`. Without prior weights ``weights`` is all ones,
+    without an offset ``offset`` all zeros."""
+    return _row_data(design, schema)
+
+
+def statistics_of(schema: Schema, data: RowData) -> Stats:
+    """:func:`statistics` of ``data``'s rows as a traceable function: differentiate a fit
+    with respect to y, the prior weights, X, the offset or Z's values by replacing that leaf,
+    e.g. ``statistics_of(s, rows._replace(weights=w))`` inside the function you ``grad``.
+
+    The same cross-product kernel as :func:`statistics`, in one chunk (memory grows with the
+    rows); the same statistics up to rounding. Rows of weight 0 carry nothing and have
+    derivative 0 (at w = 0 the criterion's count of rows jumps: no derivative exists)."""
+    return _statistics_of(schema, data)
 
 
 def response_operators(design: Design, layout: Layout) -> ResponseOps:
