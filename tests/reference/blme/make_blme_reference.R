@@ -77,6 +77,17 @@ add("penicillin_gamma_rate_reml", "Penicillin", f2, TRUE, "gamma(shape = 3, rate
 add("penicillin_invgamma_ml", "Penicillin", f2, FALSE, "invgamma", NULL,
     function(ctl, ...) blmer(as.formula(f2), pen, REML = FALSE, cov.prior = invgamma, control = ctl, ...))
 
+# 10. per-term priors (a list of formulas, as blme's; jaxmlm's dict) and residual-variance priors
+add("penicillin_per_term_reml", "Penicillin", f2, TRUE, "list(plate ~ gamma, sample ~ invgamma(shape = 1, scale = 2))",
+    NULL, function(ctl, ...) blmer(as.formula(f2), pen, cov.prior = list(plate ~ gamma, sample ~ invgamma(shape = 1, scale = 2)),
+                                   control = ctl, ...))
+add("dyestuff_resid_invgamma_reml", "Dyestuff", f1, TRUE, "gamma", NULL,
+    function(ctl, ...) blmer(as.formula(f1), dye, cov.prior = gamma, resid.prior = invgamma(shape = 2, scale = 1000),
+                             control = ctl, ...))
+add("sleep_resid_gamma_ml", "sleepstudy", f, FALSE, "wishart", "normal",
+    function(ctl, ...) blmer(as.formula(f), sleep, REML = FALSE, fixef.prior = normal, resid.prior = gamma(shape = 2),
+                             control = ctl, ...))
+
 # 9. Orthodont (age | Subject), default Wishart: blme's optimizers stop far apart, with a
 # "degenerate Hessian" warning
 f3 <- "distance ~ age + (age | Subject)"
