@@ -175,3 +175,21 @@ def test_nested_layout_is_a_stationary_point_of_the_penalized_criterion():
     # and the penalty moved the fit: lmer's θ differs
     m0 = jaxmlm.lmer("strength ~ 1 + (1 | batch/cask)", data("Pastes"))
     assert np.max(np.abs(m.theta - m0.theta)) > 1e-3
+
+
+def test_average_information_path_is_a_stationary_point_of_the_penalized_criterion():
+    """A crossed design with more than 64 levels in both factors is fitted by the
+    average-information Newton method (``criterion_rest`` and its hand-written gradient): the
+    penalty is added there too."""
+    rng = np.random.default_rng(16)
+    a, b = np.repeat(np.arange(70), 75), np.tile(np.arange(75), 70)
+    y = 1.0 + 0.8 * rng.normal(size=70)[a] + 0.05 * rng.normal(size=75)[b] + rng.normal(size=a.size)
+    d = pd.DataFrame({"y": y, "a": [f"a{i}" for i in a], "b": [f"b{i}" for i in b]})
+    m = jaxmlm.blmer("y ~ 1 + (1 | a) + (1 | b)", d, cov_prior="gamma")
+    assert m.record.method == "ai" and m.record.converged and np.all(m.theta > 0)
+    h = 1e-6
+    for i in range(len(m.theta)):
+        e = np.zeros_like(m.theta)
+        e[i] = h
+        g = (m.criterion_at(m.theta + e) - m.criterion_at(m.theta - e)) / (2 * h)
+        assert abs(g) < 1e-3, (i, g)
