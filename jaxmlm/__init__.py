@@ -38,6 +38,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "lmer": "._results",
+    "blmer": "._blmer",
     "LinearMixedModel": "._results",
     "FitRecord": "._results",
     "load_example": "._datasets",
@@ -57,6 +58,7 @@ _LAZY = {
 
 __all__ = [
     "lmer",
+    "blmer",
     "LinearMixedModel",
     "FitRecord",
     "load_example",

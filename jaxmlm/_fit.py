@@ -80,12 +80,12 @@ def snap_host(theta: np.ndarray, f: float, c: np.ndarray, layout: Layout, criter
     return theta, f, tuple(snapped), kept
 
 
-def snap(theta, f, stats: Stats, reml, layout: Layout):
+def snap(theta, f, stats: Stats, reml, layout: Layout, penalty=None):
     """(θ, criterion, snapped mask): lmer's boundary snapping (module docstring), traceable.
 
     The diagonals are visited by a loop in the program, not unrolled: the criterion is
     then compiled once, not once per diagonal (InstEval's fit program compiled 1.2 s
-    longer with three copies)."""
+    longer with three copies). ``penalty``: as :func:`fit`'s."""
     tol = snap_tolerance(f)
     c = theta_scale(stats, layout)
     diagonals = np.flatnonzero(diagonal_mask(layout))
@@ -99,6 +99,12 @@ def snap(theta, f, stats: Stats, reml, layout: Layout):
     else:
         def criterion(t):
             return _deviance(t, stats, reml, layout)
+
+    if penalty is not None:
+        unpenalized = criterion
+
+        def criterion(t):
+            return unpenalized(t) + penalty(t, layout)
 
     def visit(j, carry):
         theta, f, snapped = carry
@@ -114,7 +120,7 @@ def snap(theta, f, stats: Stats, reml, layout: Layout):
 
 
 def fit(theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, ftol=1e-10, gtol=1e-8,
-        method: str = "newton", with_solution: bool = True, snapping: bool = True) -> Fit:
+        method: str = "newton", with_solution: bool = True, snapping: bool = True, penalty=None) -> Fit:
     """Minimize the criterion from ``theta0`` (:func:`~jaxmlm._optimize.fit_theta`), give θ̂
     canonical signs, snap boundary estimates, and (``with_solution``) solve for β̂, σ̂ and b̂.
 
@@ -123,18 +129,27 @@ def fit(theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, ftol=1e
     solution at ``theta0``, no step). ``snapping=False`` leaves snapping to the caller
     (:func:`snap_host`): the program then holds one copy of the criterion, not two — for
     a single fit most of a compile's extra cost (100k rows: ~0.3 of 3 s), where few fits
-    have a candidate at all."""
-    st = fit_theta.fn(theta0, stats, reml, layout, max_iter=max_iter, ftol=ftol, gtol=gtol, method=method)
+    have a candidate at all.
+
+    ``penalty`` (None, or a hashable θ ↦ value, :class:`~jaxmlm._priors.ThetaPenalty`): minimize the
+    criterion plus this penalty instead (``blmer``'s priors); the objective and the solution's
+    criterion then include it."""
+    st = fit_theta.fn(theta0, stats, reml, layout, max_iter=max_iter, ftol=ftol, gtol=gtol, method=method,
+                      penalty=penalty)
     theta, f = canonical_theta_jax(st.x, layout), st.f
-    theta, f, snapped = snap(theta, f, stats, reml, layout) if snapping else (theta, f, jnp.zeros(theta.shape, bool))
+    theta, f, snapped = (snap(theta, f, stats, reml, layout, penalty) if snapping
+                         else (theta, f, jnp.zeros(theta.shape, bool)))
     sol = solve(theta, stats, reml, layout) if with_solution else None
+    if sol is not None and penalty is not None:
+        sol = sol._replace(criterion=sol.criterion + penalty(theta, layout))
     return Fit(st, theta, snapped, sol.criterion if sol is not None else f, sol)
 
 
-fit_jit = partial(_compiled.jit, static_argnames=("layout", "max_iter", "method", "with_solution", "snapping"))(fit)
+fit_jit = partial(_compiled.jit, static_argnames=("layout", "max_iter", "method", "with_solution", "snapping",
+                                                  "penalty"))(fit)
 
 
-def fit_packed(u0, stats: Stats, reml, layout: Layout, max_iter, method: str):
+def fit_packed(u0, stats: Stats, reml, layout: Layout, max_iter, method: str, penalty=None):
     """:func:`fit` from θ₀ = c ⊙ u₀ (c = :func:`~jaxmlm._optimize.theta_scale`:
     minimize, canonical signs, solve), its start, c and outputs packed into one float64
     vector (:func:`unpack_fit` takes it apart). Traceable; ``max_iter`` is traced.
@@ -148,18 +163,18 @@ def fit_packed(u0, stats: Stats, reml, layout: Layout, max_iter, method: str):
     takes ~0.01)."""
     c = theta_scale(stats, layout)
     theta0 = c * u0
-    res = fit(theta0, stats, reml, layout, max_iter=max_iter, method=method, snapping=False)
+    res = fit(theta0, stats, reml, layout, max_iter=max_iter, method=method, snapping=False, penalty=penalty)
     out = (theta0, c, res.state, res.theta, res.solution)
     # Every value is exact in float64: θ and the estimates are float64 or float32, the
     # counters small integers.
     return jnp.concatenate([jnp.ravel(a).astype(jnp.float64) for a in jax.tree.leaves(out)])
 
 
-@partial(_compiled.jit, static_argnames=("layout", "method"))
-def fit_and_solve(u0, stats: Stats, reml, max_iter, layout: Layout, method: str = "newton"):
+@partial(_compiled.jit, static_argnames=("layout", "method", "penalty"))
+def fit_and_solve(u0, stats: Stats, reml, max_iter, layout: Layout, method: str = "newton", penalty=None):
     """:func:`fit_packed` as a program of its own (c computed here: a program of its own
     for c, and the wait to read it, cost ~1 ms of a 100k-row fit's ~15)."""
-    return fit_packed(u0, stats, reml, layout, max_iter, method)
+    return fit_packed(u0, stats, reml, layout, max_iter, method, penalty)
 
 
 @functools.lru_cache(maxsize=256)
@@ -221,14 +236,16 @@ def fit_stats(u0, stats: Stats, reml, layout: Layout, method: str, max_iter: int
     return fit_snapped(run, np.asarray(u0, dtype=np.float64), max_iter, wide, p=layout.p)
 
 
-def fit_program(stats: Stats, reml, layout: Layout, method: str):
+def fit_program(stats: Stats, reml, layout: Layout, method: str, penalty=None):
     """(run, the program's layout): ``run(u, max_iter)`` runs :func:`fit_and_solve` (through
     the program cache) on ``stats`` widened to a common fixed-effects width
     (:func:`~jaxmlm._stats.widen`), so that models differing only in their fixed effects
-    share the program; :func:`fit_snapped` with ``p=layout.p`` takes its output apart."""
+    share the program; :func:`fit_snapped` with ``p=layout.p`` takes its output apart. ``penalty``:
+    as :func:`fit`'s (a penalty on θ does not depend on p, so it holds for the widened layout too)."""
     wide_stats, wide = widen(stats, layout)
+    static = dict(layout=wide, method=method) if penalty is None else dict(layout=wide, method=method, penalty=penalty)
 
     def run(u, n):
-        return _programs.call(fit_and_solve, (u, wide_stats, reml, n), dict(layout=wide, method=method))
+        return _programs.call(fit_and_solve, (u, wide_stats, reml, n), static)
 
     return run, wide

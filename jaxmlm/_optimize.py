@@ -360,9 +360,10 @@ def _bfgs(fun, x0, max_iter: int, ftol: float, gtol: float) -> OptState:
     return jax.lax.while_loop(lambda c: c[0].status < 0, body, (st0, jnp.eye(m, dtype=x0.dtype)))[0]
 
 
-@functools.partial(_compiled.jit, static_argnames=("layout", "max_iter", "method"))
+@functools.partial(_compiled.jit, static_argnames=("layout", "max_iter", "method", "penalty"))
 def fit_theta(
-    theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, ftol=1e-10, gtol=1e-8, method: str = "newton"
+    theta0, stats: Stats, reml, layout: Layout, max_iter: int = 200, ftol=1e-10, gtol=1e-8, method: str = "newton",
+    penalty=None,
 ) -> OptState:
     """Minimize the criterion over θ from ``theta0`` by ``method`` ("newton", "ai" or "bfgs").
 
@@ -378,14 +379,38 @@ def fit_theta(
     All minimize the same criterion, :func:`~jaxmlm._objective.deviance`, over the
     unit-free coordinates u = θ / c, c = :func:`theta_scale` (module docstring): f(c ⊙ u),
     ∇_u f = c ⊙ ∇_θ f, ∇²_u f = diag(c) ∇²_θ f diag(c), so that step caps and ``gtol`` do
-    not depend on the predictors' units. ``theta0`` and the result's x are θ; its g is
+    not depend on the predictors' units. ``penalty`` (None, or a hashable function of θ and the
+    layout, :class:`~jaxmlm._priors.ThetaPenalty`) is added to the criterion on every path: its value,
+    gradient and Hessian by autodiff (it is a small function of θ alone; ``blmer``'s priors).
+    ``theta0`` and the result's x are θ; its g is
     ∇_u f (:class:`OptState`). c is computed from ``stats`` inside the program (traced
     data: one compiled program serves every data set of a layout). Data are arguments, not
     closures, so fits of the same shape reuse one compiled program.
     """
     c = theta_scale(stats, layout)
-    st = _fit_u(theta0 / c, c, stats, reml, layout, max_iter, ftol, gtol, method)
+    st = _fit_u(theta0 / c, c, stats, reml, layout, max_iter, ftol, gtol, method, penalty)
     return st._replace(x=c * st.x)
+
+
+def _pen_fun(fun, penalty, layout: Layout):
+    """θ ↦ fun(θ) + penalty(θ) (``fun`` itself when there is no penalty: lmer's programs unchanged)."""
+    if penalty is None:
+        return fun
+    return lambda t: fun(t) + penalty(t, layout)
+
+
+def _pen_fgh(fgh, penalty, layout: Layout):
+    """(f, ∇f, H) of fun + penalty from those of fun, all in θ; the penalty's by autodiff."""
+    if penalty is None:
+        return fgh
+    pen = lambda t: penalty(t, layout)  # noqa: E731
+    pg, ph = jax.grad(pen), jax.hessian(pen)
+
+    def fgh_p(t):
+        f, g, H, *rest = fgh(t)
+        return (f + pen(t), g + pg(t), H + ph(t), *rest)
+
+    return fgh_p
 
 
 def _fun_u(fun, c):
@@ -423,10 +448,14 @@ def per_level_formulas(layout: Layout) -> bool:
     return layout.qr == 0 and not layout.structured and layout.k1 <= _CLOSED_FORM_MAX_K
 
 
-def _fit_u(u0, c, stats: Stats, reml, layout: Layout, max_iter: int, ftol, gtol, method: str) -> OptState:
-    """:func:`fit_theta`'s minimization in u = θ / c (its state's x is u)."""
-    def dev(t):
+def _fit_u(u0, c, stats: Stats, reml, layout: Layout, max_iter: int, ftol, gtol, method: str,
+           penalty=None) -> OptState:
+    """:func:`fit_theta`'s minimization in u = θ / c (its state's x is u); ``penalty`` is added to
+    every criterion below (:func:`_pen_fun`, :func:`_pen_fgh`)."""
+    def dev0(t):
         return _deviance(t, stats, reml, layout)
+
+    dev = _pen_fun(dev0, penalty, layout)
 
     if layout.structured:
         if method == "bfgs":
@@ -438,14 +467,15 @@ def _fit_u(u0, c, stats: Stats, reml, layout: Layout, max_iter: int, ftol, gtol,
             # own (f, ∇f, ∇²f) are taken by autodiff through the dense factorization instead.
             return _newton(None, u0, max_iter, ftol, gtol, fgh=_fgh_ad(_fun_u(dev, c), forward=len(u0) <= _FORWARD_MAX),
                            trial_fgh=True)
-        return _newton(None, u0, max_iter, ftol, gtol, fgh=_fgh_u(_structured_fgh(stats, reml, layout), c),
+        return _newton(None, u0, max_iter, ftol, gtol, fgh=_fgh_u(_pen_fgh(_structured_fgh(stats, reml, layout), penalty, layout), c),
                        trial_fgh=True)
     if per_level_formulas(layout) and method in ("newton", "ai"):
         # One grouping factor: closed-form per-level derivatives (blockdiag_fgh), on
         # level-last copies of A11 and Z1W made once here, outside the loop.
         A, Z = levels_last(stats.A11, stats.Z1W)
         return _newton(None, u0, max_iter, ftol, gtol,
-                       fgh=_fgh_u(lambda t: blockdiag_fgh(t, A, Z, stats, reml, layout), c), trial_fgh=True)
+                       fgh=_fgh_u(_pen_fgh(lambda t: blockdiag_fgh(t, A, Z, stats, reml, layout), penalty, layout), c),
+                       trial_fgh=True)
     if is_nested(layout):
         if nested_scalar(layout):
             data = nested_scalar_data(stats, layout)  # θ-free: once, outside the loop
@@ -458,6 +488,7 @@ def _fit_u(u0, c, stats: Stats, reml, layout: Layout, max_iter: int, ftol, gtol,
             def dev_nested(t):
                 return _deviance(t, stats, reml, layout, nested)
 
+        dev_nested = _pen_fun(dev_nested, penalty, layout)
         if method == "bfgs":
             return _bfgs(_fun_u(dev_nested, c), u0, max_iter, ftol, gtol)
         # Autodiff's (f, ∇f, H) runs the m tangents side by side: on per-level algebra it
@@ -474,11 +505,14 @@ def _fit_u(u0, c, stats: Stats, reml, layout: Layout, max_iter: int, ftol, gtol,
         return _bfgs(_fun_u(dev, c), u0, max_iter, ftol, gtol)
     pairs = pair_data(stats, layout)  # θ-free: once, outside the loop
     if method == "bfgs":
-        return _bfgs(_fun_u(lambda t: criterion_rest(t, stats, reml, layout, pairs)[0], c), u0, max_iter, ftol, gtol)
+        return _bfgs(_fun_u(_pen_fun(lambda t: criterion_rest(t, stats, reml, layout, pairs)[0], penalty, layout), c),
+                     u0, max_iter, ftol, gtol)
 
     def fg_ai(t):
         f, g, pieces = criterion_rest_value_and_grad(t, stats, reml, layout, pairs)
         return f, g, average_information(t, pieces, stats, reml, layout)[0]
+
+    fg_ai = _pen_fgh(fg_ai, penalty, layout)
 
     # c > 0, so clipping in u keeps each diagonal θᵢ on its side of 0 just as in θ.
     return _newton(None, u0, max_iter, ftol, gtol, fgh=_fgh_u(fg_ai, c), diag=jnp.asarray(diagonal_mask(layout)),

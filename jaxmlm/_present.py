@@ -159,6 +159,8 @@ def _fixed_effects_table(m) -> tuple[list[str], bool]:
     """
     if len(m.fixef) == 0:
         return [], True
+    if hasattr(m, "prior_penalty"):  # a blmer fit: blme's table, no denominator df
+        return print_coefmat(m.coef_table()), False
     try:
         from ._inference import coef_table
 
