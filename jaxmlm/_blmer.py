@@ -47,6 +47,17 @@ class PenalizedMixedModel(LinearMixedModel):
     prior_penalty: float = 0.0
     penalty: ThetaPenalty | None = field(default=None, repr=False)
 
+    @property
+    def loglik(self) -> float:
+        """The (REML) log-likelihood at the estimate, without the prior, as blme's ``logLik``
+        (−(objective − prior_penalty)/2); ``aic`` and ``bic`` follow from it, as in blme."""
+        return -0.5 * (self.objective - self.prior_penalty)
+
+    @property
+    def deviance(self) -> float:
+        """The likelihood's part of the criterion (blme's deviance or REML criterion)."""
+        return self.objective - self.prior_penalty
+
     def criterion_at(self, theta) -> float:
         """The penalized criterion (blme's deviance function) at any θ: the core's profiled criterion
         on the penalized statistics plus the covariance priors' penalty (:mod:`jaxmlm._priors`)."""

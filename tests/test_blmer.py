@@ -70,6 +70,9 @@ def test_matches_blme(key):
     np.testing.assert_allclose(m.theta, theta, rtol=0.01)
     assert abs(m.objective - r["criterion"]) < 1e-3
     assert abs(m.prior_penalty - r["prior_penalty"]) < 1e-3  # blme's "Prior dev"
+    # blme's logLik (and so AIC/BIC) is the likelihood's part, without the prior
+    assert abs(m.loglik + 0.5 * r["likelihood_part"]) < 1e-3
+    assert m.aic == pytest.approx(r["likelihood_part"] + 2 * m.npar)
     np.testing.assert_allclose(m.sigma, r["sigma"], rtol=1e-4)
     np.testing.assert_allclose(m.se.to_numpy(), se, rtol=1e-3)
     # never worse than any of blme's optimizers
