@@ -340,7 +340,7 @@ def profile_zeta(prof, parm=None, levels=(0.95, 0.99), ncols: int = 3, **kwargs)
 
 
 def influence(inf, group: str | None = None, which: str = "cook", sort: bool = True, cutoff: float | None = None,
-              max_levels: int = 60, ax=None):
+              max_levels: int = 100, ax=None):
     """Deletion diagnostics as influence.ME's ``plot(estex, which = "cook" | "dfbetas")``: one dot per
     level left out, levels on the vertical axis (sorted by value with ``sort``), those beyond
     the reference drawn in red.
