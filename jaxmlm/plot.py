@@ -378,8 +378,8 @@ def influence(inf, group: str | None = None, which: str = "cook", sort: bool = T
     dfb = dfb.loc[keep]
     ref = inf.dfbetas_cutoff if cutoff is None else float(cutoff)
     plt = _plt()
-    fig, axes = plt.subplots(1, dfb.shape[1], sharey=not sort, figsize=(3.2 * dfb.shape[1], max(3.0, 0.16 * len(dfb))),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, dfb.shape[1], sharey=not sort, squeeze=False,
+                             figsize=(3.2 * dfb.shape[1], max(3.5, 1.2 + 0.2 * len(dfb))))
     for ax, (name, col) in zip(axes[0], dfb.items()):
         _dots(ax, col.sort_values() if sort else col, ref, lower=-ref)
         ax.set_title(name, fontsize="small")
