@@ -56,7 +56,7 @@ import pandas as pd
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-from . import _compiled, _x64  # noqa: F401
+from . import _compiled, _programs, _x64  # noqa: F401
 from ._errors import DataError, InferenceError
 from ._stats import weighted_rows
 
@@ -261,7 +261,7 @@ def _exact(m, codes, nsets, chunk_size):
 
     C = np.ones((nsets, len(codes)))
     C[codes, np.arange(len(codes))] = 0.0  # row i has weight 0 in the refit of its own set
-    r = refit_weights(m, C, chunk_size=chunk_size, desc="deletions")
+    r = refit_weights(m, C, chunk_size=chunk_size, desc="deletions", sdcor=False)
     return np.asarray(r.beta), np.asarray(r.vcov), np.asarray(r.ok)
 
 
@@ -311,7 +311,8 @@ def _approximate(m, codes, nsets, chunk_size):
     c = _chunk_size(nsets, d.n, chunk_size, layout)
     beta, vcov = [], []
     for lo in range(0, nsets, c):
-        b, v = _one_step(theta, jnp.asarray(_padded(C[lo:lo + c], c)), base, ops, reml, free, layout)
+        b, v = _programs.call(_one_step, (theta, jnp.asarray(_padded(C[lo:lo + c], c)), base, ops, reml, free),
+                              dict(layout=layout))
         take = min(c, nsets - lo)
         beta.append(np.asarray(b)[:take])
         vcov.append(np.asarray(v)[:take])
