@@ -143,7 +143,7 @@ class Influence:
     rows, by the data's index labels of the rows used.
 
     ``fixef_deleted``, ``se_deleted``: β̂₍₋ⱼ₎ and its standard errors; ``vcov_deleted``
-    (J, p, p); ``fixef``, ``vcov``: the full fit's; ``converged`` (exact refits; all True for
+    (J, p, p); ``theta_deleted``: θ̂₍₋ⱼ₎ (lme4's order and names; the approximation's θ₁); ``fixef``, ``vcov``: the full fit's; ``converged`` (exact refits; all True for
     the approximation); ``approximate``: the approximate diagnostics beside the exact ones
     (``method="both"``), else None; ``seconds``: wall time."""
 
@@ -155,6 +155,7 @@ class Influence:
     vcov: pd.DataFrame
     fixef_deleted: pd.DataFrame
     se_deleted: pd.DataFrame
+    theta_deleted: pd.DataFrame
     vcov_deleted: np.ndarray = field(repr=False)
     converged: pd.Series = field(repr=False)
     seconds: float = 0.0
@@ -246,13 +247,17 @@ def _deletion_sets(m, group):
                     "nor a column of its model frame")
 
 
-def _result(m, group, method, vcov, labels, beta_del, vcov_del, converged, seconds, approximate=None) -> Influence:
+def _result(m, group, method, vcov, labels, beta_del, vcov_del, theta_del, converged, seconds,
+            approximate=None) -> Influence:
+    from ._refit import _theta_names
+
     names = list(m.design.fixef_names)
     se = np.sqrt(np.diagonal(vcov_del, axis1=1, axis2=2))
     return Influence(
         group=group, method=method, vcov_for_cooks=vcov, labels=labels, fixef=m.fixef.copy(), vcov=m.vcov.copy(),
         fixef_deleted=pd.DataFrame(beta_del, index=labels, columns=names),
-        se_deleted=pd.DataFrame(se, index=labels, columns=names), vcov_deleted=vcov_del,
+        se_deleted=pd.DataFrame(se, index=labels, columns=names),
+        theta_deleted=pd.DataFrame(theta_del, index=labels, columns=_theta_names(m.design)), vcov_deleted=vcov_del,
         converged=pd.Series(converged, index=labels, name="converged"), seconds=seconds, approximate=approximate)
 
 
@@ -262,7 +267,7 @@ def _exact(m, codes, nsets, chunk_size):
     C = np.ones((nsets, len(codes)))
     C[codes, np.arange(len(codes))] = 0.0  # row i has weight 0 in the refit of its own set
     r = refit_weights(m, C, chunk_size=chunk_size, desc="deletions", sdcor=False)
-    return np.asarray(r.beta), np.asarray(r.vcov), np.asarray(r.ok)
+    return np.asarray(r.beta), np.asarray(r.vcov), np.asarray(r.theta), np.asarray(r.ok)
 
 
 @partial(_compiled.jit, static_argnames="layout", tiered=False)
@@ -287,7 +292,7 @@ def _one_step(theta, C, base, ops, reml, free, layout):
         H = jnp.where(both, jax.hessian(f)(theta), eye)
         theta1 = theta - jnp.linalg.solve(H, g)
         sol = solve(theta1, st, reml, layout)
-        return sol.beta, sol.vcov
+        return sol.beta, sol.vcov, theta1
 
     return jax.vmap(one)(C)
 
@@ -309,14 +314,15 @@ def _approximate(m, codes, nsets, chunk_size):
     C = np.ones((nsets, d.n))
     C[codes, np.arange(d.n)] = 0.0
     c = _chunk_size(nsets, d.n, chunk_size, layout)
-    beta, vcov = [], []
+    beta, vcov, thetas = [], [], []
     for lo in range(0, nsets, c):
-        b, v = _programs.call(_one_step, (theta, jnp.asarray(_padded(C[lo:lo + c], c)), base, ops, reml, free),
+        b, v, t = _programs.call(_one_step, (theta, jnp.asarray(_padded(C[lo:lo + c], c)), base, ops, reml, free),
                               dict(layout=layout))
         take = min(c, nsets - lo)
         beta.append(np.asarray(b)[:take])
         vcov.append(np.asarray(v)[:take])
-    return np.concatenate(beta), np.concatenate(vcov)
+        thetas.append(np.asarray(t)[:take])
+    return np.concatenate(beta), np.concatenate(vcov), np.concatenate(thetas)
 
 
 def influence(m, group: str | None = None, method: str = "exact", vcov: str = "full",
@@ -343,11 +349,11 @@ def influence(m, group: str | None = None, method: str = "exact", vcov: str = "f
     approx = None
     if method in ("approximate", "both"):
         t0 = time.perf_counter()
-        beta, V = _approximate(m, codes, nsets, chunk_size)
-        approx = _result(m, group, "approximate", vcov, labels, beta, V, np.ones(nsets, bool),
+        beta, V, th = _approximate(m, codes, nsets, chunk_size)
+        approx = _result(m, group, "approximate", vcov, labels, beta, V, th, np.ones(nsets, bool),
                          time.perf_counter() - t0)
         if method == "approximate":
             return approx
     t0 = time.perf_counter()
-    beta, V, ok = _exact(m, codes, nsets, chunk_size)
-    return _result(m, group, method, vcov, labels, beta, V, ok, time.perf_counter() - t0, approximate=approx)
+    beta, V, th, ok = _exact(m, codes, nsets, chunk_size)
+    return _result(m, group, method, vcov, labels, beta, V, th, ok, time.perf_counter() - t0, approximate=approx)

@@ -117,28 +117,29 @@ def test_exact_influence_matches_lme4_refits(name, influences):
                                    c["cooks_distance_deleted_vcov"], rtol=1e-5)
 
 
-def test_zero_weight_is_the_group_removed():
-    """A group given weight 0 is the model fitted without it: θ̂, β̂, vcov and the criterion of
-    the batched refit equal those of lmer on the data without the group (block 1 and a crossed
-    factor's level)."""
-    from jaxmlm._refit import refit_weights
-
-    for data, formula, group in [("sleepstudy", "Reaction ~ Days + (Days | Subject)", "Subject"),
-                                 ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", "sample")]:
-        df = jaxmlm.load_example(data)
-        m = jaxmlm.lmer(formula, df)
-        blk = next(b for b in m.design.blocks if b.group == group)
-        C = np.ones((2, m.nobs))
-        C[0, blk.codes == 1] = 0.0
-        C[1, blk.codes == blk.nlev - 1] = 0.0
-        r = refit_weights(m, C)
-        for j, lev in enumerate([blk.levels[1], blk.levels[-1]]):
-            sub = jaxmlm.lmer(formula, df[df[group].astype(str) != str(lev)])
-            np.testing.assert_allclose(r.theta[j], sub.theta, rtol=1e-6, atol=1e-8)
-            np.testing.assert_allclose(r.beta[j], sub.fixef.to_numpy(), rtol=1e-9)
-            np.testing.assert_allclose(r.vcov[j], sub.vcov.to_numpy(), rtol=1e-6)
-            np.testing.assert_allclose(r.objective[j], sub.objective, rtol=1e-10)
-        np.testing.assert_allclose(refit_weights(m, np.ones((1, m.nobs))).beta[0], m.fixef.to_numpy(), rtol=1e-10)
+@pytest.mark.parametrize("data, formula, group, weights", [
+    ("sleepstudy", "Reaction ~ Days + (Days | Subject)", "Subject", None),  # block 1
+    ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", "sample", None),  # a crossed factor, not block 1
+    ("sleepstudy", "Reaction ~ Days + (Days | Subject)", "Subject", "w"),  # prior weights
+    ("Dyestuff2", "Yield ~ 1 + (1 | Batch)", "Batch", None),  # singular: θ̂ = 0
+])
+def test_zero_weight_is_the_group_removed(data, formula, group, weights):
+    """A group given weight 0 is the model fitted without it: θ̂, β̂ and vcov of the batched
+    refits equal those of lmer on the data without the group."""
+    df = jaxmlm.load_example(data)
+    if weights:
+        df = df.assign(w=np.random.default_rng(1).uniform(0.5, 2.0, len(df)))
+    m = jaxmlm.lmer(formula, df, weights=weights)
+    inf = m.influence(group)
+    assert inf.converged.all()
+    for lev in [inf.labels[1], inf.labels[-1]]:
+        sub = jaxmlm.lmer(formula, df[df[group].astype(str) != str(lev)], weights=weights)
+        np.testing.assert_allclose(inf.theta_deleted.loc[lev].to_numpy(), sub.theta, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(inf.fixef_deleted.loc[lev].to_numpy(), sub.fixef.to_numpy(), rtol=1e-8)
+        np.testing.assert_allclose(inf.vcov_deleted[inf.labels.get_loc(lev)], sub.vcov.to_numpy(), rtol=1e-6)
+    if data == "Dyestuff2":  # the one-step approximation keeps θ at its bound: finite, no NaN
+        a = m.influence(group, method="approximate")
+        assert np.all(a.theta_deleted.to_numpy() == 0.0) and np.all(np.isfinite(a.cooks_distance))
 
 
 @pytest.mark.parametrize("name", ["sleepstudy_slopes", "exam_slopes"])
