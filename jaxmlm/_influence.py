@@ -262,11 +262,10 @@ def _result(m, group, method, vcov, labels, beta_del, vcov_del, theta_del, conve
 
 
 def _exact(m, codes, nsets, chunk_size):
-    from ._refit import refit_weights
+    from ._refit import Deletions, refit_weights
 
-    C = np.ones((nsets, len(codes)))
-    C[codes, np.arange(len(codes))] = 0.0  # row i has weight 0 in the refit of its own set
-    r = refit_weights(m, C, chunk_size=chunk_size, desc="deletions", sdcor=False)
+    # row i has weight 0 in the refit of its own set, 1 in the others
+    r = refit_weights(m, Deletions(codes, nsets), chunk_size=chunk_size, desc="deletions", sdcor=False)
     return np.asarray(r.beta), np.asarray(r.vcov), np.asarray(r.theta), np.asarray(r.ok)
 
 
@@ -300,7 +299,7 @@ def _one_step(theta, C, base, ops, reml, free, layout):
 def _approximate(m, codes, nsets, chunk_size):
     """One Newton step per deletion (module docstring), batched as the exact refits are."""
     from ._optimize import diagonal_mask
-    from ._refit import _chunk_size, _padded, row_ops
+    from ._refit import Deletions, _chunk_size, _padded, row_ops
     from ._stats import make_schema
 
     d = m.design
@@ -311,8 +310,7 @@ def _approximate(m, codes, nsets, chunk_size):
     reml = jnp.asarray(1.0 if m.REML else 0.0)
     # A variance on the boundary stays there: its diagonal of θ̂ is held at 0.
     free = jnp.asarray(~(np.asarray(diagonal_mask(layout), bool) & (np.asarray(m.theta) == 0.0)))
-    C = np.ones((nsets, d.n))
-    C[codes, np.arange(d.n)] = 0.0
+    C = Deletions(codes, nsets)
     c = _chunk_size(nsets, d.n, chunk_size, layout)
     beta, vcov, thetas = [], [], []
     for lo in range(0, nsets, c):

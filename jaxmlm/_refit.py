@@ -594,6 +594,21 @@ def _refit_spec(spec: _Spec, Y: np.ndarray, *, reml: bool, progress: bool = True
     return _result(spec, cat, reml, t0)
 
 
+class Deletions:
+    """Case weights of leave-one-set-out refits without the (sets × rows) matrix: row r of it is
+    1 except 0 on the rows of set r (``codes``: each row's set, 0 … nsets − 1). Slicing a range
+    of sets gives those rows as an array, so a chunk's weights are made when it runs (rows
+    left out one at a time would otherwise take n² numbers)."""
+
+    def __init__(self, codes: np.ndarray, nsets: int):
+        self.codes = np.asarray(codes)
+        self.shape = (int(nsets), len(self.codes))
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        sets = np.arange(self.shape[0])[sl]
+        return (self.codes[None, :] != sets[:, None]).astype(np.float64)
+
+
 def refit_weights(m, C: np.ndarray, *, REML: bool | None = None, progress: bool = False, chunk_size=None,
                   start=None, max_iter: int = 200, desc: str = "refits", sdcor: bool = True) -> RefitResult:
     """Refits of ``m``'s design with its prior weights multiplied by every row of C (nsim, nobs),
@@ -608,9 +623,13 @@ def refit_weights(m, C: np.ndarray, *, REML: bool | None = None, progress: bool 
     spec = _spec(m)
     reml = spec.reml if REML is None else _check_bool(REML, "REML")
     d = spec.design
-    C = np.asarray(C, dtype=np.float64)
-    if C.ndim != 2 or C.shape[1] != d.n or not np.all(np.isfinite(C)) or np.any(C < 0):
-        raise DataError(f"case weights must be a (nsim, {d.n}) array of finite values ≥ 0, got shape {C.shape}")
+    if isinstance(C, Deletions):
+        if C.shape[1] != d.n:
+            raise DataError(f"the deletions are for {C.shape[1]} rows, the model has {d.n}")
+    else:
+        C = np.asarray(C, dtype=np.float64)
+        if C.ndim != 2 or C.shape[1] != d.n or not np.all(np.isfinite(C)) or np.any(C < 0):
+            raise DataError(f"case weights must be a (nsim, {d.n}) array of finite values ≥ 0, got shape {C.shape}")
     schema = make_schema(d)
     layout = schema.layout
     ops, base = row_ops(d, schema)

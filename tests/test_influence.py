@@ -219,4 +219,8 @@ def test_influence_plot_draws_the_cooks_distances(influences):
     assert len(fig.axes) == 2 and "largest 10 of 65" in fig._suptitle.get_text()
     with pytest.raises(DataError, match="which"):
         jaxmlm.plot.influence(inf, which="covratio")
+    m, ss = influences["sleepstudy_slopes"]  # a model: its exact diagnostics are computed first
+    ax = jaxmlm.plot.influence(m, group="Subject")
+    xs = np.concatenate([ln.get_xdata() for ln in ax.lines if ln.get_marker() == "o"])
+    np.testing.assert_allclose(np.sort(xs), np.sort(ss.cooks_distance.to_numpy()), rtol=1e-8)
     plt.close("all")
