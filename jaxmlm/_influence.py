@@ -29,16 +29,17 @@ left out in turn, the model refitted, and β̂₍₋ⱼ₎ compared with β̂:
   group's random effect meets no data, so it adds log|I| = 0 to the criterion), each refit
   started at the full fit's θ̂.
 * ``method="approximate"``: one Newton step per deletion (the one-step approximation of
-  Pregibon 1981, *Ann. Statist.* 9, §6, and Cook & Weisberg 1982, §5.4, applied to the variance
-  parameters): from the full fit's θ̂, on the deleted data's profiled criterion fⱼ,
+  Pregibon 1981, *Ann. Statist.* 9(4), 705–724, and Cook & Weisberg 1982, *Residuals and
+  Influence in Regression*, applied here to the variance parameters): from the full fit's θ̂, on the deleted data's profiled criterion fⱼ,
   θ₁ = θ̂ − ∇²fⱼ(θ̂)⁻¹ ∇fⱼ(θ̂) (exact gradient and Hessian; a variance at 0 stays at 0), then
   β̂₍₋ⱼ₎ and its vcov from the deleted data at θ₁ — exact given θ, so the error is second order
-  in θ̂₍₋ⱼ₎ − θ̂. No iterations, no line search, no convergence test: about the cost of one
-  Newton iteration of the exact refits. (The infinitesimal jackknife in the rows' prior weights,
+  in θ̂₍₋ⱼ₎ − θ̂. No iterations, no line search, no convergence test: one Newton iteration of
+  the exact refits (where those converge in a few steps from θ̂, as on Exam, both cost about
+  the same: making each deleted data set's statistics dominates). (The infinitesimal jackknife in the rows' prior weights,
   β̂ extrapolated linearly from weight 1 to 0, fails for whole groups: a group's information
   about β saturates in its rows' weights — halving them barely changes it, because its random
-  effect dominates its variance — so the tangent at weight 1 misses most of the deletion.
-  On sleepstudy's subjects it missed most of each deletion's effect.)
+  effect dominates its variance — so the tangent at weight 1 misses most of the deletion:
+  leaving out sleepstudy's subject 308 moves the Days slope by −0.66, the tangent by −0.12.)
 * ``method="both"``: the exact values, with the approximate ones beside them
   (``Influence.approximate``) and their difference (``Influence.difference``).
 """
