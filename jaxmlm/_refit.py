@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from . import _compiled, _x64  # noqa: F401
+from . import _compiled, _programs, _x64  # noqa: F401
 from ._errors import ConvergenceError, DataError
 from ._objective import (
     _UNROLL_MAX_K,
@@ -55,7 +55,21 @@ from ._objective import (
 )
 from ._fit import fit, fit_jit
 from ._optimize import STATUS, canonical_theta, diagonal_mask, lme4_start, theta_scale_host
-from ._stats import Layout, ResponseOps, Stats, bucket, response_ops, response_stats, sufficient_stats, with_response
+from ._stats import (
+    CHUNK_ROWS,
+    Layout,
+    ResponseOps,
+    Stats,
+    _accumulate,
+    _pass_inputs,
+    _run_pass,
+    a22_blocks,
+    bucket,
+    response_ops,
+    response_stats,
+    sufficient_stats,
+    with_response,
+)
 
 __all__ = [
     "simulate",
@@ -126,6 +140,12 @@ def _fit_one(theta0, base: Stats, zy1, xy, yy, zry, beta0, flat, reml, layout: L
     may see a finite value. Its status is set to 4 (non-finite criterion) whatever the
     noise did."""
     st = with_response(base, zy1, xy, yy, zry, beta0, layout.p)
+    return _fit_stats(theta0, st, flat, reml, layout, max_iter, ftol, gtol)
+
+
+def _fit_stats(theta0, st: Stats, flat, reml, layout: Layout, max_iter, ftol, gtol) -> _Batch:
+    """One replicate's fit on its own statistics ``st`` (the part of :func:`_fit_one` after the
+    statistics; ``flat`` forces status 4)."""
     res = fit(theta0, st, reml, layout, max_iter=max_iter, ftol=ftol, gtol=gtol, method="newton", with_solution=False)
     opt, theta = res.state, res.theta
     fac = factorize(theta, st, layout)
@@ -148,6 +168,65 @@ def _refit_chunk(Y, theta0, base: Stats, ops: ResponseOps, reml, layout: Layout,
     one = partial(_fit_one, layout=layout, max_iter=max_iter, ftol=ftol, gtol=gtol)
     return jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0, 0, 0, None))(theta0, base, zy1, xy, yy, zry, beta0, flat,
                                                                        reml)
+
+
+class RowOps(NamedTuple):
+    """The rows of a design as the statistics of reweighted data need them (:func:`case_weight_stats`):
+    the weighted rows W = [X*, y* − X*β₀] (n, p+1) with β₀ = ``base.beta0`` (the full data's; any
+    β₀ leaves θ̂, r² and σ̂ unchanged), block-1 codes g1 and values Z1, the rest blocks' positions
+    P, values V and A21 entries E, and per row whether its prior weight is positive (``pos``) and
+    log wᵢ (0 where there are no weights or wᵢ = 0)."""
+
+    W: jax.Array
+    g1: jax.Array
+    Z1: jax.Array
+    P: jax.Array
+    V: jax.Array
+    E: jax.Array
+    pos: jax.Array
+    logw: jax.Array
+
+
+def row_ops(design, schema) -> tuple[RowOps, Stats]:
+    """(:class:`RowOps`, the full data's statistics) of ``design`` against ``schema``."""
+    _, inp = _pass_inputs(design, CHUNK_ROWS, response=False, schema=schema)
+    base = _run_pass(schema, inp)
+    w = design.weights
+    pos = np.ones(design.n, bool) if w is None else w > 0
+    logw = np.zeros(design.n) if w is None else np.log(np.where(pos, w, 1.0))
+    ops = RowOps(*(jnp.asarray(a) for a in (inp.W, inp.g1, inp.Z1, inp.P, inp.V, inp.E)), jnp.asarray(pos, float),
+                 jnp.asarray(logw))
+    return ops, base
+
+
+def case_weight_stats(c, base: Stats, ops: RowOps, layout: Layout) -> Stats:
+    """The statistics of the data with row i's prior weight multiplied by cᵢ ≥ 0 (traceable, vmap-able).
+
+    Each weighted row is scaled by √cᵢ, so a row with cᵢ = 0 adds nothing to any
+    cross-product: its group's random effect meets no data (an empty block, as a padded level),
+    which is the model fitted to the data without those rows. The criterion's row count and
+    Σ log wᵢ are interpolated linearly, n(c) = Σ cᵢ·[wᵢ > 0] and Σ cᵢ log wᵢ: exact at cᵢ ∈ {0, 1}
+    (the deleted and the full data), and smooth in between, for derivatives in c. The response stays centred on the full
+    data's β₀ (``base.beta0``)."""
+    s = jnp.sqrt(c)
+    acc = _accumulate(None, ops.W * s[:, None], ops.g1, ops.Z1 * s[:, None], ops.P, ops.V * s[:, None], ops.E,
+                      l1=layout.l1, qr=layout.qr, nnz=layout.nnz, kr=a22_blocks(layout))
+    A11, Z1W, WW, A22, ZrW, A21 = acc
+    return base._replace(n=jnp.sum(c * ops.pos), ldw=jnp.sum(c * ops.logw), A11=A11, Z1W=Z1W, WW=WW, A22=A22, ZrW=ZrW,
+                         A21=A21)
+
+
+@partial(_compiled.jit, static_argnames=("layout", "max_iter"), compiler_options=_XLA_OPTIONS, tiered=False)
+def _weights_chunk(C, theta0, base: Stats, ops: RowOps, reml, layout: Layout, max_iter: int = 200, ftol=1e-10,
+                   gtol=1e-8) -> _Batch:
+    """Fit the design of ``base``/``ops`` with the prior weights multiplied by every row of C (c, n),
+    starting at ``theta0``: :func:`case_weight_stats` then :func:`_fit_stats`, vmapped."""
+
+    def one(cw):
+        return _fit_stats(theta0, case_weight_stats(cw, base, ops, layout), jnp.asarray(False), reml, layout,
+                          max_iter, ftol, gtol)
+
+    return jax.vmap(one)(C)
 
 
 # ---- the model as simulation and refits need it -------------------------------------------------
@@ -469,6 +548,33 @@ def _as_responses(Y, n: int) -> np.ndarray:
     return Y
 
 
+def _run_chunks(n: int, c: int, launch, bar) -> _Batch:
+    """Run ``launch(lo)`` (one compiled chunk of ``c`` replicates from ``lo``) over ``n``
+    replicates, dispatching the next chunk before reading this one (JAX runs them
+    asynchronously); the chunks' first ``n`` replicates, concatenated."""
+    parts: list[_Batch] = []
+    starts = list(range(0, n, c))
+    pending = launch(starts[0])
+    for i, lo in enumerate(starts):
+        nxt = launch(starts[i + 1]) if i + 1 < len(starts) else None
+        got = jax.tree_util.tree_map(np.asarray, pending)
+        take = min(c, n - lo)
+        parts.append(jax.tree_util.tree_map(lambda a: a[:take], got))
+        if bar is not None:
+            bar.update(take)
+        pending = nxt
+    if bar is not None:
+        bar.close()
+    return _Batch(*[np.concatenate(x) for x in zip(*parts)])
+
+
+def _padded(blk: np.ndarray, c: int) -> np.ndarray:
+    """A chunk's rows, the last chunk padded to ``c`` with copies of its first row."""
+    if blk.shape[0] < c:
+        blk = np.concatenate([blk, np.repeat(blk[:1], c - blk.shape[0], axis=0)])
+    return blk
+
+
 def _refit_spec(spec: _Spec, Y: np.ndarray, *, reml: bool, progress: bool = True, chunk_size=None,
                 start=None, max_iter: int = 200, desc: str = "refits") -> RefitResult:
     """Batched refits of ``spec``'s design to the rows of Y (nsim, n); see :func:`refit_many`."""
@@ -479,31 +585,76 @@ def _refit_spec(spec: _Spec, Y: np.ndarray, *, reml: bool, progress: bool = True
     ops = response_ops(d, layout)
     theta0 = jnp.asarray(_start(spec, start))
     reml_a = jnp.asarray(1.0 if reml else 0.0)
-    parts: list[_Batch] = []
-    bar = _progress_bar(nsim, progress, desc)
 
     def launch(lo):
-        blk = Y[lo : lo + c]
-        if blk.shape[0] < c:  # pad the last chunk with copies of its first response
-            blk = np.concatenate([blk, np.repeat(blk[:1], c - blk.shape[0], axis=0)])
+        blk = _padded(Y[lo : lo + c], c)
         return _refit_chunk(jnp.asarray(blk), theta0, spec.stats, ops, reml_a, layout, max_iter=int(max_iter))
 
-    starts = list(range(0, nsim, c))
-    pending = launch(starts[0])
-    for i, lo in enumerate(starts):
-        # Dispatch the next chunk before waiting on this one (JAX runs them asynchronously).
-        nxt = launch(starts[i + 1]) if i + 1 < len(starts) else None
-        got = jax.tree_util.tree_map(np.asarray, pending)
-        take = min(c, nsim - lo)
-        parts.append(jax.tree_util.tree_map(lambda a: a[:take], got))
-        if bar is not None:
-            bar.update(take)
-        pending = nxt
-    if bar is not None:
-        bar.close()
-    cat = _Batch(*[np.concatenate(x) for x in zip(*parts)])
+    cat = _run_chunks(nsim, c, launch, _progress_bar(nsim, progress, desc))
+    return _result(spec, cat, reml, t0)
+
+
+class Deletions:
+    """Case weights of leave-one-set-out refits without the (sets × rows) matrix: row r of it is
+    1 except 0 on the rows of set r (``codes``: each row's set, 0 … nsets − 1). Slicing a range
+    of sets gives those rows as an array, so a chunk's weights are made when it runs (rows
+    left out one at a time would otherwise take n² numbers)."""
+
+    def __init__(self, codes: np.ndarray, nsets: int):
+        self.codes = np.asarray(codes)
+        self.shape = (int(nsets), len(self.codes))
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        sets = np.arange(self.shape[0])[sl]
+        return (self.codes[None, :] != sets[:, None]).astype(np.float64)
+
+
+def refit_weights(m, C: np.ndarray, *, REML: bool | None = None, progress: bool = False, chunk_size=None,
+                  start=None, max_iter: int = 200, desc: str = "refits", sdcor: bool = True) -> RefitResult:
+    """Refits of ``m``'s design with its prior weights multiplied by every row of C (nsim, nobs),
+    cᵢ ≥ 0, in one compiled program (chunks as :func:`refit_many`'s). A row with cᵢ = 0 is a
+    row deleted from the data (:func:`case_weight_stats`): leave-one-group-out refits are the
+    rows of C that are 0 on one group and 1 elsewhere. Started at the fit's θ̂ (as
+    :func:`refit_many`). ``sdcor=False`` leaves the SDs and correlations NaN (their
+    computation traces a program of its own: ~0.2 s in a fresh process)."""
+    from ._stats import make_schema
+
+    t0 = time.perf_counter()
+    spec = _spec(m)
+    reml = spec.reml if REML is None else _check_bool(REML, "REML")
+    d = spec.design
+    if isinstance(C, Deletions):
+        if C.shape[1] != d.n:
+            raise DataError(f"the deletions are for {C.shape[1]} rows, the model has {d.n}")
+    else:
+        C = np.asarray(C, dtype=np.float64)
+        if C.ndim != 2 or C.shape[1] != d.n or not np.all(np.isfinite(C)) or np.any(C < 0):
+            raise DataError(f"case weights must be a (nsim, {d.n}) array of finite values ≥ 0, got shape {C.shape}")
+    schema = make_schema(d)
+    layout = schema.layout
+    ops, base = row_ops(d, schema)
+    spec = spec._replace(layout=layout, stats=base)
+    nsim = C.shape[0]
+    c = _chunk_size(nsim, d.n, chunk_size, layout)
+    theta0 = jnp.asarray(_start(spec, start))
+    reml_a = jnp.asarray(1.0 if reml else 0.0)
+
+    def launch(lo):
+        # through the program cache: a later process runs the program without tracing it again
+        return _programs.call(_weights_chunk, (jnp.asarray(_padded(C[lo : lo + c], c)), theta0, base, ops, reml_a),
+                              dict(layout=layout, max_iter=int(max_iter)), compiler_options=_XLA_OPTIONS)
+
+    cat = _run_chunks(nsim, c, launch, _progress_bar(nsim, progress, desc))
+    return _result(spec, cat, reml, t0, sdcor)
+
+
+def _result(spec: _Spec, cat: _Batch, reml: bool, t0: float, with_sdcor: bool = True) -> RefitResult:
+    d, layout = spec.design, spec.layout
     names = tuple(p[0] for p in _vc_params(d)) + ("sigma",)
-    sdcor = np.column_stack([_sdcor(cat.theta, cat.sigma, d, layout), cat.sigma])
+    if with_sdcor:
+        sdcor = np.column_stack([_sdcor(cat.theta, cat.sigma, d, layout), cat.sigma])
+    else:
+        sdcor = np.column_stack([np.full((len(cat.sigma), len(names) - 1), np.nan), cat.sigma])
     return RefitResult(
         REML=bool(reml),
         fixef_names=tuple(d.fixef_names),

@@ -503,6 +503,17 @@ class LinearMixedModel:
 
         return _readonly(cooks_distance(self))
 
+    def influence(self, group: str | None = None, method: str = "exact", *, vcov: str = "full",
+                  chunk_size: int | None = None):
+        """Deletion diagnostics of the fixed effects, as influence.ME: Cook's distance and DFBETAS
+        of each level of ``group`` (or each row, ``group=None``) left out. ``method``: "exact"
+        (leave-one-out refits in one compiled program), "approximate" (one Newton
+        step from θ̂ per deletion) or "both" (with their difference). Returns an ``Influence``
+        (``.cooks_distance``, ``.dfbetas``, ...; see :mod:`jaxmlm._influence`)."""
+        from ._influence import influence
+
+        return influence(self, group, method, vcov=vcov, chunk_size=chunk_size)
+
     # ---- tidy tables (jaxmlm/_tidy.py) --------------------------------------------------
     def tidy(self, effects=("fixed", "ran_pars"), conf_int: bool = False, conf_level: float = 0.95,
              ddf: str = "Satterthwaite") -> pd.DataFrame:

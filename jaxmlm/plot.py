@@ -15,7 +15,9 @@ Axes (or Figure, for several panels) it drew on, so it can be styled, saved or t
 * :func:`ranef_density` — density of the conditional modes of one term, with the
   normal density the model assumes for the random effects;
 * :func:`profile_zeta` — the profile ζ of each parameter against its value with the ±z
-  lines of the confidence levels (lattice's ``xyplot(profile(m))`` in lme4).
+  lines of the confidence levels (lattice's ``xyplot(profile(m))`` in lme4);
+* :func:`influence` — Cook's distance (or DFBETAS) of each group left out, a dot plot with the
+  4/J reference line (influence.ME's ``plot(estex, which = "cook")``).
 
 Needs matplotlib (``pip install 'jaxmlm[plot]'``).
 """
@@ -31,8 +33,8 @@ from scipy import stats
 from ._design import level_rows
 from ._errors import ConfigurationError, DataError
 
-__all__ = ["caterpillar", "group_lines", "profile_zeta", "qq", "ranef_density", "resid_fitted", "shrinkage",
-           "trajectories"]
+__all__ = ["caterpillar", "group_lines", "influence", "profile_zeta", "qq", "ranef_density", "resid_fitted",
+           "shrinkage", "trajectories"]
 
 
 def _plt():
@@ -336,3 +338,67 @@ def profile_zeta(prof, parm=None, levels=(0.95, 0.99), ncols: int = 3, **kwargs)
     axes.ravel()[0].legend(fontsize="x-small", loc="upper left")
     fig.tight_layout()
     return fig
+
+
+def influence(inf, group: str | None = None, which: str = "cook", sort: bool = True, cutoff: float | None = None,
+              max_levels: int = 100, ax=None):
+    """Deletion diagnostics as influence.ME's ``plot(estex, which = "cook" | "dfbetas")``: one dot per
+    level left out, levels on the vertical axis (sorted by value with ``sort``), those beyond
+    the reference drawn in red.
+
+    ``inf``: an ``Influence`` (``m.influence(...)``) or a fitted model, whose exact diagnostics
+    for ``group`` are computed first. ``which="cook"``: Cook's distance with the line at
+    ``cutoff`` (default 4/J, J levels); ``"dfbetas"``: one panel per fixed effect with lines at
+    ±``cutoff`` (default 2/√J), returned as a Figure. Beyond ``max_levels`` levels only the
+    largest ones (by Cook's distance, or by the largest |DFBETAS|) are drawn, and the title says so."""
+    from ._influence import Influence
+
+    if not isinstance(inf, Influence):
+        if not hasattr(inf, "influence"):
+            raise DataError("plot.influence needs an Influence (m.influence(...)) or a fitted model")
+        inf = inf.influence(group)
+    if which not in ("cook", "dfbetas"):
+        raise DataError(f"which must be 'cook' or 'dfbetas', got {which!r}")
+    what = "row" if inf.group is None else inf.group
+    if which == "cook":
+        vals = inf.cooks_distance
+        keep = vals.sort_values(ascending=False).index[:max_levels]
+        vals = vals.loc[keep]
+        if sort:
+            vals = vals.sort_values()
+        ref = inf.cutoff if cutoff is None else float(cutoff)
+        ax = _axes(ax)
+        _dots(ax, vals, ref, lower=None)
+        ax.set_xlabel("Cook's distance")
+        ax.set_ylabel(what)
+        shown = "" if len(keep) == len(inf.labels) else f", largest {len(keep)} of {len(inf.labels)}"
+        ax.set_title(f"Cook's distance, {what} left out{shown} (line: {ref:.3g})")
+        return ax
+    dfb = inf.dfbetas
+    keep = dfb.abs().max(axis=1).sort_values(ascending=False).index[:max_levels]
+    dfb = dfb.loc[keep]
+    ref = inf.dfbetas_cutoff if cutoff is None else float(cutoff)
+    plt = _plt()
+    fig, axes = plt.subplots(1, dfb.shape[1], sharey=not sort, squeeze=False,
+                             figsize=(3.2 * dfb.shape[1], max(3.5, 1.2 + 0.2 * len(dfb))))
+    for ax, (name, col) in zip(axes[0], dfb.items()):
+        _dots(ax, col.sort_values() if sort else col, ref, lower=-ref)
+        ax.set_title(name, fontsize="small")
+        ax.set_xlabel("DFBETAS")
+    axes[0][0].set_ylabel(what)
+    shown = "" if len(keep) == len(inf.labels) else f", largest {len(keep)} of {len(inf.labels)}"
+    fig.suptitle(f"DFBETAS, {what} left out{shown} (lines: ±{ref:.3g})")
+    fig.tight_layout()
+    return fig
+
+
+def _dots(ax, vals: pd.Series, ref: float, lower: float | None):
+    y = np.arange(len(vals))
+    v = vals.to_numpy()
+    out = (v > ref) | ((v < lower) if lower is not None else False)
+    ax.plot(v[~out], y[~out], "o", ms=4, color="C0")
+    ax.plot(v[out], y[out], "o", ms=5, color="C3")
+    for r in (ref, lower):
+        if r is not None:
+            ax.axvline(r, color="0.4", lw=0.8, ls="--")
+    ax.set_yticks(y, [str(k) for k in vals.index], fontsize="x-small" if len(y) > 30 else None)
