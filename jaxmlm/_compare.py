@@ -72,6 +72,7 @@ from ._objective import deviance
 from ._fit import fit_stats
 from ._optimize import choose_method, diagonal_mask, theta_scale_host
 from ._present import AnovaTable
+from ._rnum import deparse_formula
 
 __all__ = ["anova", "ranova", "lrt_vs_ols", "LRTest", "icc", "r2_nakagawa", "pseudo_r2", "zero_columns", "refit_criterion"]
 
@@ -297,7 +298,7 @@ def anova(*models, refit: bool = True, names=None, method: str = "lrt", nsim: in
         },
         index=pd.Index([names[i] for i in order]),
     )
-    table.attrs["formulas"] = {names[i]: models[i].formula for i in order}
+    table.attrs["formulas"] = {names[i]: deparse_formula(models[i].formula) for i in order}
     table.attrs["refitted"] = [names[i] for i in order if refit and models[i].REML]
     if method == "pb":
         table = _add_pb(table, [models[i] for i in order], nsim, seed)
@@ -363,25 +364,8 @@ def _formula_positions(design) -> list[int]:
 
 
 def _deparse(expr: str) -> str:
-    """A term's left-hand side as R's deparse prints it: ``1+x`` → ``1 + x``, ``x**2`` → ``x^2``.
-
-    Binary ``+``, ``-`` and ``*`` outside parentheses get one space on each side.
-    """
-    s = " ".join(expr.replace("**", "^").split())
-    out: list[str] = []
-    depth = 0
-    for c in s:
-        depth += c == "("
-        depth -= c == ")"
-        if depth == 0 and c in "+-*":
-            prev = "".join(out).rstrip()
-            binary = bool(prev) and prev[-1] not in "+-*(:^"
-            out = [prev + (f" {c} " if binary else c)]
-        elif c == " " and out and out[-1].endswith(" "):
-            continue
-        else:
-            out.append(c)
-    return re.sub(r" +", " ", "".join(out)).strip()
+    """A term's left-hand side as R's deparse prints it: ``1+x`` → ``1 + x``, ``x**2`` → ``x^2``."""
+    return deparse_formula(expr)
 
 
 def _quote(name: str) -> str:

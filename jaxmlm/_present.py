@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ._errors import JaxmlmError
-from ._rnum import abbreviate, format_pvalues_r, r_format, zapsmall
+from ._rnum import abbreviate, deparse_formula, format_pvalues_r, r_format, zapsmall
 
 __all__ = ["summary_text", "print_coefmat", "signif_stars", "format_anova", "format_matrix", "AnovaTable"]
 
@@ -216,7 +216,7 @@ def summary_text(m) -> str:
         head = f"Linear mixed model fit by {crit}. t-tests use Satterthwaite's method (jaxmlm)"
     else:
         head = f"Linear mixed model fit by {crit} ['lmerMod'] (jaxmlm)"
-    out = [head, f"Formula: {m.formula}"]
+    out = [head, f"Formula: {deparse_formula(m.formula)}"]  # as lme4 deparses it: (Days | Subject)
     if m.data_name:
         out.append(f"   Data: {m.data_name}")
     if m.n_dropped:

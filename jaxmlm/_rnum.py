@@ -158,3 +158,55 @@ def abbreviate(names, minlength: int = 4) -> list[str]:
                 for i in idx:
                     out[i] = _strip_to(names[i], length)
     return out
+
+
+_SPACED = {"~", "+", "-", "*", "|", "||", "==", "!=", "<", ">", "<=", ">=", "&", "&&", "=", "<-"}
+_TIGHT = {":", "/", "^", "$", "@", "::"}
+
+
+def _formula_tokens(text: str) -> list[str]:
+    """Names (backticked ones whole), numbers, strings and operators of a formula's text."""
+    import re
+
+    pattern = re.compile(r"""\s*(`[^`]*`|"[^"]*"|'[^']*'|%[^%]*%|\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|"""
+                         r"""[A-Za-z_.][A-Za-z0-9_.]*|\*\*|\|\||&&|::|==|!=|<=|>=|<-|[~+\-*/:^|(),\[\]=<>&!$@{}])""")
+    out, pos = [], 0
+    while pos < len(text):
+        m = pattern.match(text, pos)
+        if not m or m.end() == pos:
+            if text[pos:].strip():
+                raise ValueError(f"cannot read {text[pos:]!r}")
+            break
+        out.append(m.group(1))
+        pos = m.end()
+    return out
+
+
+def deparse_formula(text: str) -> str:
+    """A formula's text as R's ``deparse`` prints it: ``Reaction~Days+(Days|Subject)`` →
+    ``Reaction ~ Days + (Days | Subject)``.
+
+    Binary ``~ + - * |`` ``||``, comparisons and ``%op%`` get a space on each side, ``: / ^`` none;
+    a unary sign sticks to its operand; ``**`` is ``^``; a comma is followed by a space; numbers
+    print with 15 significant digits (``1e-3`` → ``0.001``). Text it cannot read is returned
+    with its blanks normalized.
+    """
+    try:
+        tokens = _formula_tokens(text)
+    except ValueError:
+        return " ".join(text.split())
+    out, prev = [], None
+    for tok in tokens:
+        tok = "^" if tok == "**" else tok
+        operand_before = prev is not None and (prev == ")" or prev == "]" or prev[0].isalnum() or prev[0] in "`._\"'")
+        if tok[0].isdigit() or (tok[0] == "." and len(tok) > 1 and tok[1].isdigit()):
+            value = float(tok)
+            tok = str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.15g}"
+        if (tok in _SPACED or (tok.startswith("%") and len(tok) > 1)) and operand_before:
+            out.append(f" {tok} ")
+        elif tok == ",":
+            out.append(", ")
+        else:
+            out.append(tok)
+        prev = tok
+    return "".join(out).strip()

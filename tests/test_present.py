@@ -167,3 +167,24 @@ def test_r_format_prints_a_negative_zero_as_zero():
 
     # JSON keeps no sign of zero: the R script's x is c(-0.0, -0.4, 0.0, -0.1)
     assert r_format([-0.0, -0.4, 0.0, -0.1], COEFMAT["format"]["digits"][0]) == COEFMAT["format"]["printed"]
+
+
+# R's deparse of formulas: tests/reference/printed/formula_deparse.json, made by make_formula_deparse.R
+DEPARSED = json.loads((Path(__file__).parent / "reference" / "printed" / "formula_deparse.json").read_text())
+
+
+@pytest.mark.parametrize("case", DEPARSED, ids=[c["input"] for c in DEPARSED])
+def test_formulas_print_as_r_deparses_them(case):
+    from jaxmlm._rnum import deparse_formula
+
+    assert deparse_formula(case["input"]) == case["deparsed"]
+    assert deparse_formula(case["deparsed"]) == case["deparsed"]  # idempotent
+
+
+def test_summary_and_anova_print_the_deparsed_formula():
+    sleep = jaxmlm.load_example("sleepstudy")
+    m1 = jaxmlm.lmer("Reaction~Days+(Days|Subject)", sleep)
+    m0 = jaxmlm.lmer("Reaction~Days+(1|Subject)", sleep)
+    assert "Formula: Reaction ~ Days + (Days | Subject)" in m1.summary().splitlines()
+    heading = str(jaxmlm.anova(m0, m1)).splitlines()
+    assert "m0: Reaction ~ Days + (1 | Subject)" in heading and "m1: Reaction ~ Days + (Days | Subject)" in heading
