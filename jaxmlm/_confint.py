@@ -749,10 +749,7 @@ def _walk(m, params, est, walks, theta, sigma, vcov, base, cutoff, delta, maxpts
             if not (finite[i] and np.isfinite(D[i])):
                 active[i] = False
                 continue
-            dd = D[i] - base
-            if dd < -1e-6 * max(1.0, abs(base)):
-                warnings.warn(f"profiling {P[i].name} found a lower deviance ({D[i]:.8g} < {base:.8g}): "
-                              "the fit is not at the optimum", ConvergenceWarning, stacklevel=3)
+            dd = _rise(D[i], base, P[i].name)
             zeta = side[i] * math.sqrt(max(dd, 0.0))
             out.append((walks[i][0], vi, zeta))
             npts[i] += 1
@@ -775,6 +772,15 @@ def _walk(m, params, est, walks, theta, sigma, vcov, base, cutoff, delta, maxpts
             if vfull[i] == vi:
                 active[i] = False
     return out
+
+
+def _rise(D: float, base: float, name: str) -> float:
+    """D − base, the deviance's rise over the fit's; warns when it is clearly negative (the
+    profile found a lower deviance: the fit was not at its optimum)."""
+    if D - base < -1e-6 * max(1.0, abs(base)):
+        warnings.warn(f"profiling {name} found a lower deviance ({D:.8g} < {base:.8g}): "
+                      "the fit is not at the optimum", ConvergenceWarning, stacklevel=4)
+    return D - base
 
 
 def _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, max_outer, ztol):
@@ -808,10 +814,7 @@ def _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, ma
             if not finite[i] or not np.isfinite(D[i]):
                 active[i] = False
                 continue
-            dd = D[i] - base
-            if dd < -1e-6 * max(1.0, abs(base)):
-                warnings.warn(f"profiling {P[i].name} found a lower deviance ({D[i]:.8g} < {base:.8g}): "
-                              "the fit is not at the optimum", ConvergenceWarning, stacklevel=3)
+            dd = _rise(D[i], base, P[i].name)
             zeta = math.copysign(math.sqrt(max(dd, 0.0)), vi - vhat[i])
             F = zeta - target[i]
             if abs(F) < ztol:
