@@ -39,6 +39,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "lmer": "._results",
     "blmer": "._blmer",
+    "glmer": "._glmer",
+    "glmer_nb": "._glmer",
+    "GeneralizedLinearMixedModel": "._glmer",
     "LinearMixedModel": "._results",
     "FitRecord": "._results",
     "load_example": "._datasets",
@@ -59,6 +62,10 @@ _LAZY = {
 __all__ = [
     "lmer",
     "blmer",
+    "glmer",
+    "glmer_nb",
+    "GeneralizedLinearMixedModel",
+    "families",
     "LinearMixedModel",
     "FitRecord",
     "load_example",
@@ -96,8 +103,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name == "core":  # the engine's public stages (jaxmlm/core.py), loaded on first use
-        return importlib.import_module(".core", __name__)
+    if name in ("core", "families"):  # the engine's stages (core.py), the GLMM families: loaded on first use
+        return importlib.import_module("." + name, __name__)
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value

@@ -166,11 +166,28 @@ def _ols_criterion(m, reml: bool) -> float:
 # ---- checks shared by the comparisons ------------------------------------------------------------
 
 
-def _check_model(m, what: str) -> None:
+def _check_model(m, what: str, glmm: bool = False) -> None:
     """A fitted model is what these functions read: its design, layout, statistics and estimates
     (checked by what it has, so that this module needs no model class)."""
-    if not all(hasattr(m, a) for a in ("design", "layout", "stats", "theta", "objective", "update")):
-        raise JaxmlmError(f"{what} must be a model fitted with jaxmlm.lmer, got {type(m).__name__}")
+    if not all(hasattr(m, a) for a in ("design", "layout", "theta", "objective", "REML")):
+        raise JaxmlmError(f"{what} must be a model fitted with jaxmlm.lmer or jaxmlm.glmer, got {type(m).__name__}")
+    if not glmm and not hasattr(m, "stats"):
+        raise JaxmlmError(f"{what} must be a linear mixed model (jaxmlm.lmer); this is a {type(m).__name__}")
+
+
+def _check_families(models, names) -> None:
+    """GLMMs compare with GLMMs of the same family and link only (their likelihoods are of the same
+    distribution), never with linear models."""
+    fams = [getattr(m, "family", None) for m in models]
+    if all(f is None for f in fams):
+        return
+    if any(f is None for f in fams):
+        raise DataError("anova compares linear mixed models with each other and GLMMs with each other; "
+                        f"got both ({', '.join(names)})")
+    kinds = {(f.name, f.link.name) for f in fams}
+    if len(kinds) > 1:
+        raise DataError("the GLMMs have different families or links "
+                        f"({', '.join(f'{a} ({b})' for a, b in sorted(kinds))}): their likelihoods are not comparable")
 
 
 def _variables(models) -> list[str]:
@@ -260,13 +277,17 @@ def anova(*models, refit: bool = True, names=None, method: str = "lrt", nsim: in
     if len(models) < 2:
         raise JaxmlmError("anova needs a fitted model, or several to compare: anova(m) or anova(m0, m1)")
     for i, m in enumerate(models):
-        _check_model(m, f"argument {i + 1} of anova")
+        _check_model(m, f"argument {i + 1} of anova", glmm=True)
     if method not in ("lrt", "pb"):
         raise JaxmlmError(f"method must be 'lrt' (likelihood-ratio test) or 'pb' (parametric bootstrap), got {method!r}")
     names = [f"m{i}" for i in range(len(models))] if names is None else [str(n) for n in names]
     if len(names) != len(models) or len(set(names)) != len(names):
         raise JaxmlmError(f"names must give one distinct name per model ({len(models)} models), got {names!r}")
     _check_same_rows(models, names)
+    _check_families(models, names)
+    if method == "pb" and any(hasattr(m, "family") for m in models):
+        raise JaxmlmError("method='pb' is available for lmer models; for GLMMs use the likelihood-ratio test "
+                          "(method='lrt') or m.refit_many on simulations of the smaller model")
     reml = [m.REML for m in models]
     if refit:
         dev = [ml_deviance(m) for m in models]

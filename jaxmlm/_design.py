@@ -538,14 +538,17 @@ def _grouping(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray,
     return codes.astype(np.int64).ravel(), labels
 
 
-def _check_grouping(raw: list, n: int) -> None:
+def _check_grouping(raw: list, n: int, glmm: bool = False) -> None:
     """lme4's checkNlevels then checkZdims, in lme4's order and wording (raw is in lme4 term order)."""
-    check_levels([(term.group_name, term.expr, len(cols), len(labels)) for term, _, cols, _, labels, _ in raw], n)
+    check_levels([(term.group_name, term.expr, len(cols), len(labels)) for term, _, cols, _, labels, _ in raw], n,
+                 glmm)
 
 
-def check_levels(terms: list[tuple[str, str, int, int]], n: int) -> None:
+def check_levels(terms: list[tuple[str, str, int, int]], n: int, glmm: bool = False) -> None:
     """lme4's checkNlevels and checkZdims for (group, term text, columns, levels) of each term in
-    lme4's order and ``n`` rows: also for data held in pieces, where only the counts are known."""
+    lme4's order and ``n`` rows: also for data held in pieces, where only the counts are known.
+    ``glmm``: glmerControl's defaults, which ignore the counts of levels and random effects
+    against observations (an observation-level random effect is a GLMM's overdispersion term)."""
     nlev: dict[str, int] = {}
     for group, _, _, levels in terms:
         nlev.setdefault(group, levels)
@@ -553,6 +556,8 @@ def check_levels(terms: list[tuple[str, str, int, int]], n: int) -> None:
     if few:
         detail = "; ".join(f"{g!r} has {nlev[g]} level{'s' if nlev[g] != 1 else ''}" for g in few)
         raise GroupingError(f"grouping factors must have > 1 sampled level ({detail} after removing missing values)")
+    if glmm:
+        return
     many = [g for g, nl in nlev.items() if nl >= n]
     if many:
         detail = "; ".join(f"{g!r} has {nlev[g]} levels" for g in many)
@@ -698,7 +703,7 @@ def _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, fixed_spec
         order = sorted(range(len(raw)), key=lambda i: nl[i])[::-1]  # rev(order(nl)): Python sort is stable
     raw = [raw[i] for i in order]
     if not template:
-        _check_grouping(raw, n)
+        _check_grouping(raw, n, getattr(parsed, "glmm", False))
 
     # offset() columns are part of the linear predictor with coefficient 1, not of X.
     offsets = [j for j, nm in enumerate(names_all) if nm.startswith("offset(")]

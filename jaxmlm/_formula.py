@@ -66,6 +66,8 @@ class ParsedFormula:
     lhs: str
     fixed_rhs: str
     random: tuple[RandomTerm, ...]
+    #: a GLMM's formula: lme4's glmerControl skips the checks of levels against observations
+    glmm: bool = False
 
     @property
     def fixed(self) -> str:

@@ -223,7 +223,7 @@ def _fgh_ad(fun, forward: bool = False):
 
 
 def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=None,
-            trial_fgh: bool = False, aux0=None):
+            trial_fgh: bool = False, aux0=None, with_hessian: bool = False, aux_in: bool = False):
     """Modified Newton from ``x0``. ``fun`` gives the criterion (the value line search;
     None with ``trial_fgh``); ``fgh``, if given, (f, ∇f, H) at once, else they come from
     autodiff of ``fun`` (H = ∇²f).
@@ -253,6 +253,12 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
     ``aux0`` (with ``trial_fgh``): ``fgh`` returns a fourth value, which the loop keeps for
     the point it keeps; the result is then (state, that value) — what the profile needs of
     each evaluation besides f (∂D/∂v), without a second copy of the criterion.
+
+    ``with_hessian`` (without ``trial_fgh``): the result is (state, H at the state's x) — the
+    Hessian the last step computed anyway (a GLMM's vcov), without a program of its own.
+
+    ``aux_in`` (with ``aux0``): ``fgh`` takes the kept point's extra value as a second argument —
+    a warm start for an inner iteration (a GLMM's PIRLS starts from the last accepted modes).
     """
     if trial_fgh and fgh is None:
         raise ValueError("trial_fgh needs fgh")
@@ -286,7 +292,7 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
             s, d, decrement, a, k, aux = c
             first = s.nfev == 0
             x_t = s.x + a * d
-            f_t, g_t, H_t, *aux_t = evaluate(x_t)
+            f_t, g_t, H_t, *aux_t = evaluate(x_t, aux[0]) if aux_in else evaluate(x_t)
             accepted = first | _acceptable(s, s.g @ d, a, f_t, slack(s, decrement))
             done = accepted | (k >= 40)
             it = s.it + (done & ~first).astype(s.it.dtype)
@@ -322,7 +328,8 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
         status = _status(decrement, s.f, f_new, g_new, accepted, it, max_iter, ftol, gtol)
         return OptState(x_new, f_new, g_new, it, s.nfev + k + 1, status), H_new
 
-    return jax.lax.while_loop(lambda c: c[0].status < 0, body, (st0, H0))[0]
+    out = jax.lax.while_loop(lambda c: c[0].status < 0, body, (st0, H0))
+    return out if with_hessian else out[0]
 
 
 def _bfgs(fun, x0, max_iter: int, ftol: float, gtol: float) -> OptState:

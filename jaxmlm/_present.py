@@ -194,10 +194,14 @@ def _random_effects_table(m) -> str:
             body.append([term.vc_name if i == 0 else "", c, "", ""] + (shown + [""] * ncorr)[:ncorr])
             variances.append(S[i, i])
             sds.append(sd[i])
-    body.append(["Residual", "", "", ""] + [""] * ncorr)
+    resid = m._residual_rows()  # none for a GLMM without a scale
+    for grp, _, _, var, sd in resid:
+        body.append([grp, "", "", ""] + [""] * ncorr)
+        variances.append(var)
+        sds.append(sd)
     # As lme4's formatVC: each numeric column formatted as one vector (R's format, 4 digits),
     # then every column left-justified to its header.
-    for row, var, sd in zip(body, r_format(variances + [m.sigma**2], 4), r_format(sds + [m.sigma], 4)):
+    for row, var, sd in zip(body, r_format(variances, 4), r_format(sds, 4)):
         row[2], row[3] = var, sd
     header = header[:4] + (["Corr"] + [""] * (ncorr - 1) if ncorr else [])
     ncol = len(header)
@@ -224,26 +228,43 @@ def summary_text(m) -> str:
     out.append("")
     if m.REML:
         out.append(f"REML criterion at convergence: {r_format([round(m.objective, 1)])[0]}")
-    else:  # lme4's .prt.aictab: a named vector, one width for every entry
-        names = ["AIC", "BIC", "logLik", "deviance", "df.resid"]
-        vals = r_format(np.round([m.aic, m.bic, m.loglik, m.objective], 1)) + [str(int(m.nobs - m.npar))]
-        w = max(len(x) for x in names + vals)
-        out.append(" ".join(x.rjust(w) for x in names))
-        out.append(" ".join(x.rjust(w) for x in vals))
+    else:
+        out += _aic_table(m)
     out.append("")
     if m.design.held:
-        # lme4's .prt.resids: quantiles zapped to digits + 1, printed as a named vector (digits 4)
-        q = zapsmall(np.quantile(m.pearson_resid, [0, 0.25, 0.5, 0.75, 1]), 5)
-        names, vals = ["Min", "1Q", "Median", "3Q", "Max"], r_format(q, 4)
-        w = max(len(x) for x in names + vals)
-        out.append("Scaled residuals: ")
-        out.append(" ".join(x.rjust(w) for x in names))
-        out.append(" ".join(x.rjust(w) for x in vals))
+        out += _scaled_residuals(m)
     else:
         out.append("Scaled residuals: not computed (fitted from data in pieces; the rows stay there)")
-    out.append("")
-    out.append("Random effects:")
-    out.append(_random_effects_table(m))
+    out += _model_body(m, fixed_lines)
+    if m.is_singular:
+        out.append("optimizer (Newton) convergence code: 0 (OK)" if m.record.converged else "")
+        out.append("boundary (singular) fit: see help('isSingular')")
+    elif not m.record.converged:
+        out.append(f"optimizer: {m.record.message}")
+    return "\n".join(line for line in out if line is not None) + "\n"
+
+
+def _aic_table(m) -> list[str]:
+    """lme4's .prt.aictab: AIC, BIC, logLik, deviance (the ML criterion, −2 logLik) and df.resid as a named vector."""
+    names = ["AIC", "BIC", "logLik", "deviance", "df.resid"]
+    vals = r_format(np.round([m.aic, m.bic, m.loglik, m.objective], 1)) + [str(int(m.nobs - m.npar))]
+    w = max(len(x) for x in names + vals)
+    return [" ".join(x.rjust(w) for x in names), " ".join(x.rjust(w) for x in vals)]
+
+
+def _scaled_residuals(m) -> list[str]:
+    """lme4's .prt.resids: quantiles of the Pearson residuals zapped to digits + 1, printed as a
+    named vector (digits 4)."""
+    q = zapsmall(np.quantile(m.pearson_resid, [0, 0.25, 0.5, 0.75, 1]), 5)
+    names, vals = ["Min", "1Q", "Median", "3Q", "Max"], r_format(q, 4)
+    w = max(len(x) for x in names + vals)
+    return ["Scaled residuals: ", " ".join(x.rjust(w) for x in names), " ".join(x.rjust(w) for x in vals)]
+
+
+def _model_body(m, fixed_lines: list[str]) -> list[str]:
+    """The summary from "Random effects:" to the correlation of the fixed effects (lme4's
+    .prt.VC, .prt.grps and the coefficient block), for every model class."""
+    out = ["", "Random effects:", _random_effects_table(m)]
     groups = "; ".join(f"{g}, {n}" for g, n in m.ngroups.items())  # lme4: semicolons between factors
     out.append(f"Number of obs: {m.nobs}, groups:  {groups}")
     if m.design.dropped_columns:
@@ -256,12 +277,28 @@ def summary_text(m) -> str:
     elif p > 12:
         out += ["", f"Correlation matrix not shown by default, as p = {p} > 12.",
                 "Use m.vcov (a DataFrame) if you need it"]
+    return out
+
+
+def glmer_summary_text(m) -> str:
+    """The text of lme4's ``summary(glmerMod)``."""
+    how = ("Laplace Approximation" if m.nAGQ == 1 else
+           f"Adaptive Gauss-Hermite Quadrature, nAGQ = {m.nAGQ}")
+    title = f"Generalized linear mixed model fit by maximum likelihood ({how}) ['glmerMod'] (jaxmlm)"
+    fam = m.family
+    label = fam.label if not fam.has_phi else f"Negative Binomial({r_format([m.nb_theta], 5)[0]})"
+    out = [title, f" Family: {label}  ( {fam.link.name} )", f"Formula: {deparse_formula(m.formula)}"]
+    if m.data_name:
+        out.append(f"   Data: {m.data_name}")
+    if m.n_dropped:
+        out.append(f"{m.n_dropped} observation{'s' if m.n_dropped != 1 else ''} deleted due to missingness")
+    out += [""] + _aic_table(m) + [""] + _scaled_residuals(m)
+    out += _model_body(m, print_coefmat(m.coef_table()) if len(m.fixef) else [])
     if m.is_singular:
-        out.append("optimizer (Newton) convergence code: 0 (OK)" if m.record.converged else "")
         out.append("boundary (singular) fit: see help('isSingular')")
-    elif not m.record.converged:
-        out.append(f"optimizer: {m.record.message}")
-    return "\n".join(line for line in out if line is not None) + "\n"
+    for w in m.record.warnings:
+        out.append(f"Warning: {w}")
+    return "\n".join(out) + "\n"
 
 
 def _fixef_correlation(m) -> list[str]:

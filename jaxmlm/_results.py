@@ -30,7 +30,7 @@ from ._fit import fit_packed, fit_program, fit_snapped
 from ._optimize import STATUS, choose_method, diagonal_mask, fit_theta, lme4_start, moment_start, theta_scale_host
 from ._stats import Layout, Stats, is_nested, one_chunk, stats_from_chunk, sufficient_stats
 
-__all__ = ["FitRecord", "LinearMixedModel", "lmer"]
+__all__ = ["FitRecord", "LinearMixedModel", "MixedModelBase", "lmer"]
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular(tol = 1e-4)
 
@@ -84,29 +84,11 @@ def _readonly(a) -> np.ndarray:
     return a
 
 
-@dataclass(frozen=True, eq=False)
-class LinearMixedModel:
-    """A fitted linear mixed model (lme4's ``lmerMod``). Create it with :func:`lmer`.
-
-    Attributes follow lme4: ``fixef``, ``vcov``, ``sigma``, ``theta``,
-    ``varcorr``, ``ranef``, ``coef``, ``fitted``, ``resid``, ``objective``,
-    ``loglik``, ``aic``, ``bic``, ``nobs``, ``ngroups``, ``is_singular``.
-    """
-
-    formula: str
-    REML: bool
-    design: Design = field(repr=False)
-    layout: Layout = field(repr=False)
-    stats: Stats = field(repr=False)
-    theta: np.ndarray
-    record: FitRecord = field(repr=False)
-    _beta: np.ndarray = field(repr=False)
-    _vcov: np.ndarray = field(repr=False)
-    sigma: float
-    objective: float
-    _b: tuple = field(repr=False)
-    _condvar: tuple = field(repr=False)
-    data_name: str | None = None
+class MixedModelBase:
+    """What every fitted mixed model has, from its design, θ̂, β̂, vcov(β̂), σ (1 for families
+    without a scale) and the conditional modes and variances: sizes, fixed effects, VarCorr,
+    ranef, condVar, coef. :class:`LinearMixedModel` and
+    :class:`~jaxmlm._glmer.GeneralizedLinearMixedModel` derive from it."""
 
     # ---- sizes -----------------------------------------------------------
     @property
@@ -118,11 +100,6 @@ class LinearMixedModel:
     def n_dropped(self) -> int:
         """Rows dropped because a variable of the formula was missing."""
         return self.design.n_dropped_na
-
-    @property
-    def npar(self) -> int:
-        """Parameters counted by logLik's df: p + length(θ) + 1 (σ)."""
-        return self.design.p + len(self.theta) + 1
 
     @property
     def ngroups(self) -> dict[str, int]:
@@ -149,7 +126,8 @@ class LinearMixedModel:
     # ---- likelihood ---------------------------------------------------------
     @property
     def loglik(self) -> float:
-        """Log-likelihood (REML log-likelihood for REML fits, as lme4's logLik)."""
+        """Log-likelihood as lme4's ``logLik``: −objective/2 (the REML log-likelihood for REML fits,
+        the Laplace or quadrature approximation for GLMMs)."""
         return -0.5 * self.objective
 
     @property
@@ -159,11 +137,6 @@ class LinearMixedModel:
     @property
     def bic(self) -> float:
         return -2.0 * self.loglik + math.log(self.nobs) * self.npar
-
-    @property
-    def deviance(self) -> float:
-        """ML deviance for ML fits; for REML fits the REML criterion (see ``objective``)."""
-        return self.objective
 
     # ---- variance components ------------------------------------------------
     def _term_cov(self, t: int) -> np.ndarray:
@@ -197,7 +170,7 @@ class LinearMixedModel:
                 for i in range(j + 1, term.k):
                     corr = S[i, j] / (sd[i] * sd[j]) if sd[i] > 0 and sd[j] > 0 else np.nan
                     rows.append((term.vc_name, term.columns[j], term.columns[i], S[i, j], corr))
-        rows.append(("Residual", np.nan, np.nan, self.sigma**2, self.sigma))
+        rows.extend(self._residual_rows())
         # missing names are NaN in every model (R's NA), whatever dtype pandas infers
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
@@ -277,6 +250,45 @@ class LinearMixedModel:
                     df[c] = re[c]
             out[g] = df
         return out
+
+
+@dataclass(frozen=True, eq=False)
+class LinearMixedModel(MixedModelBase):
+    """A fitted linear mixed model (lme4's ``lmerMod``). Create it with :func:`lmer`.
+
+    Attributes follow lme4: ``fixef``, ``vcov``, ``sigma``, ``theta``,
+    ``varcorr``, ``ranef``, ``coef``, ``fitted``, ``resid``, ``objective``,
+    ``loglik``, ``aic``, ``bic``, ``nobs``, ``ngroups``, ``is_singular``.
+    """
+
+    formula: str
+    REML: bool
+    design: Design = field(repr=False)
+    layout: Layout = field(repr=False)
+    stats: Stats = field(repr=False)
+    theta: np.ndarray
+    record: FitRecord = field(repr=False)
+    _beta: np.ndarray = field(repr=False)
+    _vcov: np.ndarray = field(repr=False)
+    sigma: float
+    objective: float
+    _b: tuple = field(repr=False)
+    _condvar: tuple = field(repr=False)
+    data_name: str | None = None
+
+    @property
+    def npar(self) -> int:
+        """Parameters counted by logLik's df: p + length(θ) + 1 (σ)."""
+        return self.design.p + len(self.theta) + 1
+
+    def _residual_rows(self):
+        return [("Residual", np.nan, np.nan, self.sigma**2, self.sigma)]
+
+    # ---- likelihood ---------------------------------------------------------
+    @property
+    def deviance(self) -> float:
+        """ML deviance for ML fits; for REML fits the REML criterion (see ``objective``)."""
+        return self.objective
 
     # ---- fitted values ----------------------------------------------------------
     def _rows(self, what: str) -> Design:

@@ -42,7 +42,7 @@ from ._objective import (
 )
 from ._stats import Layout, Stats, is_nested
 
-__all__ = ["Solution", "solve"]
+__all__ = ["Solution", "solve", "conditional_modes", "conditional_variances"]
 
 
 class Solution(NamedTuple):
@@ -65,8 +65,7 @@ def solve(theta: jax.Array, stats: Stats, reml, layout: Layout) -> Solution:
     """All estimates at θ (one factorization)."""
     fac = factorize(theta, stats, layout)
     Ts = templates(theta, layout)
-    T1, Rest = Ts[0], Ts[1:]
-    p, k1, l1, qr = layout.p, layout.k1, layout.l1, layout.qr
+    p = layout.p
     R = fac.R
     RX, cb, r = R[:p, :p], R[p, :p], R[p, p]
     beta_shifted = solve_triangular(RX.T, cb, lower=False)  # for y' = y − Xβ₀
@@ -74,34 +73,63 @@ def solve(theta: jax.Array, stats: Stats, reml, layout: Layout) -> Solution:
     dt = R.dtype  # float64, or float32 in float32 mode: constants follow the data
     RXinv = solve_triangular(RX, jnp.eye(p, dtype=dt), lower=True)
     vcov = sigma2 * RXinv.T @ RXinv
+    _, _, b1, b_rest = conditional_modes(fac, Ts, stats, layout, beta_shifted)
+    var1, var_rest = conditional_variances(fac, Ts, stats, layout, sigma2)
+    return Solution(beta_shifted + stats.beta0, jnp.sqrt(sigma2), vcov, b1, b_rest, var1, var_rest,
+                    criterion(fac, stats, reml, p))
 
+
+def conditional_modes(fac, Ts: list, stats: Stats, layout: Layout, beta_shifted: jax.Array):
+    """û = L⁻ᵀ (c_u − R_ZX β) and b̂ = Λ û at a given β (shifted by the statistics' β₀).
+
+    Returns (u₁ (l₁, k₁), u_r (q_r,), b₁ (l₁, k₁), b_r (q_r,)): the spherical modes û that
+    the penalty ‖û‖² needs (PIRLS, :mod:`jaxmlm._pirls`) beside b̂ = Λû. The back
+    substitution runs through the blocked factor: L₂ first, then block 1 with L₂₁ᵀ û_r =
+    Bᵀ Λ_r û_r accumulated per level."""
+    p = layout.p
+    T1, Rest = Ts[0], Ts[1:]
     rhs1 = fac.C1[..., p] - fac.C1[..., :p] @ beta_shifted  # (l1, k1)
+    if is_nested(layout):
+        # Every block is per level (the nested factorization of _objective): block-1 level g
+        # meets only its parent's block.
+        ((_, lr, kr),) = layout.rest
+        parent = nested_data(stats, layout)[0]
+        rhs2 = (fac.C2[:, p] - fac.C2[:, :p] @ beta_shifted).reshape(lr, kr)
+        u2 = _solve_lt(fac.L2, rhs2)
+        w = jnp.einsum("ij,aj->ai", Rest[0], u2)  # Λ_r u₂ per parent level
+        u1 = _solve_lt(fac.L1, rhs1 - jnp.einsum("grj,gr->gj", fac.B, w[parent]))
+        u2, b_rest = u2.reshape(-1), w.reshape(-1)
+    elif layout.qr:
+        rhs2 = fac.C2[:, p] - fac.C2[:, :p] @ beta_shifted
+        u2 = jax.lax.linalg.triangular_solve(fac.L2, rhs2[:, None], left_side=True, lower=True, transpose_a=True)[:, 0]
+        b_rest = lam_rest(u2[:, None], Rest, layout)[:, 0]
+        # L21ᵀ u2 = Bᵀ Λ_r u2, accumulated per block-1 level.
+        back = jax.ops.segment_sum(fac.B * b_rest[stats.pair_a][:, None], stats.pair_g, layout.l1)
+        u1 = _solve_lt(fac.L1, rhs1 - back)
+    else:
+        u1 = _solve_lt(fac.L1, rhs1)
+        u2 = b_rest = jnp.zeros((0,), rhs1.dtype)
+    return u1, u2, jnp.einsum("ij,gj->gi", T1, u1), b_rest
+
+
+def conditional_variances(fac, Ts: list, stats: Stats, layout: Layout, sigma2) -> tuple:
+    """Var(b | y) = σ² Λ (L Lᵀ)⁻¹ Λᵀ, its diagonal blocks (module docstring): (var₁ (l₁, k₁, k₁),
+    per rest block (l_b, k_b, k_b)). σ² = 1 for a GLMM (lme4's condVar there)."""
+    T1, Rest = Ts[0], Ts[1:]
+    k1, dt = layout.k1, fac.L1.dtype
     L1inv = batched_solve_lower(fac.L1, jnp.broadcast_to(jnp.eye(k1, dtype=dt), fac.L1.shape))
     var1 = jnp.einsum("gki,gkj->gij", L1inv, L1inv)
     var_rest = ()
     if is_nested(layout):
-        # Every block is per level (the nested factorization of _objective): M₂₂⁻¹'s blocks
-        # are per parent level, and block-1 level g meets only its parent's block.
         ((_, lr, kr),) = layout.rest
         Tr = Rest[0]
         parent = nested_data(stats, layout)[0]
-        rhs2 = (fac.C2[:, p] - fac.C2[:, :p] @ beta_shifted).reshape(lr, kr)
-        w = jnp.einsum("ij,aj->ai", Tr, _solve_lt(fac.L2, rhs2))  # Λ_r u₂ per parent level
-        u1 = _solve_lt(fac.L1, rhs1 - jnp.einsum("grj,gr->gj", fac.B, w[parent]))
-        b_rest = w.reshape(-1)
         L2inv = batched_solve_lower(fac.L2, jnp.broadcast_to(jnp.eye(kr, dtype=dt), fac.L2.shape))
         K = jnp.einsum("ij,akj,akl,ml->aim", Tr, L2inv, L2inv, Tr)  # Λ_r M₂₂⁻¹ Λ_rᵀ per level
         D = jnp.einsum("grk,gkj->grj", fac.B, L1inv)  # D_g = B_g L_g⁻¹
         var1 = var1 + jnp.einsum("gri,grs,gsj->gij", D, K[parent], D)
         var_rest = (sigma2 * K,)
-    elif qr:
-        rhs2 = fac.C2[:, p] - fac.C2[:, :p] @ beta_shifted
-        u2 = jax.lax.linalg.triangular_solve(fac.L2, rhs2[:, None], left_side=True, lower=True, transpose_a=True)[:, 0]
-        w = lam_rest(u2[:, None], Rest, layout)[:, 0]
-        # L21ᵀ u2 = Bᵀ Λ_r u2, accumulated per block-1 level.
-        back = jax.ops.segment_sum(fac.B * w[stats.pair_a][:, None], stats.pair_g, l1)
-        u1 = _solve_lt(fac.L1, rhs1 - back)
-        b_rest = w
+    elif layout.qr:
         # Diagonal blocks of (L Lᵀ)⁻¹ (see the module docstring).
         Minv = _inverse_from_cholesky(fac.L2)
         D = jnp.einsum("ek,ekj->ej", fac.B, L1inv[stats.pair_g])
@@ -112,13 +140,7 @@ def solve(theta: jax.Array, stats: Stats, reml, layout: Layout) -> Solution:
             vb = Minv[idx[:, :, None], idx[:, None, :]]
             parts.append(sigma2 * jnp.einsum("ij,ljm,km->lik", T, vb, T))
         var_rest = tuple(parts)
-    else:
-        u1 = _solve_lt(fac.L1, rhs1)
-        b_rest = jnp.zeros((0,), dt)
-    b1 = jnp.einsum("ij,gj->gi", T1, u1)
-    var1 = sigma2 * jnp.einsum("ij,gjm,km->gik", T1, var1, T1)
-    return Solution(beta_shifted + stats.beta0, jnp.sqrt(sigma2), vcov, b1, b_rest, var1, var_rest,
-                    criterion(fac, stats, reml, p))
+    return sigma2 * jnp.einsum("ij,gjm,km->gik", T1, var1, T1), var_rest
 
 
 def _solve_lt(L: jax.Array, x: jax.Array) -> jax.Array:
