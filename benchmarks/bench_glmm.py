@@ -19,7 +19,8 @@ Cases (the data are written to a temporary folder as CSV and read by both sides)
 * ``refits``: 1,000 refits of cbpp's model to responses simulated from its fit, in one
   vmapped call (``m.refit_many``) against lme4's ``refit`` loop over the same responses.
 
-jaxmlm: the first fit in the process (cold: tracing and compiling included, caches off unless
+mixedlm (PyPI; lme4 ported to Rust), where installed, is timed as jaxmlm is, in the same
+process (``--no-r`` skips R). jaxmlm: the first fit in the process (cold: tracing and compiling included, caches off unless
 ``JAXMLM_CACHE_DIR`` says otherwise), then the median of ``--runs`` warm fits. R: the median
 of ``--r-runs`` fits timed inside R with ``system.time`` (R's start-up and reading excluded),
 lme4 with its default optimizers (bobyqa + Nelder-Mead), glmmTMB with its defaults. The
@@ -96,6 +97,32 @@ def time_jaxmlm(case: str, d: pd.DataFrame, runs: int):
     return cold, statistics.median(warm), m.loglik
 
 
+def time_mixedlm(case: str, d: pd.DataFrame, runs: int):
+    """mixedlm (PyPI, a Rust port of lme4) ``glmer``: (cold, warm median, logLik) or None."""
+    try:
+        import mixedlm
+    except ImportError:
+        return None
+    formula, fam = FORMULAS[case]
+    family = {"binomial": mixedlm.families.Binomial, "poisson": mixedlm.families.Poisson}[fam]()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t = time.perf_counter()
+            r = mixedlm.glmer(formula, d, family=family)
+            cold = time.perf_counter() - t
+            warm = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                r = mixedlm.glmer(formula, d, family=family)
+                warm.append(time.perf_counter() - t)
+        ll = r.logLik()
+        return cold, statistics.median(warm), float(getattr(ll, "value", ll))
+    except Exception as exc:  # noqa: BLE001 - a peer's failure is reported, not fatal
+        print(f"mixedlm failed on {case}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+
+
 R_FIT = r"""
 suppressMessages({library(lme4); library(glmmTMB); library(jsonlite)})
 args <- commandArgs(TRUE); d <- read.csv(args[1]); runs <- as.integer(args[3])
@@ -139,6 +166,7 @@ def main():
     ap.add_argument("--r-runs", type=int, default=3)
     ap.add_argument("--big-rows", type=int, default=200_000)
     ap.add_argument("--nsim", type=int, default=1000)
+    ap.add_argument("--no-r", action="store_true", help="skip lme4 and glmmTMB")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     rows = []
@@ -162,7 +190,7 @@ def main():
                     warm.append(time.perf_counter() - t)
             counts = np.round(Y * d["size"].to_numpy()).astype(int)
             pd.DataFrame(counts).to_csv(tmp / "Y.csv", index=False)
-            r = run_r(R_REFIT, [str(path), str(tmp / "Y.csv")]) or {}
+            r = {} if a.no_r else run_r(R_REFIT, [str(path), str(tmp / "Y.csv")]) or {}
             rows.append({"case": f"{a.nsim} refits (cbpp)", "rows": len(d), "jaxmlm cold s": cold,
                          "jaxmlm warm s": statistics.median(warm), "lme4 s": r.get("lme4"), "glmmTMB s": None,
                          "jaxmlm logLik": float(out["loglik"].mean()), "lme4 logLik": None,
@@ -171,14 +199,18 @@ def main():
             continue
         cold, warm, ll = time_jaxmlm(case, d, a.runs)
         formula, fam = FORMULAS[case]
-        r = run_r(R_FIT, [str(path), formula, str(a.r_runs), fam]) or {}
+        r = {} if a.no_r else run_r(R_FIT, [str(path), formula, str(a.r_runs), fam]) or {}
+        ml = time_mixedlm(case, d, a.runs) or (None, None, None)
         rows.append({"case": case, "rows": len(d), "jaxmlm cold s": cold, "jaxmlm warm s": warm,
-                     "lme4 s": r.get("lme4"), "glmmTMB s": r.get("glmmTMB"), "jaxmlm logLik": ll,
-                     "lme4 logLik": r.get("lme4_loglik")})
+                     "lme4 s": r.get("lme4"), "glmmTMB s": r.get("glmmTMB"), "mixedlm s": ml[1],
+                     "mixedlm cold s": ml[0], "jaxmlm logLik": ll, "lme4 logLik": r.get("lme4_loglik"),
+                     "mixedlm logLik": ml[2]})
         print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
     df["lme4 / jaxmlm warm"] = df["lme4 s"] / df["jaxmlm warm s"]
     df["glmmTMB / jaxmlm warm"] = df["glmmTMB s"] / df["jaxmlm warm s"]
+    if "mixedlm s" in df:
+        df["mixedlm / jaxmlm warm"] = df["mixedlm s"] / df["jaxmlm warm s"]
     cols = list(df.columns)
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     print("| " + " | ".join(cols) + " |")
