@@ -184,10 +184,13 @@ def _check_families(models, names) -> None:
     if any(f is None for f in fams):
         raise DataError("anova compares linear mixed models with each other and GLMMs with each other; "
                         f"got both ({', '.join(names)})")
-    kinds = {(f.name, f.link.name) for f in fams}
+    # Poisson against negative binomial (the same link) is the usual test of overdispersion
+    counts = {"poisson": "count", "negative_binomial": "count"}
+    kinds = {(counts.get(f.name, f.name), f.link.name) for f in fams}
     if len(kinds) > 1:
+        shown = sorted({(f.name, f.link.name) for f in fams})
         raise DataError("the GLMMs have different families or links "
-                        f"({', '.join(f'{a} ({b})' for a, b in sorted(kinds))}): their likelihoods are not comparable")
+                        f"({', '.join(f'{a} ({b})' for a, b in shown)}): their likelihoods are not comparable")
 
 
 def _variables(models) -> list[str]:

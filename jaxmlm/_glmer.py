@@ -134,16 +134,25 @@ def _response(formula: str, data: pd.DataFrame, family: Family, weights):
         if np.any(ok & ((s < 0) | (f < 0))):
             raise DataError("cbind(successes, failures): counts must be non-negative")
         trials = s + f
+        if weights is not None:
+            raise DataError("weights= with a cbind(successes, failures) response: R treats them as frequency "
+                            "weights of whole binomial rows, which jaxmlm does not support yet; repeat the rows, "
+                            "or add the counts of identical rows")
         if np.any(ok & (trials == 0)):
             raise DataError(f"cbind(successes, failures): {int(np.sum(ok & (trials == 0)))} row(s) have zero trials "
                             "(successes + failures = 0); they carry no information: drop them")
         w = trials
-        if weights is not None:
-            w = w * _weights_values(weights, data)
         y = np.where(ok, s / np.where(trials > 0, trials, 1.0), np.nan)
         new = data.assign(**{_CBIND: y})
         rhs = formula.split("~", 1)[1]
         return f"{_CBIND} ~{rhs}", new, w
+    if lhs not in data.columns and lhs.strip("`") not in data.columns:
+        # an arithmetic response such as lme4's incidence/size (which the formula parser would
+        # read as nesting): evaluated here, as R's model.frame does
+        values = _arithmetic(lhs, data)
+        if values is not None:
+            rhs = formula.split("~", 1)[1]
+            return f"{_CBIND} ~{rhs}", data.assign(**{_CBIND: values}), weights
     if lhs in data.columns or lhs.strip("`") in data.columns:
         name = lhs.strip("`")
         col = data[name]
@@ -151,17 +160,6 @@ def _response(formula: str, data: pd.DataFrame, family: Family, weights):
         if y is not col:
             data = data.assign(**{name: y})
     return formula, data, weights
-
-
-def _weights_values(weights, data: pd.DataFrame) -> np.ndarray:
-    if isinstance(weights, str):
-        if weights not in data.columns:
-            raise DataError(f"weights column {weights!r} is not in the data")
-        return np.asarray(data[weights], dtype=float)
-    w = np.asarray(weights, dtype=float)
-    if w.shape != (len(data),):
-        raise DataError(f"weights must have one value per row of the data ({len(data)}), got shape {w.shape}")
-    return w
 
 
 def _response_values(col: pd.Series, name: str, family: Family):
@@ -175,6 +173,8 @@ def _response_values(col: pd.Series, name: str, family: Family):
         return col.astype(float)
     if isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object or pd.api.types.is_string_dtype(col):
         present = col.dropna().unique()
+        if len(present) == 1:
+            raise DataError(f"the binomial response {name!r} has one value only ({present[0]!r}): nothing to model")
         if len(present) > 2:
             shown = ", ".join(map(str, sorted(present, key=str)[:5])) + (" ..." if len(present) > 5 else "")
             raise DataError(f"a binomial response must have two levels; {name!r} has {len(present)} ({shown}). "
@@ -209,7 +209,7 @@ def _check_response(design: Design, family: Family) -> None:
         raise DataError("weights must be non-negative")
 
 
-def glmer(formula: str, data: pd.DataFrame, family="binomial", nAGQ: int = 1, *, weights=None, offset=None,
+def glmer(formula: str, data: pd.DataFrame, family, nAGQ: int = 1, *, weights=None, offset=None,
           subset=None, link: str | None = None, max_iter: int = 200, data_name: str | None = None
           ) -> "GeneralizedLinearMixedModel":
     """Fit a generalized linear mixed model by maximum likelihood, as lme4's ``glmer``.
@@ -227,10 +227,16 @@ def glmer(formula: str, data: pd.DataFrame, family="binomial", nAGQ: int = 1, *,
     :mod:`jaxmlm._pirls`), and vcov(β̂) comes from its exact Hessian in (θ, β), as lme4's
     default ``use.hessian = TRUE`` with finite differences.
     """
+    if isinstance(family, str) and family.lower() == "gaussian":
+        raise DataError("a gaussian GLMM with the identity link is a linear mixed model: use jaxmlm.lmer "
+                        "(lme4's glmer hands it to lmer too)")
     fam = make_family(family, link)
     if not isinstance(nAGQ, (int, np.integer)) or isinstance(nAGQ, bool) or nAGQ < 0:
         raise DataError(f"nAGQ must be a whole number ≥ 0, got {nAGQ!r}")
     nagq = int(nAGQ)
+    if fam.estimates_phi and nagq != 1:
+        raise DataError("the negative binomial's θ is estimated with the Laplace approximation (nAGQ=1), as "
+                        "lme4's glmer.nb does; fix θ (families.NegativeBinomial(theta=...)) for other nAGQ")
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"glmer needs a pandas DataFrame, got {type(data).__name__}")
     if data_name is None:
@@ -281,7 +287,7 @@ def _fit(formula, design: Design, layout: Layout, rows: RowData, index, fam: Fam
 
     t0 = time.perf_counter()
     phi0 = None
-    if fam.has_phi:
+    if fam.estimates_phi:
         # MASS's theta.ml start: n / Σ (y/μ − 1)² at the Poisson GLM's μ
         from ._glmm_fit import glm_start
         from .families import Poisson
@@ -326,7 +332,7 @@ def _fit(formula, design: Design, layout: Layout, rows: RowData, index, fam: Fam
         theta_start=_readonly(f.theta_start), beta_start=_readonly(f.beta_start),
         criterion=("nAGQ = 0 deviance over θ (β from PIRLS)" if nagq == 0 else
                    ("Laplace" if nagq == 1 else f"adaptive Gauss-Hermite ({nagq} nodes)") +
-                   " deviance over (θ, β" + (", log θ_nb)" if fam.has_phi else ")")),
+                   " deviance over (θ, β" + (", log θ_nb)" if fam.estimates_phi else ")")),
         objective=f.deviance, iterations=int(last.it), evaluations=int(last.nfev),
         status=status, message=STATUS[status], converged=status in (0, 1) and not sep,
         max_abs_gradient=max_grad, pirls_iterations=int(f.modes.iterations), pirls_converged=bool(f.modes.converged),
@@ -388,7 +394,7 @@ class GeneralizedLinearMixedModel(MixedModelBase):
     @property
     def npar(self) -> int:
         """Parameters counted by logLik's df: p + length(θ) (+ 1 for the negative binomial's θ)."""
-        return self.design.p + len(self.theta) + int(self.family.has_phi)
+        return self.design.p + len(self.theta) + int(self.family.estimates_phi)
 
     @property
     def df_resid(self) -> int:
@@ -481,11 +487,16 @@ class GeneralizedLinearMixedModel(MixedModelBase):
         """Responses drawn from the fitted model, (nsim, n), as lme4's ``simulate``: new random
         effects b = Λ̂u, u ~ N(0, I) (``use_u=True``: the fitted b̂), then y ~ family(g⁻¹(η)).
         Binomial draws are proportions of the rows' trials (the fit's y scale)."""
+        return self._simulate(nsim, seed, use_u, self._beta, self.theta)
+
+    def _simulate(self, nsim, seed, use_u: bool, beta, theta) -> np.ndarray:
         from ._pirls import linear_predictor
 
+        if not isinstance(nsim, (int, np.integer)) or isinstance(nsim, bool) or nsim < 1:
+            raise DataError(f"nsim must be a whole number ≥ 1, got {nsim!r}")
         rng = np.random.default_rng(seed)
         r, lay = self._rowdata, self.layout
-        theta, beta = jnp.asarray(self.theta), jnp.asarray(self._beta)
+        theta, beta = jnp.asarray(theta, float), jnp.asarray(beta, float)
         out = np.empty((int(nsim), self.nobs))
         for i in range(int(nsim)):
             if use_u:
@@ -498,17 +509,18 @@ class GeneralizedLinearMixedModel(MixedModelBase):
             out[i] = self.family.simulate(rng, mu, self._w, self._phi)
         return out
 
-    def refit_many(self, Y, max_iter: int = 100) -> pd.DataFrame:
+    def refit_many(self, Y, max_iter: int = 100, se: bool = False) -> pd.DataFrame:
         """Refit the model to every response in Y ((nsim, n): e.g. :meth:`simulate`'s) in one
         compiled, vmapped call (:func:`~jaxmlm._glmm_fit.refit_batch`): the same stages as
         :func:`glmer`, per replicate. Returns one row per replicate: the fixed effects, θ
         (diagonals made positive), the log-likelihood, ``converged`` and ``status``. A replicate
         that fails (separation, a non-finite deviance) is flagged (``converged`` False) and the
-        others are unaffected."""
+        others are unaffected. ``se=True`` adds each replicate's SEs (columns ``se:<name>``, from
+        its deviance's exact Hessian, as :attr:`se`)."""
         from ._glmm_fit import refit_batch
         from ._optimize import canonical_theta
 
-        if self.family.has_phi:
+        if self.family.estimates_phi:
             raise JaxmlmError("refit_many of a negative binomial GLMM is not available yet; refit each with glmer_nb")
         Y = np.asarray(Y, dtype=float)
         if Y.ndim == 1:
@@ -531,7 +543,54 @@ class GeneralizedLinearMixedModel(MixedModelBase):
         df["converged"] = (np.isin(status, (0, 1)) & np.asarray(res.pirls_converged) & np.isfinite(df["loglik"])
                            & ~separated)
         df["status"] = status
+        if se:
+            for j, nm in enumerate(self.design.fixef_names):
+                df[f"se:{nm}"] = np.asarray(res.se)[:, j]
         return df
+
+    def power(self, term: str, effect: float | None = None, nsim: int = 200, alpha: float = 0.05, seed=None, *,
+              fixef=None, level: float = 0.95, interval: str = "clopper-pearson"):
+        """Power to detect fixed effect ``term`` by simulation, as simr's ``powerSim`` for a GLMM:
+        ``nsim`` responses from the model with ``effect`` as ``term``'s coefficient (and any
+        ``fixef`` replaced), refitted at once (:meth:`refit_many`), each tested by Wald z =
+        β̂/SE(β̂) (simr's default for GLMMs), SE from each refit's exact Hessian. Power = share of
+        converged replicates with p < alpha, with a Clopper–Pearson (or ``interval="wilson"``)
+        interval; a :class:`~jaxmlm._refit.PowerResult`."""
+        from scipy import stats as sps
+
+        from ._refit import PowerResult, _check_level, _clopper_pearson, _wilson
+
+        names = list(self.design.fixef_names)
+        if term not in names:
+            raise DataError(f"term {term!r} is not a fixed effect of the model; its fixed effects are {names}")
+        if self.nAGQ == 0:
+            raise DataError("power for an nAGQ = 0 fit is not available (its refits have no Hessian-based SEs); "
+                            "refit with nAGQ=1")
+        if not isinstance(alpha, (int, float, np.floating)) or not 0 < alpha < 1:
+            raise DataError(f"alpha must be between 0 and 1, got {alpha!r}")
+        if interval not in ("clopper-pearson", "wilson"):
+            raise DataError(f"interval must be 'clopper-pearson' or 'wilson', got {interval!r}")
+        level = _check_level(level)
+        beta = self._beta.copy()
+        for nm, v in {**(fixef or {}), **({term: effect} if effect is not None else {})}.items():
+            if nm not in names:
+                raise DataError(f"fixef names {nm!r}, which is not a fixed effect of the model ({names})")
+            beta[names.index(nm)] = float(v)
+        t0 = time.perf_counter()
+        fits = self.refit_many(self._simulate(nsim, seed, False, beta, self.theta), se=True)
+        j = names.index(term)
+        ok = fits["converged"].to_numpy()
+        est = np.where(ok, fits[term].to_numpy(float), np.nan)
+        p = np.where(ok, 2 * sps.norm.sf(np.abs(est / fits[f"se:{term}"].to_numpy(float))), np.nan)
+        trials = int(ok.sum())
+        if trials == 0:
+            raise JaxmlmError("every refit failed (separation in every simulated data set?); check the effect sizes")
+        x = int(np.sum(p[ok] < alpha))
+        lo, hi = (_clopper_pearson if interval == "clopper-pearson" else _wilson)(x, trials, level)
+        return PowerResult(term=term, effect=float(beta[j]), test="z", alpha=float(alpha), level=level,
+                           interval=interval, successes=x, trials=trials, nsim=int(nsim), power=x / trials,
+                           lower=lo, upper=hi, pvalues=_readonly(p), estimates=_readonly(est),
+                           seconds=time.perf_counter() - t0)
 
     def bootstrap(self, nsim: int, seed=None, level: float = 0.95, max_iter: int = 100) -> pd.DataFrame:
         """Parametric bootstrap (lme4's ``bootMer`` with ``confint(method = "boot")``'s percentile

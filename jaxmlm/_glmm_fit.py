@@ -116,7 +116,10 @@ def _newton_once(f, x0, start: Modes, max_iter, ftol, gtol, mask):
 def _split(x, layout: Layout, family: Family):
     m, p = layout.ntheta, layout.p
     theta, beta = x[:m], x[m : m + p]
-    phi = jnp.exp(x[m + p]) if family.has_phi else jnp.zeros((), x.dtype)
+    if family.estimates_phi:
+        phi = jnp.exp(x[m + p])
+    else:  # a fixed negative binomial θ, or no φ at all
+        phi = jnp.asarray(float(getattr(family, "theta", None) or 0.0), x.dtype)
     return theta, beta, phi
 
 
@@ -213,10 +216,12 @@ def fit_glmm(rows: RowData, index: tuple, layout: Layout, family: Family, nagq: 
     canonical signs and lmer's boundary snapping (a snapped fit runs the stage again from
     there, started at the first fit's modes)."""
     dt = np.float64
-    phi_start = np.asarray(phi0 if phi0 is not None else (1.0 if family.has_phi else 0.0), dt)
+    fixed = getattr(family, "theta", None)
+    phi_start = np.asarray(phi0 if phi0 is not None else (fixed if fixed is not None else 1.0 if family.has_phi else 0.0),
+                           dt)
     theta0 = np.asarray(lme4_start(layout), dt)
     ntheta, p = layout.ntheta, layout.p
-    extra = [np.log(float(phi_start))] if family.has_phi else []
+    extra = [np.log(float(phi_start))] if family.estimates_phi else []
     x0 = theta0 if nagq == 0 else np.concatenate([theta0, np.zeros(p), extra])
     out = jax.device_get(fit_program(x0, None, rows, index, phi_start, layout, family, nagq, max_iter, True))
     beta_start, st, m, H, beta, phi, est = out
@@ -248,7 +253,9 @@ def fit_glmm(rows: RowData, index: tuple, layout: Layout, family: Family, nagq: 
         # optimizer's H is at its raw θ; a sign flip of a θ column is an orthogonal similarity
         # that leaves the β rows and columns of H⁻¹ alone.
         H = np.asarray(H)
-        vcov = np.linalg.pinv(0.5 * H)[ntheta : ntheta + p, ntheta : ntheta + p]
+        # conditional on the negative binomial's θ, as lme4 (its glmer.nb refits at a fixed θ)
+        Hb = H[: ntheta + p, : ntheta + p]
+        vcov = np.linalg.pinv(0.5 * Hb)[ntheta : ntheta + p, ntheta : ntheta + p]
         st1, st2 = None, st
     return GlmmFit(theta, np.asarray(beta), float(phi) if family.has_phi else float("nan"), f, m,
                    np.asarray(b1), np.asarray(b_rest), np.asarray(var1), tuple(np.asarray(v) for v in var_rest),
@@ -259,7 +266,7 @@ class Refits(NamedTuple):
     """Batched refits (arrays with a leading replicate axis): θ̂ (raw, signs as the optimizer left
     them), β̂, the deviance, the optimizer's status of the last stage, PIRLS's convergence, and
     whether any fitted mean sits on the link's clamp (a binomial probability numerically 0
-    or 1: separation's sign)."""
+    or 1: separation's sign), and SE(β̂) from the deviance's Hessian (NaN for nAGQ = 0)."""
 
     theta: jax.Array
     beta: jax.Array
@@ -267,6 +274,7 @@ class Refits(NamedTuple):
     status: jax.Array
     pirls_converged: jax.Array
     edge: jax.Array
+    se: jax.Array
 
 
 @partial(_compiled.jit, static_argnames=("layout", "family", "nagq", "max_iter"))
@@ -277,7 +285,7 @@ def refit_batch(Y, rows: RowData, index: tuple, layout: Layout, family: Family, 
     that fails (a non-finite deviance: separation, overflow) ends with status 4 without
     touching the others."""
     dt = rows.X.dtype
-    phi = jnp.zeros((), dt)
+    phi = jnp.asarray(float(getattr(family, "theta", None) or 0.0), dt)  # a fixed negative binomial θ
     theta0 = jnp.asarray(lme4_start(layout), dt)
     m = layout.ntheta
 
@@ -287,11 +295,13 @@ def refit_batch(Y, rows: RowData, index: tuple, layout: Layout, family: Family, 
         if nagq == 0:
             st, mm = stage1(theta0, start, r, index, phi, layout, family, max_iter)
             theta, beta = st.x, mm.beta
+            se = jnp.full(layout.p, jnp.nan, dt)
         else:
-            st, mm, _ = stage2(jnp.concatenate([theta0, start.beta]), start, r, index, layout, family, nagq, max_iter)
+            st, mm, H = stage2(jnp.concatenate([theta0, start.beta]), start, r, index, layout, family, nagq, max_iter)
             theta, beta = st.x[:m], st.x[m:]
+            se = jnp.sqrt(jnp.diagonal(jnp.linalg.pinv(0.5 * H))[m:])
         mu = family.linkinv(linear_predictor(theta, beta, mm.u1, mm.u2, r, layout))
         edge = jnp.any((mu < 1e-8) | (mu > 1 - 1e-8)) if family.name == "binomial" else jnp.asarray(False)
-        return Refits(theta, beta, st.f, st.status, mm.converged, edge)
+        return Refits(theta, beta, st.f, st.status, mm.converged, edge, se)
 
     return jax.vmap(one)(Y)

@@ -1011,6 +1011,11 @@ def power(m, term: str, effect: float | None = None, nsim: int = 200, alpha: flo
     from scipy import stats as sps
 
     nsim = _check_nsim(nsim)
+    if hasattr(m, "family"):  # a GLMM: Wald z tests of its refits (GeneralizedLinearMixedModel.power)
+        if test != "z" or any(v is not None for v in (data, varcorr, theta, sigma, REML)):
+            raise DataError("power of a GLMM takes term, effect, nsim, alpha, seed, fixef, level and interval; "
+                            "its test is Wald z (simr's default for GLMMs)")
+        return m.power(term, effect, nsim, alpha, seed, fixef=fixef, level=level, interval=interval)
     level = _check_level(level)
     if not isinstance(alpha, (int, float, np.floating)) or not 0 < alpha < 1:
         raise DataError(f"alpha must be between 0 and 1, got {alpha!r}")

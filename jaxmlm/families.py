@@ -23,6 +23,7 @@ References: R's ``stats::family`` (src/library/stats/R/family.R and src/family.c
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import jax
@@ -108,10 +109,20 @@ class Family:
     has_phi: bool = False
 
     def __post_init__(self):
+        theta = getattr(self, "theta", None)
+        if theta is not None and not (isinstance(theta, (int, float)) and not isinstance(theta, bool) and theta > 0
+                                      and np.isfinite(theta)):
+            raise DataError(f"the negative binomial's theta must be a positive number (or None: estimated), "
+                            f"got {theta!r}")
         if isinstance(self.link, str):
             object.__setattr__(self, "link", Link(self.link))
         if self.link.name not in self.links:
             raise DataError(f"the {self.name} family takes the links {', '.join(self.links)}, not {self.link.name!r}")
+
+    @property
+    def estimates_phi(self) -> bool:
+        """Whether φ is a parameter of the fit (the negative binomial's θ when not fixed)."""
+        return self.has_phi and getattr(self, "theta", None) is None
 
     @property
     def is_canonical(self) -> bool:
@@ -245,7 +256,7 @@ def make_family(family, link: str | None = None) -> Family:
     negative binomial)."""
     if isinstance(family, Family):
         if link is not None and link != family.link.name:
-            return type(family)(link=Link(link))
+            return dataclasses.replace(family, link=Link(link))  # keeps a fixed θ
         return family
     if isinstance(family, type) and issubclass(family, Family):
         return family() if link is None else family(link=Link(link))

@@ -439,3 +439,51 @@ def test_fit_record_says_what_happened():
     assert r.iterations > 0 and r.evaluations >= r.iterations
     _, _, s = fitted("singular_bern")
     assert s.record.snapped == (0,) and s.theta[0] == 0.0
+
+
+def test_power_by_simulation():
+    """simr's powerSim for a GLMM: Wald z of each refit. With the effect set to 0 the rejection
+    rate is the test's size (about alpha); with cbpp's period4 effect it is high. Each
+    replicate's SE equals an individual fit's."""
+    case, d, m = fitted("cbpp_cbind")
+    null = jaxmlm.power(m, "period4", effect=0.0, nsim=300, seed=5)
+    assert null.trials >= 290
+    assert 0.01 <= null.power <= 0.11  # binomial MC error around 0.05 (the Wald test is a little liberal)
+    full = m.power("period4", nsim=100, seed=6)
+    assert full.power > 0.8 and full.lower < full.power <= full.upper
+    Y = m.simulate(2, seed=9)
+    fits = m.refit_many(Y, se=True)
+    one = jaxmlm.glmer(case["formula"], d.assign(incidence=np.round(Y[1] * d["size"].to_numpy())), "binomial")
+    np.testing.assert_allclose(fits.loc[1, [f"se:{n}" for n in one.fixef.index]].to_numpy(float), one.se, rtol=1e-5)
+    with pytest.raises(jaxmlm.DataError, match="not a fixed effect"):
+        m.power("period9", nsim=10)
+
+
+def test_review_cases():
+    """Inputs a reviewer found mishandled: a fixed negative binomial θ, glmer_nb with nAGQ = 0,
+    cbind with weights, a one-valued response, lme4's incidence/size response, gaussian."""
+    case, d, nb = fitted("nb_glmer")
+    fixed = jaxmlm.glmer(case["formula"], d, families.NegativeBinomial(theta=2.0))
+    assert fixed.nb_theta == 2.0 and fixed.npar == nb.npar - 1
+    assert fixed.loglik < nb.loglik  # θ̂ = 1.68 is the optimum
+    assert families.make_family(families.NegativeBinomial(theta=2.0), "identity").theta == 2.0
+    with pytest.raises(jaxmlm.DataError, match="positive"):
+        families.NegativeBinomial(theta=-1.0)
+    with pytest.raises(jaxmlm.DataError, match="nAGQ=1"):
+        jaxmlm.glmer_nb(case["formula"], d, nAGQ=0)
+    pois = jaxmlm.glmer(case["formula"], d, "poisson")
+    tab = jaxmlm.anova(pois, nb)  # the overdispersion test
+    assert tab["Df"].iloc[1] == 1 and tab["Chisq"].iloc[1] == pytest.approx(2 * (nb.loglik - pois.loglik))
+    _, cb, m = fitted("cbpp_cbind")
+    with pytest.raises(jaxmlm.DataError, match="frequency"):
+        jaxmlm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cb, "binomial", weights="size")
+    ratio = jaxmlm.glmer("incidence/size ~ period + (1 | herd)", cb, "binomial", weights="size")
+    assert ratio.loglik == pytest.approx(m.loglik, abs=1e-9)
+    assert "incidence/size" in ratio.summary()
+    sm = _small()
+    with pytest.raises(jaxmlm.DataError, match="one value"):
+        jaxmlm.glmer("yes ~ x + (1 | g)", sm.assign(yes="yes"), "binomial")
+    with pytest.raises(jaxmlm.DataError, match="lmer"):
+        jaxmlm.glmer("y ~ x + (1 | g)", sm, "gaussian")
+    with pytest.raises(jaxmlm.DataError):
+        jaxmlm.glmer("y ~ x + (1 | g)", sm, "binomial", weights="g")
