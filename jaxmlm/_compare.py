@@ -288,9 +288,6 @@ def anova(*models, refit: bool = True, names=None, method: str = "lrt", nsim: in
         raise JaxmlmError(f"names must give one distinct name per model ({len(models)} models), got {names!r}")
     _check_same_rows(models, names)
     _check_families(models, names)
-    if method == "pb" and any(hasattr(m, "family") for m in models):
-        raise JaxmlmError("method='pb' is available for lmer models; for GLMMs use the likelihood-ratio test "
-                          "(method='lrt') or m.refit_many on simulations of the smaller model")
     reml = [m.REML for m in models]
     if refit:
         dev = [ml_deviance(m) for m in models]

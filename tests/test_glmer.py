@@ -487,3 +487,20 @@ def test_review_cases():
         jaxmlm.glmer("y ~ x + (1 | g)", sm, "gaussian")
     with pytest.raises(jaxmlm.DataError):
         jaxmlm.glmer("y ~ x + (1 | g)", sm, "binomial", weights="g")
+
+
+def test_parametric_bootstrap_lrt_of_a_variance():
+    """PBmodcomp for GLMMs: the observation-level variance in cbpp. Under the smaller model the LRT of
+    a variance on its boundary is about ½χ²₀ + ½χ²₁ (Self & Liang 1987): about half the
+    bootstrap statistics are 0, and the observed LRT (9.4) lies beyond them all."""
+    _, _, m0 = fitted("cbpp_cbind")
+    _, _, m1 = fitted("cbpp_obs")
+    tab = jaxmlm.anova(m0, m1, method="pb", nsim=200, seed=11)
+    res = tab.attrs["pb"][1]
+    assert res.n_valid >= 190
+    assert res.stat == pytest.approx(2 * (m1.loglik - m0.loglik))
+    zero = np.mean(res.ref[np.isfinite(res.ref)] < 1e-6)
+    assert 0.3 < zero < 0.8
+    assert res.p_value == tab["Pr(PB)"].iloc[1] <= 3 / (1 + res.n_valid)
+    # the bootstrap tail agrees with the mixture's: P(LRT* > 2.71) ≈ ½ P(χ²₁ > 2.71) = 0.05
+    assert 0.01 < np.mean(res.ref[np.isfinite(res.ref)] > 2.706) < 0.12
