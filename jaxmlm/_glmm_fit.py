@@ -37,7 +37,7 @@ from ._fit import snap_host
 from ._implicit import RowData
 from ._objective import templates
 from ._optimize import OptState, _newton, canonical_theta, diagonal_mask, lme4_start
-from ._pirls import Modes, laplace_deviance, linear_predictor, pirls, pirls_step
+from ._pirls import Modes, _b, _re_eta, laplace_deviance, linear_predictor, pirls, pirls_step
 from ._solution import conditional_variances
 from ._stats import Layout
 from .families import Family
@@ -119,7 +119,7 @@ def _split(x, layout: Layout, family: Family):
     if family.estimates_phi:
         phi = jnp.exp(x[m + p])
     else:  # a fixed negative binomial θ, or no φ at all
-        phi = jnp.asarray(float(getattr(family, "theta", None) or 0.0), x.dtype)
+        phi = jnp.asarray(family.fixed_phi, x.dtype)
     return theta, beta, phi
 
 
@@ -157,7 +157,8 @@ def deviance_at(x, start: Modes, rows: RowData, index: tuple, layout: Layout, fa
                 joint: bool = False):
     """The deviance at x = (θ, β[, log φ]) (``joint``: x = θ, the nAGQ = 0 deviance)."""
     if joint:
-        return laplace_deviance(x, start.beta, jnp.zeros((), x.dtype), start, rows, index, layout, family, 1,
+        return laplace_deviance(x, start.beta, jnp.asarray(family.fixed_phi, x.dtype), start, rows, index, layout,
+                                family, 1,
                                 joint=True)[0]
     theta, beta, phi = _split(x, layout, family)
     return laplace_deviance(theta, beta, phi, start, rows, index, _u_layout(layout), family, nagq)[0]
@@ -167,25 +168,20 @@ def deviance_at(x, start: Modes, rows: RowData, index: tuple, layout: Layout, fa
 def estimates(theta, beta, phi, m: Modes, rows: RowData, index: tuple, layout: Layout, family: Family,
               joint: bool):
     """At the optimum: b̂ = Λû, Var(b | y) (σ² = 1, lme4's condVar) from the factor at û's weights,
-    and (RXᵀRX)⁻¹ of the joint system (nAGQ = 0's vcov)."""
-    eta = linear_predictor(theta, beta, m.u1, m.u2, rows, layout)
+    and (RXᵀRX)⁻¹ of the joint system (nAGQ = 0's vcov; NaN otherwise)."""
+    b1, b_rest = _b(theta, m.u1, m.u2, layout)
+    eta = rows.offset + rows.X @ beta + _re_eta(b1, b_rest, rows)
     lay = layout if joint else _u_layout(layout)
     step = pirls_step(theta, beta, eta, rows, index, lay, family, phi, joint)
     var1, var_rest = conditional_variances(step.fac, templates(theta, layout), step.stats, lay, 1.0)
-    _, _, b1, b_rest = _modes_b(theta, m, layout)
-    # vcov of nAGQ = 0: the joint system's R_X at û
-    facj = pirls_step(theta, beta, eta, rows, index, layout, family, phi, True).fac
     p = layout.p
-    RX = facj.R[:p, :p]
-    RXinv = jax.scipy.linalg.solve_triangular(RX, jnp.eye(p, dtype=RX.dtype), lower=True)
-    return b1, b_rest, var1, var_rest, RXinv.T @ RXinv, eta, family.linkinv(eta)
-
-
-def _modes_b(theta, m: Modes, layout: Layout):
-    from ._pirls import _b
-
-    b1, b_rest = _b(theta, m.u1, m.u2, layout)
-    return m.u1, m.u2, b1, b_rest
+    if joint:  # vcov of nAGQ = 0: (R_Xᵀ R_X)⁻¹ of the joint system at û
+        RX = step.fac.R[:p, :p]
+        RXinv = jax.scipy.linalg.solve_triangular(RX, jnp.eye(p, dtype=RX.dtype), lower=True)
+        vcov = RXinv.T @ RXinv
+    else:  # nAGQ ≥ 1 takes vcov from the deviance's Hessian (fit_glmm)
+        vcov = jnp.full((p, p), jnp.nan, eta.dtype)
+    return b1, b_rest, var1, var_rest, vcov, eta, family.linkinv(eta)
 
 
 @partial(_compiled.jit, static_argnames=("layout", "family", "nagq", "max_iter", "from_glm"))
@@ -216,9 +212,7 @@ def fit_glmm(rows: RowData, index: tuple, layout: Layout, family: Family, nagq: 
     canonical signs and lmer's boundary snapping (a snapped fit runs the stage again from
     there, started at the first fit's modes)."""
     dt = np.float64
-    fixed = getattr(family, "theta", None)
-    phi_start = np.asarray(phi0 if phi0 is not None else (fixed if fixed is not None else 1.0 if family.has_phi else 0.0),
-                           dt)
+    phi_start = np.asarray(phi0 if phi0 is not None else 1.0 if family.estimates_phi else family.fixed_phi, dt)
     theta0 = np.asarray(lme4_start(layout), dt)
     ntheta, p = layout.ntheta, layout.p
     extra = [np.log(float(phi_start))] if family.estimates_phi else []
@@ -285,7 +279,7 @@ def refit_batch(Y, rows: RowData, index: tuple, layout: Layout, family: Family, 
     that fails (a non-finite deviance: separation, overflow) ends with status 4 without
     touching the others."""
     dt = rows.X.dtype
-    phi = jnp.asarray(float(getattr(family, "theta", None) or 0.0), dt)  # a fixed negative binomial θ
+    phi = jnp.asarray(family.fixed_phi, dt)  # a fixed negative binomial θ
     theta0 = jnp.asarray(lme4_start(layout), dt)
     m = layout.ntheta
 

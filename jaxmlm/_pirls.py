@@ -50,7 +50,7 @@ from jax.scipy.linalg import solve_triangular
 
 from . import _x64  # noqa: F401
 from ._implicit import RowData
-from ._objective import factorize, templates
+from ._objective import factorize, lam_rest, templates
 from ._solution import conditional_modes
 from ._stats import Layout, Stats, a22_blocks, _accumulate
 from .families import Family
@@ -96,8 +96,7 @@ def _re_eta(b1: jax.Array, b_rest: jax.Array, rows: RowData) -> jax.Array:
 
 
 def _b(theta, u1, u2, layout: Layout):
-    from ._objective import lam_rest
-
+    """b = Λu per block: (b₁ (l₁, k₁), b_r (q_r,))."""
     Ts = templates(theta, layout)
     b1 = jnp.einsum("ij,gj->gi", Ts[0], u1)
     b_rest = lam_rest(u2[:, None], Ts[1:], layout)[:, 0] if layout.qr else u2
@@ -181,13 +180,12 @@ def pirls(theta, beta, u1, u2, eta0, rows: RowData, index: tuple, layout: Layout
 
     b_new, v1, v2, *_ = pirls_step(theta, beta, eta0, rows, index, layout, family, phi, joint)
     p_new, eta_new = pdev(b_new, v1, v2)
-    p_old, _ = pdev(beta, u1, u2)
+    p_old, eta_old = pdev(beta, u1, u2)
     # The first step comes from eta0, not from (β, u): keep whichever is better.
     better = p_new <= p_old
     pick = lambda a, b: jnp.where(better, a, b)  # noqa: E731
     beta0 = pick(b_new, beta) if joint else beta
-    st = (beta0, pick(v1, u1), pick(v2, u2), jnp.minimum(p_new, p_old),
-          jnp.where(better, eta_new, linear_predictor(theta, beta, u1, u2, rows, layout)),
+    st = (beta0, pick(v1, u1), pick(v2, u2), jnp.minimum(p_new, p_old), pick(eta_new, eta_old),
           jnp.asarray(0), jnp.asarray(False))
 
     def cond(s):
@@ -197,27 +195,21 @@ def pirls(theta, beta, u1, u2, eta0, rows: RowData, index: tuple, layout: Layout
         b, v1, v2, p, eta, it, _ = s
         bn, n1, n2, *_ = pirls_step(theta, b, eta, rows, index, layout, family, phi, joint)
 
-        def halve(c):
-            a, pn, _, _ = c
-            a = 0.5 * a
-            bt, t1, t2 = b + a * (bn - b), v1 + a * (n1 - v1), v2 + a * (n2 - v2)
-            pt, et = pdev(bt, t1, t2)
-            return a, pt, et, 0
+        def toward(a):  # the point a of the way from (b, v) to the step's result
+            return b + a * (bn - b), v1 + a * (n1 - v1), v2 + a * (n2 - v2)
 
-        def again(c):
-            a, pn, _, k = c
-            return (~(pn <= p + 1e-10 * jnp.abs(p)) | ~jnp.isfinite(pn)) & (k < MAX_HALVINGS)
+        def accepted(pn):
+            return jnp.isfinite(pn) & (pn <= p + 1e-10 * jnp.abs(p))
+
+        def halve(c):  # (step fraction, P and η there, halvings so far)
+            a, _, _, k = c
+            return (0.5 * a, *pdev(*toward(0.5 * a)), k + 1)
 
         pn, en = pdev(bn, n1, n2)
-        # count halvings in the last slot
-        def halve_k(c):
-            a, pt, et, k = c
-            a2, pt2, et2, _ = halve((a, pt, et, k))
-            return a2, pt2, et2, k + 1
-
-        a, pn, en, _ = jax.lax.while_loop(again, halve_k, (jnp.asarray(1.0, p.dtype), pn, en, 0))
-        ok = jnp.isfinite(pn) & (pn <= p + 1e-10 * jnp.abs(p))
-        bt, t1, t2 = b + a * (bn - b), v1 + a * (n1 - v1), v2 + a * (n2 - v2)
+        a, pn, en, _ = jax.lax.while_loop(lambda c: ~accepted(c[1]) & (c[3] < MAX_HALVINGS), halve,
+                                          (jnp.asarray(1.0, p.dtype), pn, en, 0))
+        ok = accepted(pn)
+        bt, t1, t2 = toward(a)
         conv = jnp.abs(p - pn) <= PIRLS_TOL * (1.0 + jnp.abs(pn))
         keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
         return (keep(bt, b), keep(t1, v1), keep(t2, v2), keep(pn, p), keep(en, eta), it + 1, conv | ~ok)

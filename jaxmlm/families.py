@@ -120,6 +120,11 @@ class Family:
             raise DataError(f"the {self.name} family takes the links {', '.join(self.links)}, not {self.link.name!r}")
 
     @property
+    def fixed_phi(self) -> float:
+        """φ when it is not estimated: a fixed negative binomial θ, else 0 (unused)."""
+        return float(getattr(self, "theta", None) or 0.0)
+
+    @property
     def estimates_phi(self) -> bool:
         """Whether φ is a parameter of the fit (the negative binomial's θ when not fixed)."""
         return self.has_phi and getattr(self, "theta", None) is None
