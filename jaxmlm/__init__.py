@@ -37,12 +37,23 @@ from ._errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
-    "lmer": "._results",
+    "lmer": "._residual_model",
     "blmer": "._blmer",
     "glmer": "._glmer",
     "glmer_nb": "._glmer",
     "GeneralizedLinearMixedModel": "._glmer",
     "LinearMixedModel": "._results",
+    "gls": "._residual_model",
+    "StructuredMixedModel": "._residual_model",
+    "GlsModel": "._residual_model",
+    "corAR1": ".residuals",
+    "corCAR1": ".residuals",
+    "corCompSymm": ".residuals",
+    "corExp": ".residuals",
+    "varIdent": ".residuals",
+    "varPower": ".residuals",
+    "varExp": ".residuals",
+    "varFixed": ".residuals",
     "FitRecord": "._results",
     "load_example": "._datasets",
     "EXAMPLES": "._datasets",
@@ -66,6 +77,18 @@ __all__ = [
     "glmer_nb",
     "GeneralizedLinearMixedModel",
     "families",
+    "residuals",
+    "gls",
+    "StructuredMixedModel",
+    "GlsModel",
+    "corAR1",
+    "corCAR1",
+    "corCompSymm",
+    "corExp",
+    "varIdent",
+    "varPower",
+    "varExp",
+    "varFixed",
     "LinearMixedModel",
     "FitRecord",
     "load_example",
@@ -103,7 +126,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in ("core", "families"):  # the engine's stages (core.py), the GLMM families: loaded on first use
+    if name in ("core", "families", "residuals"):  # the engine's stages (core.py), the GLMM families: loaded on first use
         return importlib.import_module("." + name, __name__)
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)

@@ -155,6 +155,8 @@ def ml_deviance(m) -> float:
     """−2 log-likelihood at the ML estimates (lme4's ``refitML`` for REML fits)."""
     if not m.REML:
         return float(m.objective)
+    if getattr(m, "residual", None) is not None:  # a residual structure: refit all of it (gls, lme)
+        return float(m.update(REML=False).objective)
     return refit_criterion(m, reml=False)[0]
 
 

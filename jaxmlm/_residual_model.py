@@ -1,0 +1,614 @@
+"""Models with residual structures: ``lmer(..., correlation=, variance=)`` and ``gls``.
+
+The fit is :mod:`jaxmlm._residual_fit` (the engine's criterion of the whitened rows); the
+results extend :class:`~jaxmlm.LinearMixedModel` with the structure's parameters as nlme
+reports them (``coef(m$modelStruct$corStruct, unconstrained = FALSE)``), Pearson and
+normalized residuals, each group's residual correlation matrix, and nlme's summary block.
+Analyses whose numbers would silently ignore the structure (batched refits, profiles,
+influence, ...) are refused with an error naming the method, rather than answered wrongly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import jax
+import numpy as np
+import pandas as pd
+from scipy.stats import t as t_dist
+
+from ._errors import ConvergenceWarning, DataError, FormulaError, GroupingError, InferenceError
+from ._frontend import build_design
+from ._implicit import row_data
+from ._optimize import STATUS, canonical_theta, lme4_start
+from ._fit import snap_host
+from ._results import FitRecord, LinearMixedModel, _callers_name, _condvar_blocks, _readonly, _subset
+from ._results import lmer as _lmer
+from ._stats import make_schema
+from .residuals import CorrelationStructure, VarianceFunction, correlation_matrix, group_codes
+
+__all__ = ["lmer", "StructuredMixedModel", "GlsModel", "fit_structured", "gls"]
+
+
+@dataclass(frozen=True)
+class ResidualFit:
+    """The residual structure of a fitted model: the structures, their binding to the rows
+    (group codes, order, times), the arrangement, names, and the start and final values
+    (unconstrained ``u_start``/``u``; ``correlation``/``variance`` as nlme reports them)."""
+
+    correlation: CorrelationStructure | None
+    variance: VarianceFunction | None
+    bound_cor: object = field(repr=False)
+    bound_var: object = field(repr=False)
+    spec: object = field(repr=False)
+    arr: object = field(repr=False)
+    u_start: np.ndarray
+    u: np.ndarray
+    cor_names: tuple[str, ...]
+    var_names: tuple[str, ...]
+    cor_values: np.ndarray
+    var_values: np.ndarray
+    var_labels: tuple[str, ...] = ()
+
+
+def _as_structure(obj, base, what: str):
+    if obj is None or isinstance(obj, base):
+        return obj
+    raise DataError(f"{what} must be a jaxmlm structure such as jaxmlm.{'corAR1' if what == 'correlation' else 'varIdent'}"
+                    f"(form='...'), got {type(obj).__name__}")
+
+
+def _frame_of(design, data: pd.DataFrame) -> pd.DataFrame:
+    return data if design.positions is None else data.iloc[design.positions]
+
+
+def _bind(design, data, correlation, variance, lmm: bool):
+    """Bind the structures to the rows the model uses; check the grouping against the random effects."""
+    from ._residual_fit import Spec, arrange
+
+    frame = _frame_of(design, data)
+    n = design.n
+    bc = bv = None
+    if correlation is not None:
+        if correlation.groups:
+            codes = group_codes(frame, correlation.groups, type(correlation).__name__)
+        elif lmm:
+            codes = np.asarray(design.blocks[0].codes, np.int64)
+        else:
+            codes = np.zeros(n, np.int64)
+        bc = correlation.bind(frame, codes)
+    if variance is not None:
+        bv = variance.bind(frame)
+        if design.weights is not None and np.any(design.weights <= 0):
+            raise DataError("weights of 0 cannot be combined with a variance function or correlation; drop those rows")
+    if (bc is not None) and design.weights is not None and np.any(design.weights <= 0):
+        raise DataError("weights of 0 cannot be combined with a residual correlation; drop those rows")
+    m, arr = arrange(bc, bv, n)
+    vary: list[int] = []
+    if lmm and bc is not None:
+        g = bc.codes
+        label = "/".join(correlation.groups) or design.blocks[0].group
+
+        def constant(codes):
+            frame_ = pd.DataFrame({"g": g, "c": codes})
+            return bool((frame_.groupby("g")["c"].nunique() <= 1).all())
+
+        if not constant(design.blocks[0].codes):
+            raise GroupingError(
+                f"the correlation's groups ({label!r}) must each lie within one level of "
+                f"{design.blocks[0].group!r}, the random-effects factor with the most levels; group the "
+                f"correlation by {design.blocks[0].group!r} or by a factor nested in it")
+        col = 0
+        for blk in design.blocks[1:]:
+            k = len(blk.columns)
+            if not constant(blk.codes):
+                vary += list(range(col, col + k))
+            col += k
+    ncor = len(correlation.param_names()) if correlation is not None else 0
+    nvar = variance.nparams(bv) if variance is not None else 0
+    spec = Spec(correlation, variance, m, ncor, nvar, tuple(vary), len(bv.labels) if bv is not None else 0)
+    u0 = np.concatenate([correlation.start(bc) if correlation is not None else np.zeros(0),
+                         variance.start(bv) if variance is not None else np.zeros(0)])
+    return bc, bv, spec, arr, u0
+
+
+def _residual_fit(correlation, variance, bc, bv, spec, arr, u0, u) -> ResidualFit:
+    from ._residual_fit import split
+
+    nat_c, nat_v = (np.asarray(a, float) for a in jax.device_get(split(np.asarray(u), spec)))
+    cor_names = correlation.param_names() if correlation is not None else ()
+    var_names = variance.param_names(bv) if variance is not None else ()
+    labels = bv.labels if bv is not None else ()
+    return ResidualFit(correlation, variance, bc, bv, spec, arr, _readonly(np.asarray(u0, float)),
+                       _readonly(np.asarray(u, float)), cor_names, var_names, _readonly(nat_c), _readonly(nat_v),
+                       labels)
+
+
+def _status_warning(st, iterations: int) -> tuple[str, ...]:
+    status = int(st.status)
+    if status in (0, 1):
+        return ()
+    msg = f"optimizer {STATUS[status]} after {iterations} iterations (max |gradient| {float(np.max(np.abs(st.g))):.2e})"
+    warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+    return (msg,)
+
+
+# ---- shared presentation ----------------------------------------------------------------------------
+
+def structure_lines(res: ResidualFit) -> list[str]:
+    """nlme's print of the correlation structure and the variance function."""
+    from ._rnum import r_format
+
+    out = []
+    if res.correlation is not None:
+        c = res.correlation
+        out += [f"Correlation Structure: {c.title}", f" Formula: {c.form.replace(' ', '')}",
+                " Parameter estimate(s):"]
+        out += _named_vector(res.cor_names, res.cor_values, r_format)
+    if res.variance is not None:
+        v = res.variance
+        out += ["Variance function:", f" Structure: {v.title}", f" Formula: {v.form.replace(' ', '')}"]
+        if v.kind == "ident":
+            out.append(" Parameter estimates:")
+            out += _named_vector(res.var_labels, np.r_[1.0, res.var_values], r_format)
+        elif res.var_names:
+            out.append(" Parameter estimates:")
+            out += _named_vector(res.var_names, res.var_values, r_format)
+    return out
+
+
+def _named_vector(names, values, r_format) -> list[str]:
+    vals = r_format(np.asarray(values, float), 7)
+    w = max(len(x) for x in list(names) + vals)
+    return [" ".join(str(x).rjust(w) for x in names), " ".join(x.rjust(w) for x in vals)]
+
+
+def _normalized(res: ResidualFit, pearson: np.ndarray) -> np.ndarray:
+    """L_g⁻¹ applied to each group's Pearson residuals (nlme's ``type = "normalized"``)."""
+    from ._residual_fit import _whiten, split
+
+    spec, arr = res.spec, res.arr
+    nat_c, _ = split(np.asarray(res.u), spec)
+    D = np.r_[pearson, 0.0][np.asarray(arr.idx)][..., None]
+    out, _ = _whiten(spec, nat_c, arr, D)
+    out = np.asarray(out)[..., 0]
+    z = np.empty(len(pearson))
+    real = np.asarray(arr.mask) > 0
+    z[np.asarray(arr.idx)[real]] = out[real]
+    return z
+
+
+def _sd_ratio(res: ResidualFit, n: int, weights) -> np.ndarray:
+    from .residuals import log_sd_ratio
+
+    d = np.ones(n)
+    if res.variance is not None:
+        d = np.exp(np.asarray(log_sd_ratio(res.variance.kind, np.asarray(res.var_values), res.arr.x, res.arr.strata)))
+    if weights is not None:
+        d = d / np.sqrt(weights)
+    return d
+
+
+class _StructureResults:
+    """What every model with a residual structure reports (mixed into the model classes)."""
+
+    residual: ResidualFit
+
+    @property
+    def y_(self):
+        return self.design.y
+
+    @property
+    def _weights_(self):
+        return self.design.weights
+
+    @property
+    def _rows_index_(self):
+        return self.design.rows
+
+    @property
+    def _frame_(self):
+        return _frame_of(self.design, self._call["data"])
+
+    def update(self, formula: str | None = None, *, REML: bool | None = None):
+        """The model refitted with another formula and/or REML setting: the same structures, data,
+        weights and subset (``jaxmlm.anova`` refits REML fits by ML with it)."""
+        call = dict(self._call)
+        if formula is not None:
+            call["formula"] = formula
+        if REML is not None:
+            call["REML"] = REML
+        return self._refit(**call)
+
+    @property
+    def correlation_params(self) -> dict[str, float]:
+        """The correlation structure's parameters, as nlme's ``coef(..., unconstrained = FALSE)``."""
+        r = self.residual
+        return {k: float(v) for k, v in zip(r.cor_names, r.cor_values)}
+
+    @property
+    def variance_params(self) -> dict[str, float]:
+        """The variance function's parameters as nlme reports them: for ``varIdent`` the SD of
+        each stratum over the first's; for ``varPower``/``varExp`` the power/exponent."""
+        r = self.residual
+        return {k: float(v) for k, v in zip(r.var_names, r.var_values)}
+
+    def residuals(self, type: str = "response") -> np.ndarray:
+        """Residuals as nlme's ``resid(m, type=)``: "response" y − fitted; "pearson" divided by
+        σ̂ and the variance function's SD ratio; "normalized" Pearson residuals whitened within
+        each group by the estimated correlation (approximately iid N(0, 1) if the model holds)."""
+        r = self.y_ - self.fitted
+        if type == "response":
+            return _readonly(r)
+        pearson = r / (self.sigma * _sd_ratio(self.residual, len(r), self._weights_))
+        if type == "pearson":
+            return _readonly(pearson)
+        if type == "normalized":
+            return _readonly(_normalized(self.residual, pearson))
+        raise DataError(f"type must be 'response', 'pearson' or 'normalized', got {type!r}")
+
+    def residual_cor(self, group=None) -> pd.DataFrame:
+        """The estimated residual correlation matrix of one group's rows (nlme's ``corMatrix``),
+        rows and columns labelled by the data's index; ``group``: a level of the correlation's
+        grouping (a tuple for a nested one), default the first group."""
+        r = self.residual
+        if r.correlation is None:
+            raise DataError("the model has no correlation structure: its residuals are uncorrelated")
+        bc = r.bound_cor
+        rows = self._rows_index_
+        if group is None:
+            code = int(bc.codes[bc.order[0]])
+        else:
+            frame = self._frame_
+            cols = r.correlation.groups
+            if not cols:
+                raise DataError("the correlation has no grouping column in its form; call residual_cor() without group")
+            key = group if isinstance(group, tuple) else (group,)
+            hit = np.ones(len(frame), bool)
+            for c, v in zip(cols, key):
+                hit &= (frame[c].astype(str) == str(v)).to_numpy()
+            if len(key) != len(cols) or not hit.any():
+                raise DataError(f"group {group!r} is not a level of {'/'.join(cols)!r} in the rows the model uses")
+            code = int(bc.codes[np.flatnonzero(hit)[0]])
+        members = bc.order[bc.codes[bc.order] == code]
+        time = bc.time[members] if bc.time is not None else None
+        coords = bc.coords[members] if bc.coords is not None else None
+        C = correlation_matrix(r.correlation, r.cor_values, time, coords)
+        labels = rows[members]
+        return pd.DataFrame(C, index=labels, columns=labels)
+
+
+# ---- lmer with a residual structure ------------------------------------------------------------------
+
+_REFUSED = ("refit_many", "bootstrap", "simulate", "profile", "ranova", "lrt_vs_ols", "hatvalues",
+            "cooks_distance", "influence", "all_fit", "variance_components", "icc", "r2_nakagawa", "equations")
+
+
+@dataclass(frozen=True, eq=False)
+class StructuredMixedModel(_StructureResults, LinearMixedModel):
+    """A linear mixed model with a residual correlation structure and/or variance function
+    (``jaxmlm.lmer(..., correlation=, variance=)``; nlme's ``lme``). Everything a
+    :class:`~jaxmlm.LinearMixedModel` reports from its estimates, plus ``correlation_params``,
+    ``variance_params``, ``residuals(type=)`` and ``residual_cor()``. ``coef_table`` gives
+    t-tests with Satterthwaite's degrees of freedom computed with the structure's parameters
+    held at their estimates. Refits, profiles, influence and the bootstrap are not available
+    for these models yet and say so."""
+
+    residual: ResidualFit = field(default=None, repr=False)
+    _call: dict = field(default=None, repr=False)
+
+    @property
+    def npar(self) -> int:
+        r = self.residual
+        return self.design.p + len(self.theta) + 1 + r.spec.ncor + r.spec.nvar
+
+    @property
+    def pearson_resid(self) -> np.ndarray:
+        return self.residuals("pearson")
+
+    def _refit(self, **call):
+        return fit_structured(**call)
+
+    def confint(self, method: str = "Wald", level: float = 0.95, parm=None, **kw):
+        if str(method).lower() != "wald":
+            raise InferenceError(f"confint(method={method!r}) is not available with a residual structure yet; "
+                                 "use method='Wald'")
+        return LinearMixedModel.confint(self, method="Wald", level=level, parm=parm, **kw)
+
+    def summary(self, style: str = "lme4", stddev: bool = False) -> str:
+        """lme4's summary with nlme's block for the residual structure before the fixed effects."""
+        if style != "lme4":
+            raise DataError("a model with a residual structure prints in lme4's style only (style='lme4')")
+        text = LinearMixedModel.summary(self)
+        block = "\n".join(structure_lines(self.residual))
+        head, sep, tail = text.partition("\nFixed effects:")
+        return head + "\n" + block + "\n" + sep + tail if sep else text + block + "\n"
+
+
+def _refuse(name):
+    def method(self, *args, **kwargs):
+        raise InferenceError(
+            f"{name}() does not take the residual structure into account yet, so it is refused for models fitted "
+            "with correlation= or variance=; fit without the structure for it, or use the methods that do "
+            "(summary, coef_table, confint(method='Wald'), residuals, predict, jaxmlm.anova)")
+    method.__name__ = name
+    return method
+
+
+for _name in _REFUSED:
+    setattr(StructuredMixedModel, _name, _refuse(_name))
+
+
+def fit_structured(formula, data, REML=True, correlation=None, variance=None, *, max_iter=200, data_name=None,
+                   weights=None, offset=None, subset=None):
+    """``lmer`` with a residual structure (see :func:`jaxmlm.lmer`)."""
+    from ._residual_fit import estimates, fit_program, value_at
+
+    correlation = _as_structure(correlation, CorrelationStructure, "correlation")
+    variance = _as_structure(variance, VarianceFunction, "variance")
+    call = dict(formula=formula, data=data, REML=REML, correlation=correlation, variance=variance,
+                max_iter=max_iter, data_name=data_name, weights=weights, offset=offset, subset=subset)
+    if not isinstance(data, pd.DataFrame):
+        raise DataError("a residual structure needs the rows in memory: data must be a pandas DataFrame")
+    if data_name is None:
+        data_name = _callers_name(data)
+        call["data_name"] = data_name
+    full = data
+    if subset is not None:
+        data, weights, offset = _subset(data, subset, weights, offset)
+    design = build_design(formula, data, weights=weights, offset=offset)
+    if design.p == 0:
+        REML = False
+    schema = make_schema(design)
+    layout = schema.layout
+    rows = row_data(design, schema, host=True)
+    bc, bv, spec, arr, u0 = _bind(design, data, correlation, variance, lmm=True)
+    index = tuple(schema.index)
+    reml = np.asarray(1.0 if REML else 0.0)
+    nt = layout.ntheta
+    x0 = np.concatenate([lme4_start(layout), u0])
+    t0 = time.perf_counter()
+    st, H, c = jax.device_get(fit_program(x0, rows, index, arr, reml, layout, spec, max_iter))
+    c = np.asarray(c, float)
+    x = np.array(st.x, float)
+    theta = canonical_theta(c * x[:nt], layout)
+    f = float(st.f)
+
+    def crit(t):
+        xt = x.copy()
+        xt[:nt] = t / c
+        return float(value_at(xt, c, rows, index, arr, reml, layout, spec)), None
+
+    theta, f, snapped, _ = snap_host(theta, f, c, layout, crit)
+    u = x[nt:]
+    warns = _status_warning(st, int(st.it))
+    if not np.isfinite(f):
+        from ._errors import ConvergenceError
+
+        raise ConvergenceError("the criterion became non-finite; check the structure's covariates and the data")
+    sol, stats = jax.device_get(estimates(theta, u, rows, index, arr, reml, layout, spec))
+    b, v = _condvar_blocks(sol, layout, design)
+    status = int(st.status)
+    record = FitRecord(
+        theta_start=_readonly(c * x0[:nt]), theta_optimizer=_readonly(np.asarray(st.x, float)),
+        theta_end=_readonly(theta), objective=float(sol.criterion), iterations=int(st.it),
+        evaluations=int(st.nfev), status=status, message=STATUS[status], converged=status in (0, 1),
+        max_abs_gradient=float(np.max(np.abs(st.g))) if len(x) else 0.0, snapped=snapped, warnings=warns,
+        seconds=time.perf_counter() - t0, method="newton")
+    res = _residual_fit(correlation, variance, bc, bv, spec, arr, u0, u)
+    call["data"] = full
+    return StructuredMixedModel(
+        formula=design.formula.text, REML=bool(REML), design=design, layout=layout, stats=stats,
+        theta=_readonly(theta), record=record, _beta=_readonly(np.asarray(sol.beta)),
+        _vcov=_readonly(np.asarray(sol.vcov)), sigma=float(sol.sigma), objective=float(sol.criterion), _b=b,
+        _condvar=v, data_name=data_name, residual=res, _call=call)
+
+
+def lmer(formula: str, data, REML: bool = True, *, max_iter: int = 200, optimizer: str = "auto",
+         dtype: str = "float64", polish: bool = True, data_name: str | None = None, weights=None, offset=None,
+         subset=None, correlation=None, variance=None):
+    if correlation is None and variance is None:
+        return _lmer(formula, data, REML, max_iter=max_iter, optimizer=optimizer, dtype=dtype, polish=polish,
+                     data_name=data_name, weights=weights, offset=offset, subset=subset)
+    if not isinstance(REML, (bool, np.bool_)):
+        raise DataError(f"REML must be True or False, got {REML!r}")
+    if optimizer not in ("auto", "newton") or dtype != "float64":
+        raise DataError("a residual structure (correlation=, variance=) is fitted by Newton in float64; "
+                        "leave optimizer and dtype at their defaults")
+    return fit_structured(formula, data, REML, correlation, variance, max_iter=max_iter, data_name=data_name,
+                          weights=weights, offset=offset, subset=subset)
+
+
+lmer.__doc__ = (_lmer.__doc__.rstrip() + """
+
+    ``correlation`` and ``variance``: a residual correlation structure and/or variance function
+    with nlme's names and forms (:mod:`jaxmlm.residuals`: ``jaxmlm.corAR1(form="~ Days |
+    Subject")``, ``jaxmlm.varIdent(form="~ 1 | Sex")``, ...), as nlme's ``lme(correlation=,
+    weights=)`` — also with crossed random effects. The result is then a
+    :class:`StructuredMixedModel`; such fits need the rows in memory and run Newton in float64.
+    """)
+
+
+# ---- gls ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class GlsModel(_StructureResults):
+    """A linear model fitted by generalized least squares (nlme's ``gls``): no random effects,
+    residuals with a correlation structure and/or variance function. Create it with :func:`gls`."""
+
+    formula: str
+    REML: bool
+    design: object = field(repr=False)
+    _beta: np.ndarray = field(repr=False)
+    _vcov: np.ndarray = field(repr=False)
+    sigma: float
+    objective: float
+    residual: ResidualFit = field(repr=False)
+    record: FitRecord = field(repr=False)
+    data_name: str | None = None
+    _call: dict = field(default=None, repr=False)
+
+    layout = None
+    stats = None
+    theta = np.zeros(0)
+
+    @property
+    def nobs(self) -> int:
+        return int(self.design.n)
+
+    @property
+    def n_dropped(self) -> int:
+        return int(self.design.n_dropped_na)
+
+    @property
+    def fixef(self) -> pd.Series:
+        return pd.Series(self._beta, index=list(self.design.fixef_names))
+
+    @property
+    def vcov(self) -> pd.DataFrame:
+        names = list(self.design.fixef_names)
+        return pd.DataFrame(self._vcov, index=names, columns=names)
+
+    @property
+    def se(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(self._vcov)), index=list(self.design.fixef_names))
+
+    @property
+    def npar(self) -> int:
+        r = self.residual
+        return self.design.p + 1 + r.spec.ncor + r.spec.nvar
+
+    @property
+    def loglik(self) -> float:
+        return -0.5 * self.objective
+
+    @property
+    def aic(self) -> float:
+        return self.objective + 2.0 * self.npar
+
+    @property
+    def bic(self) -> float:
+        n = self.nobs - (self.design.p if self.REML else 0)  # nlme: REML's BIC uses n − p
+        return self.objective + np.log(n) * self.npar
+
+    @cached_property
+    def fitted(self) -> np.ndarray:
+        d = self.design
+        mu = d.X @ self._beta
+        if d.offset is not None:
+            mu = mu + d.offset
+        return _readonly(mu)
+
+    @property
+    def resid(self) -> np.ndarray:
+        return self.residuals("response")
+
+    def coef_table(self) -> pd.DataFrame:
+        """t-tests of the coefficients with n − p degrees of freedom, as nlme's ``summary.gls``."""
+        est, se = self._beta, np.sqrt(np.diag(self._vcov))
+        df = self.nobs - self.design.p
+        tv = est / se
+        return pd.DataFrame({"Estimate": est, "Std. Error": se, "df": float(df), "t value": tv,
+                             "Pr(>|t|)": 2 * t_dist.sf(np.abs(tv), df)}, index=list(self.design.fixef_names))
+
+    def confint(self, level: float = 0.95) -> pd.DataFrame:
+        """Intervals of the coefficients from the t distribution with n − p df (nlme's ``intervals``)."""
+        if not 0 < level < 1:
+            raise DataError(f"level must be in (0, 1), got {level!r}")
+        q = t_dist.ppf(0.5 + level / 2, self.nobs - self.design.p)
+        lo, hi = self._beta - q * self.se.to_numpy(), self._beta + q * self.se.to_numpy()
+        pct = [f"{100 * (0.5 - level / 2):.1f} %", f"{100 * (0.5 + level / 2):.1f} %"]
+        return pd.DataFrame({pct[0]: lo, pct[1]: hi}, index=list(self.design.fixef_names))
+
+    def _refit(self, **call):
+        return gls(**call)
+
+    def summary(self) -> str:
+        """nlme's ``summary(gls)`` layout."""
+        from ._present import print_coefmat
+        from ._rnum import r_format
+
+        crit = "REML" if self.REML else "maximum likelihood"
+        out = [f"Generalized least squares fit by {crit} (jaxmlm)", f"  Model: {self.formula}"]
+        if self.data_name:
+            out.append(f"  Data: {self.data_name}")
+        vals = r_format(np.array([self.aic, self.bic, self.loglik]), 7)
+        w = max(len(v) for v in vals + ["logLik"])
+        out += ["", " ".join(x.rjust(w) for x in ["AIC", "BIC", "logLik"]), " ".join(v.rjust(w) for v in vals), ""]
+        out += structure_lines(self.residual)
+        table = self.coef_table().drop(columns="df")
+        out += ["", "Coefficients:"] + print_coefmat(table)
+        out += ["", f"Residual standard error: {r_format([self.sigma], 7)[0]}",
+                f"Degrees of freedom: {self.nobs} total; {self.nobs - self.design.p} residual"]
+        return "\n".join(out) + "\n"
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+_GLS_GROUP = "gls_no_random_effects_"
+
+
+def gls(formula: str, data: pd.DataFrame, correlation=None, variance=None, REML: bool = True, *,
+        weights=None, subset=None, max_iter: int = 200, data_name: str | None = None) -> GlsModel:
+    """Fit a linear model by generalized least squares, as nlme's ``gls``: ``formula`` without
+    random effects (``"y ~ x * g"``), residuals with a ``correlation`` structure
+    (:func:`jaxmlm.corAR1`, ...) and/or a ``variance`` function (:func:`jaxmlm.varIdent`, ...);
+    REML (default) or ML. A correlation form without ``| g`` makes all rows one group."""
+    from ._residual_fit import fit_program, gls_estimates
+
+    if not isinstance(REML, (bool, np.bool_)):
+        raise DataError(f"REML must be True or False, got {REML!r}")
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    if not isinstance(formula, str) or "~" not in formula:
+        raise FormulaError(f"formula must be a string such as 'y ~ x', got {formula!r}")
+    if "|" in formula:
+        raise FormulaError("gls takes no random-effects terms; use jaxmlm.lmer(..., correlation=, variance=) for "
+                           "a mixed model with a residual structure")
+    correlation = _as_structure(correlation, CorrelationStructure, "correlation")
+    variance = _as_structure(variance, VarianceFunction, "variance")
+    call = dict(formula=formula, data=data, correlation=correlation, variance=variance, REML=REML, weights=weights,
+                subset=subset, max_iter=max_iter, data_name=data_name)
+    if data_name is None:
+        data_name = _callers_name(data)
+        call["data_name"] = data_name
+    full = data
+    if subset is not None:
+        data, weights, _ = _subset(data, subset, weights, None)
+    if _GLS_GROUP in data.columns:
+        raise DataError(f"the data may not have a column named {_GLS_GROUP!r}")
+    # The engine's design builder expects a random-effects term: a two-level placeholder gives X, y
+    # and the rows used (its Z is never read). The user's frame is not modified (a copy is).
+    work = data.assign(**{_GLS_GROUP: np.arange(len(data)) % 2})
+    design = build_design(f"{formula} + (1 | {_GLS_GROUP})", work, weights=weights)
+    design = dataclasses.replace(design, formula=dataclasses.replace(design.formula, text=formula))
+    schema = make_schema(design)
+    rows = row_data(design, schema, host=True)
+    rows = rows._replace(Z1=np.zeros_like(rows.Z1), V=np.zeros((design.n, 0)), P=np.zeros((design.n, 0), np.int32),
+                         E=np.zeros((design.n, 0), np.int32))
+    bc, bv, spec, arr, u0 = _bind(design, data, correlation, variance, lmm=False)
+    reml = np.asarray(1.0 if REML else 0.0)
+    t0 = time.perf_counter()
+    if len(u0):
+        st, H, _ = jax.device_get(fit_program(u0, rows, (), arr, reml, None, spec, max_iter))
+        u = np.asarray(st.x, float)
+        its, nfev, status = int(st.it), int(st.nfev), int(st.status)
+        warns = _status_warning(st, its)
+        grad = float(np.max(np.abs(st.g)))
+    else:
+        u, its, nfev, status, warns, grad = u0, 0, 1, 0, (), 0.0
+    beta, sigma, vcov, crit = (np.asarray(a, float) for a in jax.device_get(gls_estimates(u, rows, arr, reml, spec)))
+    record = FitRecord(theta_start=_readonly(np.zeros(0)), theta_optimizer=_readonly(u), theta_end=_readonly(np.zeros(0)),
+                       objective=float(crit), iterations=its, evaluations=nfev, status=status, message=STATUS[status],
+                       converged=status in (0, 1), max_abs_gradient=grad, snapped=(), warnings=warns,
+                       seconds=time.perf_counter() - t0)
+    call["data"] = full
+    return GlsModel(formula=formula, REML=bool(REML), design=design, _beta=_readonly(beta), _vcov=_readonly(vcov),
+                    sigma=float(sigma), objective=float(crit),
+                    residual=_residual_fit(correlation, variance, bc, bv, spec, arr, u0, u), record=record,
+                    data_name=data_name, _call=call)

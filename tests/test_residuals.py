@@ -1,0 +1,302 @@
+"""Residual structures (jaxmlm.residuals; lmer(correlation=, variance=) and gls) against nlme 3.1
+and against an independent dense marginal likelihood.
+
+Reference values: tests/reference/nlme/ (make_nlme_reference.R wrote the JSON and the CSV
+data; eval_nlme_at.R evaluated nlme's own likelihood at jaxmlm's estimates where jaxmlm's
+optimum is the better one). See the README there.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jaxmlm
+
+REF = Path(__file__).parent / "reference" / "nlme"
+
+
+def _data(name: str) -> pd.DataFrame:
+    df = pd.read_csv(REF / name)
+    if "Sex" in df:
+        df["Sex"] = pd.Categorical(df["Sex"], categories=["Male", "Female"])  # R's level order
+    for c in ("Diet", "Rat", "Dog", "Mare", "Subject", "plot", "Side"):
+        if c in df:
+            df[c] = df[c].astype(str)
+    return df
+
+
+J = jaxmlm
+#: case → (function, formula, correlation, variance); the nlme call is in each JSON's "call"
+CASES = {
+    "sleep_ar1_reml": ("lmer", "Reaction ~ Days + (Days | Subject)", J.corAR1(form="~ Days | Subject"), None),
+    "sleep_ar1_ml": ("lmer", "Reaction ~ Days + (Days | Subject)", J.corAR1(form="~ Days | Subject"), None),
+    "orth_ident_reml": ("lmer", "distance ~ age * Sex + (1 | Subject)", None, J.varIdent(form="~ 1 | Sex")),
+    "orth_ident_ml": ("lmer", "distance ~ age * Sex + (1 | Subject)", None, J.varIdent(form="~ 1 | Sex")),
+    "bw_car1_power_reml": ("lmer", "weight ~ Time * Diet + (Time | Rat)", J.corCAR1(form="~ Time | Rat"),
+                           J.varPower(form="~ Time")),
+    "orth_cs_gls_reml": ("gls", "distance ~ age * Sex", J.corCompSymm(form="~ 1 | Subject"), None),
+    "ovary_ar1_gls_ml": ("gls", "follicles ~ s1 + c1", J.corAR1(form="~ 1 | Mare"), None),
+    "pixel_nested_car1_reml": ("lmer", "pixel ~ day + day2 + (day | Dog) + (1 | Dog:Side)",
+                               J.corCAR1(form="~ day | Dog/Side"), None),
+    "orth_exp_ml": ("lmer", "distance ~ age + (1 | Subject)", None, J.varExp(form="~ age")),
+    "orth_ar1_ident_gls_ml": ("gls", "distance ~ age * Sex", J.corAR1(form="~ 1 | Subject"),
+                              J.varIdent(form="~ 1 | Sex")),
+    "spatial_exp_reml": ("lmer", "y ~ x1 + (1 | plot)", J.corExp(form="~ cx + cy | plot"), None),
+    "spatial_exp_nugget_ml": ("lmer", "y ~ x1 + (1 | plot)", J.corExp(form="~ cx + cy | plot", nugget=True), None),
+    "orth_fixed_gls_reml": ("gls", "distance ~ age", None, J.varFixed("~ age")),
+    "bw_ident_diet_ml": ("lmer", "weight ~ Time * Diet + (Time | Rat)", None, J.varIdent(form="~ 1 | Diet")),
+    "orth_ar1_time_reml": ("lmer", "distance ~ age + (1 | Subject)", J.corAR1(form="~ occ | Subject"), None),
+    "orth_plain_gls_reml": ("gls", "distance ~ age * Sex", None, None),
+}
+
+#: cases where jaxmlm's optimum beats nlme's (nlme stops early): eval_nlme_at.R shows nlme's own
+#: likelihood at jaxmlm's estimates equals jaxmlm's
+BETTER = ("sleep_ar1_reml", "sleep_ar1_ml")
+
+
+def _ref(case: str) -> dict:
+    with open(REF / f"{case}.json") as fh:
+        return json.load(fh)
+
+
+def _fit(case: str):
+    r = _ref(case)
+    kind, formula, cor, var = CASES[case]
+    fn = J.gls if kind == "gls" else J.lmer
+    return r, fn(formula, _data(r["data"]), correlation=cor, variance=var, REML=r["method"] == "REML")
+
+
+@pytest.fixture(scope="module")
+def fits():
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", J.ConvergenceWarning)
+        for case in CASES:
+            out[case] = _fit(case)
+    return out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_loglik_matches_nlme(fits, case):
+    r, m = fits[case]
+    assert m.record.converged
+    assert m.npar == r["df"]
+    if case in BETTER:
+        assert m.loglik > r["logLik"]  # ahead of nlme; its own likelihood there agrees (below)
+    else:
+        assert abs(m.loglik - r["logLik"]) < 1e-3
+    assert m.loglik > r["logLik"] - 1e-3  # never worse by more
+    assert m.aic == pytest.approx(r["AIC"], abs=2e-3) if case not in BETTER else m.aic < r["AIC"]
+
+
+def test_better_optimum_is_nlme_likelihood():
+    """Where jaxmlm's optimum is higher, nlme's own likelihood function at jaxmlm's estimates
+    (eval_nlme_at.R) equals jaxmlm's value — jaxmlm is not computing a different quantity."""
+    with open(REF / "nlme_at_jaxmlm_output.json") as fh:
+        out = json.load(fh)
+    for case in BETTER:
+        r, m = _fit(case)
+        got = out[case]
+        assert got["jaxmlm_logLik"] == pytest.approx(m.loglik, abs=1e-6)
+        assert got["nlme_logLik_at_jaxmlm"] == pytest.approx(m.loglik, abs=1e-4)
+        assert got["nlme_logLik_at_jaxmlm"] > got["nlme_logLik_at_nlme_optimum"]
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c not in BETTER])
+def test_estimates_match_nlme(fits, case):
+    r, m = fits[case]
+    se = np.array(list(r["se"].values()))
+    assert list(m.fixef.index) == list(r["fixef"])
+    np.testing.assert_array_less(np.abs(m.fixef.to_numpy() - np.array(list(r["fixef"].values()))), 0.01 * se)
+    np.testing.assert_allclose(m.se.to_numpy(), se, rtol=0.01)
+    assert m.sigma == pytest.approx(r["sigma"], rel=0.01)
+    ours = {**m.correlation_params, **m.variance_params}
+    theirs = {**(r["corStruct"] or {}), **(r["varStruct"] or {})}
+    assert set(ours) == set(theirs)
+    for k, v in theirs.items():
+        if abs(v) < 1e-4:  # a nugget at its bound 0: absolute
+            assert abs(ours[k]) < 1e-3
+        else:
+            assert ours[k] == pytest.approx(v, rel=0.01)
+    if r["kind"] == "lme":
+        for grp, ref in r["random"].items():
+            sd = m.varcorr_matrices
+            key = {"Side": "Dog:Side"}.get(grp, grp)
+            ours_sd = np.sqrt(np.diag(sd[key].to_numpy()))
+            np.testing.assert_allclose(ours_sd, list(ref["sd"].values()), rtol=0.01)
+
+
+# ---- an independent dense marginal likelihood: crossed random effects with AR(1) residuals -------------
+
+def _crossed_data(n_subj=40, n_item=12, phi=0.4, seed=7):
+    rng = np.random.default_rng(seed)
+    rows = []
+    bs, bi = rng.normal(0, 1.0, n_subj), rng.normal(0, 0.7, n_item)
+    for s in range(n_subj):
+        order = rng.permutation(n_item)
+        e = np.empty(n_item)
+        e[0] = rng.normal()
+        for t in range(1, n_item):
+            e[t] = phi * e[t - 1] + np.sqrt(1 - phi**2) * rng.normal()
+        for t, i in enumerate(order):
+            x = rng.normal()
+            rows.append((f"s{s:02d}", f"i{i:02d}", t, x, 1 + 0.5 * x + bs[s] + bi[i] + 0.8 * e[t]))
+    return pd.DataFrame(rows, columns=["subj", "item", "trial", "x", "y"])
+
+
+def _dense_criterion(df, beta_free, s_subj, s_item, sigma, phi, reml):
+    """−2 log L (or lme4's REML criterion) of y ~ x + (1|subj) + (1|item) with AR(1) residuals in
+    trial order within subject, from the n × n marginal covariance (β at its GLS estimate)."""
+    n = len(df)
+    X = np.column_stack([np.ones(n), df["x"].to_numpy()])
+    y = df["y"].to_numpy()
+    Zs = pd.get_dummies(df["subj"]).to_numpy(float)
+    Zi = pd.get_dummies(df["item"]).to_numpy(float)
+    R = np.zeros((n, n))
+    for _, idx in df.groupby("subj").indices.items():
+        t = df["trial"].to_numpy()[idx]
+        R[np.ix_(idx, idx)] = phi ** np.abs(np.subtract.outer(t, t))
+    V = s_subj**2 * Zs @ Zs.T + s_item**2 * Zi @ Zi.T + sigma**2 * R
+    Vi = np.linalg.inv(V)
+    XtViX = X.T @ Vi @ X
+    beta = np.linalg.solve(XtViX, X.T @ Vi @ y)
+    r = y - X @ beta
+    p = X.shape[1]
+    val = np.linalg.slogdet(V)[1] + r @ Vi @ r
+    if reml:
+        return val + np.linalg.slogdet(XtViX)[1] + (n - p) * np.log(2 * np.pi), beta
+    return val + n * np.log(2 * np.pi), beta
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_crossed_ar1_against_dense_likelihood(reml):
+    df = _crossed_data()
+    m = J.lmer("y ~ x + (1 | subj) + (1 | item)", df, REML=reml, correlation=J.corAR1(form="~ trial | subj"))
+    vc = m.varcorr.set_index("grp")["sdcor"]
+    pars = np.array([vc["subj"], vc["item"], m.sigma, m.correlation_params["Phi"]])
+    f0, beta = _dense_criterion(df, None, *pars, reml)
+    assert m.objective == pytest.approx(f0, abs=1e-6)
+    np.testing.assert_allclose(m.fixef.to_numpy(), beta, rtol=1e-7)
+    # an optimum of the dense criterion too: every parameter moved by ±1 % raises it
+    for k in range(4):
+        for step in (0.99, 1.01):
+            q = pars.copy()
+            q[k] *= step
+            assert _dense_criterion(df, None, *q, reml)[0] > f0
+    assert 0.2 < m.correlation_params["Phi"] < 0.6
+
+
+def test_varident_and_prior_weights_against_dense():
+    df = _data("Orthodont.csv")
+    w = np.where(df["age"] > 10, 2.0, 1.0)
+    m = J.lmer("distance ~ age + (1 | Subject)", df, REML=False, variance=J.varIdent(form="~ 1 | Sex"), weights=w)
+    n = len(df)
+    X = np.column_stack([np.ones(n), df["age"]])
+    Z = pd.get_dummies(df["Subject"]).to_numpy(float)
+    delta = np.where(df["Sex"] == "Female", m.variance_params["Female"], 1.0)
+    V = m.varcorr.set_index("grp").loc["Subject", "vcov"] * Z @ Z.T + np.diag(m.sigma**2 * delta**2 / w)
+    Vi = np.linalg.inv(V)
+    r = df["distance"].to_numpy() - X @ m.fixef.to_numpy()
+    dense = np.linalg.slogdet(V)[1] + r @ Vi @ r + n * np.log(2 * np.pi)
+    assert m.objective == pytest.approx(dense, abs=1e-6)
+
+
+# ---- results -------------------------------------------------------------------------------------------
+
+def test_normalized_residuals_and_correlation_matrix(fits):
+    _, m = fits["bw_car1_power_reml"]
+    df = _data("BodyWeight.csv")
+    rat = "1"
+    C = m.residual_cor(rat)
+    t = df.loc[df["Rat"] == rat, "Time"].to_numpy()
+    phi = m.correlation_params["Phi"]
+    np.testing.assert_allclose(C.to_numpy(), phi ** np.abs(np.subtract.outer(t, t)), rtol=1e-12)
+    pear = m.residuals("pearson")
+    d = np.abs(df["Time"].to_numpy()) ** m.variance_params["power"]
+    np.testing.assert_allclose(pear, m.residuals("response") / (m.sigma * d), rtol=1e-10)
+    rows = np.flatnonzero(df["Rat"] == rat)
+    L = np.linalg.cholesky(C.to_numpy())
+    np.testing.assert_allclose(m.residuals("normalized")[rows], np.linalg.solve(L, pear[rows]), rtol=1e-9)
+    with pytest.raises(J.DataError, match="type must be"):
+        m.residuals("studentized")
+
+
+def test_summary_prints_structure(fits):
+    _, m = fits["sleep_ar1_reml"]
+    s = m.summary()
+    assert "Correlation Structure: AR(1)" in s and "Phi" in s
+    assert s.index("Correlation Structure") < s.index("Fixed effects:")
+    _, g = fits["orth_ar1_ident_gls_ml"]
+    s = g.summary()
+    assert "Generalized least squares fit by maximum likelihood" in s
+    assert "Different standard deviations per stratum" in s and "Female" in s
+    assert "Degrees of freedom: 108 total; 104 residual" in s
+
+
+def test_anova_structure_against_none(fits):
+    _, m1 = fits["orth_ident_reml"]
+    m0 = J.lmer("distance ~ age * Sex + (1 | Subject)", _data("Orthodont.csv"))
+    tab = J.anova(m0, m1, refit=False)  # nlme's anova.lme: REML criteria, same fixed effects
+    assert list(tab["Df"].iloc[1:]) == [1]
+    assert tab["Chisq"].iloc[1] == pytest.approx(2 * (m1.loglik - m0.loglik), rel=1e-9)
+    ml = J.anova(m0, m1)  # lme4's default: both refitted by ML, the structure refitted with them
+    _, m1_ml = fits["orth_ident_ml"]
+    assert ml["logLik"].iloc[1] == pytest.approx(m1_ml.loglik, abs=1e-6)
+
+
+def test_methods_that_ignore_the_structure_are_refused(fits):
+    _, m = fits["sleep_ar1_reml"]
+    for call in (lambda: m.refit_many(np.zeros((2, m.nobs))), lambda: m.profile(), lambda: m.simulate(2),
+                 lambda: m.confint(method="profile"), lambda: m.ranova()):
+        with pytest.raises(J.InferenceError):
+            call()
+
+
+def test_data_not_modified():
+    df = _data("Orthodont.csv")
+    before = df.copy()
+    J.gls("distance ~ age", df, correlation=J.corAR1(form="~ 1 | Subject"))
+    pd.testing.assert_frame_equal(df, before)
+
+
+# ---- bad input ---------------------------------------------------------------------------------------
+
+def test_bad_input():
+    sl = _data("sleepstudy.csv")
+    dup = sl.copy()
+    dup.loc[1, "Days"] = 0  # two rows of one subject at Days 0
+    with pytest.raises(J.DataError, match="repeats within a group"):
+        J.lmer("Reaction ~ Days + (1 | Subject)", dup, correlation=J.corAR1(form="~ Days | Subject"))
+    with pytest.raises(J.DataError, match="integer"):
+        J.lmer("Reaction ~ Days + (1 | Subject)", sl.assign(t=sl["Days"] / 3),
+               correlation=J.corAR1(form="~ t | Subject"))
+    one = sl.assign(row=np.arange(len(sl)))
+    with pytest.raises(J.DataError, match="single row"):
+        J.gls("Reaction ~ Days", one, correlation=J.corCompSymm(form="~ 1 | row"))
+    orth = _data("Orthodont.csv")
+    orth["Sex3"] = pd.Categorical(orth["Sex"].astype(str), categories=["Male", "Female", "Other"])
+    with pytest.raises(J.DataError, match="no rows"):
+        J.lmer("distance ~ age + (1 | Subject)", orth, variance=J.varIdent(form="~ 1 | Sex3"))
+    with pytest.raises(J.GroupingError, match="most levels"):
+        J.lmer("distance ~ age + (1 | Subject)", orth, correlation=J.corCompSymm(form="~ 1 | Sex"))
+    with pytest.raises(J.UnknownColumnError):
+        J.lmer("distance ~ age + (1 | Subject)", orth, correlation=J.corAR1(form="~ 1 | Subjct"))
+    with pytest.raises(J.FormulaError):
+        J.corAR1(form="Days | Subject")
+    with pytest.raises(J.FormulaError, match="fitted"):
+        J.varPower(form="~ fitted")
+    with pytest.raises(J.DataError, match="must be a jaxmlm structure"):
+        J.lmer("distance ~ age + (1 | Subject)", orth, correlation="ar1")
+    with pytest.raises(J.FormulaError, match="no random-effects"):
+        J.gls("distance ~ age + (1 | Subject)", orth)
+    with pytest.raises(J.DataError, match="is 0"):
+        J.gls("distance ~ age", orth.assign(z=0.0), variance=J.varPower(form="~ z"))
+    crossed = _crossed_data(n_subj=8, n_item=20)  # items outnumber subjects: item is block 1
+    with pytest.raises(J.GroupingError, match="most levels"):
+        J.lmer("y ~ x + (1 | subj) + (1 | item)", crossed, correlation=J.corAR1(form="~ trial | subj"))
