@@ -38,15 +38,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _compiled, _x64  # noqa: F401  (float64 before any array exists)
-from ._implicit import RowData, statistics_of
+from ._implicit import RowData
 from ._objective import _deviance
-from ._optimize import _newton, diagonal_mask, theta_scale
+from ._fit import snap
+from ._optimize import _newton, canonical_theta_jax, diagonal_mask, theta_scale
 from ._solution import solve
-from ._stats import Layout, Schema, a22_blocks
-from .residuals import correlation_whiten, log_sd_ratio
+from ._stats import Layout, Stats, _accumulate, a22_blocks
+from .residuals import _phi_power, correlation_whiten, log_sd_ratio
 
-__all__ = ["Spec", "Arrangement", "arrange", "whiten_rows", "criterion", "gls_criterion", "fit_program",
-           "estimates", "split"]
+__all__ = ["Spec", "Arrangement", "Basis", "arrange", "make_basis", "whiten_rows", "whitened_stats", "criterion",
+           "gls_criterion", "fit_program", "fit_and_solve", "split", "refit_batch", "scale_at"]
 
 
 class Spec(NamedTuple):
@@ -67,7 +68,8 @@ class Spec(NamedTuple):
 class Arrangement(NamedTuple):
     """The rows in groups (arrays; a pytree): ``idx`` (G, m) row numbers (n: padding, a zero
     row), ``mask`` (G, m) 1 for a row, ``time`` (G, m) and ``coords`` (G, m, d) for the
-    correlation, ``x`` (n,) and ``strata`` (n,) for the variance function."""
+    correlation, ``x`` (n,) and ``strata`` (n,) for the variance function, ``beta0`` (p,) the
+    centring of y (:func:`whitened_stats`)."""
 
     idx: jax.Array
     mask: jax.Array
@@ -75,9 +77,40 @@ class Arrangement(NamedTuple):
     coords: jax.Array
     x: jax.Array
     strata: jax.Array
+    beta0: jax.Array
+    basis: object = None
 
 
-def arrange(bound_cor, bound_var, n: int) -> tuple[np.ndarray, Arrangement]:
+class Basis(NamedTuple):
+    """The n-free form of AR(1)/CAR(1) and ``varIdent`` (and ``varFixed``, prior weights): the
+    whitened rows' statistics are Σ_j w_j(φ, δ) S_j over statistics S_j of row classes summed once
+    (:func:`make_basis`). ``stats``: the S_j stacked on a leading axis (value leaves only);
+    per class ``part`` (0 a group's first rows, 1 rows r, 2 rows r − 1, 3 their sums), ``gap`` (index
+    into ``gaps``, the distinct time steps), ``s``/``s2`` the strata of rows r and r − 1; the counts
+    of rows per gap and per stratum and the constant part of log|R| give log|R|. ``scale`` (the
+    rows' pre-scaling), ``cur``/``prev`` (row numbers of rows r and r − 1) and ``masks`` (class
+    membership) remake ``stats`` for another response (:func:`with_response`)."""
+
+    stats: Stats
+    scale: jax.Array
+    cur: jax.Array
+    prev: jax.Array
+    masks: jax.Array
+    part: jax.Array
+    gap: jax.Array
+    s: jax.Array
+    s2: jax.Array
+    gaps: jax.Array
+    cnt_gap: jax.Array
+    cnt_strata: jax.Array
+    const: jax.Array
+
+
+#: At most this many distinct time steps for the n-free form (each needs three statistics).
+MAX_GAPS = 8
+
+
+def arrange(bound_cor, bound_var, n: int, beta0: np.ndarray) -> tuple[int, Arrangement]:
     """Host: the :class:`Arrangement` of n rows (each row its own group without a correlation)."""
     if bound_cor is None:
         codes, order = np.arange(n), np.arange(n)
@@ -102,7 +135,8 @@ def arrange(bound_cor, bound_var, n: int) -> tuple[np.ndarray, Arrangement]:
         coords[grp, pos] = bound_cor.coords[order]
     x = bound_var.x if bound_var is not None else np.zeros(n)
     strata = bound_var.strata if bound_var is not None else np.zeros(n, np.int64)
-    return m, Arrangement(idx, mask, time, coords, np.asarray(x, float), strata.astype(np.int32))
+    return m, Arrangement(idx, mask, time, coords, np.asarray(x, float), strata.astype(np.int32),
+                          np.asarray(beta0, float))
 
 
 def split(u: jax.Array, spec: Spec):
@@ -166,17 +200,152 @@ def criterion(x: jax.Array, c: jax.Array, rows: RowData, index: tuple, arr: Arra
 
 
 def whitened_stats(u, rows: RowData, index: tuple, arr: Arrangement, layout: Layout, spec: Spec):
-    """The engine's statistics of the whitened rows, log|R| in ``ldw``."""
+    """The engine's statistics of the whitened rows, log|R| in ``ldw``: from the n-free basis
+    when the arrangement has one (:func:`basis_stats`), else by a pass over the whitened rows.
+
+    y is centred on β₀, the least-squares fit of the unwhitened rows (``arr.beta0``, computed
+    once): whitening is linear, so (y − Xβ₀)* = y* − X*β₀, and any fixed β₀ near β̂ keeps r²
+    free of cancellation (:mod:`jaxmlm._stats`) — no least-squares solve per evaluation."""
+    if arr.basis is not None:
+        return basis_stats(u, arr.basis, spec)
     wr, logdet = whiten_rows(u, rows, arr, spec)
-    stats = statistics_of(Schema(layout, None, index), wr)
-    return stats._replace(ldw=-logdet)
+    dt = wr.X.dtype
+    beta0 = jnp.asarray(arr.beta0, dt)
+    W = jnp.concatenate([wr.X, (wr.y - wr.X @ beta0)[:, None]], axis=1)
+    acc = _accumulate(None, W, wr.g1, wr.Z1, wr.P, wr.V, wr.E, l1=layout.l1, qr=layout.qr, nnz=layout.nnz,
+                      kr=a22_blocks(layout))
+    n = jnp.sum(wr.weights)
+    return Stats(n, *acc, *index, beta0, -logdet, jnp.asarray(float(layout.p), dt))
+
+
+_VALUES = ("A11", "Z1W", "WW", "A22", "ZrW", "A21")
+
+
+def basis_stats(u, b: Basis, spec: Spec) -> Stats:
+    """Σ_j w_j S_j and log|R| at unconstrained u. A row r after its group's first, time step Δ
+    from row r − 1, strata s and s′ (SD ratios d, d′) whitens to (e_r/d − ρ e_{r−1}/d′)/√(1 − ρ²),
+    ρ = φ^Δ, so its products are wA e_r e_rᵀ + wB (e_r e_{r−1}ᵀ + e_{r−1} e_rᵀ) + wC e_{r−1} e_{r−1}ᵀ
+    with wA = 1/(d²(1−ρ²)), wB = −ρ/(d d′(1−ρ²)), wC = ρ²/(d′²(1−ρ²)); the cross term is the sum
+    rows' products less the two others. A first row has weight 1/d²."""
+    nat_c, nat_v = split(u, spec)
+    dt = b.const.dtype
+    if spec.cor is not None:
+        rho = _phi_power(nat_c[0], b.gaps, spec.cor.kind)
+    else:
+        rho = jnp.zeros_like(b.gaps)
+    if spec.var is not None and spec.var.kind == "ident":
+        logd = jnp.concatenate([jnp.zeros(1, dt), jnp.log(nat_v)])
+    else:
+        logd = jnp.zeros(max(b.cnt_strata.shape[0], 1), dt)
+    d, d2 = jnp.exp(logd[b.s]), jnp.exp(logd[b.s2])
+    r = rho[b.gap]
+    den = 1.0 - r**2
+    wa, wb, wc = 1.0 / (d * d * den), -r / (d * d2 * den), r * r / (d2 * d2 * den)
+    w = jnp.select([b.part == 0, b.part == 1, b.part == 2], [1.0 / (d * d), wa - wb, wc - wb], wb)
+    combined = {k: jnp.tensordot(w, getattr(b.stats, k), axes=1) for k in _VALUES}
+    logdet = b.const + 2.0 * jnp.sum(b.cnt_strata * logd[: b.cnt_strata.shape[0]]) + jnp.sum(b.cnt_gap * jnp.log1p(-(rho**2)))
+    return b.stats._replace(**combined, ldw=-logdet)
+
+
+def make_basis(rows: RowData, arr: Arrangement, spec: Spec, layout: Layout, index: tuple) -> Basis | None:
+    """Host: the :class:`Basis` of the arrangement's rows, or None where the structure has no
+    n-free form (corCompSymm, corExp, varPower, varExp; a random-effects factor varying within
+    groups, whose lag products fall outside the statistics' sparsity; more than ``MAX_GAPS``
+    distinct time steps)."""
+    if spec.vary or (spec.cor is not None and spec.cor.kind not in ("ar1", "car1")):
+        return None
+    if spec.var is not None and spec.var.kind not in ("ident", "fixed"):
+        return None
+    idx = np.asarray(arr.idx)
+    mask = np.asarray(arr.mask) > 0
+    G, m = idx.shape
+    n = rows.X.shape[0]
+    first = np.zeros((G, m), bool)
+    first[:, 0] = True
+    first &= mask
+    prev = np.concatenate([np.full((G, 1), n, idx.dtype), idx[:, :-1]], axis=1)
+    step = np.zeros((G, m))
+    step[:, 1:] = np.asarray(arr.time)[:, 1:] - np.asarray(arr.time)[:, :-1]
+    later = mask & ~first
+    gaps = np.unique(step[later]) if spec.cor is not None else np.zeros(0)
+    if spec.cor is None:
+        first, later = mask, np.zeros_like(mask)
+    if len(gaps) > MAX_GAPS:
+        return None
+    strata = np.r_[np.asarray(arr.strata), 0]
+    ns = int(spec.nstrata) if spec.var is not None and spec.var.kind == "ident" else 1
+    s_cur = strata[idx] if ns > 1 else np.zeros((G, m), int)
+    s_prev = strata[prev] if ns > 1 else np.zeros((G, m), int)
+    g_idx = np.searchsorted(gaps, step) if len(gaps) else np.zeros((G, m), int)
+    classes, masks = [], []
+    for s_ in range(ns):
+        sel = first & (s_cur == s_)
+        if sel.any():
+            classes.append((0, 0, s_, s_))
+            masks.append(sel)
+    for k in range(len(gaps)):
+        for s_ in range(ns):
+            for s2 in range(ns):
+                sel = later & (g_idx == k) & (s_cur == s_) & (s_prev == s2)
+                if sel.any():
+                    for part in (1, 2, 3):
+                        classes.append((part, k, s_, s2))
+                        masks.append(sel)
+    part, gap, s_a, s_b = (np.array(c, np.int32) for c in zip(*classes))
+    # rows pre-scaled by √w / d for prior weights and a fixed variance function
+    w = np.asarray(rows.weights, float)
+    logd_fixed = 0.5 * np.log(np.asarray(arr.x)) if spec.var is not None and spec.var.kind == "fixed" else 0.0
+    scale = np.sqrt(w) * np.exp(-logd_fixed)
+    const = float(np.sum(2.0 * logd_fixed - np.log(w)))
+    cnt_gap = np.array([np.sum(later & (g_idx == k)) for k in range(len(gaps))], float)
+    if not len(gaps):  # no correlation: one unused step keeps the arrays non-empty
+        gaps, cnt_gap = np.ones(1), np.zeros(1)
+    cnt_strata = np.array([np.sum(mask & (s_cur == s_)) for s_ in range(ns)], float) if ns > 1 else np.zeros(1)
+    # the statistics themselves are made inside the fit's program (with_response): stats=None here
+    return Basis(None, scale, idx.reshape(-1), prev.reshape(-1), np.stack(masks).reshape(len(masks), -1).astype(float),
+                 part, gap, s_a, s_b, np.asarray(gaps, float), cnt_gap, cnt_strata, np.asarray(const))
+
+
+def with_response(arr: Arrangement, rows: RowData, index: tuple, layout: Layout) -> Arrangement:
+    """The arrangement with the basis's statistics made from ``rows`` (their response;
+    traceable): every program that evaluates the criterion starts here."""
+    if arr.basis is None:
+        return arr
+    b = arr.basis
+    stats = basis_statistics(rows, b.scale, b.cur, b.prev, b.masks, b.part, arr.beta0, jnp.sum(arr.mask), index,
+                             layout)
+    return arr._replace(basis=b._replace(stats=stats))
+
+
+def basis_statistics(rows: RowData, scale, cur, prev, masks, part, beta0, nrows, index: tuple, layout: Layout) -> Stats:
+    """The statistics of every class (rows r, rows r − 1, or their sums, within the class's mask),
+    stacked on a leading axis: one pass over the rows per class, once per fit."""
+    dt = rows.X.dtype
+    p = rows.X.shape[1]
+    yc = rows.y - rows.offset - rows.X @ beta0
+    D = jnp.concatenate([rows.X, yc[:, None], rows.Z1, rows.V], axis=1) * scale[:, None]
+    D = jnp.concatenate([D, jnp.zeros((1, D.shape[1]), dt)])
+    pad = lambda a: jnp.concatenate([a, jnp.zeros((1,) + a.shape[1:], a.dtype)])  # noqa: E731
+    g1, P, E = pad(rows.g1)[cur], pad(rows.P)[cur], pad(rows.E)[cur]
+    Dc, Dp = D[cur], D[prev]
+    k1 = rows.Z1.shape[1]
+
+    def one(mk, pt):
+        a = jnp.where((pt == 0) | (pt == 1) | (pt == 3), 1.0, 0.0)
+        b = jnp.where((pt == 2) | (pt == 3), 1.0, 0.0)
+        R = mk[:, None] * (a * Dc + b * Dp)
+        return _accumulate(None, R[:, : p + 1], g1, R[:, p + 1 : p + 1 + k1], P, R[:, p + 1 + k1 :], E, l1=layout.l1,
+                           qr=layout.qr, nnz=layout.nnz, kr=a22_blocks(layout))
+
+    acc = jax.vmap(one)(masks, part)
+    return Stats(jnp.asarray(nrows, dt), *acc, *index, beta0.astype(dt), jnp.zeros((), dt), jnp.asarray(float(layout.p), dt))
 
 
 def gls_parts(u, rows: RowData, arr: Arrangement, spec: Spec):
     """(β̂, r², X*ᵀX*, log|R|, n) of generalized least squares at unconstrained u."""
     wr, logdet = whiten_rows(u, rows, arr, spec)
     X, y = wr.X, wr.y
-    beta0 = jax.lax.stop_gradient(jnp.linalg.lstsq(X, y)[0])  # centring: r² without cancellation
+    beta0 = jnp.asarray(arr.beta0, X.dtype)  # centring: r² without cancellation (whitened_stats)
     r = y - X @ beta0
     XtX = X.T @ X
     L = jnp.linalg.cholesky(XtX)
@@ -222,17 +391,20 @@ def fit_program(x0, rows: RowData, index: tuple, arr: Arrangement, reml, layout:
     return st, H, c
 
 
-@partial(_compiled.jit, static_argnames=("layout", "spec"))
-def value_at(x, c, rows: RowData, index: tuple, arr: Arrangement, reml, layout: Layout | None, spec: Spec):
-    """The criterion at x (boundary snapping's candidates; the tests' dense comparisons)."""
-    return _value(x, c, rows, index, arr, reml, layout, spec)
-
-
-@partial(_compiled.jit, static_argnames=("layout", "spec"))
-def estimates(theta, u, rows: RowData, index: tuple, arr: Arrangement, reml, layout: Layout, spec: Spec):
-    """(the engine's :class:`~jaxmlm._solution.Solution` at (θ, ρ), the whitened statistics)."""
-    stats = whitened_stats(u, rows, index, arr, layout, spec)
-    return solve(theta, stats, reml, layout), stats
+@partial(_compiled.jit, static_argnames=("layout", "spec", "max_iter"))
+def fit_and_solve(x0, rows: RowData, index: tuple, arr: Arrangement, reml, layout: Layout, spec: Spec,
+                  max_iter: int = 200):
+    """The whole fit as one program: the n-free basis (if any) from the rows, Newton from x0, θ's
+    canonical signs, lmer's snapping of θ with ρ at its estimate (a θ-only question once ρ is
+    fixed: :func:`~jaxmlm._fit.snap` on the whitened statistics), and the estimates. Returns
+    (optimizer state, Hessian, c, θ̂, snapped, the :class:`~jaxmlm._solution.Solution`, the
+    whitened statistics at ρ̂, the structure's natural parameters)."""
+    arr = with_response(arr, rows, index, layout)
+    st, H, c = fit_program.fn(x0, rows, index, arr, reml, layout, spec, max_iter)
+    nt = layout.ntheta
+    stats = whitened_stats(st.x[nt:], rows, index, arr, layout, spec)
+    theta, _, snapped = snap(canonical_theta_jax(c * st.x[:nt], layout), st.f, stats, reml, layout)
+    return st, H, c, theta, snapped, solve.fn(theta, stats, reml, layout), stats, split(st.x[nt:], spec)
 
 
 @partial(_compiled.jit, static_argnames=("spec",))
@@ -251,3 +423,24 @@ def check_layout(layout: Layout) -> None:
     """Widened (varying) columns need the rest blocks' Gram kept dense."""
     if a22_blocks(layout):
         raise AssertionError("a factor varying within residual groups with a nested rest block")
+
+
+@partial(_compiled.jit, static_argnames=("layout", "spec"))
+def scale_at(u, rows: RowData, index: tuple, arr: Arrangement, layout: Layout, spec: Spec):
+    """c = :func:`~jaxmlm._optimize.theta_scale` of the whitened statistics at u (x's θ units)."""
+    arr = with_response(arr, rows, index, layout)
+    return theta_scale(whitened_stats(u, rows, index, arr, layout, spec), layout)
+
+
+def _refit_one(x0, y, rows: RowData, index: tuple, arr: Arrangement, reml, layout: Layout, spec: Spec, max_iter):
+    """One refit to response y, exactly as the single fit (:func:`fit_and_solve`)."""
+    st, _, _, theta, _, sol, _, _ = fit_and_solve.fn(x0, rows._replace(y=y), index, arr, reml, layout, spec, max_iter)
+    return (theta, st.x[layout.ntheta :], sol.beta, sol.sigma, sol.vcov, sol.criterion, st.status, st.it, st.nfev,
+            jnp.max(jnp.abs(st.g)))
+
+
+@partial(_compiled.jit, static_argnames=("layout", "spec", "max_iter"))
+def refit_batch(x0, Y, rows: RowData, index: tuple, arr: Arrangement, reml, layout: Layout, spec: Spec,
+                max_iter: int = 200):
+    """:func:`_refit_one` over a batch of responses Y (B, n), in one program."""
+    return jax.vmap(lambda y: _refit_one(x0, y, rows, index, arr, reml, layout, spec, max_iter))(Y)

@@ -24,11 +24,11 @@ from scipy.stats import t as t_dist
 from ._errors import ConvergenceWarning, DataError, FormulaError, GroupingError, InferenceError
 from ._frontend import build_design
 from ._implicit import row_data
-from ._optimize import STATUS, canonical_theta, lme4_start
-from ._fit import snap_host
+from ._optimize import STATUS, lme4_start
 from ._results import FitRecord, LinearMixedModel, _callers_name, _condvar_blocks, _readonly, _subset
 from ._results import lmer as _lmer
 from ._stats import make_schema
+from ._refit import RefitResult
 from .residuals import CorrelationStructure, VarianceFunction, correlation_matrix, group_codes
 
 __all__ = ["lmer", "StructuredMixedModel", "GlsModel", "fit_structured", "gls"]
@@ -53,6 +53,8 @@ class ResidualFit:
     cor_values: np.ndarray
     var_values: np.ndarray
     var_labels: tuple[str, ...] = ()
+    rows: object = field(default=None, repr=False)
+    index: tuple = field(default=(), repr=False)
 
 
 def _as_structure(obj, base, what: str):
@@ -74,7 +76,10 @@ def _bind(design, data, correlation, variance, lmm: bool):
     n = design.n
     bc = bv = None
     if correlation is not None:
-        if correlation.groups:
+        same = [b for b in design.blocks if lmm and b.factors == correlation.groups] if correlation.groups else []
+        if same:  # the grouping of a random-effects term: its codes are already there
+            codes = np.asarray(same[0].codes, np.int64)
+        elif correlation.groups:
             codes = group_codes(frame, correlation.groups, type(correlation).__name__)
         elif lmm:
             codes = np.asarray(design.blocks[0].codes, np.int64)
@@ -87,15 +92,20 @@ def _bind(design, data, correlation, variance, lmm: bool):
             raise DataError("weights of 0 cannot be combined with a variance function or correlation; drop those rows")
     if (bc is not None) and design.weights is not None and np.any(design.weights <= 0):
         raise DataError("weights of 0 cannot be combined with a residual correlation; drop those rows")
-    m, arr = arrange(bc, bv, n)
+    X = np.asarray(design.X, float)
+    yc = np.asarray(design.y, float) - (0.0 if design.offset is None else design.offset)
+    beta0 = np.linalg.lstsq(X, yc, rcond=None)[0] if X.shape[1] else np.zeros(0)
+    m, arr = arrange(bc, bv, n, beta0)
     vary: list[int] = []
     if lmm and bc is not None:
         g = bc.codes
         label = "/".join(correlation.groups) or design.blocks[0].group
 
-        def constant(codes):
-            frame_ = pd.DataFrame({"g": g, "c": codes})
-            return bool((frame_.groupby("g")["c"].nunique() <= 1).all())
+        order = np.argsort(g, kind="stable")
+        same_group = np.diff(g[order]) == 0
+
+        def constant(codes):  # one level of the factor within every group
+            return bool(np.all(np.diff(np.asarray(codes)[order])[same_group] == 0))
 
         if not constant(design.blocks[0].codes):
             raise GroupingError(
@@ -116,16 +126,18 @@ def _bind(design, data, correlation, variance, lmm: bool):
     return bc, bv, spec, arr, u0
 
 
-def _residual_fit(correlation, variance, bc, bv, spec, arr, u0, u) -> ResidualFit:
+def _residual_fit(correlation, variance, bc, bv, spec, arr, u0, u, rows=None, index=(), nat=None) -> ResidualFit:
     from ._residual_fit import split
 
-    nat_c, nat_v = (np.asarray(a, float) for a in jax.device_get(split(np.asarray(u), spec)))
+    if nat is None:
+        nat = jax.device_get(split(np.asarray(u), spec))
+    nat_c, nat_v = (np.asarray(a, float) for a in nat)
     cor_names = correlation.param_names() if correlation is not None else ()
     var_names = variance.param_names(bv) if variance is not None else ()
     labels = bv.labels if bv is not None else ()
     return ResidualFit(correlation, variance, bc, bv, spec, arr, _readonly(np.asarray(u0, float)),
                        _readonly(np.asarray(u, float)), cor_names, var_names, _readonly(nat_c), _readonly(nat_v),
-                       labels)
+                       labels, rows, index)
 
 
 def _status_warning(st, iterations: int) -> tuple[str, ...]:
@@ -282,9 +294,49 @@ class _StructureResults:
         return pd.DataFrame(C, index=labels, columns=labels)
 
 
+def _structure_names(r: ResidualFit) -> tuple[str, ...]:
+    return tuple(r.cor_names) + tuple(r.var_names)
+
+
+def _colour(r: ResidualFit, E: np.ndarray, weights) -> np.ndarray:
+    """(nsim, n) standard normals → residuals with the structure (in units of σ): each group's
+    rows times the Cholesky factor of its correlation matrix, then the SD ratios."""
+    out = np.array(E, float)
+    bc = r.bound_cor
+    if bc is not None:
+        sorted_codes = bc.codes[bc.order]
+        bounds = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1, len(sorted_codes)]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            rows = bc.order[a:b]
+            C = correlation_matrix(r.correlation, r.cor_values, None if bc.time is None else bc.time[rows],
+                                   None if bc.coords is None else bc.coords[rows])
+            out[:, rows] = E[:, rows] @ np.linalg.cholesky(C).T
+    return out * _sd_ratio(r, E.shape[1], weights)[None, :]
+
+
+@dataclass(frozen=True, eq=False)
+class StructuredRefitResult(RefitResult):
+    """:class:`~jaxmlm._refit.RefitResult` of a model with a residual structure, plus the
+    structure's parameters of every replicate (nlme's scale) in ``structure``."""
+
+    structure_names: tuple[str, ...] = ()
+    structure_values: np.ndarray = None
+
+    @property
+    def structure(self) -> pd.DataFrame:
+        return pd.DataFrame(self.structure_values, columns=list(self.structure_names))
+
+    @property
+    def ok(self) -> np.ndarray:
+        fin = np.all(np.isfinite(self.structure_values), axis=1)
+        out = np.asarray(RefitResult.ok.fget(self), bool) & fin
+        out.flags.writeable = False
+        return out
+
+
 # ---- lmer with a residual structure ------------------------------------------------------------------
 
-_REFUSED = ("refit_many", "bootstrap", "simulate", "profile", "ranova", "lrt_vs_ols", "hatvalues",
+_REFUSED = ("profile", "ranova", "lrt_vs_ols", "hatvalues",
             "cooks_distance", "influence", "all_fit", "variance_components", "icc", "r2_nakagawa", "equations")
 
 
@@ -293,10 +345,11 @@ class StructuredMixedModel(_StructureResults, LinearMixedModel):
     """A linear mixed model with a residual correlation structure and/or variance function
     (``jaxmlm.lmer(..., correlation=, variance=)``; nlme's ``lme``). Everything a
     :class:`~jaxmlm.LinearMixedModel` reports from its estimates, plus ``correlation_params``,
-    ``variance_params``, ``residuals(type=)`` and ``residual_cor()``. ``coef_table`` gives
-    t-tests with Satterthwaite's degrees of freedom computed with the structure's parameters
-    held at their estimates. Refits, profiles, influence and the bootstrap are not available
-    for these models yet and say so."""
+    ``variance_params``, ``residuals(type=)`` and ``residual_cor()``; ``simulate``,
+    ``refit_many`` and ``bootstrap`` carry the structure (re-estimated in every refit).
+    ``coef_table`` gives t-tests with Satterthwaite's degrees of freedom computed with the
+    structure's parameters held at their estimates. Profiles, ``ranova``, influence diagnostics
+    and the other analyses that would ignore the structure are refused with an error."""
 
     residual: ResidualFit = field(default=None, repr=False)
     _call: dict = field(default=None, repr=False)
@@ -312,6 +365,81 @@ class StructuredMixedModel(_StructureResults, LinearMixedModel):
 
     def _refit(self, **call):
         return fit_structured(**call)
+
+    def simulate(self, nsim: int = 1, seed=None, use_u: bool = False) -> np.ndarray:
+        """``nsim`` responses from the fitted model (nsim, nobs): new random effects (or the
+        conditional modes with ``use_u``) and residuals with the estimated structure,
+        ε* = σ̂ D L_g z (z standard normal, L_g the Cholesky factor of each group's correlation)."""
+        from ._refit import _check_nsim, _normals, _sim_kernel
+        from ._objective import templates_host
+
+        nsim, d = _check_nsim(nsim), self.design
+        mu = d.X @ self._beta + (0.0 if d.offset is None else d.offset)
+        if use_u:
+            mu = mu + sum(np.einsum("nk,nk->n", blk.Z, b[blk.codes]) for blk, b in zip(d.blocks, self._b))
+            (E,) = _normals(seed, [(nsim, d.n)])
+            return mu[None, :] + self.sigma * _colour(self.residual, E, d.weights)
+        *U, E = _normals(seed, [(nsim, blk.nlev, blk.k) for blk in d.blocks] + [(nsim, d.n)])
+        y = _sim_kernel(np.asarray(mu), np.asarray(self.sigma), tuple(templates_host(self.theta, self.layout)),
+                        tuple(np.asarray(b.Z, float) for b in d.blocks), tuple(b.codes.astype(np.int32) for b in d.blocks),
+                        tuple(U), _colour(self.residual, E, d.weights))
+        return np.asarray(y)
+
+    def refit_many(self, Y, chunk_size: int = 64, *, max_iter: int = 200):
+        """The model refitted to every row of ``Y`` (nsim, nobs), the structure's parameters
+        re-estimated with the rest, in batched programs of ``chunk_size`` responses, each replicate
+        as the single fit (Newton, canonical signs, snapping) started from this fit's estimates.
+        Returns a :class:`StructuredRefitResult` (a ``RefitResult`` plus ``structure``)."""
+        from ._refit import _as_responses, _readonly as ro, _sdcor, _theta_names, _vc_params, _START_FLOOR
+        from ._residual_fit import refit_batch, scale_at, split
+
+        r, d, lay = self.residual, self.design, self.layout
+        Y = _as_responses(Y, d.n)
+        if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+            raise DataError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        t0 = time.perf_counter()
+        c = np.asarray(scale_at(r.u, r.rows, r.index, r.arr, lay, r.spec), float)
+        from ._optimize import diagonal_mask
+
+        xt = self.theta / c
+        xt = np.where(diagonal_mask(lay), np.maximum(np.abs(xt), _START_FLOOR), xt)
+        x0 = np.concatenate([xt, r.u])
+        reml = np.asarray(1.0 if self.REML else 0.0)
+        parts = []
+        for a in range(0, len(Y), chunk_size):
+            blk = Y[a : a + chunk_size]
+            pad = chunk_size - len(blk) if len(Y) > chunk_size else 0
+            if pad:
+                blk = np.concatenate([blk, np.repeat(blk[-1:], pad, axis=0)])
+            out = jax.device_get(refit_batch(x0, blk, r.rows, r.index, r.arr, reml, lay, r.spec, max_iter))
+            parts.append([np.asarray(o)[: len(blk) - pad] for o in out])
+        theta, u, beta, sigma, vcov, crit, status, its, nfev, grad = (np.concatenate(p) for p in zip(*parts))
+        nat = np.array([np.concatenate([np.asarray(a) for a in split(ui, r.spec)]) for ui in u])
+        names = tuple(p[0] for p in _vc_params(d)) + ("sigma",)
+        return StructuredRefitResult(
+            REML=bool(self.REML), fixef_names=tuple(d.fixef_names), theta_names=tuple(_theta_names(d)),
+            sdcor_names=names, beta=ro(beta), theta=ro(theta), sigma=ro(sigma), objective=ro(crit), vcov=ro(vcov),
+            status=ro(status, np.int64), iterations=ro(its, np.int64), evaluations=ro(nfev, np.int64),
+            max_abs_gradient=ro(grad), sdcor_values=ro(np.column_stack([_sdcor(theta, sigma, d, lay), sigma])),
+            seconds=time.perf_counter() - t0, structure_names=_structure_names(r), structure_values=ro(nat))
+
+    def bootstrap(self, nsim: int, seed=None, level: float = 0.95, use_u: bool = False, chunk_size: int = 64):
+        """Parametric bootstrap (lme4's ``bootMer``): ``nsim`` responses simulated with the
+        residual structure and refitted with it; replicates of the random-effect SDs and
+        correlations, σ, the structure's parameters and the fixed effects, with percentile
+        intervals (``.confint()``)."""
+        from ._refit import BootstrapResult, _check_level, _sdcor
+
+        level = _check_level(level)
+        res = self.refit_many(self.simulate(nsim, seed=seed, use_u=use_u), chunk_size=chunk_size)
+        names = list(res.sdcor_names) + list(res.structure_names) + list(res.fixef_names)
+        vals = np.column_stack([res.sdcor_values, res.structure_values, res.beta])
+        vals[~res.ok] = np.nan
+        r = self.residual
+        t0 = np.concatenate([_sdcor(self.theta[None], np.array([self.sigma]), self.design, self.layout)[0],
+                             [self.sigma], r.cor_values, r.var_values, self._beta])
+        return BootstrapResult(t0=pd.Series(t0, index=names, name="original"),
+                               replicates=pd.DataFrame(vals, columns=names), refits=res, level=level, seed=seed)
 
     def confint(self, method: str = "Wald", level: float = 0.95, parm=None, **kw):
         if str(method).lower() != "wald":
@@ -334,7 +462,8 @@ def _refuse(name):
         raise InferenceError(
             f"{name}() does not take the residual structure into account yet, so it is refused for models fitted "
             "with correlation= or variance=; fit without the structure for it, or use the methods that do "
-            "(summary, coef_table, confint(method='Wald'), residuals, predict, jaxmlm.anova)")
+            "(summary, coef_table, confint(method='Wald'), residuals, predict, simulate, refit_many, bootstrap, "
+            "jaxmlm.anova)")
     method.__name__ = name
     return method
 
@@ -346,7 +475,7 @@ for _name in _REFUSED:
 def fit_structured(formula, data, REML=True, correlation=None, variance=None, *, max_iter=200, data_name=None,
                    weights=None, offset=None, subset=None):
     """``lmer`` with a residual structure (see :func:`jaxmlm.lmer`)."""
-    from ._residual_fit import estimates, fit_program, value_at
+    from ._residual_fit import fit_and_solve, make_basis
 
     correlation = _as_structure(correlation, CorrelationStructure, "correlation")
     variance = _as_structure(variance, VarianceFunction, "variance")
@@ -368,29 +497,22 @@ def fit_structured(formula, data, REML=True, correlation=None, variance=None, *,
     rows = row_data(design, schema, host=True)
     bc, bv, spec, arr, u0 = _bind(design, data, correlation, variance, lmm=True)
     index = tuple(schema.index)
+    arr = arr._replace(basis=make_basis(rows, arr, spec, layout, index))
     reml = np.asarray(1.0 if REML else 0.0)
     nt = layout.ntheta
     x0 = np.concatenate([lme4_start(layout), u0])
     t0 = time.perf_counter()
-    st, H, c = jax.device_get(fit_program(x0, rows, index, arr, reml, layout, spec, max_iter))
-    c = np.asarray(c, float)
-    x = np.array(st.x, float)
-    theta = canonical_theta(c * x[:nt], layout)
-    f = float(st.f)
-
-    def crit(t):
-        xt = x.copy()
-        xt[:nt] = t / c
-        return float(value_at(xt, c, rows, index, arr, reml, layout, spec)), None
-
-    theta, f, snapped, _ = snap_host(theta, f, c, layout, crit)
+    st, H, c, theta, snapped, sol, stats, nat = jax.device_get(
+        fit_and_solve(x0, rows, index, arr, reml, layout, spec, max_iter))
+    c, theta = np.asarray(c, float), np.asarray(theta, float)
+    x = np.asarray(st.x, float)
+    snapped = tuple(int(i) for i in np.flatnonzero(snapped))
     u = x[nt:]
     warns = _status_warning(st, int(st.it))
-    if not np.isfinite(f):
+    if not np.isfinite(float(sol.criterion)):
         from ._errors import ConvergenceError
 
         raise ConvergenceError("the criterion became non-finite; check the structure's covariates and the data")
-    sol, stats = jax.device_get(estimates(theta, u, rows, index, arr, reml, layout, spec))
     b, v = _condvar_blocks(sol, layout, design)
     status = int(st.status)
     record = FitRecord(
@@ -399,7 +521,7 @@ def fit_structured(formula, data, REML=True, correlation=None, variance=None, *,
         evaluations=int(st.nfev), status=status, message=STATUS[status], converged=status in (0, 1),
         max_abs_gradient=float(np.max(np.abs(st.g))) if len(x) else 0.0, snapped=snapped, warnings=warns,
         seconds=time.perf_counter() - t0, method="newton")
-    res = _residual_fit(correlation, variance, bc, bv, spec, arr, u0, u)
+    res = _residual_fit(correlation, variance, bc, bv, spec, arr, u0, u, rows, index, nat)
     call["data"] = full
     return StructuredMixedModel(
         formula=design.formula.text, REML=bool(REML), design=design, layout=layout, stats=stats,

@@ -38,8 +38,10 @@ errors, so the engine's profiled criterion applies to their statistics, plus log
 Σ 2 log dᵢ + Σ_g log|C_g| (the Jacobian of the whitening). AR(1) and CAR(1) are Markov:
 L_g⁻¹ is bidiagonal (Prais–Winsten: e*₁ = e₁, e*ᵣ = (eᵣ − ρᵣ eᵣ₋₁)/√(1 − ρᵣ²) with
 ρᵣ = φ^(tᵣ − tᵣ₋₁)), O(n) per evaluation; compound symmetry and corExp factor each group's
-m × m matrix, O(n m²). Each evaluation passes over the rows (the statistics depend on the
-parameters), in one compiled kernel over all groups — no structure here is n-free yet.
+m × m matrix, O(n m²), in one compiled kernel over all groups. AR(1)/CAR(1) with few distinct
+time steps, ``varIdent``, ``varFixed`` and prior weights need no pass per evaluation: the
+whitened statistics are a weighted sum of statistics of row classes made once per fit
+(:func:`jaxmlm._residual_fit.basis_stats`); the others pass over the rows at each evaluation.
 
 Parameters are optimized unconstrained: φ = tanh(u) (AR(1)), logistic(u) (CAR(1), the
 nugget), ρ = −1/(m−1) + (1 + 1/(m−1)) logistic(u) (m the largest group), range and the
@@ -49,6 +51,7 @@ varIdent ratios exp(u), power and expon u itself. Results report them as nlme's
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -66,6 +69,7 @@ __all__ = ["corAR1", "corCAR1", "corCompSymm", "corExp", "varIdent", "varPower",
 
 # ---- the form: "~ covariates | grouping" -----------------------------------------------------------
 
+@functools.lru_cache(maxsize=256)
 def _parse_form(form, what: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(covariates, grouping columns) of an nlme form: ``"~ t | g"``, ``"~ x + y | a/b"``, ``"~ 1"``."""
     if not isinstance(form, str):

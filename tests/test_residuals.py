@@ -252,10 +252,57 @@ def test_anova_structure_against_none(fits):
 
 def test_methods_that_ignore_the_structure_are_refused(fits):
     _, m = fits["sleep_ar1_reml"]
-    for call in (lambda: m.refit_many(np.zeros((2, m.nobs))), lambda: m.profile(), lambda: m.simulate(2),
-                 lambda: m.confint(method="profile"), lambda: m.ranova()):
+    for call in (lambda: m.profile(), lambda: m.confint(method="profile"), lambda: m.ranova(),
+                 lambda: m.influence("Subject"), lambda: m.lrt_vs_ols()):
         with pytest.raises(J.InferenceError):
             call()
+
+
+@pytest.mark.parametrize("case", ["sleep_ar1_reml", "orth_ident_ml", "spatial_exp_reml"])
+def test_refit_many_equals_single_fits(fits, case):
+    """Batched refits (the structure re-estimated in each) equal single fits: the observed
+    response gives the fit itself, a simulated one what lmer gives for it. sleep and orth use
+    the n-free statistics, spatial (corExp) the pass over the rows."""
+    r, m = fits[case]
+    kind, formula, cor, var = CASES[case]
+    Y = np.array(m.simulate(2, seed=11))
+    Y[0] = m.design.y
+    ref = m.refit_many(Y)
+    assert ref.ok.all()
+    np.testing.assert_allclose(ref.objective[0], m.objective, rtol=1e-9)
+    np.testing.assert_allclose(ref.beta[0], m.fixef.to_numpy(), rtol=1e-6)
+    df = _data(r["data"])
+    y_name = formula.split("~")[0].strip()
+    single = J.lmer(formula, df.assign(**{y_name: Y[1]}), REML=m.REML, correlation=cor, variance=var)
+    np.testing.assert_allclose(ref.objective[1], single.objective, rtol=1e-9)
+    np.testing.assert_allclose(ref.beta[1], single.fixef.to_numpy(), rtol=1e-6)
+    ours = {**single.correlation_params, **single.variance_params}
+    np.testing.assert_allclose(ref.structure.iloc[1].to_numpy(), list(ours.values()), rtol=1e-5, atol=1e-7)
+
+
+def test_simulate_has_the_structure(fits):
+    _, m = fits["sleep_ar1_reml"]
+    Y = m.simulate(3000, seed=5, use_u=True)  # residuals only: fitted + σ L z
+    E = (Y - m.fitted).reshape(3000, 18, 10)  # sleepstudy: 18 subjects × days 0–9, in order
+    phi = m.correlation_params["Phi"]
+    assert np.mean(E[:, :, 1:] * E[:, :, :-1]) / np.mean(E**2) == pytest.approx(phi, abs=0.02)
+    assert np.mean(E[:, :, 2:] * E[:, :, :-2]) / np.mean(E**2) == pytest.approx(phi**2, abs=0.02)
+    assert np.mean(E**2) == pytest.approx(m.sigma**2, rel=0.03)
+    _, v = fits["orth_ident_ml"]
+    df = _data("Orthodont.csv")
+    R = v.simulate(4000, seed=6, use_u=True) - v.fitted
+    ratio = R[:, (df["Sex"] == "Female").to_numpy()].std() / R[:, (df["Sex"] == "Male").to_numpy()].std()
+    assert ratio == pytest.approx(v.variance_params["Female"], rel=0.03)
+
+
+def test_bootstrap_with_structure(fits):
+    _, m = fits["orth_ident_ml"]
+    b = m.bootstrap(40, seed=3)
+    ci = b.confint()
+    assert "Female" in ci.index and "sigma" in ci.index
+    assert b.refits.ok.sum() >= 38
+    for name in ("Female", "sigma", "(Intercept)"):
+        assert ci.loc[name, "lower"] < b.t0[name] < ci.loc[name, "upper"]
 
 
 def test_data_not_modified():
