@@ -138,6 +138,42 @@ def varpar_deviance(varpar: jax.Array, stats: Stats, reml, layout: Layout) -> ja
     return dev + reml * (logdet_rx - stats.p * log2pis2)
 
 
+@_one_shot_jit(static_argnames=("layout", "spec"))
+def varpar_hessian(theta, sigma, u, rows, index: tuple, arr, reml, layout: Layout, spec):
+    """(∇d, ∇²d, V, ∂V) over varpar = (θ, σ, ρ_u) at the estimates, by autodiff: lmerTest's
+    Satterthwaite ingredients (:func:`varpar_deviance`, ``get_covbeta``) with
+    the residual structure's parameters among the variance parameters, so that the df carry
+    their uncertainty too. d is the unprofiled criterion of the whitened statistics (log|R| in
+    it), V = σ² (R_X R_Xᵀ)⁻¹ = vcov(β̂). The df are invariant to how the parameters are written."""
+    from ._residual_fit import whitened_stats, with_response
+
+    arr = with_response(arr, rows, index, layout)
+    nt, p = layout.ntheta, layout.p
+
+    def dev(v):
+        stats = whitened_stats(v[nt + 1 :], rows, index, arr, layout, spec)
+        return varpar_deviance(v[: nt + 1], stats, reml, layout)
+
+    def vcov(v):
+        stats = whitened_stats(v[nt + 1 :], rows, index, arr, layout, spec)
+        R = factorize(v[:nt], stats, layout).R
+        RXinv = jax.scipy.linalg.solve_triangular(R[:p, :p], jnp.eye(p, dtype=R.dtype), lower=True)
+        return v[nt] ** 2 * RXinv.T @ RXinv
+
+    v0 = jnp.concatenate([theta, jnp.atleast_1d(sigma), u])
+    J = jnp.moveaxis(jax.jacfwd(vcov)(v0), -1, 0)
+    return jax.grad(dev)(v0), jax.hessian(dev)(v0), vcov(v0), J
+
+
+def structured_varpar(m):
+    """:func:`varpar_hessian` at a fitted model with a residual structure (numpy)."""
+    r = m.residual
+    out = varpar_hessian(np.asarray(m.theta, float), np.asarray(m.sigma, float), np.asarray(r.u, float), r.rows,
+                         r.index, r.arr, np.asarray(1.0 if m.REML else 0.0), m.layout, r.spec)
+    g, H, V, J = (np.asarray(a, float) for a in jax.device_get(out))
+    return g, 0.5 * (H + H.T), V, J
+
+
 def theta_pieces(theta: jax.Array, stats: Stats, reml, layout: Layout) -> jax.Array:
     """[a(θ), r²(θ), vec((R_X R_Xᵀ)⁻¹(θ))] with a = log|L|² + REML · log|R_X|², from the
     blocked factorization: everything of d(θ, σ) and V(θ, σ) that depends on θ,
@@ -325,7 +361,10 @@ def _reml(m):
 
 
 def _varpar(m):
-    """(g, H, V, ∂V) of d(θ, σ) at the fit (see :func:`varpar_derivatives`)."""
+    """(g, H, V, ∂V) of d(θ, σ) at the fit (see :func:`varpar_derivatives`); with a residual
+    structure, of d(θ, σ, ρ) (:func:`~jaxmlm._residual_fit.varpar_hessian`)."""
+    if getattr(m, "residual", None) is not None:
+        return _cached(m, "varpar", lambda: structured_varpar(m))
 
     def compute():
         # On statistics widened as the fit's (one program for models that differ only in
@@ -398,6 +437,9 @@ def kr_bytes(m) -> float:
 
 def kenward_roger(m):
     """pbkrtest's ``vcovAdj``: (Φ, Φ_A, P (m, p, p), W (m, m)) at the fit (REML fits only)."""
+    if getattr(m, "residual", None) is not None:
+        raise InferenceError("Kenward-Roger degrees of freedom are not available with a residual structure (its "
+                             "covariance is not linear in the parameters); use ddf='Satterthwaite'")
     if not m.REML:
         raise InferenceError(
             "Kenward-Roger degrees of freedom are defined for REML fits (as in lmerTest/pbkrtest); "

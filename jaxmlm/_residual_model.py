@@ -347,8 +347,9 @@ class StructuredMixedModel(_StructureResults, LinearMixedModel):
     :class:`~jaxmlm.LinearMixedModel` reports from its estimates, plus ``correlation_params``,
     ``variance_params``, ``residuals(type=)`` and ``residual_cor()``; ``simulate``,
     ``refit_many`` and ``bootstrap`` carry the structure (re-estimated in every refit).
-    ``coef_table`` gives t-tests with Satterthwaite's degrees of freedom computed with the
-    structure's parameters held at their estimates. Profiles, ``ranova``, influence diagnostics
+    ``coef_table``, ``contest`` and ``anova()`` use Satterthwaite's degrees of freedom with the
+    structure's parameters among the variance parameters (exact autodiff derivatives; no
+    Kenward-Roger). Profiles, ``ranova``, influence diagnostics
     and the other analyses that would ignore the structure are refused with an error."""
 
     residual: ResidualFit = field(default=None, repr=False)
@@ -475,7 +476,7 @@ for _name in _REFUSED:
 def fit_structured(formula, data, REML=True, correlation=None, variance=None, *, max_iter=200, data_name=None,
                    weights=None, offset=None, subset=None):
     """``lmer`` with a residual structure (see :func:`jaxmlm.lmer`)."""
-    from ._residual_fit import fit_and_solve, make_basis
+    from ._residual_fit import fit_and_solve, make_basis, unpack
 
     correlation = _as_structure(correlation, CorrelationStructure, "correlation")
     variance = _as_structure(variance, VarianceFunction, "variance")
@@ -502,10 +503,9 @@ def fit_structured(formula, data, REML=True, correlation=None, variance=None, *,
     nt = layout.ntheta
     x0 = np.concatenate([lme4_start(layout), u0])
     t0 = time.perf_counter()
-    st, H, c, theta, snapped, sol, stats, nat = jax.device_get(
-        fit_and_solve(x0, rows, index, arr, reml, layout, spec, max_iter))
-    c, theta = np.asarray(c, float), np.asarray(theta, float)
-    x = np.asarray(st.x, float)
+    packed, stats = fit_and_solve(x0, rows, index, arr, reml, layout, spec, max_iter)
+    st, H, c, theta, snapped, sol, stats, nat = unpack(packed, stats, layout, spec)
+    x = st.x
     snapped = tuple(int(i) for i in np.flatnonzero(snapped))
     u = x[nt:]
     warns = _status_warning(st, int(st.it))

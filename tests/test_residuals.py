@@ -192,6 +192,52 @@ def test_crossed_ar1_against_dense_likelihood(reml):
     assert 0.2 < m.correlation_params["Phi"] < 0.6
 
 
+def test_satterthwaite_df_with_structure_against_dense_finite_differences():
+    """Satterthwaite's df with the AR(1) parameter among the variance parameters, against the same
+    formula on the dense criterion: finite-difference Hessian of d(sd_subj, sd_item, σ, φ) and
+    Jacobian of vcov(β̂) = (XᵀV⁻¹X)⁻¹ (the df do not depend on how the parameters are written)."""
+    df = _crossed_data()
+    m = J.lmer("y ~ x + (1 | subj) + (1 | item)", df, correlation=J.corAR1(form="~ trial | subj"))
+    vc = m.varcorr.set_index("grp")["sdcor"]
+    psi = np.array([vc["subj"], vc["item"], m.sigma, m.correlation_params["Phi"]])
+    n = len(df)
+    X = np.column_stack([np.ones(n), df["x"].to_numpy()])
+    Zs = pd.get_dummies(df["subj"]).to_numpy(float)
+    Zi = pd.get_dummies(df["item"]).to_numpy(float)
+    t = df["trial"].to_numpy()
+    same = df["subj"].to_numpy()[:, None] == df["subj"].to_numpy()[None, :]
+    lag = np.abs(np.subtract.outer(t, t))
+
+    def V_of(q):
+        return q[0] ** 2 * Zs @ Zs.T + q[1] ** 2 * Zi @ Zi.T + q[2] ** 2 * np.where(same, q[3] ** lag, 0.0)
+
+    def crit(q):
+        return _dense_criterion(df, None, *q, True)[0]
+
+    def vcov(q):
+        return np.linalg.inv(X.T @ np.linalg.solve(V_of(q), X))
+
+    h = 1e-4 * np.maximum(np.abs(psi), 1e-2)
+    k = len(psi)
+    H = np.zeros((k, k))
+    for i in range(k):
+        for j in range(k):
+            e_i, e_j = np.eye(k)[i] * h[i], np.eye(k)[j] * h[j]
+            H[i, j] = (crit(psi + e_i + e_j) - crit(psi + e_i - e_j) - crit(psi - e_i + e_j)
+                       + crit(psi - e_i - e_j)) / (4 * h[i] * h[j])
+    Jv = np.stack([(vcov(psi + np.eye(k)[i] * h[i]) - vcov(psi - np.eye(k)[i] * h[i])) / (2 * h[i]) for i in range(k)])
+    A = 2 * np.linalg.inv(H)
+    V = vcov(psi)
+    ct = m.coef_table()
+    for c in range(2):
+        g = Jv[:, c, c]
+        dense_df = 2 * V[c, c] ** 2 / (g @ A @ g)
+        assert ct["df"].iloc[c] == pytest.approx(dense_df, rel=2e-3)
+    np.testing.assert_allclose(ct["Std. Error"].to_numpy(), np.sqrt(np.diag(V)), rtol=1e-6)
+    with pytest.raises(J.InferenceError, match="Kenward-Roger"):
+        m.coef_table(ddf="Kenward-Roger")
+
+
 def test_varident_and_prior_weights_against_dense():
     df = _data("Orthodont.csv")
     w = np.where(df["age"] > 10, 2.0, 1.0)
