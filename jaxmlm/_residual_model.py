@@ -476,7 +476,7 @@ for _name in _REFUSED:
 def fit_structured(formula, data, REML=True, correlation=None, variance=None, *, max_iter=200, data_name=None,
                    weights=None, offset=None, subset=None):
     """``lmer`` with a residual structure (see :func:`jaxmlm.lmer`)."""
-    from ._residual_fit import fit_and_solve, make_basis, unpack
+    from ._residual_fit import fit_and_solve, make_basis, pack_inputs, unpack
 
     correlation = _as_structure(correlation, CorrelationStructure, "correlation")
     variance = _as_structure(variance, VarianceFunction, "variance")
@@ -503,7 +503,8 @@ def fit_structured(formula, data, REML=True, correlation=None, variance=None, *,
     nt = layout.ntheta
     x0 = np.concatenate([lme4_start(layout), u0])
     t0 = time.perf_counter()
-    packed, stats = fit_and_solve(x0, rows, index, arr, reml, layout, spec, max_iter)
+    floats, ints, meta = pack_inputs((x0, rows, index, arr, reml))
+    packed, stats = fit_and_solve(floats, ints, meta, layout, spec, max_iter)
     st, H, c, theta, snapped, sol, stats, nat = unpack(packed, stats, layout, spec)
     x = st.x
     snapped = tuple(int(i) for i in np.flatnonzero(snapped))
