@@ -209,6 +209,53 @@ assert abs(lr.p_value - 0.5 * stats.chi2.sf(lr.statistic, 1)) < 1e-15
 assert 0.5 * stats.chi2.sf(56.33, 1) < 5e-5
 
 # %% [markdown]
+# ### The same model written as a correlation structure
+#
+# The note's summary says that with independent within-child residuals the random-intercept model
+# *is* a marginal model with an exchangeable correlation: every pair of a child's weighings has
+# correlation $\tau^2/(\tau^2+\sigma^2)$. nlme writes that marginal model as `gls` with
+# `corCompSymm`, and so does jaxmlm: no random effect, and one correlation $\rho$ shared by all
+# pairs of rows of a child. Its maximum likelihood is the random-intercept model's, and its $\rho$ is
+# the intraclass correlation above. The two are the same model whenever $\rho \ge 0$.
+
+# %%
+m_cs = jaxmlm.gls("weight ~ age_c + age_sp + girl + age_c_girl + age_sp_girl", growth,
+                  correlation=jaxmlm.corCompSymm(form="~ 1 | id"), REML=False)
+print(m_cs.summary())
+assert abs(m_cs.loglik - m_int.loglik) < 1e-6
+assert abs(m_cs.correlation_params["Rho"] - icc_sim) < 1e-5
+assert np.allclose(m_cs.fixef.to_numpy(), m_int.fixef.to_numpy(), atol=1e-5)
+
+# %% [markdown]
+# ### Are successive weighings more alike? AR(1) residuals
+#
+# The note inspects an autocorrelation plot of the residuals by visit. A model can ask the same
+# question. On top of the child's intercept, let the residuals of visits $j$ and $k$ of a child
+# have correlation $\phi^{|j-k|}$: AR(1) in the visit number. That is nlme's
+# `corAR1(form = ~ visit | id)` and Stata's `residuals(ar 1, t(visit))`. A child who missed a visit
+# simply has a gap, and the correlation across the gap is $\phi^2$.
+#
+# The data here were simulated with independent residuals, but also with a random slope: each
+# child grows at its own rate. The random-intercept model leaves that out, so what it calls
+# residuals share the child's slope. Those of neighbouring visits are alike and those far apart
+# less so, and AR(1) picks that up as a positive $\phi$. The likelihood-ratio test against the
+# random-intercept model (both ML fits, with the same fixed effects) asks whether $\phi$ is needed.
+# The next section models the cause directly.
+
+# %%
+m_ar1 = jaxmlm.lmer("weight ~ age_c + age_sp + girl + age_c_girl + age_sp_girl + (1 | id)", growth,
+                    correlation=jaxmlm.corAR1(form="~ visit | id"), REML=False)
+print(m_ar1.correlation_params)
+ar_test = jaxmlm.anova(m_int, m_ar1, names=["intercept", "intercept + AR(1)"])
+print(ar_test)
+phi = m_ar1.correlation_params["Phi"]
+assert 0 < phi < 0.6 and m_ar1.loglik >= m_int.loglik - 1e-6
+assert ar_test["Df"].iloc[1] == 1 and abs(ar_test["Chisq"].iloc[1] - 2 * (m_ar1.loglik - m_int.loglik)) < 1e-9
+# the estimated residual correlation of a child seen at all four visits (rows and columns: its rows in the data)
+full = growth.groupby("id").size().idxmax()
+print(m_ar1.residual_cor(full).round(3))
+
+# %% [markdown]
 # ### A random slope: children also grow at their own rates
 #
 # Adding `age_c` to the random part, `(1 + age_c | id)` — Stata's `|| id: age_c, cov(uns)` — gives
@@ -496,7 +543,8 @@ print("top 3 schools:", list(b.sort_values(ascending=False).index[:3]),
 #
 # - A random intercept gives every cluster (child, school) its own level; with independent
 #   residuals it implies an exchangeable correlation, $\tau^2/(\tau^2+\sigma^2)$, between any two
-#   observations of a cluster.
+#   observations of a cluster — `gls` with `corCompSymm` is the same model. Residual structures
+#   such as AR(1) (`correlation=jaxmlm.corAR1(...)`) add correlation that decays with time.
 # - A random slope gives every cluster its own effect of a level-1 covariate; the intercept and
 #   slope variances and their covariance make the total variance a quadratic function of that
 #   covariate.
