@@ -67,7 +67,7 @@ import pandas as pd
 from scipy.special import chdtrc  # χ² survival chdtrc(k, x); scipy.stats takes ~0.5–4 s to import
 
 from . import _x64  # noqa: F401
-from ._errors import ConvergenceWarning, DataError, JaxmlmError
+from ._errors import ConvergenceWarning, DataError, InferenceError, JaxmlmError
 from ._objective import deviance
 from ._fit import fit_stats
 from ._optimize import choose_method, diagonal_mask, theta_scale_host
@@ -168,11 +168,15 @@ def _ols_criterion(m, reml: bool) -> float:
 # ---- checks shared by the comparisons ------------------------------------------------------------
 
 
-def _check_model(m, what: str, glmm: bool = False) -> None:
+def _check_model(m, what: str, glmm: bool = False, gls: bool = False) -> None:
     """A fitted model is what these functions read: its design, layout, statistics and estimates
-    (checked by what it has, so that this module needs no model class)."""
+    (checked by what it has, so that this module needs no model class). ``gls``: a model without
+    random effects (jaxmlm.gls: no layout) is accepted too — by the likelihood-ratio test only."""
     if not all(hasattr(m, a) for a in ("design", "layout", "theta", "objective", "REML")):
         raise JaxmlmError(f"{what} must be a model fitted with jaxmlm.lmer or jaxmlm.glmer, got {type(m).__name__}")
+    if m.layout is None and not gls:
+        raise InferenceError(f"{what} is a gls model (no random effects): only likelihood-ratio tests between "
+                             "models (jaxmlm.anova(m0, m1)) take it")
     if not glmm and not hasattr(m, "stats"):
         raise JaxmlmError(f"{what} must be a linear mixed model (jaxmlm.lmer); this is a {type(m).__name__}")
 
@@ -282,7 +286,7 @@ def anova(*models, refit: bool = True, names=None, method: str = "lrt", nsim: in
     if len(models) < 2:
         raise JaxmlmError("anova needs a fitted model, or several to compare: anova(m) or anova(m0, m1)")
     for i, m in enumerate(models):
-        _check_model(m, f"argument {i + 1} of anova", glmm=True)
+        _check_model(m, f"argument {i + 1} of anova", glmm=True, gls=method == "lrt")
     if method not in ("lrt", "pb"):
         raise JaxmlmError(f"method must be 'lrt' (likelihood-ratio test) or 'pb' (parametric bootstrap), got {method!r}")
     names = [f"m{i}" for i in range(len(models))] if names is None else [str(n) for n in names]

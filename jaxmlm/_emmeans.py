@@ -119,6 +119,9 @@ def ref_grid(m, at=None) -> ReferenceGrid:
     from ._design import _doubles
     from ._predict import _column, _evaluate
 
+    if getattr(m, "layout", True) is None:
+        raise InferenceError("emmeans takes mixed models; a gls model (no random effects) has none of their "
+                             "degrees of freedom yet")
     design = m._rows("emmeans' reference grid (the covariates' means and the factors' levels in the data)")
     if design.offset is not None:
         raise InferenceError("estimated marginal means of a model with an offset are not supported yet (emmeans "
@@ -187,7 +190,7 @@ def ref_grid(m, at=None) -> ReferenceGrid:
 
 def _df_method(m, ddf) -> str:
     if ddf is None:
-        if m.REML:
+        if m.REML and getattr(m, "residual", None) is None:  # no Kenward-Roger with a residual structure
             from ._inference import KR_MAX_BYTES, kr_bytes
 
             if kr_bytes(m) <= KR_MAX_BYTES:

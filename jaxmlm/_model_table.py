@@ -39,7 +39,7 @@ def _rows(m, name: str) -> list[tuple]:
             out.append(("Variance components", f"{g}: cor({r.var1}, {r.var2})", name, float(r.sdcor), np.nan))
     intercepts_only = {g: all(t.columns == ("(Intercept)",) for t in m.design.terms if t.group == g)
                        for g in m.ngroups}
-    if all(intercepts_only.values()):
+    if all(intercepts_only.values()) and getattr(m, "residual", None) is None:  # an ICC needs iid residuals
         icc = m.icc()
         for g in icc.index:
             out.append(("Variance components", f"ICC: {g}", name, float(icc.loc[g, "ICC"]), np.nan))

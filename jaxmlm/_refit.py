@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from . import _compiled, _programs, _x64  # noqa: F401
-from ._errors import ConvergenceError, DataError
+from ._errors import ConvergenceError, DataError, InferenceError
 from ._objective import (
     _UNROLL_MAX_K,
     Factor,
@@ -1011,6 +1011,9 @@ def power(m, term: str, effect: float | None = None, nsim: int = 200, alpha: flo
     from scipy import stats as sps
 
     nsim = _check_nsim(nsim)
+    if getattr(m, "residual", None) is not None:
+        raise InferenceError("power() does not simulate residual structures yet; fit the model without "
+                             "correlation=/variance= for a power analysis")
     if hasattr(m, "family"):  # a GLMM: Wald z tests of its refits (GeneralizedLinearMixedModel.power)
         if test != "z" or any(v is not None for v in (data, varcorr, theta, sigma, REML)):
             raise DataError("power of a GLMM takes term, effect, nsim, alpha, seed, fixef, level and interval; "
@@ -1148,6 +1151,9 @@ def pb_test(m0, m1, nsim: int = 1000, seed=None, progress: bool = True, chunk_si
     from scipy import stats as sps
 
     nsim = _check_nsim(nsim)
+    if any(getattr(m, "residual", None) is not None for m in (m0, m1)):
+        raise InferenceError("the parametric-bootstrap test does not simulate residual structures yet; use the "
+                             "likelihood-ratio test (method='lrt')")
     d0, d1 = m0.design, m1.design
     if d0.n != d1.n or not np.array_equal(d0.y, d1.y) or not d0.rows.equals(d1.rows):
         raise DataError(

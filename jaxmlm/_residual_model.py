@@ -22,6 +22,7 @@ import pandas as pd
 from scipy.stats import t as t_dist
 
 from ._errors import ConvergenceWarning, DataError, FormulaError, GroupingError, InferenceError
+from ._formula import parse_formula
 from ._frontend import build_design
 from ._implicit import row_data
 from ._optimize import STATUS, lme4_start
@@ -282,14 +283,15 @@ class _StructureResults:
             key = group if isinstance(group, tuple) else (group,)
             hit = np.ones(len(frame), bool)
             for c, v in zip(cols, key):
-                hit &= (frame[c].astype(str) == str(v)).to_numpy()
+                by_value = (frame[c] == v).to_numpy(dtype=bool)
+                hit &= by_value if by_value.any() else (frame[c].astype(str) == str(v)).to_numpy()
             if len(key) != len(cols) or not hit.any():
                 raise DataError(f"group {group!r} is not a level of {'/'.join(cols)!r} in the rows the model uses")
             code = int(bc.codes[np.flatnonzero(hit)[0]])
         members = bc.order[bc.codes[bc.order] == code]
         time = bc.time[members] if bc.time is not None else None
         coords = bc.coords[members] if bc.coords is not None else None
-        C = correlation_matrix(r.correlation, r.cor_values, time, coords)
+        C = correlation_matrix(r.correlation, r.cor_values, time, coords, len(members))
         labels = rows[members]
         return pd.DataFrame(C, index=labels, columns=labels)
 
@@ -309,7 +311,7 @@ def _colour(r: ResidualFit, E: np.ndarray, weights) -> np.ndarray:
         for a, b in zip(bounds[:-1], bounds[1:]):
             rows = bc.order[a:b]
             C = correlation_matrix(r.correlation, r.cor_values, None if bc.time is None else bc.time[rows],
-                                   None if bc.coords is None else bc.coords[rows])
+                                   None if bc.coords is None else bc.coords[rows], len(rows))
             out[:, rows] = E[:, rows] @ np.linalg.cholesky(C).T
     return out * _sd_ratio(r, E.shape[1], weights)[None, :]
 
@@ -336,7 +338,7 @@ class StructuredRefitResult(RefitResult):
 
 # ---- lmer with a residual structure ------------------------------------------------------------------
 
-_REFUSED = ("profile", "ranova", "lrt_vs_ols", "hatvalues",
+_REFUSED = ("profile", "ranova", "power", "augment", "lrt_vs_ols", "hatvalues",
             "cooks_distance", "influence", "all_fit", "variance_components", "icc", "r2_nakagawa", "equations")
 
 
@@ -386,11 +388,20 @@ class StructuredMixedModel(_StructureResults, LinearMixedModel):
                         tuple(U), _colour(self.residual, E, d.weights))
         return np.asarray(y)
 
-    def refit_many(self, Y, chunk_size: int = 64, *, max_iter: int = 200):
+    def refit_many(self, Y, progress: bool = False, chunk_size: int | None = None, *, REML: bool | None = None,
+                   start=None, max_iter: int = 200):
         """The model refitted to every row of ``Y`` (nsim, nobs), the structure's parameters
-        re-estimated with the rest, in batched programs of ``chunk_size`` responses, each replicate
-        as the single fit (Newton, canonical signs, snapping) started from this fit's estimates.
+        re-estimated with the rest, in batched programs of ``chunk_size`` responses (default 64),
+        each replicate as the single fit (Newton, canonical signs, snapping) started from this
+        fit's estimates; ``REML`` (default the model's) as :meth:`LinearMixedModel.refit_many`.
+        ``progress`` is accepted for compatibility (no bar); ``start`` is not supported.
         Returns a :class:`StructuredRefitResult` (a ``RefitResult`` plus ``structure``)."""
+        if start is not None:
+            raise DataError("start= is not supported with a residual structure: refits start from the fit's estimates")
+        if REML is not None and not isinstance(REML, (bool, np.bool_)):
+            raise DataError(f"REML must be True or False, got {REML!r}")
+        reml_fit = self.REML if REML is None else bool(REML)
+        chunk_size = 64 if chunk_size is None else chunk_size
         from ._refit import _as_responses, _readonly as ro, _sdcor, _theta_names, _vc_params, _START_FLOOR
         from ._residual_fit import refit_batch, scale_at, split
 
@@ -405,7 +416,7 @@ class StructuredMixedModel(_StructureResults, LinearMixedModel):
         xt = self.theta / c
         xt = np.where(diagonal_mask(lay), np.maximum(np.abs(xt), _START_FLOOR), xt)
         x0 = np.concatenate([xt, r.u])
-        reml = np.asarray(1.0 if self.REML else 0.0)
+        reml = np.asarray(1.0 if reml_fit else 0.0)
         parts = []
         for a in range(0, len(Y), chunk_size):
             blk = Y[a : a + chunk_size]
@@ -418,13 +429,14 @@ class StructuredMixedModel(_StructureResults, LinearMixedModel):
         nat = np.array([np.concatenate([np.asarray(a) for a in split(ui, r.spec)]) for ui in u])
         names = tuple(p[0] for p in _vc_params(d)) + ("sigma",)
         return StructuredRefitResult(
-            REML=bool(self.REML), fixef_names=tuple(d.fixef_names), theta_names=tuple(_theta_names(d)),
+            REML=reml_fit, fixef_names=tuple(d.fixef_names), theta_names=tuple(_theta_names(d)),
             sdcor_names=names, beta=ro(beta), theta=ro(theta), sigma=ro(sigma), objective=ro(crit), vcov=ro(vcov),
             status=ro(status, np.int64), iterations=ro(its, np.int64), evaluations=ro(nfev, np.int64),
             max_abs_gradient=ro(grad), sdcor_values=ro(np.column_stack([_sdcor(theta, sigma, d, lay), sigma])),
             seconds=time.perf_counter() - t0, structure_names=_structure_names(r), structure_values=ro(nat))
 
-    def bootstrap(self, nsim: int, seed=None, level: float = 0.95, use_u: bool = False, chunk_size: int = 64):
+    def bootstrap(self, nsim: int, seed=None, level: float = 0.95, progress: bool = False,
+                  chunk_size: int | None = None, use_u: bool = False):
         """Parametric bootstrap (lme4's ``bootMer``): ``nsim`` responses simulated with the
         residual structure and refitted with it; replicates of the random-effect SDs and
         correlations, σ, the structure's parameters and the fixed effects, with percentile
@@ -630,6 +642,14 @@ class GlsModel(_StructureResults):
     def resid(self) -> np.ndarray:
         return self.residuals("response")
 
+    def predict(self, newdata: pd.DataFrame | None = None, offset=None) -> np.ndarray:
+        """X β̂ (+ the offset) for the fitted rows or for ``newdata`` (nlme's ``predict.gls``)."""
+        from ._predict import predict
+
+        if newdata is None:
+            return self.fitted
+        return predict(self, newdata, re_form="~0", offset=offset)
+
     def coef_table(self) -> pd.DataFrame:
         """t-tests of the coefficients with n − p degrees of freedom, as nlme's ``summary.gls``."""
         est, se = self._beta, np.sqrt(np.diag(self._vcov))
@@ -707,8 +727,11 @@ def gls(formula: str, data: pd.DataFrame, correlation=None, variance=None, REML:
         raise DataError(f"the data may not have a column named {_GLS_GROUP!r}")
     # The engine's design builder expects a random-effects term: a two-level placeholder gives X, y
     # and the rows used (its Z is never read). The user's frame is not modified (a copy is).
-    work = data.assign(**{_GLS_GROUP: np.arange(len(data)) % 2})
-    design = build_design(f"{formula} + (1 | {_GLS_GROUP})", work, weights=weights)
+    work = data.assign(**{_GLS_GROUP: np.arange(len(data))})
+    # each row its own level, lme4's level-count checks off (glmer's setting): whatever rows
+    # survive the missing values, the placeholder never stops the fit
+    parsed = dataclasses.replace(parse_formula(f"{formula} + (1 | {_GLS_GROUP})"), glmm=True)
+    design = build_design(parsed, work, weights=weights)
     design = dataclasses.replace(design, formula=dataclasses.replace(design.formula, text=formula))
     schema = make_schema(design)
     rows = row_data(design, schema, host=True)
@@ -719,6 +742,11 @@ def gls(formula: str, data: pd.DataFrame, correlation=None, variance=None, REML:
     t0 = time.perf_counter()
     if len(u0):
         st, H, _ = jax.device_get(fit_program(u0, rows, (), arr, reml, None, spec, max_iter))
+        if not np.isfinite(float(st.f)):
+            from ._errors import ConvergenceError
+
+            raise ConvergenceError("the criterion is not finite: check the structure's covariates (e.g. two rows "
+                                   "of a group at the same place for corExp without a nugget)")
         u = np.asarray(st.x, float)
         its, nfev, status = int(st.it), int(st.nfev), int(st.status)
         warns = _status_warning(st, its)
@@ -726,6 +754,11 @@ def gls(formula: str, data: pd.DataFrame, correlation=None, variance=None, REML:
     else:
         u, its, nfev, status, warns, grad = u0, 0, 1, 0, (), 0.0
     beta, sigma, vcov, crit = (np.asarray(a, float) for a in jax.device_get(gls_estimates(u, rows, arr, reml, spec)))
+    if not (np.isfinite(crit) and np.all(np.isfinite(beta))):
+        from ._errors import ConvergenceError
+
+        raise ConvergenceError("the criterion is not finite at the estimates: check the structure's covariates "
+                               "(e.g. two rows of a group at the same place for corExp without a nugget)")
     record = FitRecord(theta_start=_readonly(np.zeros(0)), theta_optimizer=_readonly(u), theta_end=_readonly(np.zeros(0)),
                        objective=float(crit), iterations=its, evaluations=nfev, status=status, message=STATUS[status],
                        converged=status in (0, 1), max_abs_gradient=grad, snapped=(), warnings=warns,

@@ -218,9 +218,11 @@ def _times(self, frame, codes, integer: bool) -> BoundCorrelation:
         time[order] = pos - first
         return BoundCorrelation(self, codes, order, time, None)
     t = _numeric(frame, covs[0], what)
-    if integer and not np.allclose(t, np.round(t)):
-        raise DataError(f"{what}: the time covariate {covs[0]!r} must be integer-valued (nlme's corAR1); "
-                        "use corCAR1 for continuous times")
+    if integer:
+        if np.any(np.abs(t - np.round(t)) > 1e-8):
+            raise DataError(f"{what}: the time covariate {covs[0]!r} must be integer-valued (nlme's corAR1); "
+                            "use corCAR1 for continuous times")
+        t = np.round(t)  # 3.0000000000000004 is 3: steps must be exact integers (the sign of φ^Δ)
     order = _order_within(codes, t)
     ts, cs = t[order], codes[order]
     same = (np.diff(cs) == 0) & (np.diff(ts) == 0)
@@ -405,9 +407,8 @@ def _phi_power(phi, dt, kind):
     return jnp.where(dt == 1.0, phi, jnp.where(odd, jnp.sign(phi), 1.0) * mag)
 
 
-def correlation_matrix(structure: CorrelationStructure, nat: np.ndarray, time, coords) -> np.ndarray:
-    """The correlation matrix of one group's rows (host; for results)."""
-    n = len(time) if time is not None else len(coords)
+def correlation_matrix(structure: CorrelationStructure, nat: np.ndarray, time, coords, n: int) -> np.ndarray:
+    """The correlation matrix of one group's n rows (host; for results and simulation)."""
     nat = np.asarray(nat, float)
     if structure.kind in ("ar1", "car1"):
         dt = np.abs(np.subtract.outer(time, time))
@@ -481,7 +482,10 @@ class BoundVariance:
 @dataclass(frozen=True)
 class varIdent(VarianceFunction):
     """A different residual SD per stratum, as nlme's ``varIdent(form = ~ 1 | s)``: the SD of
-    stratum s is σ δ_s, δ = 1 for the first stratum (the first level of s)."""
+    stratum s is σ δ_s, δ = 1 for the reference stratum — the first level of s (a Categorical's
+    first category, else the smallest value). nlme takes the stratum of the first row of the data
+    instead; the fit is the same, only the reference differs (make s a Categorical with that level
+    first to report nlme's ratios)."""
 
     kind = "ident"
     title = "Different standard deviations per stratum"

@@ -393,3 +393,68 @@ def test_bad_input():
     crossed = _crossed_data(n_subj=8, n_item=20)  # items outnumber subjects: item is block 1
     with pytest.raises(J.GroupingError, match="most levels"):
         J.lmer("y ~ x + (1 | subj) + (1 | item)", crossed, correlation=J.corAR1(form="~ trial | subj"))
+
+
+# ---- review cases -------------------------------------------------------------------------------------
+
+def test_integer_times_up_to_rounding_are_integers():
+    """Times like 3.0000000000000004 (0.1·t·10) are the integers they round to: a negative φ
+    keeps its sign over odd steps, and the fit equals the one on exact integers."""
+    df = _data("Orthodont.csv")
+    f = "distance ~ age + (1 | Subject)"
+    exact = J.lmer(f, df, correlation=J.corAR1(form="~ occ | Subject"))
+    noisy = J.lmer(f, df.assign(occ=(df["occ"] * 0.1) * 10), correlation=J.corAR1(form="~ occ | Subject"))
+    assert noisy.objective == pytest.approx(exact.objective, abs=1e-9)
+    assert noisy.correlation_params["Phi"] == pytest.approx(exact.correlation_params["Phi"], abs=1e-7)
+
+
+def test_compound_symmetry_results_and_simulation():
+    df = _data("Orthodont.csv")
+    m = J.lmer("distance ~ age + (1 | Subject)", df, variance=J.varIdent(form="~ 1 | Sex"),
+               correlation=J.corCompSymm(form="~ 1 | Subject"))
+    C = m.residual_cor("M01").to_numpy()
+    rho = m.correlation_params["Rho"]
+    np.testing.assert_allclose(C, rho + (1 - rho) * np.eye(4), rtol=1e-12)
+    assert m.simulate(3, seed=1).shape == (3, len(df))
+
+
+def test_gls_rows_dropped_predict_and_non_finite():
+    df = _data("Orthodont.csv")
+    holes = df.assign(distance=np.where(np.arange(len(df)) % 2 == 1, np.nan, df["distance"]))
+    g = J.gls("distance ~ age", holes, correlation=J.corAR1(form="~ 1 | Subject"))  # every other row missing
+    assert g.nobs == len(df) // 2 and g.n_dropped == len(df) // 2
+    new = pd.DataFrame({"age": [9.0, 13.0]})
+    np.testing.assert_allclose(g.predict(new), g.fixef["(Intercept)"] + g.fixef["age"] * new["age"], rtol=1e-12)
+    np.testing.assert_allclose(g.predict(), g.fitted)
+    same = pd.DataFrame({"y": [1.0, 2.0, 0.5, 1.5], "x": [0.0, 1.0, 0.0, 1.0], "cx": 0.0, "cy": 0.0, "g": ["a"] * 4})
+    with pytest.raises(J.ConvergenceError, match="not finite"):
+        J.gls("y ~ x", same, correlation=J.corExp(form="~ cx + cy | g"))
+
+
+def test_what_ignores_the_structure_is_refused_everywhere(fits):
+    _, m = fits["orth_ident_reml"]
+    m0 = J.lmer("distance ~ age * Sex + (1 | Subject)", _data("Orthodont.csv"))
+    with pytest.raises(J.InferenceError, match="parametric-bootstrap"):
+        J.anova(m0, m, method="pb", nsim=5)
+    with pytest.raises(J.InferenceError):
+        J.power(m, "age", effect=0.5, nsim=5)
+    with pytest.raises(J.InferenceError):
+        m.augment()
+    _, g = fits["orth_cs_gls_reml"]
+    for call in (lambda: J.anova(g), lambda: J.emmeans(g, "Sex"), lambda: J.pseudo_r2(g, g)):
+        with pytest.raises(J.InferenceError, match="gls"):
+            call()
+
+
+def test_signatures_shared_with_lmer(fits):
+    _, m = fits["orth_ident_reml"]
+    Y = np.array(m.simulate(2, seed=4))
+    Y[0] = m.design.y
+    ml = m.refit_many(Y, progress=False, REML=False)
+    assert not ml.REML
+    assert ml.objective[0] == pytest.approx(fits["orth_ident_ml"][1].objective, abs=1e-6)
+    assert m.bootstrap(3, seed=1, progress=False).nsim == 3
+    table = J.compare_models([m])  # no ICC row: with a variance function σ² is one stratum's
+    assert not table.long["row"].str.startswith("ICC").any()
+    em = J.emmeans(m, "Sex")  # Satterthwaite by default (no Kenward-Roger with a structure)
+    assert len(em) == 2
