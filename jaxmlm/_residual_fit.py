@@ -41,7 +41,7 @@ from . import _compiled, _x64  # noqa: F401  (float64 before any array exists)
 from ._implicit import RowData
 from ._objective import _deviance
 from ._fit import snap
-from ._optimize import OptState, _fgh_ad, _newton, canonical_theta_jax, diagonal_mask, theta_scale
+from ._optimize import OptState, _diagonals, _fgh_ad, _newton, canonical_theta_jax, diagonal_mask, theta_scale
 from ._solution import Solution, solve
 from ._stats import Layout, Stats, _accumulate, a22_blocks
 from .residuals import _phi_power, correlation_whiten, log_sd_ratio
@@ -371,6 +371,22 @@ def _value(x, c, rows, index, arr, reml, layout, spec):
     return criterion(x, c, rows, index, arr, reml, layout, spec)
 
 
+def sign_sensitive_diagonals(layout: Layout) -> np.ndarray:
+    """The template diagonals whose steps Newton must clip (:func:`~jaxmlm._optimize._newton`'s
+    ``diag``): all but those alone in their column. A lone diagonal θ enters ΛΛᵀ only as θ², so
+    the criterion is even in it and a step across 0 is harmless (canonical signs flip it back);
+    unclipped, Newton reaches a variance at 0 in a step or two where the clip takes one step per
+    tenfold shrink (sleepstudy with AR(1): 11 steps → 7)."""
+    mask = diagonal_mask(layout).copy()
+    structured = np.zeros(layout.ntheta, bool)
+    for _, _, cov, first in layout.structured:
+        structured[first : first + cov.nparams] = True
+    for d, column in _diagonals(layout)[1]:
+        if len(column) == 1 and not structured[d]:
+            mask[d] = False
+    return mask
+
+
 @partial(_compiled.jit, static_argnames=("layout", "spec", "max_iter"))
 def fit_program(x0, rows: RowData, index: tuple, arr: Arrangement, reml, layout: Layout | None, spec: Spec,
                 max_iter: int = 200):
@@ -379,7 +395,7 @@ def fit_program(x0, rows: RowData, index: tuple, arr: Arrangement, reml, layout:
     whitened statistics at the start's ρ; ``layout`` None: gls (x = ρ_u, c empty)."""
     diag = np.zeros(len(x0), bool)
     if layout is not None:
-        diag[: layout.ntheta] = diagonal_mask(layout)
+        diag[: layout.ntheta] = sign_sensitive_diagonals(layout)
         c = theta_scale(whitened_stats(x0[layout.ntheta :], rows, index, arr, layout, spec), layout)
     else:
         c = jnp.zeros(0, x0.dtype)

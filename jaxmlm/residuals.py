@@ -101,7 +101,9 @@ def _column(frame: pd.DataFrame, name: str, what: str) -> pd.Series:
         close = [c for c in frame.columns if str(c).lower() == name.lower()]
         raise UnknownColumnError(name, close)
     col = frame[name]
-    if col.isna().any():
+    values = col.to_numpy()
+    missing = np.isnan(values).any() if values.dtype.kind == "f" else bool(pd.isna(values).any())
+    if missing:
         raise DataError(f"{what}: column {name!r} has missing values in the rows the model uses "
                         "(nlme's default na.action fails too); drop those rows first")
     return col
