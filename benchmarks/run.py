@@ -18,6 +18,10 @@ grouping columns made pandas ``Categorical``s first (a second column of the
 breakdown). R turns grouping columns into factors with ``factor()`` before its
 clock starts, as R users do. Results go to ``benchmarks/results/`` (Markdown, CSV, raw JSON)
 and the Markdown is printed. See ``benchmarks/README.md``.
+
+The residual-structure cases (sleepstudy with AR(1), a 100k-row panel with AR(1) and varIdent)
+run last, side by side with nlme, through ``bench_residuals.py`` (nlme is not a peer of the cases
+above); their table ends the report. ``--no-residuals`` skips them.
 """
 
 from __future__ import annotations
@@ -1072,6 +1076,30 @@ def write_csv(path: Path, rows: list[dict]):
             w.writerow({k: ("" if v is None else v) for k, v in r.items()})
 
 
+def run_residual_cases(opts) -> list[str]:
+    """The residual-structure cases (sleepstudy with AR(1); a 100k-row panel with AR(1) and
+    varIdent) side by side with nlme: ``bench_residuals.py`` in a process of its own (its peers,
+    nlme and glmmTMB, are not this file's), its table taken into the report."""
+    # 40 warm fits at least: small programs are recompiled with full optimization on their 12th call
+    # (jaxmlm._compiled.TIER_UP_CALLS), so the median is the steady state
+    cmd = [sys.executable, str(HERE / "bench_residuals.py"), "--runs", str(max(opts.repeats, 40))]
+    if not have_rscript():
+        cmd.append("--no-r")
+    log("residual structures: " + " ".join(cmd[1:]))
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=4 * opts.timeout, env=_py_env(),
+                              cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return ["## Residual structures (`bench_residuals.py`, against nlme)", "", "timed out", ""]
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("|") or ln.startswith("Note:")]
+    if done.returncode != 0 or not lines:
+        return ["## Residual structures (`bench_residuals.py`, against nlme)", "",
+                f"failed: {short_error(done.stderr or done.stdout)}", ""]
+    return ["## Residual structures (`bench_residuals.py`, against nlme)", "",
+            f"`{' '.join(['python'] + cmd[1:])}`: warm = median of the warm fits; nlme timed inside R.", ""] + \
+        lines + [""]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", help=f"comma-separated, from {', '.join(CASES)} (default: {','.join(DEFAULT_CASES)})")
@@ -1086,6 +1114,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stall", type=float, default=60.0,
                     help="a jaxmlm worker using < 1 CPU s over this many s is taken as deadlocked, killed and "
                          f"retried once with XLA_FLAGS={XLA_WORKAROUND} (default 60)")
+    ap.add_argument("--no-residuals", action="store_true",
+                    help="skip the residual-structure cases (bench_residuals.py against nlme, ~1 min)")
     ap.add_argument("--out", default=str(RESULTS), help="results folder (default benchmarks/results)")
     # worker mode (internal)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -1128,6 +1158,8 @@ def main(argv=None) -> int:
     table = build_rows(all_rows)
     breakdown = jaxmlm_breakdown(all_rows)
     md = markdown(info, table, breakdown, opts, elapsed)
+    if not opts.no_residuals:
+        md = md.rstrip("\n") + "\n\n" + "\n".join(run_residual_cases(opts))
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmarks.md").write_text(md)
