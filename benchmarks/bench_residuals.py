@@ -30,7 +30,8 @@ says so and leaves it out. For ``panel`` there is no glmmTMB equivalent (a ``dis
 ~ sex`` would scale only the iid part, not the AR(1) part), so it is not run.
 
 jaxmlm: the first fit in the process (cold: tracing and compiling included; the script turns
-jaxmlm's persistent cache off unless ``JAXMLM_CACHE_DIR`` is set), then the median of ``--runs`` warm fits. R: the
+jaxmlm's persistent cache off unless ``JAXMLM_CACHE_DIR`` is set), then the median of ``--runs`` warm fits (default 40: small programs are compiled quickly at first
+and again with full optimization on their 12th call, so the median is the steady state). R: the
 median of ``--r-runs`` fits (default 3 for sleep, 1 for panel) timed inside R with
 ``system.time`` (R's start-up and reading excluded); the whole R process is given
 ``--r-timeout`` seconds (default 900) per case, and a case that runs past it is reported as
@@ -200,7 +201,8 @@ def describe_machine() -> list[str]:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", nargs="*", default=["sleep", "panel"], choices=list(CASES))
-    ap.add_argument("--runs", type=int, default=5, help="warm jaxmlm fits (median)")
+    ap.add_argument("--runs", type=int, default=40,
+                    help="warm jaxmlm fits (median; past the 12th call small programs are recompiled optimized)")
     ap.add_argument("--r-runs", type=int, default=None, help="R fits (median); default 3 for sleep, 1 for panel")
     ap.add_argument("--r-timeout", type=float, default=900, help="seconds for each case's R process")
     ap.add_argument("--panel-subjects", type=int, default=10_000)
