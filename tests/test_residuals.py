@@ -458,3 +458,48 @@ def test_signatures_shared_with_lmer(fits):
     assert not table.long["row"].str.startswith("ICC").any()
     em = J.emmeans(m, "Sex")  # Satterthwaite by default (no Kenward-Roger with a structure)
     assert len(em) == 2
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_ar1_with_gaps_strata_and_weights_against_dense(reml):
+    """The n-free statistics (AR(1) over integer times with gaps, a negative φ, varIdent strata
+    that change within a group, prior weights) against the n × n likelihood at the estimates."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for g in range(25):
+        times = np.sort(rng.choice(9, size=rng.integers(1, 8), replace=False))  # steps 1–8: the n-free form
+        for t in times:
+            rows.append((f"g{g:02d}", int(t), rng.choice(["a", "b", "c"]), rng.normal()))
+    df = pd.DataFrame(rows, columns=["g", "t", "s", "x"])
+    df = df.sample(frac=1.0, random_state=1).reset_index(drop=True)  # rows out of order
+    n = len(df)
+    e = np.zeros(n)
+    for _, idx in df.groupby("g").indices.items():
+        order = idx[np.argsort(df["t"].to_numpy()[idx])]
+        for k, i in enumerate(order):
+            e[i] = rng.normal() if k == 0 else -0.5 * e[order[k - 1]] + rng.normal()
+    sd = df["s"].map({"a": 1.0, "b": 1.6, "c": 0.7}).to_numpy()
+    df["y"] = 2 + df["x"] + np.repeat(rng.normal(size=25), 1)[pd.factorize(df["g"])[0]] + sd * e
+    w = rng.uniform(0.5, 2.0, n)
+    m = J.lmer("y ~ x + (1 | g)", df, REML=reml, weights=w, correlation=J.corAR1(form="~ t | g"),
+               variance=J.varIdent(form="~ 1 | s"))
+    phi = m.correlation_params["Phi"]
+    ratio = np.r_[1.0, [m.variance_params[k] for k in ("b", "c")]]
+    d = ratio[pd.Categorical(df["s"], categories=["a", "b", "c"]).codes] / np.sqrt(w)
+    t = df["t"].to_numpy()
+    same = df["g"].to_numpy()[:, None] == df["g"].to_numpy()[None, :]
+    C = np.where(same, np.sign(phi) ** np.abs(np.subtract.outer(t, t)) * np.abs(phi) ** np.abs(np.subtract.outer(t, t)), 0.0)
+    Z = pd.get_dummies(df["g"]).to_numpy(float)
+    tau2 = m.varcorr.set_index("grp").loc["g", "vcov"]
+    V = tau2 * Z @ Z.T + m.sigma**2 * d[:, None] * C * d[None, :]
+    X = np.column_stack([np.ones(n), df["x"]])
+    Vi = np.linalg.inv(V)
+    XtViX = X.T @ Vi @ X
+    beta = np.linalg.solve(XtViX, X.T @ Vi @ df["y"].to_numpy())
+    r = df["y"].to_numpy() - X @ beta
+    dense = np.linalg.slogdet(V)[1] + r @ Vi @ r + (n - 2 if reml else n) * np.log(2 * np.pi)
+    if reml:
+        dense += np.linalg.slogdet(XtViX)[1]
+    assert m.objective == pytest.approx(dense, abs=1e-6)
+    np.testing.assert_allclose(m.fixef.to_numpy(), beta, rtol=1e-7)
+    assert phi < 0
