@@ -548,3 +548,18 @@ def refit_batch(x0, Y, rows: RowData, index: tuple, arr: Arrangement, reml, layo
     """:func:`_refit_one` over a batch of responses Y (B, n), in one program."""
     return jax.vmap(lambda y: _refit_one(x0, y, rows, index, arr, reml, layout, spec, max_iter))(Y)
 
+
+
+@partial(_compiled.jit, static_argnames=("spec",))
+def gls_hessian(sigma, u, rows: RowData, arr: Arrangement, reml, spec: Spec):
+    """∇² of gls's criterion in (σ, ρ_u) with β profiled and σ not:
+    d = (n − REML·p) log(2πσ²) + r²(u)/σ² + REML·log|X*ᵀX*| + log|R| (at σ̂ the profiled one)."""
+    p = rows.X.shape[1]
+
+    def dev(v):
+        _, r2, L, logdet, n = gls_parts(v[1:], rows, arr, spec)
+        dof = n - reml * p
+        return (dof * jnp.log(2.0 * jnp.pi * v[0] ** 2) + r2 / v[0] ** 2
+                + reml * 2.0 * jnp.sum(jnp.log(jnp.diagonal(L))) + logdet)
+
+    return jax.hessian(dev)(jnp.concatenate([jnp.atleast_1d(sigma), u]))

@@ -264,6 +264,43 @@ class _StructureResults:
             return _readonly(_normalized(self.residual, pearson))
         raise DataError(f"type must be 'response', 'pearson' or 'normalized', got {type!r}")
 
+    def intervals(self, level: float = 0.95) -> pd.DataFrame:
+        """Approximate intervals of the residual structure's parameters and of σ, as nlme's
+        ``intervals(m, which = "var-cov")`` computes them: Wald on the unconstrained scale
+        (atanh φ for AR(1), logit for CAR(1) and a nugget, log for varIdent ratios and corExp's
+        range, log σ), mapped back. The covariance is 2 H⁻¹, H the exact autodiff Hessian of the
+        criterion in all variance parameters with β profiled (nlme's ``apVar`` takes a numerical
+        one). Columns ``lower``, ``est.``, ``upper``; ``group`` says which part a row belongs to."""
+        from scipy.stats import norm
+
+        from ._residual_fit import split
+
+        if not 0 < level < 1:
+            raise DataError(f"level must be in (0, 1), got {level!r}")
+        r = self.residual
+        cov_u, var_log_sigma = self._variance_cov()
+        z = float(norm.ppf(0.5 + level / 2))
+
+        def natural(u):
+            return np.concatenate([np.asarray(a, float) for a in jax.device_get(split(np.asarray(u), r.spec))])
+
+        names = list(r.cor_names) + list(r.var_names)
+        groups = ["corStruct"] * len(r.cor_names) + ["varStruct"] * len(r.var_names)
+        est = natural(r.u)
+        out = []
+        for j, (name, grp) in enumerate(zip(names, groups)):
+            se = float(np.sqrt(max(cov_u[j, j], 0.0)))
+            lo, hi = np.array(r.u, float), np.array(r.u, float)
+            lo[j] -= z * se
+            hi[j] += z * se
+            a, b = natural(lo)[j], natural(hi)[j]
+            out.append((grp, name, min(a, b), est[j], max(a, b)))
+        se_ls = float(np.sqrt(max(var_log_sigma, 0.0)))
+        out.append(("sigma", "sigma", self.sigma * np.exp(-z * se_ls), self.sigma, self.sigma * np.exp(z * se_ls)))
+        frame = pd.DataFrame(out, columns=["group", "name", "lower", "est.", "upper"]).set_index("name")
+        frame.attrs["level"] = level
+        return frame
+
     def residual_cor(self, group=None) -> pd.DataFrame:
         """The estimated residual correlation matrix of one group's rows (nlme's ``corMatrix``),
         rows and columns labelled by the data's index; ``group``: a level of the correlation's
@@ -347,7 +384,7 @@ class StructuredMixedModel(_StructureResults, LinearMixedModel):
     """A linear mixed model with a residual correlation structure and/or variance function
     (``jaxmlm.lmer(..., correlation=, variance=)``; nlme's ``lme``). Everything a
     :class:`~jaxmlm.LinearMixedModel` reports from its estimates, plus ``correlation_params``,
-    ``variance_params``, ``residuals(type=)`` and ``residual_cor()``; ``simulate``,
+    ``variance_params``, ``residuals(type=)``, ``residual_cor()`` and ``intervals()``; ``simulate``,
     ``refit_many`` and ``bootstrap`` carry the structure (re-estimated in every refit).
     ``coef_table``, ``contest`` and ``anova()`` use Satterthwaite's degrees of freedom with the
     structure's parameters among the variance parameters (exact autodiff derivatives; no
@@ -453,6 +490,15 @@ class StructuredMixedModel(_StructureResults, LinearMixedModel):
                              [self.sigma], r.cor_values, r.var_values, self._beta])
         return BootstrapResult(t0=pd.Series(t0, index=names, name="original"),
                                replicates=pd.DataFrame(vals, columns=names), refits=res, level=level, seed=seed)
+
+    def _variance_cov(self):
+        """(Cov(ρ_u), Var(log σ)) from 2 H⁺ of the criterion in (θ, σ, ρ_u) (Satterthwaite's H)."""
+        from ._inference import _varpar
+
+        _, H, _, _ = _varpar(self)
+        cov = 2.0 * np.linalg.pinv(H)
+        nt = len(self.theta)
+        return cov[nt + 1 :, nt + 1 :], cov[nt, nt] / self.sigma**2
 
     def confint(self, method: str = "Wald", level: float = 0.95, parm=None, **kw):
         if str(method).lower() != "wald":
@@ -667,6 +713,15 @@ class GlsModel(_StructureResults):
         pct = [f"{100 * (0.5 - level / 2):.1f} %", f"{100 * (0.5 + level / 2):.1f} %"]
         return pd.DataFrame({pct[0]: lo, pct[1]: hi}, index=list(self.design.fixef_names))
 
+    def _variance_cov(self):
+        from ._residual_fit import gls_hessian
+
+        r = self.residual
+        H = np.asarray(jax.device_get(gls_hessian(np.asarray(self.sigma, float), np.asarray(r.u, float), r.rows,
+                                                  r.arr, np.asarray(1.0 if self.REML else 0.0), r.spec)), float)
+        cov = 2.0 * np.linalg.pinv(0.5 * (H + H.T))
+        return cov[1:, 1:], cov[0, 0] / self.sigma**2
+
     def _refit(self, **call):
         return gls(**call)
 
@@ -766,5 +821,5 @@ def gls(formula: str, data: pd.DataFrame, correlation=None, variance=None, REML:
     call["data"] = full
     return GlsModel(formula=formula, REML=bool(REML), design=design, _beta=_readonly(beta), _vcov=_readonly(vcov),
                     sigma=float(sigma), objective=float(crit),
-                    residual=_residual_fit(correlation, variance, bc, bv, spec, arr, u0, u), record=record,
+                    residual=_residual_fit(correlation, variance, bc, bv, spec, arr, u0, u, rows), record=record,
                     data_name=data_name, _call=call)

@@ -503,3 +503,25 @@ def test_ar1_with_gaps_strata_and_weights_against_dense(reml):
     assert m.objective == pytest.approx(dense, abs=1e-6)
     np.testing.assert_allclose(m.fixef.to_numpy(), beta, rtol=1e-7)
     assert phi < 0
+
+
+with open(REF / "intervals.json") as _fh:
+    INTERVALS = json.load(_fh)  # make_nlme_intervals.R: nlme's intervals(m, which = "var-cov")
+
+
+@pytest.mark.parametrize("case", list(INTERVALS))
+def test_intervals_match_nlme(fits, case):
+    """Wald intervals on nlme's unconstrained scales (structure parameters, log σ) from the exact
+    Hessian against nlme's, which take a numerical one: each bound within 1 % of the interval's
+    width."""
+    _, m = fits[case]
+    ref = INTERVALS[case]
+    got = m.intervals()
+    expected = {**(ref["corStruct"] or {}), **(ref["varStruct"] or {}), "sigma": ref["sigma"]}
+    assert set(got.index) == set(expected)
+    for name, iv in expected.items():
+        width = iv["upper"] - iv["lower"]
+        assert got.loc[name, "est."] == pytest.approx(iv["est"], abs=0.01 * width)
+        assert got.loc[name, "lower"] == pytest.approx(iv["lower"], abs=0.01 * width)
+        assert got.loc[name, "upper"] == pytest.approx(iv["upper"], abs=0.01 * width)
+    assert got.attrs["level"] == 0.95
