@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 from scipy.stats import t as t_dist
 
-from ._errors import ConvergenceWarning, DataError, FormulaError, GroupingError, InferenceError
+from ._errors import ConvergenceError, ConvergenceWarning, DataError, FormulaError, GroupingError, InferenceError
 from ._formula import parse_formula
 from ._frontend import build_design
 from ._implicit import row_data
 from ._optimize import STATUS, lme4_start
-from ._results import FitRecord, LinearMixedModel, _callers_name, _condvar_blocks, _readonly, _subset
+from ._results import FitRecord, FixedEffectsBase, LinearMixedModel, _callers_name, _condvar_blocks, _readonly, _subset
 from ._results import lmer as _lmer
 from ._stats import make_schema
 from ._refit import RefitResult
@@ -63,6 +63,21 @@ def _as_structure(obj, base, what: str):
         return obj
     raise DataError(f"{what} must be a jaxmlm structure such as jaxmlm.{'corAR1' if what == 'correlation' else 'varIdent'}"
                     f"(form='...'), got {type(obj).__name__}")
+
+
+def _prepare(call: dict):
+    """The structures checked and the rows to fit, for ``lmer`` with a structure and ``gls``:
+    (correlation, variance, data_name, data, weights, offset), ``subset=`` applied. ``call`` (the
+    fit's arguments, kept for ``update``) gets the structures and the data's name; its data stays
+    the whole frame, which ``subset`` is applied to again on refits."""
+    call["correlation"] = _as_structure(call["correlation"], CorrelationStructure, "correlation")
+    call["variance"] = _as_structure(call["variance"], VarianceFunction, "variance")
+    data, weights, offset = call["data"], call["weights"], call.get("offset")
+    if call["data_name"] is None:
+        call["data_name"] = _callers_name(data)
+    if call["subset"] is not None:
+        data, weights, offset = _subset(data, call["subset"], weights, offset)
+    return call["correlation"], call["variance"], call["data_name"], data, weights, offset
 
 
 def _frame_of(design, data: pd.DataFrame) -> pd.DataFrame:
@@ -139,6 +154,13 @@ def _residual_fit(correlation, variance, bc, bv, spec, arr, u0, u, rows=None, in
     return ResidualFit(correlation, variance, bc, bv, spec, arr, _readonly(np.asarray(u0, float)),
                        _readonly(np.asarray(u, float)), cor_names, var_names, _readonly(nat_c), _readonly(nat_v),
                        labels, rows, index)
+
+
+def _require_finite(*values) -> None:
+    """A non-finite criterion or estimate is an error (before any convergence warning about it)."""
+    if not all(np.all(np.isfinite(v)) for v in values):
+        raise ConvergenceError("the criterion or the estimates are not finite: check the structure's covariates "
+                               "(e.g. two rows of a group at the same place for corExp without a nugget) and the data")
 
 
 def _status_warning(st, iterations: int) -> tuple[str, ...]:
@@ -536,18 +558,11 @@ def fit_structured(formula, data, REML=True, correlation=None, variance=None, *,
     """``lmer`` with a residual structure (see :func:`jaxmlm.lmer`)."""
     from ._residual_fit import fit_and_solve, make_basis, pack_inputs, unpack
 
-    correlation = _as_structure(correlation, CorrelationStructure, "correlation")
-    variance = _as_structure(variance, VarianceFunction, "variance")
-    call = dict(formula=formula, data=data, REML=REML, correlation=correlation, variance=variance,
-                max_iter=max_iter, data_name=data_name, weights=weights, offset=offset, subset=subset)
     if not isinstance(data, pd.DataFrame):
         raise DataError("a residual structure needs the rows in memory: data must be a pandas DataFrame")
-    if data_name is None:
-        data_name = _callers_name(data)
-        call["data_name"] = data_name
-    full = data
-    if subset is not None:
-        data, weights, offset = _subset(data, subset, weights, offset)
+    call = dict(formula=formula, data=data, REML=REML, correlation=correlation, variance=variance,
+                max_iter=max_iter, data_name=data_name, weights=weights, offset=offset, subset=subset)
+    correlation, variance, data_name, data, weights, offset = _prepare(call)
     design = build_design(formula, data, weights=weights, offset=offset)
     if design.p == 0:
         REML = False
@@ -567,11 +582,8 @@ def fit_structured(formula, data, REML=True, correlation=None, variance=None, *,
     x = st.x
     snapped = tuple(int(i) for i in np.flatnonzero(snapped))
     u = x[nt:]
+    _require_finite(st.f, sol.criterion)
     warns = _status_warning(st, int(st.it))
-    if not np.isfinite(float(sol.criterion)):
-        from ._errors import ConvergenceError
-
-        raise ConvergenceError("the criterion became non-finite; check the structure's covariates and the data")
     b, v = _condvar_blocks(sol, layout, design)
     status = int(st.status)
     record = FitRecord(
@@ -581,7 +593,6 @@ def fit_structured(formula, data, REML=True, correlation=None, variance=None, *,
         max_abs_gradient=float(np.max(np.abs(st.g))) if len(x) else 0.0, snapped=snapped, warnings=warns,
         seconds=time.perf_counter() - t0, method="newton")
     res = _residual_fit(correlation, variance, bc, bv, spec, arr, u0, u, rows, index, nat)
-    call["data"] = full
     return StructuredMixedModel(
         formula=design.formula.text, REML=bool(REML), design=design, layout=layout, stats=stats,
         theta=_readonly(theta), record=record, _beta=_readonly(np.asarray(sol.beta)),
@@ -617,7 +628,7 @@ lmer.__doc__ = (_lmer.__doc__.rstrip() + """
 # ---- gls ------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
-class GlsModel(_StructureResults):
+class GlsModel(_StructureResults, FixedEffectsBase):
     """A linear model fitted by generalized least squares (nlme's ``gls``): no random effects,
     residuals with a correlation structure and/or variance function. Create it with :func:`gls`."""
 
@@ -638,38 +649,9 @@ class GlsModel(_StructureResults):
     theta = np.zeros(0)
 
     @property
-    def nobs(self) -> int:
-        return int(self.design.n)
-
-    @property
-    def n_dropped(self) -> int:
-        return int(self.design.n_dropped_na)
-
-    @property
-    def fixef(self) -> pd.Series:
-        return pd.Series(self._beta, index=list(self.design.fixef_names))
-
-    @property
-    def vcov(self) -> pd.DataFrame:
-        names = list(self.design.fixef_names)
-        return pd.DataFrame(self._vcov, index=names, columns=names)
-
-    @property
-    def se(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self._vcov)), index=list(self.design.fixef_names))
-
-    @property
     def npar(self) -> int:
         r = self.residual
         return self.design.p + 1 + r.spec.ncor + r.spec.nvar
-
-    @property
-    def loglik(self) -> float:
-        return -0.5 * self.objective
-
-    @property
-    def aic(self) -> float:
-        return self.objective + 2.0 * self.npar
 
     @property
     def bic(self) -> float:
@@ -768,16 +750,9 @@ def gls(formula: str, data: pd.DataFrame, correlation=None, variance=None, REML:
     if "|" in formula:
         raise FormulaError("gls takes no random-effects terms; use jaxmlm.lmer(..., correlation=, variance=) for "
                            "a mixed model with a residual structure")
-    correlation = _as_structure(correlation, CorrelationStructure, "correlation")
-    variance = _as_structure(variance, VarianceFunction, "variance")
     call = dict(formula=formula, data=data, correlation=correlation, variance=variance, REML=REML, weights=weights,
                 subset=subset, max_iter=max_iter, data_name=data_name)
-    if data_name is None:
-        data_name = _callers_name(data)
-        call["data_name"] = data_name
-    full = data
-    if subset is not None:
-        data, weights, _ = _subset(data, subset, weights, None)
+    correlation, variance, data_name, data, weights, _ = _prepare(call)
     if _GLS_GROUP in data.columns:
         raise DataError(f"the data may not have a column named {_GLS_GROUP!r}")
     # The engine's design builder expects a random-effects term: a two-level placeholder gives X, y
@@ -797,11 +772,7 @@ def gls(formula: str, data: pd.DataFrame, correlation=None, variance=None, REML:
     t0 = time.perf_counter()
     if len(u0):
         st, H, _ = jax.device_get(fit_program(u0, rows, (), arr, reml, None, spec, max_iter))
-        if not np.isfinite(float(st.f)):
-            from ._errors import ConvergenceError
-
-            raise ConvergenceError("the criterion is not finite: check the structure's covariates (e.g. two rows "
-                                   "of a group at the same place for corExp without a nugget)")
+        _require_finite(st.f)
         u = np.asarray(st.x, float)
         its, nfev, status = int(st.it), int(st.nfev), int(st.status)
         warns = _status_warning(st, its)
@@ -809,16 +780,11 @@ def gls(formula: str, data: pd.DataFrame, correlation=None, variance=None, REML:
     else:
         u, its, nfev, status, warns, grad = u0, 0, 1, 0, (), 0.0
     beta, sigma, vcov, crit = (np.asarray(a, float) for a in jax.device_get(gls_estimates(u, rows, arr, reml, spec)))
-    if not (np.isfinite(crit) and np.all(np.isfinite(beta))):
-        from ._errors import ConvergenceError
-
-        raise ConvergenceError("the criterion is not finite at the estimates: check the structure's covariates "
-                               "(e.g. two rows of a group at the same place for corExp without a nugget)")
+    _require_finite(crit, beta)
     record = FitRecord(theta_start=_readonly(np.zeros(0)), theta_optimizer=_readonly(u), theta_end=_readonly(np.zeros(0)),
                        objective=float(crit), iterations=its, evaluations=nfev, status=status, message=STATUS[status],
                        converged=status in (0, 1), max_abs_gradient=grad, snapped=(), warnings=warns,
                        seconds=time.perf_counter() - t0)
-    call["data"] = full
     return GlsModel(formula=formula, REML=bool(REML), design=design, _beta=_readonly(beta), _vcov=_readonly(vcov),
                     sigma=float(sigma), objective=float(crit),
                     residual=_residual_fit(correlation, variance, bc, bv, spec, arr, u0, u, rows), record=record,

@@ -84,11 +84,10 @@ def _readonly(a) -> np.ndarray:
     return a
 
 
-class MixedModelBase:
-    """What every fitted mixed model has, from its design, θ̂, β̂, vcov(β̂), σ (1 for families
-    without a scale) and the conditional modes and variances: sizes, fixed effects, VarCorr,
-    ranef, condVar, coef. :class:`LinearMixedModel` and
-    :class:`~jaxmlm._glmer.GeneralizedLinearMixedModel` derive from it."""
+class FixedEffectsBase:
+    """What every fitted model has from its design, β̂, vcov(β̂), objective and npar: sizes,
+    fixed effects, log-likelihood, AIC and BIC — also a model without random effects
+    (:class:`~jaxmlm._residual_model.GlsModel`)."""
 
     # ---- sizes -----------------------------------------------------------
     @property
@@ -100,11 +99,6 @@ class MixedModelBase:
     def n_dropped(self) -> int:
         """Rows dropped because a variable of the formula was missing."""
         return self.design.n_dropped_na
-
-    @property
-    def ngroups(self) -> dict[str, int]:
-        """Levels per grouping factor (lme4's ``ngrps``)."""
-        return {b.group: b.nlev for b in self._blocks_lme4_order}
 
     # ---- fixed effects ----------------------------------------------------
     @property
@@ -137,6 +131,19 @@ class MixedModelBase:
     @property
     def bic(self) -> float:
         return -2.0 * self.loglik + math.log(self.nobs) * self.npar
+
+
+
+class MixedModelBase(FixedEffectsBase):
+    """What every fitted mixed model has, from its design, θ̂, β̂, vcov(β̂), σ (1 for families
+    without a scale) and the conditional modes and variances: besides :class:`FixedEffectsBase`,
+    group counts, VarCorr, ranef, condVar, coef. :class:`LinearMixedModel` and
+    :class:`~jaxmlm._glmer.GeneralizedLinearMixedModel` derive from it."""
+
+    @property
+    def ngroups(self) -> dict[str, int]:
+        """Levels per grouping factor (lme4's ``ngrps``)."""
+        return {b.group: b.nlev for b in self._blocks_lme4_order}
 
     # ---- variance components ------------------------------------------------
     def _term_cov(self, t: int) -> np.ndarray:
