@@ -83,8 +83,9 @@ class Arrangement(NamedTuple):
 
 class Basis(NamedTuple):
     """The n-free form of AR(1)/CAR(1) and ``varIdent`` (and ``varFixed``, prior weights): the
-    whitened rows' statistics are Σ_j w_j(φ, δ) S_j over statistics S_j of row classes summed once
-    (:func:`make_basis`). ``stats``: the S_j stacked on a leading axis (value leaves only);
+    whitened rows' statistics are Σ_j w_j(φ, δ) S_j over statistics S_j of row classes
+    (:func:`make_basis` sorts the rows into classes; :func:`with_response` sums them, once per
+    fit). ``stats``: the S_j stacked on a leading axis (value leaves only);
     per class ``part`` (0 a group's first rows, 1 rows r, 2 rows r − 1, 3 their sums), ``gap`` (index
     into ``gaps``, the distinct time steps), ``s``/``s2`` the strata of rows r and r − 1; the counts
     of rows per gap and per stratum and the constant part of log|R| give log|R|. ``scale`` (the
@@ -520,12 +521,6 @@ def gls_estimates(u, rows: RowData, arr: Arrangement, reml, spec: Spec):
     Linv = jax.scipy.linalg.solve_triangular(L, jnp.eye(p, dtype=L.dtype), lower=True)
     # nlme's gls scales vcov(β̂) by the unbiased r²/(n − p) for ML fits too (σ̂ itself stays r²/n)
     return beta, jnp.sqrt(sigma2), r2 / (n - p) * Linv.T @ Linv, gls_criterion(u, rows, arr, reml, spec)
-
-
-def check_layout(layout: Layout) -> None:
-    """Widened (varying) columns need the rest blocks' Gram kept dense."""
-    if a22_blocks(layout):
-        raise AssertionError("a factor varying within residual groups with a nested rest block")
 
 
 @partial(_compiled.jit, static_argnames=("layout", "spec"))
