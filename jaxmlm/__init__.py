@@ -37,7 +37,7 @@ from ._errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
-    "lmer": "._residual_model",
+    "lmer": "._lmer",
     "blmer": "._blmer",
     "glmer": "._glmer",
     "glmer_nb": "._glmer",

@@ -19,7 +19,6 @@ from functools import cached_property
 import jax
 import numpy as np
 import pandas as pd
-from scipy.stats import t as t_dist
 
 from ._errors import ConvergenceError, ConvergenceWarning, DataError, FormulaError, GroupingError, InferenceError
 from ._formula import parse_formula
@@ -27,12 +26,11 @@ from ._frontend import build_design
 from ._implicit import row_data
 from ._optimize import STATUS, lme4_start
 from ._results import FitRecord, FixedEffectsBase, LinearMixedModel, _callers_name, _condvar_blocks, _readonly, _subset
-from ._results import lmer as _lmer
 from ._stats import make_schema
 from ._refit import RefitResult
 from .residuals import CorrelationStructure, VarianceFunction, correlation_matrix, group_codes
 
-__all__ = ["lmer", "StructuredMixedModel", "GlsModel", "fit_structured", "gls"]
+__all__ = ["StructuredMixedModel", "GlsModel", "fit_structured", "gls"]
 
 
 @dataclass(frozen=True)
@@ -600,31 +598,6 @@ def fit_structured(formula, data, REML=True, correlation=None, variance=None, *,
         _condvar=v, data_name=data_name, residual=res, _call=call)
 
 
-def lmer(formula: str, data, REML: bool = True, *, max_iter: int = 200, optimizer: str = "auto",
-         dtype: str = "float64", polish: bool = True, data_name: str | None = None, weights=None, offset=None,
-         subset=None, correlation=None, variance=None):
-    if correlation is None and variance is None:
-        return _lmer(formula, data, REML, max_iter=max_iter, optimizer=optimizer, dtype=dtype, polish=polish,
-                     data_name=data_name, weights=weights, offset=offset, subset=subset)
-    if not isinstance(REML, (bool, np.bool_)):
-        raise DataError(f"REML must be True or False, got {REML!r}")
-    if optimizer not in ("auto", "newton") or dtype != "float64":
-        raise DataError("a residual structure (correlation=, variance=) is fitted by Newton in float64; "
-                        "leave optimizer and dtype at their defaults")
-    return fit_structured(formula, data, REML, correlation, variance, max_iter=max_iter, data_name=data_name,
-                          weights=weights, offset=offset, subset=subset)
-
-
-lmer.__doc__ = (_lmer.__doc__.rstrip() + """
-
-    ``correlation`` and ``variance``: a residual correlation structure and/or variance function
-    with nlme's names and forms (:mod:`jaxmlm.residuals`: ``jaxmlm.corAR1(form="~ Days |
-    Subject")``, ``jaxmlm.varIdent(form="~ 1 | Sex")``, ...), as nlme's ``lme(correlation=,
-    weights=)`` — also with crossed random effects. The result is then a
-    :class:`StructuredMixedModel`; such fits need the rows in memory and run Newton in float64.
-    """)
-
-
 # ---- gls ------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
@@ -680,6 +653,8 @@ class GlsModel(_StructureResults, FixedEffectsBase):
 
     def coef_table(self) -> pd.DataFrame:
         """t-tests of the coefficients with n − p degrees of freedom, as nlme's ``summary.gls``."""
+        from scipy.stats import t as t_dist
+
         est, se = self._beta, np.sqrt(np.diag(self._vcov))
         df = self.nobs - self.design.p
         tv = est / se
@@ -688,6 +663,8 @@ class GlsModel(_StructureResults, FixedEffectsBase):
 
     def confint(self, level: float = 0.95) -> pd.DataFrame:
         """Intervals of the coefficients from the t distribution with n − p df (nlme's ``intervals``)."""
+        from scipy.stats import t as t_dist
+
         if not 0 < level < 1:
             raise DataError(f"level must be in (0, 1), got {level!r}")
         q = t_dist.ppf(0.5 + level / 2, self.nobs - self.design.p)
