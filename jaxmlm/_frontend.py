@@ -19,15 +19,18 @@ import numpy as np
 import pandas as pd
 
 from ._design import (
+    Coded,
     Design,
     _assemble,
     _Deferred,
     _grouping,
     _is_number,
+    _is_text,
     _no_complete_rows,
     _nonfinite,
     _prepare,
     _restrict_levels,
+    _string_codes,
     _unknown_column,
     r_column_name,
 )
@@ -159,8 +162,10 @@ def _numeric(col: pd.Series) -> bool:
     return isinstance(col.dtype, np.dtype) and col.dtype.kind in "iuf"
 
 
-def _missing(col: pd.Series) -> np.ndarray | None:
+def _missing(col: pd.Series | Coded) -> np.ndarray | None:
     """Rows where a prepared column is missing (None: none can be)."""
+    if isinstance(col, Coded):
+        return col.codes < 0
     if isinstance(col.dtype, pd.CategoricalDtype):
         return col.array.codes < 0
     if isinstance(col.dtype, np.dtype):
@@ -199,7 +204,9 @@ def _fast_design(parsed: ParsedFormula, data: pd.DataFrame, template: bool = Fal
     if not all(_numeric(series[c]) for c in numeric_needed):
         return None
     predictors = set(fixed[1])
-    frame = {c: _prepare(series[c], c == lhs, c if c in predictors else None) for c in cols}
+    grouping_only = factors - predictors - numeric_needed
+    frame = {c: Coded(*_string_codes(series[c])) if c in grouping_only and _is_text(series[c])
+             else _prepare(series[c], c == lhs, c if c in predictors else None) for c in cols}
     categorical = [c for c in fixed[1] if not _numeric(frame[c])]
     for c in categorical:
         dtype = frame[c].dtype
@@ -247,7 +254,9 @@ def _fast_design(parsed: ParsedFormula, data: pd.DataFrame, template: bool = Fal
         X[:, j] = a
     _nonfinite(X, names_all, "the fixed-effects model matrix")
 
-    specs = _Deferred(lambda: _formulaic_specs(parsed, frame, data.index, complete, cols))
+    specs = _Deferred(lambda: _formulaic_specs(
+        parsed, {c: _prepare(series[c], False) if isinstance(v, Coded) else v for c, v in frame.items()},
+        data.index, complete, cols))
     kept = {f: frame[f] if every else frame[f][complete] for f in factors}
     groupings: dict[tuple[str, ...], tuple[np.ndarray, pd.Index]] = {}
     raw = []

@@ -1217,15 +1217,23 @@ def test_formula_must_be_a_string(formula, entry):
 @pytest.mark.parametrize("dtype", [object, "str", "string"])
 def test_text_group_ids_are_factors_with_sorted_levels_as_a_categorical(dtype):
     """Group ids read as text (object, pandas' str or string dtype; missing values, unicode,
-    an empty string) are coded as the Categorical with sorted levels: same codes and labels."""
+    an empty string) are coded as the Categorical with sorted levels: same codes and labels,
+    a level whose rows all drop out (missing response) dropped as R's droplevels."""
     rng = np.random.default_rng(3)
     ids = np.array(["b", "a", "Z", "é", "", "a10", "a2"], dtype=object)[rng.integers(0, 7, 70)]
     ids[[3, 40]] = None
-    d = pd.DataFrame({"y": rng.normal(size=70), "x": rng.normal(size=70), "g": pd.Series(ids, dtype=dtype)})
+    y = rng.normal(size=70)
+    y[ids == "Z"] = np.nan
+    d = pd.DataFrame({"y": y, "x": rng.normal(size=70), "g": pd.Series(ids, dtype=dtype)})
     ref = d.copy()
     ref["g"] = pd.Categorical(ids, categories=sorted({v for v in ids if v is not None}))
     a = build_design("y ~ x + (1 | g)", d)
     b = build_design("y ~ x + (1 | g)", ref)
-    assert list(a.blocks[0].levels) == list(b.blocks[0].levels) == sorted({v for v in ids if v is not None})
+    kept = sorted({v for v in ids if v is not None} - {"Z"})
+    assert list(a.blocks[0].levels) == list(b.blocks[0].levels) == kept
     assert np.array_equal(a.blocks[0].codes, b.blocks[0].codes)
+    assert a.n == b.n == int(np.sum((ids != None) & (ids != "Z")))  # noqa: E711
+    new = pd.DataFrame({"x": [0.5, -1.0], "g": pd.Series(["a", "b"], dtype=dtype)})
+    ma, mb = jaxmlm.lmer("y ~ x + (1 | g)", d), jaxmlm.lmer("y ~ x + (1 | g)", ref)
+    np.testing.assert_allclose(ma.predict(new), mb.predict(new), rtol=1e-12)
     assert d["g"].dtype == pd.Series(ids, dtype=dtype).dtype  # the user's column is untouched
