@@ -114,13 +114,15 @@ def _theta_index(t0: int, k: int, r: int, c: int) -> int:
     return t0 + c * k - c * (c - 1) // 2 + (r - c)
 
 
-def _params(m) -> list[_Param]:
+def _params(m, sigma: bool = True) -> list[_Param]:
+    """The parameters in lme4's order; ``sigma`` False for a GLMM, whose profile has no σ row."""
     out = []
     for t, term in enumerate(m.design.terms):
         names = term.cov.sdcor_names(term.columns, term.group)
         for name, (kind, r, c) in zip(names, term.cov.sdcor_labels()):
             out.append(_Param(name, SD, t, r) if kind == "sd" else _Param(name, COR, t, r, c))
-    out.append(_Param("sigma", SIGMA))
+    if sigma:
+        out.append(_Param("sigma", SIGMA))
     out += [_Param(nm, BETA, fixef=j) for j, nm in enumerate(m.design.fixef_names)]
     return out
 
@@ -614,16 +616,16 @@ def _profile(m, level: float, parm, max_outer: int = 40, ztol: float = 1e-7) -> 
         v[: len(cor_bounds)] = [at for _, _, at, _ in cor_bounds]
         frozen = np.arange(T) >= len(cor_bounds)
         _, D, _, _ = _minimize(m, spec, X, v, frozen)
-        for (a, b, at, side), d in zip(cor_bounds, D):
-            # The side is the bound's (lower first): an estimate at ±1 may exceed it by rounding.
-            zb = side * math.sqrt(max(d - base, 0.0))
-            if abs(zb) < z or not np.isfinite(d):
-                (lower if side < 0 else upper)[a] = b
-            else:
-                tasks.append((a, side * z, min(at, est[a]), max(at, est[a])))
+        _at_bounds(cor_bounds, D, base, z, est, lower, upper, tasks)
 
     if tasks:
-        res = _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, max_outer, ztol)
+        P = [params[a] for a, _, _, _ in tasks]
+        spec = _pad(_specs(m, P), T)
+        res = _solve_tasks(
+            P, est, tasks, base, max_outer, ztol,
+            guess=lambda p, vhat, target: _first_guess(m, p, vhat, target, sigma, vcov, n),
+            X=_task_start(m, P, spec, theta, sigma), nspec=T,
+            minimize=lambda X, v, frozen: _minimize(m, spec, _lift_free(X, spec, m.layout), v, frozen))
         for (a, target, _, _), val in zip(tasks, res):
             (lower if target < 0 else upper)[a] = val
     return pd.DataFrame({cols[0]: lower, cols[1]: upper}, index=pd.Index([p.name for p in params]))
@@ -783,11 +785,26 @@ def _rise(D: float, base: float, name: str) -> float:
     return D - base
 
 
-def _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, max_outer, ztol):
-    """Safeguarded Newton on ζ(v) = target for every task at once; returns the v's (∞/NaN if not found)."""
+def _at_bounds(bounds, D, base: float, z: float, est, lower, upper, tasks: list) -> None:
+    """lme4's ``confint.thpr`` at a parameter's bounds: for each (parameter, bound, where D was
+    evaluated for it, side) with D there, a profile that does not reach ζ = ±z at the bound
+    makes the bound the limit; else a task bracketed by the estimate and the bound is added.
+    The side is the bound's (lower first): an estimate at ±1 may exceed it by rounding."""
+    for (a, b, at, side), d in zip(bounds, D):
+        zb = side * math.sqrt(max(d - base, 0.0))
+        if abs(zb) < z or not np.isfinite(d):
+            (lower if side < 0 else upper)[a] = b
+        else:
+            tasks.append((a, side * z, min(at, est[a]), max(at, est[a])))
+
+
+def _solve_tasks(P, est, tasks, base, max_outer, ztol, *, guess, X, nspec, minimize):
+    """Safeguarded Newton on ζ(v) = target for every task at once; returns the v's (∞/NaN if not
+    found). ``P``: each task's parameter; ``guess(p, v̂, target)``: the first v tried; ``X``: the
+    tasks' free vectors at the estimates (``nspec`` rows, padding after the tasks);
+    ``minimize(X, v, frozen)``: (X̂, D, ∂D/∂v, finite) of every row, the frozen ones left alone
+    (LMMs: :func:`_minimize`; GLMMs: :mod:`jaxmlm._glmm_confint`)."""
     nt_ = len(tasks)
-    P = [params[a] for a, _, _, _ in tasks]
-    spec = _pad(_specs(m, P), T)
     kind = np.array([p.kind for p in P])
     logv = (kind == SD) | (kind == SIGMA)
     target = np.array([t for _, t, _, _ in tasks])
@@ -795,20 +812,18 @@ def _solve_tasks(m, params, est, tasks, theta, sigma, beta, vcov, base, n, T, ma
     hi = np.array([h for _, _, _, h in tasks], dtype=float)
     vhat = np.array([est[a] for a, _, _, _ in tasks])
 
-    v = np.array([_first_guess(m, p, vhat[i], target[i], sigma, vcov, n) for i, p in enumerate(P)])
+    v = np.array([guess(p, vhat[i], target[i]) for i, p in enumerate(P)])
     for i in range(nt_):
         if not lo[i] < v[i] < hi[i]:
             v[i] = _midpoint(lo[i], hi[i], vhat[i], v[i], logv[i])
-    X = _task_start(m, P, spec, theta, sigma)
-    vfull = np.concatenate([v, np.repeat(v[:1], T - nt_)])
-    active = np.zeros(T, bool)
+    vfull = np.concatenate([v, np.repeat(v[:1], nspec - nt_)])
+    active = np.zeros(nspec, bool)
     active[:nt_] = True
     result = np.full(nt_, np.nan)
     for _ in range(max_outer):
         if not active.any():
             break
-        X = _lift_free(X, spec, m.layout)
-        X, D, gv, finite = _minimize(m, spec, X, vfull, ~active)
+        X, D, gv, finite = minimize(X, vfull, ~active)
         for i in np.flatnonzero(active[:nt_]):
             vi = vfull[i]
             if not finite[i] or not np.isfinite(D[i]):

@@ -473,12 +473,30 @@ class GeneralizedLinearMixedModel(MixedModelBase):
         return pd.DataFrame({"Estimate": self.fixef, "Std. Error": self.se, "z value": z,
                              "Pr(>|z|)": 2 * norm.sf(np.abs(z))})
 
-    def confint(self, level: float = 0.95, method: str = "Wald") -> pd.DataFrame:
-        """Wald intervals β̂ ± z SE for the fixed effects (lme4's ``confint(m, method = "Wald")``)."""
+    def confint(self, level: float = 0.95, method: str = "profile", parm=None, nsim: int = 500,
+                seed=None) -> pd.DataFrame:
+        """Confidence intervals as lme4's ``confint(m, method = ...)`` of a glmer fit.
+
+        ``"profile"`` (lme4's default): likelihood-profile intervals of the random-effects SDs
+        and correlations and the fixed effects, from the deviance the fit minimized
+        (:mod:`jaxmlm._glmm_confint`); ``"boot"``: percentile intervals of the same parameters
+        over ``nsim`` parametric-bootstrap refits; ``parm`` selects parameters by name or
+        position, or ``"theta_"`` / ``"beta_"``. ``"Wald"``: β̂ ± z SE for the fixed effects."""
         from scipy.stats import norm
 
-        if method.lower() != "wald":
-            raise DataError("glmer models have Wald intervals (method='Wald') so far")
+        if not (isinstance(level, (float, int)) and 0.0 < float(level) < 1.0):
+            raise DataError(f"level must be a number between 0 and 1 (e.g. 0.95), got {level!r}")
+        key = str(method).lower()
+        if key == "profile":
+            from ._glmm_confint import glmm_profile_confint
+
+            return glmm_profile_confint(self, float(level), parm)
+        if key in ("boot", "bootstrap"):
+            from ._glmm_confint import glmm_boot_confint
+
+            return glmm_boot_confint(self, float(level), parm, nsim, seed)
+        if key != "wald":
+            raise DataError(f"method must be 'profile', 'boot' or 'Wald' for a glmer fit, got {method!r}")
         q = norm.ppf(0.5 + level / 2)
         lo, hi = f"{100 * (1 - level) / 2:.1f} %", f"{100 * (1 + level) / 2:.1f} %"
         return pd.DataFrame({lo: self.fixef - q * self.se, hi: self.fixef + q * self.se})

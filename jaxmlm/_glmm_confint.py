@@ -1,0 +1,223 @@
+"""Profile confidence intervals of a GLMM, as lme4's ``confint(m)`` for a ``glmer`` fit.
+
+lme4 (``profile.merMod``, Bates et al. 2015, *J. Stat. Softw.* 67(1), §5.1) profiles the
+deviance the fit minimized — the Laplace approximation, or adaptive Gauss–Hermite
+quadrature with ``nAGQ > 1`` — over the random-effects SDs and correlations
+(``sd_(Intercept)|herd``, ``cor_…``) and the fixed effects; a GLMM has no σ row. For a
+parameter ψ fixed at v the others are re-optimized, D*(v) = min D, and the limits are where
+ζ(v) = sign(v − ψ̂)·√(D*(v) − D̂) crosses ±z, z = Φ⁻¹((1 + level)/2).
+
+A GLMM's θ is the relative covariance factor of the random effects themselves (b = Λ_θ u,
+u ~ N(0, I): no σ), so an SD is the norm of its template row and a correlation the cosine
+of two rows. Each kind of parameter is fixed by the change of variables of the linear
+model's profile (:mod:`jaxmlm._confint`): an SD's row is v times a unit vector in
+hyperspherical angles, a correlation's two rows are rebuilt with cosine v, a fixed effect
+is set to v; the remaining minimization, over the free angles, the other θ entries and β,
+is unconstrained. It is the fit's own minimizer (:func:`~jaxmlm._glmm_fit._newton_once`:
+modified Newton with the exact autodiff Hessian of the deviance, PIRLS inside), run for
+every (parameter, side) task in one compiled program per model shape (``lax.map`` over the
+tasks). The crossings are found by the linear model's safeguarded Newton steps in v
+(:func:`~jaxmlm._confint._solve_tasks`), with dζ/dv = (∂D/∂v)/(2ζ), ∂D/∂v exact at the
+inner optimum (envelope theorem), instead of lme4's spline through a grid of profile
+points.
+
+Boundaries as lme4's ``confint.thpr``: an SD whose estimate is 0, or whose profile does not
+reach −z at 0, gets the lower limit 0; a correlation that does not reach ±z at ±1 gets ±1;
+an upper limit never reached is ∞. A negative binomial's θ is held at its estimate, as lme4
+profiles a ``glmer.nb`` fit.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from scipy.special import ndtri
+
+from . import _compiled, _programs, _x64  # noqa: F401
+from ._confint import (BETA, SD, _at_bounds, _cor_start, _cor_theta, _pad, _params, _percent_labels, _sd_start,
+                       _sd_theta, _select, _solve_tasks, _Spec, _specs)
+from ._errors import InferenceError
+from ._glmm_fit import _newton_once, _u_layout, deviance_at
+from ._implicit import RowData
+from ._optimize import diagonal_mask
+from ._pirls import Modes, laplace_deviance
+from ._stats import Layout
+from .families import Family
+
+__all__ = ["glmm_boot_confint", "glmm_profile_confint"]
+
+
+def _task_params(z, v, spec: _Spec, ntheta: int):
+    """(θ, β) of a task's free vector z = (φ, β) with its parameter at v. An SD's row keeps the
+    linear model's layout (its first slot, log σ there, is σ = 1 here and does not enter)."""
+    phi, beta = z[:ntheta], z[ntheta:]
+    ext = jnp.concatenate([phi, jnp.zeros(1, phi.dtype)])
+    phi = jnp.where(spec.kind == SD, ext.at[spec.rr[0]].set(0.0)[:ntheta], phi)
+    theta = _sd_theta(_cor_theta(phi, v, spec), v, spec)[0]
+    beta = jnp.where(spec.kind == BETA, beta + (v - spec.e @ beta) * spec.e, beta)
+    return theta, beta
+
+
+@partial(_compiled.jit, static_argnames=("layout", "family", "nagq", "max_iter"))
+def _minimize(X, v, spec: _Spec, frozen, mask, start: Modes, rows: RowData, index: tuple, phi, layout: Layout,
+              family: Family, nagq: int, max_iter: int = 100):
+    """Minimize the deviance over each task's free vector, its parameter at v: (ẑ, D(ẑ), ∂D/∂v).
+
+    The tasks run one after another (``lax.map``: no batched LAPACK inside a while loop, see
+    :mod:`jaxmlm._confint`), each from the fit's PIRLS modes; ``frozen`` tasks are skipped,
+    ``mask`` marks the θ diagonals whose Newton steps keep their sign (those of rows the task
+    does not rebuild)."""
+    lay_u = _u_layout(layout)
+    m = layout.ntheta
+
+    def deviance(z, w, sp, modes):
+        theta, beta = _task_params(z, w, sp, m)
+        return laplace_deviance(theta, beta, phi, modes, rows, index, lay_u, family, nagq)
+
+    def task(args):
+        x0, w, sp, mk = args
+        st, (_, modes) = _newton_once(lambda z, kept: deviance(z, w, sp, kept), x0, start, max_iter, 1e-10, 1e-6, mk)
+        gv = jax.grad(lambda ww: deviance(st.x, ww, sp, modes)[0])(w)
+        return st.x, st.f, gv
+
+    def skip(args):
+        return args[0], jnp.nan * args[1], jnp.nan * args[1]
+
+    return jax.lax.map(lambda a: jax.lax.cond(a[-1], skip, task, a[:-1]), (X, v, spec, mask, frozen))
+
+
+def glmm_profile_confint(m, level: float = 0.95, parm=None, max_outer: int = 40, ztol: float = 1e-7) -> pd.DataFrame:
+    """lme4's ``confint(m, method = "profile")`` of a GLMM (module docstring): a DataFrame indexed
+    by parameter (``sd_…``, ``cor_…``, then the fixed effects), columns ``"2.5 %"``, ``"97.5 %"``."""
+    if m.nAGQ == 0:
+        raise InferenceError("profile intervals need the Laplace or quadrature deviance (nAGQ ≥ 1); an nAGQ = 0 "
+                             "fit has no deviance in β. Use method='Wald' or method='boot', or refit with nAGQ=1")
+    own = sorted({getattr(t.cov, "kind", type(t.cov).__name__) for t in m.design.terms} - {"us", "diag"})
+    if own:
+        raise InferenceError(f"GLMM profile intervals cover unstructured and diagonal terms, not {', '.join(own)}; "
+                             "use method='Wald' or method='boot'")
+    z = float(ndtri(0.5 + level / 2.0))
+    cols = _percent_labels(level)
+    params = _select(_params(m, sigma=False), parm)
+    layout = m.layout
+    theta, beta = np.asarray(m.theta, float), np.asarray(m._beta, float)
+    phi = np.asarray(m._phi, float)
+    args = (m._modes, m._rowdata, m._index, phi)
+    statics = dict(layout=layout, family=m.family, nagq=m.nAGQ)
+    base = float(deviance_at(jnp.asarray(np.concatenate([theta, beta, [np.log(phi)] if m.family.estimates_phi else []])),
+                             m._modes, m._rowdata, m._index, layout, m.family, m.nAGQ))
+    est = _estimates(m, params, theta, beta)
+    se = np.sqrt(np.maximum(np.diag(np.asarray(m._vcov, float)), 0.0))
+    lower, upper = np.full(len(params), np.nan), np.full(len(params), np.nan)
+
+    def minimize(P, v, X=None, frozen=None):
+        """(X̂, D, ∂D/∂v, finite) for tasks P at v, padded to a multiple of 8 tasks (few programs)."""
+        T = max(8, -(-len(P) // 8) * 8)
+        spec = _pad(_specs(m, P), T)
+        if X is None:
+            X = _start(m, P, spec, theta, beta)
+        mask = np.concatenate([_keep_sign(layout, spec), np.zeros((T, layout.p), bool)], axis=1)
+        vv = np.concatenate([v, np.repeat(v[:1], T - len(v))])
+        fr = np.arange(T) >= len(P) if frozen is None else frozen
+        out = _programs.call(_minimize, (X, vv, _Spec(*(np.asarray(spec[f]) for f in _Spec._fields)), fr, mask, *args),
+                             statics)
+        Xn, D, gv = (np.array(a) for a in out)
+        return Xn, D, gv, np.isfinite(D) | fr
+
+    # What the bounds decide before any root is sought: SD = 0, correlation = ±1.
+    tasks, checks = [], []
+    for a, p in enumerate(params):
+        if p.kind == SD:
+            if est[a] <= 0:
+                lower[a] = 0.0
+            else:
+                checks.append((a, 0.0, 0.0, -1.0))
+            tasks.append((a, z, est[a], np.inf))
+        elif p.kind == BETA:
+            tasks += [(a, -z, -np.inf, est[a]), (a, z, est[a], np.inf)]
+        elif np.isfinite(est[a]):
+            checks += [(a, -1.0, -1.0, -1.0), (a, 1.0, 1.0, 1.0)]
+    if checks:
+        _, D, _, _ = minimize([params[a] for a, *_ in checks], np.array([b for _, b, _, _ in checks]))
+        _at_bounds(checks, D, base, z, est, lower, upper, tasks)
+    if tasks:
+        P = [params[a] for a, _, _, _ in tasks]
+        T = max(8, -(-len(P) // 8) * 8)
+        spec = _pad(_specs(m, P), T)
+
+        def guess(p, vhat, target):
+            if p.kind == BETA:
+                return vhat + target * se[p.fixef]
+            if p.kind == SD:  # (an SD estimated at 0: half a unit on the link scale)
+                nlev = m.design.blocks[m.design.terms[p.term].block].nlev
+                return vhat * math.exp(target / math.sqrt(2.0 * nlev)) if vhat > 0 else 0.5
+            return vhat + math.copysign(min(0.5, 1.0 - abs(vhat)), target) * (1.0 - vhat**2)
+
+        res = _solve_tasks(P, est, tasks, base, max_outer, ztol, guess=guess, X=_start(m, P, spec, theta, beta),
+                           nspec=T, minimize=lambda X, v, frozen: minimize(P, v[: len(P)], X, frozen))
+        for (a, target, _, _), val in zip(tasks, res):
+            (lower if target < 0 else upper)[a] = val
+    return pd.DataFrame({cols[0]: lower, cols[1]: upper}, index=pd.Index([p.name for p in params]))
+
+
+def glmm_boot_confint(m, level: float = 0.95, parm=None, nsim: int = 500, seed=None) -> pd.DataFrame:
+    """lme4's ``confint(m, method = "boot")``: percentile intervals of the SDs, correlations and
+    fixed effects over a parametric bootstrap (``nsim`` responses from :meth:`simulate`, refitted
+    at once by :meth:`refit_many`; replicates that did not converge are left out)."""
+    params = _select(_params(m, sigma=False), parm)
+    fits = m.refit_many(m.simulate(nsim, seed))
+    ok = fits[fits["converged"]]
+    if len(ok) < 2:
+        raise InferenceError(f"only {len(ok)} of {len(fits)} bootstrap refits converged: no interval")
+    T, B = ok[list(m.theta_names)].to_numpy(), ok[list(m.design.fixef_names)].to_numpy()
+    draws = np.array([_estimates(m, params, t, b) for t, b in zip(T, B)])
+    a = (1.0 - level) / 2.0
+    lo, hi = np.nanquantile(draws, a, axis=0), np.nanquantile(draws, 1.0 - a, axis=0)
+    cols = _percent_labels(level)
+    return pd.DataFrame({cols[0]: lo, cols[1]: hi}, index=pd.Index([p.name for p in params]))
+
+
+def _estimates(m, params, theta: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """ψ̂ of each parameter: SDs and correlations of ΛΛᵀ per term, the fixed effects."""
+    from ._confint import _sd_entries, _term_starts, _theta_index
+
+    out = np.empty(len(params))
+    starts = _term_starts(m)
+    for a, p in enumerate(params):
+        if p.kind == BETA:
+            out[a] = beta[p.fixef]
+        elif p.kind == SD:
+            out[a] = float(np.linalg.norm(theta[_sd_entries(m, p)]))
+        else:
+            t0, k = starts[p.term], m.design.terms[p.term].k
+            ri = theta[[_theta_index(t0, k, p.row, c) for c in range(p.row + 1)]]
+            rj = theta[[_theta_index(t0, k, p.col, c) for c in range(p.col + 1)]]
+            den = np.linalg.norm(ri) * np.linalg.norm(rj)
+            out[a] = float(ri[: len(rj)] @ rj / den) if den > 0 else np.nan
+    return out
+
+
+def _start(m, P, spec: dict, theta: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Every task's free vector (φ, β) at the estimates, θ's diagonals lifted off 0 (an even
+    criterion's stationary point) except in a row the task rebuilds."""
+    T, layout = len(spec["kind"]), m.layout
+    lifted = np.where(diagonal_mask(layout) & (np.abs(theta) < 1e-4), 0.1, theta)
+    X = _cor_start(np.repeat(lifted[None, :], T, axis=0), spec)
+    for i, p in enumerate(P):
+        if p.kind == SD:
+            X[i] = _sd_start(m, p, X[i], 1.0)
+    return np.concatenate([X, np.repeat(beta[None, :], T, axis=0)], axis=1)
+
+
+def _keep_sign(layout: Layout, spec: dict) -> np.ndarray:
+    """Per task, the θ diagonals whose steps the minimizer clips (sign kept): all but those in the
+    rows the task rebuilds (an SD's row, a correlation's two rows), which hold angles there."""
+    rebuilt = np.zeros((len(spec["kind"]), layout.ntheta + 1), bool)
+    for idx, mask in (("ri", "mi"), ("rj", "mj"), ("rr", "mr")):
+        np.put_along_axis(rebuilt, spec[idx], spec[mask] > 0, axis=1)
+    return diagonal_mask(layout)[None, :] & ~rebuilt[:, : layout.ntheta]
