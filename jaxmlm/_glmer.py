@@ -288,14 +288,9 @@ def _fit(formula, design: Design, layout: Layout, rows: RowData, index, fam: Fam
     t0 = time.perf_counter()
     phi0 = None
     if fam.estimates_phi:
-        # MASS's theta.ml start: n / Σ (y/μ − 1)² at the Poisson GLM's μ
-        from ._glmm_fit import glm_start
-        from .families import Poisson
+        from ._glmm_fit import nb_start
 
-        g = glm_start(rows, index, jnp.zeros(()), layout, Poisson())
-        mu = np.exp(np.asarray(rows.offset + rows.X @ g.beta))
-        y = np.asarray(rows.y)
-        phi0 = float(len(y) / max(np.sum((y / mu - 1.0) ** 2), 1e-8))
+        phi0 = float(nb_start(rows, index, layout))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         f = fit_glmm(rows, index, layout, fam, nagq, max_iter, phi0)
@@ -531,15 +526,15 @@ class GeneralizedLinearMixedModel(MixedModelBase):
         """Refit the model to every response in Y ((nsim, n): e.g. :meth:`simulate`'s) in one
         compiled, vmapped call (:func:`~jaxmlm._glmm_fit.refit_batch`): the same stages as
         :func:`glmer`, per replicate. Returns one row per replicate: the fixed effects, θ
-        (diagonals made positive), the log-likelihood, ``converged`` and ``status``. A replicate
+        (diagonals made positive), ``nb_theta`` (a negative binomial whose θ is estimated: each
+        replicate estimates it, from MASS's start as :func:`glmer_nb`), the log-likelihood,
+        ``converged`` and ``status``. A replicate
         that fails (separation, a non-finite deviance) is flagged (``converged`` False) and the
         others are unaffected. ``se=True`` adds each replicate's SEs (columns ``se:<name>``, from
         its deviance's exact Hessian, as :attr:`se`)."""
         from ._glmm_fit import refit_batch
         from ._optimize import canonical_theta
 
-        if self.family.estimates_phi:
-            raise JaxmlmError("refit_many of a negative binomial GLMM is not available yet; refit each with glmer_nb")
         Y = np.asarray(Y, dtype=float)
         if Y.ndim == 1:
             Y = Y[None, :]
@@ -553,6 +548,8 @@ class GeneralizedLinearMixedModel(MixedModelBase):
         df = pd.DataFrame(np.asarray(res.beta), columns=list(self.design.fixef_names))
         for j, nm in enumerate(self.theta_names):
             df[nm] = theta[:, j]
+        if self.family.estimates_phi:
+            df["nb_theta"] = np.asarray(res.phi)
         df["loglik"] = -0.5 * np.asarray(res.deviance)
         status = np.asarray(res.status)
         beta = np.asarray(res.beta)
@@ -618,7 +615,7 @@ class GeneralizedLinearMixedModel(MixedModelBase):
         fits = self.refit_many(self.simulate(nsim, seed), max_iter=max_iter)
         ok = fits[fits["converged"]]
         cols = [c for c in fits.columns if c not in ("loglik", "converged", "status")]
-        est = list(self._beta) + list(self.theta)
+        est = list(self._beta) + list(self.theta) + ([self.nb_theta] if self.family.estimates_phi else [])
         lo, hi = (1 - level) / 2, (1 + level) / 2
         return pd.DataFrame({"estimate": est, "boot_se": ok[cols].std(ddof=1).to_numpy(),
                              f"{100 * lo:.1f} %": ok[cols].quantile(lo).to_numpy(),

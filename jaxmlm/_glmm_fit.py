@@ -89,6 +89,16 @@ def glm_start(rows: RowData, index: tuple, phi, layout: Layout, family: Family) 
     return Modes(m.beta, u1, u2, m.pdev, m.iterations, m.converged)
 
 
+def nb_start(rows: RowData, index: tuple, layout: Layout):
+    """The negative binomial θ's start, MASS's ``theta.ml`` start n / Σ (y/μ − 1)² at the Poisson
+    GLM's μ (traceable: a batched refit makes it per replicate)."""
+    from .families import Poisson
+
+    g = glm_start(rows, index, jnp.zeros((), rows.X.dtype), layout, Poisson())
+    mu = jnp.exp(rows.offset + rows.X @ g.beta)
+    return rows.y.shape[0] / jnp.maximum(jnp.sum((rows.y / mu - 1.0) ** 2), 1e-8)
+
+
 def _newton_once(f, x0, start: Modes, max_iter, ftol, gtol, mask):
     """:func:`~jaxmlm._optimize._newton` on ``f(x, modes) -> (deviance, modes)`` with (f, ∇f, ∇²f) by
     autodiff at every trial point (``trial_fgh``: one copy of the deviance and its PIRLS loop
@@ -260,7 +270,9 @@ class Refits(NamedTuple):
     """Batched refits (arrays with a leading replicate axis): θ̂ (raw, signs as the optimizer left
     them), β̂, the deviance, the optimizer's status of the last stage, PIRLS's convergence, and
     whether any fitted mean sits on the link's clamp (a binomial probability numerically 0
-    or 1: separation's sign), and SE(β̂) from the deviance's Hessian (NaN for nAGQ = 0)."""
+    or 1: separation's sign), SE(β̂) from the deviance's Hessian (NaN for nAGQ = 0; for the
+    negative binomial conditional on its θ, as lme4), and φ̂ (the negative binomial's θ where
+    estimated, else the family's fixed value)."""
 
     theta: jax.Array
     beta: jax.Array
@@ -269,6 +281,7 @@ class Refits(NamedTuple):
     pirls_converged: jax.Array
     edge: jax.Array
     se: jax.Array
+    phi: jax.Array
 
 
 @partial(_compiled.jit, static_argnames=("layout", "family", "nagq", "max_iter"))
@@ -285,17 +298,21 @@ def refit_batch(Y, rows: RowData, index: tuple, layout: Layout, family: Family, 
 
     def one(y):
         r = rows._replace(y=y)
-        start = glm_start(r, index, phi, layout, family)
+        phi0 = nb_start(r, index, layout) if family.estimates_phi else phi
+        start = glm_start(r, index, phi0, layout, family)
+        p = layout.p
         if nagq == 0:
             st, mm = stage1(theta0, start, r, index, phi, layout, family, max_iter)
-            theta, beta = st.x, mm.beta
-            se = jnp.full(layout.p, jnp.nan, dt)
+            theta, beta, phi_hat = st.x, mm.beta, phi
+            se = jnp.full(p, jnp.nan, dt)
         else:
-            st, mm, H = stage2(jnp.concatenate([theta0, start.beta]), start, r, index, layout, family, nagq, max_iter)
-            theta, beta = st.x[:m], st.x[m:]
-            se = jnp.sqrt(jnp.diagonal(jnp.linalg.pinv(0.5 * H))[m:])
+            extra = [jnp.log(phi0)[None]] if family.estimates_phi else []
+            x0 = jnp.concatenate([theta0, start.beta, *extra])
+            st, mm, H = stage2(x0, start, r, index, layout, family, nagq, max_iter)
+            theta, beta, phi_hat = _split(st.x, layout, family)
+            se = jnp.sqrt(jnp.diagonal(jnp.linalg.pinv(0.5 * H[: m + p, : m + p]))[m:])
         mu = family.linkinv(linear_predictor(theta, beta, mm.u1, mm.u2, r, layout))
         edge = jnp.any((mu < 1e-8) | (mu > 1 - 1e-8)) if family.name == "binomial" else jnp.asarray(False)
-        return Refits(theta, beta, st.f, st.status, mm.converged, edge, se)
+        return Refits(theta, beta, st.f, st.status, mm.converged, edge, se, jnp.asarray(phi_hat, dt))
 
     return jax.vmap(one)(Y)

@@ -355,6 +355,26 @@ def test_refit_many_equals_individual_fits_and_flags_failures():
                                out.drop(index=3).drop(columns="status").to_numpy(float), atol=1e-9)
 
 
+def test_refit_many_of_a_negative_binomial_estimates_its_theta_per_replicate():
+    """glmer.nb in a batch: each replicate's θ_nb, β, θ and log-likelihood equal glmer_nb's on that
+    response; a bootstrap over them runs."""
+    case, d, m = fitted("nb_glmer")
+    Y = m.simulate(4, seed=5)
+    out = m.refit_many(Y, se=True)
+    assert out["converged"].all()
+    assert out["nb_theta"].nunique() == 4
+    for r in range(4):
+        one = jaxmlm.glmer_nb(case["formula"], d.assign(count=Y[r]))
+        np.testing.assert_allclose(out.loc[r, list(one.fixef.index)].to_numpy(float), one.fixef.to_numpy(), atol=1e-5)
+        np.testing.assert_allclose(out.loc[r, one.theta_names].to_numpy(float), one.theta, atol=1e-5)
+        assert out.loc[r, "nb_theta"] == pytest.approx(one.nb_theta, rel=1e-5)
+        assert out.loc[r, "loglik"] == pytest.approx(one.loglik, abs=1e-6)
+        np.testing.assert_allclose(out.loc[r, [f"se:{n}" for n in one.fixef.index]].to_numpy(float),
+                                   one.se.to_numpy(), rtol=1e-5)
+    boot = m.bootstrap(20, seed=2)
+    assert boot["n_ok"].iloc[0] == 20 and "nb_theta" in boot.index
+
+
 def test_simulate_matches_the_fitted_mean():
     _, _, m = fitted("grouse_pois")
     Y = m.simulate(400, seed=3, use_u=True)
