@@ -13,6 +13,12 @@ Models*, 2nd ed., ch. 2, 4, 8) and most course notes do:
 * the **composite** (mixed) form, the level equations substituted into each other;
 * the **distributions**: ``ε_ij ~ N(0, σ²)`` and ``(u_0j, u_1j)ᵀ ~ N(0, T)``.
 
+A GLMM (``glmer``) is written the same way with its link of the conditional mean on the left of
+the level-1 and composite equations (``logit(π_ij) = β_0j + β_1j X_ij``: no ε) and the
+response's conditional distribution first among the distributions (``Y_ij ~ Bernoulli(π_ij)``,
+``Binomial(n_ij, π_ij)``, ``Poisson(λ_ij)``, ``NegBinomial(μ_ij, θ)``), as equatiomatic writes
+glmer fits.
+
 This is what R's equatiomatic (Anderson, Heiss & Sumners; ``extract_eq()`` for lme4 fits)
 does, in another notation (its Gelman & Hill style writes ``α_j[i]``); jaxmlm follows it in
 the one decision that needs the data: **the level of each predictor**. A predictor that is
@@ -62,7 +68,9 @@ _COV = (("T", "tau"), ("Ω", "omega"), ("Ψ", "psi"))
 _INDEX = ("j", "k", "l")
 
 _GREEK = {"beta": "β", "gamma": "γ", "delta": "δ", "zeta": "ζ", "tau": "τ", "omega": "ω", "psi": "ψ",
-          "epsilon": "ε", "sigma": "σ"}
+          "epsilon": "ε", "sigma": "σ", "pi": "π", "lambda": "λ", "mu": "μ", "theta": "θ"}
+# A GLMM's conditional mean by family (the level-1 equation is its link), as course notes write them.
+_MEAN = {"binomial": "pi", "poisson": "lambda"}
 _LATEX_NAME = {"epsilon": "varepsilon"}
 _LATEX_MATRIX = {"T": r"\mathbf{T}", "Ω": r"\boldsymbol{\Omega}", "Ψ": r"\boldsymbol{\Psi}"}
 _SUB = dict(zip("0123456789ijklm,", "₀₁₂₃₄₅₆₇₈₉ᵢⱼₖₗₘ,"))  # no subscript comma in Unicode
@@ -146,6 +154,20 @@ class _Var:
 
     def latex(self) -> str:
         return f"\\text{{{_escape(self.name)}}}_{{{self.sub}}}"
+
+
+@dataclass(frozen=True)
+class _Link:
+    """A GLMM's linear predictor as its link of the conditional mean (``logit(π_ij)``)."""
+
+    link: str
+    mean: _Sym
+
+    def text(self) -> str:
+        return f"{self.link}({self.mean.text()})"
+
+    def latex(self) -> str:
+        return f"\\operatorname{{{self.link}}}({self.mean.latex()})"
 
 
 def _number(x: float, digits: int) -> str:
@@ -377,7 +399,56 @@ class _Writer:
             out.append((None, (_Var(self.d.offset_column or "offset", sub),)))
         return out
 
+    def lhs(self, sub: str):
+        """The left side of the level-1 and composite equations: the response, or a GLMM's link of
+        its conditional mean."""
+        fam = getattr(self.m, "family", None)
+        if fam is None:
+            return self.response(sub)
+        return _Link(fam.link.name, _Sym(_MEAN.get(fam.name, "mu"), sub))
+
+    def noise(self, sub: str) -> list:
+        """The level-1 error term: ε for a linear model; none for a GLMM (its response's
+        distribution is the conditional one, :meth:`residual`)."""
+        return [(_Sym("epsilon", sub), ())] if getattr(self.m, "family", None) is None else []
+
+    def conditional(self, sub: str) -> None:
+        """A GLMM's response given the random effects: Bernoulli / binomial (trials n: cbind's two
+        counts or the prior weights), Poisson, or negative binomial with its θ."""
+        fam = self.m.family
+        mean = _Sym(_MEAN.get(fam.name, "mu"), sub)
+        mt, ml = mean.text(), mean.latex()
+        lhs = self.m.formula.split("~")[0].strip()
+        if fam.name == "binomial":
+            n = _Var("n", sub)
+            if lhs.startswith("cbind("):
+                from ._glmer import _split_cbind
+
+                succ, fail = _split_cbind(lhs)
+                fail = f"({fail})" if re.search(r"[-+*/ ]", fail) else fail
+                self.eq(_Var(succ, sub), f"Binomial({n.text()}, {mt}),  n = {succ} + {fail}",
+                        f"\\operatorname{{Binomial}}({n.latex()}, {ml}),\\quad n = \\text{{{_escape(succ)} + {_escape(fail)}}}",
+                        rel="sim")
+            elif np.all(np.asarray(self.m._w) == 1.0):
+                self.eq(self.response(sub), f"Bernoulli({mt})", f"\\operatorname{{Bernoulli}}({ml})", rel="sim")
+            else:  # a proportion of n trials, n the prior weights
+                y = self.response(sub)
+                self.eq(f"{n.text()} {y.text()}", f"Binomial({n.text()}, {mt}),  n = the weights (trials)",
+                        f"\\operatorname{{Binomial}}({n.latex()}, {ml}),\\quad n = \\text{{the weights (trials)}}",
+                        rel="sim")
+                self.latex[-1] = ("eq", f"{n.latex()}\\,{y.latex()}", self.latex[-1][2])
+        elif fam.name == "poisson":
+            self.eq(self.response(sub), f"Poisson({mt})", f"\\operatorname{{Poisson}}({ml})", rel="sim")
+        else:
+            th = _Sym("theta")
+            tt, tl = (self.num(self.m.nb_theta),) * 2 if self.estimates else (th.text(), th.latex())
+            self.eq(self.response(sub), f"NegBinomial({mt}, {tt})", f"\\operatorname{{NegBinomial}}({ml}, {tl})",
+                    rel="sim")
+
     def residual(self, sub: str) -> None:
+        if getattr(self.m, "family", None) is not None:
+            self.conditional(sub)
+            return
         eps = _Sym("epsilon", sub)
         w = self.d.weights is not None
         if self.estimates:
@@ -567,10 +638,10 @@ def _levelled(m, fixed, random, chain, level_of, estimates, digits) -> Equations
     leaf_name = {path: name for path, name, _ in leaves}
     w = _Writer(m, estimates, digits)
     sub1 = var_sub(1)
-    y = w.response(sub1)
+    y = w.lhs(sub1)
 
     w.head("Level 1")
-    terms = [(coef((p,)), vars_of(p)) for p in sorted_kids(())] + w.offsets(sub1) + [(_Sym("epsilon", sub1), ())]
+    terms = [(coef((p,)), vars_of(p)) for p in sorted_kids(())] + w.offsets(sub1) + w.noise(sub1)
     w.eq(y, *w.sum_(terms))
     for ell in range(2, H + 1):
         w.head(f"Level {ell}")
@@ -595,7 +666,7 @@ def _levelled(m, fixed, random, chain, level_of, estimates, digits) -> Equations
         for node in sorted((node for node, ell in rand_nodes if ell == lev), key=idx_of):
             _, fs = rand_nodes[(node, lev)]
             terms.append((ranef(node, lev), vars_of(fs)))
-    terms += w.offsets(sub1) + [(_Sym("epsilon", sub1), ())]
+    terms += w.offsets(sub1) + w.noise(sub1)
     w.eq(y, *w.sum_(terms))
 
     w.head("Distributions")
@@ -645,7 +716,7 @@ def _composite_only(m, fixed, random, blocks, estimates, digits, note) -> Equati
 
     estimate = dict(zip(d.fixef_names, m.fixef.to_numpy()))
     w = _Writer(m, estimates, digits)
-    y = w.response(sub)
+    y = w.lhs(sub)
     w.head("Composite")
     terms = [(float(estimate[name]) if estimates else _Sym("beta", str(number[fs])), vars_of(fs)) for name, fs in fixed]
     for i, b in enumerate(blocks):
@@ -655,7 +726,7 @@ def _composite_only(m, fixed, random, blocks, estimates, digits, note) -> Equati
                 raise FormulaError(f"equations(): two random effects on {b.group} for the same column ({name})")
             seen.add(fs)
             terms.append((_Sym(_RANDOM[i], f"{number[fs]}{letters[b.group]}"), vars_of(fs)))
-    terms += w.offsets(sub) + [(_Sym("epsilon", sub), ())]
+    terms += w.offsets(sub) + w.noise(sub)
     w.eq(y, *w.sum_(terms))
     w.head("Distributions")
     w.residual(sub)

@@ -622,6 +622,15 @@ class GeneralizedLinearMixedModel(MixedModelBase):
                              f"{100 * hi:.1f} %": ok[cols].quantile(hi).to_numpy(),
                              "n_ok": len(ok)}, index=cols)
 
+    def equations(self, estimates: bool = False, digits: int = 2):
+        """The model as equations (:mod:`jaxmlm._equations`): the link of the conditional mean at
+        level 1 (``logit(π_ij) = β_0j + …``), the level-2 (level-3, …) equations, the composite
+        form, and the response's conditional distribution (``use_ij ~ Bernoulli(π_ij)``) with the
+        random effects'; ``estimates=True`` puts the fitted numbers, rounded to ``digits``."""
+        from ._equations import equations
+
+        return equations(self, estimates=estimates, digits=digits)
+
     def summary(self) -> str:
         """lme4's ``summary()`` of a glmerMod, line for line."""
         from ._present import glmer_summary_text

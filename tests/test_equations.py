@@ -17,6 +17,7 @@ import pytest
 
 import jaxmlm
 from jaxmlm import DataError, FormulaError
+from test_glmer import fitted as glmer_fitted
 
 
 @pytest.fixture(scope="module")
@@ -390,3 +391,55 @@ def test_structure_matches_equatiomatic(name, hsb, classroom):
         assert {c: ps for c, ps in mine.items() if ps} == expected
     if name in ("cross_level", "categorical", "three_level_predictors"):  # the comparison is not empty
         assert any(levels_ref)
+
+
+# ---- GLMMs -------------------------------------------------------------------------------------------
+
+
+def _glmm_case(cid):
+    return glmer_fitted(cid)[2]
+
+
+def test_glmm_bernoulli_with_a_random_slope_writes_the_link_and_no_residual():
+    """A GLMM's level-1 equation is the link of the conditional mean; no ε; the response's
+    distribution replaces N(0, σ²)."""
+    m = _glmm_case("contra_slope")  # use ~ age + urban + (urban | district), binomial(logit)
+    assert _body(m.equations()) == """\
+Level 1:
+  logit(πᵢⱼ) = β₀ⱼ + β₁ⱼ ageᵢⱼ + β₂ⱼ urban[Y]ᵢⱼ
+Level 2:
+  β₀ⱼ = γ₀₀ + u₀ⱼ
+  β₁ⱼ = γ₁₀
+  β₂ⱼ = γ₂₀ + u₂ⱼ
+Composite:
+  logit(πᵢⱼ) = γ₀₀ + γ₁₀ ageᵢⱼ + γ₂₀ urban[Y]ᵢⱼ + u₀ⱼ + u₂ⱼ urban[Y]ᵢⱼ
+Distributions:
+        useᵢⱼ ~ Bernoulli(πᵢⱼ)
+  (u₀ⱼ, u₂ⱼ)ᵀ ~ N(0, T),  T = [τ₀₀ τ₀₂; τ₀₂ τ₂₂]"""
+    tex = m.equations().latex
+    assert r"\operatorname{logit}(\pi_{ij}) &= \beta_{0j}" in tex and r"\varepsilon" not in tex and _balanced(tex)
+
+
+@pytest.mark.parametrize("cid, first, dist", [
+    ("cbpp_cbind", "logit(πᵢⱼ) = β₀ⱼ + β₁ⱼ period[2]ᵢⱼ + β₂ⱼ period[3]ᵢⱼ + β₃ⱼ period[4]ᵢⱼ",
+     "incidenceᵢⱼ ~ Binomial(nᵢⱼ, πᵢⱼ),  n = incidence + (size - incidence)"),
+    ("cbpp_prop", "logit(πᵢⱼ) = β₀ⱼ + β₁ⱼ period[2]ᵢⱼ + β₂ⱼ period[3]ᵢⱼ + β₃ⱼ period[4]ᵢⱼ",
+     "nᵢⱼ propᵢⱼ ~ Binomial(nᵢⱼ, πᵢⱼ),  n = the weights (trials)"),
+    ("contra_probit", "probit(πᵢⱼ) = β₀ⱼ + β₁ⱼ ageᵢⱼ + β₂ⱼ urban[Y]ᵢⱼ + β₃ⱼ livch[1]ᵢⱼ + β₄ⱼ livch[2]ᵢⱼ"
+                      " + β₅ⱼ livch[3+]ᵢⱼ", "useᵢⱼ ~ Bernoulli(πᵢⱼ)"),
+    ("pois_offset", "log(λᵢⱼ) = β₀ⱼ + β₁ⱼ xᵢⱼ + log(expo)ᵢⱼ", "countᵢⱼ ~ Poisson(λᵢⱼ)"),
+    ("nb_glmer", "log(μᵢⱼ) = β₀ⱼ + β₁ⱼ xᵢⱼ", "countᵢⱼ ~ NegBinomial(μᵢⱼ, θ)"),
+])
+def test_glmm_families_links_and_trials(cid, first, dist):
+    lines = [line.strip() for line in _glmm_case(cid).equations().text.splitlines()]
+    assert lines[1] == first
+    assert dist in lines
+
+
+def test_glmm_estimates_fill_in_the_coefficients_and_the_negative_binomial_theta():
+    m = _glmm_case("nb_glmer")
+    est = m.equations(estimates=True, digits=3).text
+    b0, b1 = m.fixef.to_numpy()
+    assert f"β₀ⱼ = {b0:.3f} + u₀ⱼ" in est and f"β₁ⱼ = {b1:.3f}" in est
+    assert f"NegBinomial(μᵢⱼ, {m.nb_theta:.3f})" in est
+    assert f"u₀ⱼ ~ N(0, {m.theta[0] ** 2:.3f})" in est
