@@ -90,7 +90,7 @@ from ._optimize import _newton, diagonal_mask, theta_scale, theta_scale_host
 from ._solution import solve
 from ._stats import Layout, Stats
 
-__all__ = ["confint", "param_names", "profile"]
+__all__ = ["confint", "param_names", "prof_tasks", "profile"]
 
 _LOG2PI = 1.8378770664093453
 _TINY = 1e-300
@@ -217,6 +217,10 @@ def confint(m, method: str = "profile", level: float = 0.95, parm=None, nsim: in
                 f"profile intervals need the built-in covariance structures (us, diag, cs, ar1), not {', '.join(own)}; "
                 "use method='boot', method='wald' (fixed effects) or m.variance_components() (Wald intervals of "
                 "the SDs and correlations)")
+        if getattr(m, "residual", None) is not None:  # a residual structure: its parameters too
+            from ._residual_confint import structured_profile_confint
+
+            return structured_profile_confint(m, float(level), parm, **kwargs)
         return _profile(m, float(level), parm, **kwargs)
     if key in ("boot", "bootstrap"):
         out = m.bootstrap(nsim, seed=seed, **kwargs).confint(level)
@@ -403,10 +407,15 @@ def _prof_minimize(phi, v, spec: _Spec, snappable, frozen, stats: Stats, layout:
     program hung on the classroom three-level model). Unbatched, every factorization is
     one LAPACK call, as in every fit.
     """
+    return prof_tasks(lambda ph, w, sp: _prof_objective(ph, w, sp, stats, layout), phi, v, spec, snappable, frozen,
+                      max_iter)
 
-    def objective(ph, w, sp):
-        return _prof_objective(ph, w, sp, stats, layout)
 
+def prof_tasks(objective, phi, v, spec, snappable, frozen, max_iter: int):
+    """:func:`_prof_minimize`'s loop over the tasks for any criterion ``objective(φ, v, spec)``
+    (traceable; ``spec`` is passed through, any pytree with a leading task axis): the linear
+    model's (statistics fixed), or a residual structure's, whose statistics depend on φ
+    (:mod:`jaxmlm._residual_confint`)."""
     value_grad = jax.value_and_grad(objective, argnums=(0, 1))
 
     def task(args):
@@ -783,6 +792,32 @@ def _rise(D: float, base: float, name: str) -> float:
         warnings.warn(f"profiling {name} found a lower deviance ({D:.8g} < {base:.8g}): "
                       "the fit is not at the optimum", ConvergenceWarning, stacklevel=4)
     return D - base
+
+
+def _start_tasks(params, est, z: float, lower, cor_bounds) -> tuple[list, list]:
+    """(tasks, checks) of a profile whose minimizer also evaluates the bounds: an SD's upper
+    side is a task and its lower side a check at 0 (lower limit 0 at once if its estimate is
+    0); σ has two tasks bracketed by 0; a correlation is checked at its bounds
+    (``cor_bounds(p)``: (bound, where D is evaluated) lower then upper, as :func:`_cor_bounds`);
+    any other parameter (β, a residual structure's) has two unbounded tasks. Tasks are
+    (parameter index, target ζ, bracket low, bracket high); checks (parameter index, bound,
+    where, side), for :func:`_at_bounds`."""
+    tasks, checks = [], []
+    for a, p in enumerate(params):
+        if p.kind == SD:
+            if est[a] <= 0:
+                lower[a] = 0.0
+            else:
+                checks.append((a, 0.0, 0.0, -1.0))
+            tasks.append((a, z, est[a], np.inf))
+        elif p.kind == SIGMA:
+            tasks += [(a, -z, 0.0, est[a]), (a, z, est[a], np.inf)]
+        elif p.kind == COR:
+            if np.isfinite(est[a]):
+                checks += [(a, b, at, side) for (b, at), side in zip(cor_bounds(p), (-1.0, 1.0))]
+        else:
+            tasks += [(a, -z, -np.inf, est[a]), (a, z, est[a], np.inf)]
+    return tasks, checks
 
 
 def _at_bounds(bounds, D, base: float, z: float, est, lower, upper, tasks: list) -> None:

@@ -40,7 +40,7 @@ from scipy.special import ndtri
 
 from . import _compiled, _programs, _x64  # noqa: F401
 from ._confint import (BETA, SD, _at_bounds, _cor_start, _cor_theta, _pad, _params, _percent_labels, _sd_start,
-                       _sd_theta, _select, _solve_tasks, _Spec, _specs)
+                       _sd_theta, _select, _solve_tasks, _Spec, _specs, _start_tasks)
 from ._errors import InferenceError
 from ._glmm_fit import _newton_once, _u_layout, deviance_at
 from ._implicit import RowData
@@ -130,18 +130,7 @@ def glmm_profile_confint(m, level: float = 0.95, parm=None, max_outer: int = 40,
         return Xn, D, gv, np.isfinite(D) | fr
 
     # What the bounds decide before any root is sought: SD = 0, correlation = ±1.
-    tasks, checks = [], []
-    for a, p in enumerate(params):
-        if p.kind == SD:
-            if est[a] <= 0:
-                lower[a] = 0.0
-            else:
-                checks.append((a, 0.0, 0.0, -1.0))
-            tasks.append((a, z, est[a], np.inf))
-        elif p.kind == BETA:
-            tasks += [(a, -z, -np.inf, est[a]), (a, z, est[a], np.inf)]
-        elif np.isfinite(est[a]):
-            checks += [(a, -1.0, -1.0, -1.0), (a, 1.0, 1.0, 1.0)]
+    tasks, checks = _start_tasks(params, est, z, lower, lambda p: [(-1.0, -1.0), (1.0, 1.0)])
     if checks:
         _, D, _, _ = minimize([params[a] for a, *_ in checks], np.array([b for _, b, _, _ in checks]))
         _at_bounds(checks, D, base, z, est, lower, upper, tasks)

@@ -520,11 +520,12 @@ class StructuredMixedModel(_StructureResults, LinearMixedModel):
         nt = len(self.theta)
         return cov[nt + 1 :, nt + 1 :], cov[nt, nt] / self.sigma**2
 
-    def confint(self, method: str = "Wald", level: float = 0.95, parm=None, **kw):
-        if str(method).lower() != "wald":
-            raise InferenceError(f"confint(method={method!r}) is not available with a residual structure yet; "
-                                 "use method='Wald'")
-        return LinearMixedModel.confint(self, method="Wald", level=level, parm=parm, **kw)
+    def confint(self, method: str = "profile", level: float = 0.95, parm=None, nsim: int = 500, seed=None, **kw):
+        """lme4's ``confint``, the structure's parameters among the rows (after ``sigma``, nlme's
+        names and scale): ``"profile"`` of the ML deviance with the structure re-estimated at
+        every point (:mod:`jaxmlm._residual_confint`), ``"boot"`` (refits with the structure) or
+        ``"Wald"`` (fixed effects). nlme's Wald intervals of the structure are :meth:`intervals`."""
+        return LinearMixedModel.confint(self, method=method, level=level, parm=parm, nsim=nsim, seed=seed, **kw)
 
     def summary(self, style: str = "lme4", stddev: bool = False) -> str:
         """lme4's summary with nlme's block for the residual structure before the fixed effects."""

@@ -1,0 +1,129 @@
+"""Profile confidence intervals of a linear mixed model with a residual structure.
+
+The linear model's profile (:mod:`jaxmlm._confint`, lme4's ``profile.merMod``: the ML
+deviance, each parameter fixed in turn and the others re-optimized, the limits where
+ζ(v) = sign(v − ψ̂)·√(D*(v) − D̂) = ±z) with the structure's parameters among the
+parameters: as a profiled parameter of its own (``Phi``, a ``varIdent`` ratio, …) and as free
+coordinates of every other parameter's minimization. The criterion is the linear model's
+profile kernel on the whitened statistics at the structure's unconstrained parameters ρ_u
+(:func:`~jaxmlm._residual_fit.whitened_stats`: n-free for AR(1), CAR(1) and ``varIdent``), so
+the free vector of a task is (φ, ρ_u); a structure parameter fixed at v replaces its entry of
+ρ_u. Its profile is taken on nlme's unconstrained scale (atanh φ for AR(1), log of a
+``varIdent`` ratio, …), where it is nearer quadratic, and its limits are mapped back by the
+structure's own increasing map — ζ, and so each limit, does not depend on the scale.
+A REML fit is profiled by its ML refit (with the structure), as lme4 profiles REML fits.
+
+The checks lme4's ``confint.thpr`` makes at the bounds are made by the same minimization: an
+SD whose profile does not reach −z at 0 (or whose estimate is 0) has the lower limit 0, a
+correlation of the random effects that does not reach ±z at ±1 has that bound.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from scipy.special import ndtri
+
+from . import _compiled, _programs, _x64  # noqa: F401
+from ._confint import (SIGMA, _at_bounds, _cor_bounds, _estimates, _first_guess, _lift_free, _pad, _Param,
+                       _params, _percent_labels, _prof_objective, _select, _snappable, _solve_tasks, _Spec, _specs,
+                       _start_tasks, _task_start, prof_tasks)
+from ._residual_fit import split, whitened_stats, with_response
+
+__all__ = ["structured_profile_confint"]
+
+STRUCT = 4  # a residual structure's parameter (after the kinds of :mod:`jaxmlm._confint`)
+
+
+@partial(_compiled.jit, static_argnames=("layout", "rspec", "max_iter"))
+def _minimize(X, v, spec, ridx, snappable, frozen, rows, index, arr, layout, rspec, max_iter: int = 50):
+    """Minimize the ML deviance over each task's (φ, ρ_u), its parameter at v (``ridx``: the ρ_u
+    entry a structure task fixes, −1 for the others): (x̂, D, ∂D/∂v) per task."""
+    nt = layout.ntheta
+    arr = with_response(arr, rows, index, layout)
+
+    def objective(x, w, sp):
+        s, r = sp
+        u = x[nt:]
+        u = jnp.where(r >= 0, u.at[jnp.maximum(r, 0)].set(w), u)
+        return _prof_objective(x[:nt], w, s, whitened_stats(u, rows, index, arr, layout, rspec), layout)
+
+    return prof_tasks(objective, X, v, (spec, ridx), snappable, frozen, max_iter)
+
+
+def structured_profile_confint(m, level: float = 0.95, parm=None, max_outer: int = 40,
+                               ztol: float = 1e-7) -> pd.DataFrame:
+    """Profile intervals of a :class:`~jaxmlm.StructuredMixedModel` (module docstring): rows the
+    random-effect SDs and correlations, ``sigma``, the structure's parameters (nlme's names and
+    scale), then the fixed effects."""
+    from ._residual_model import _structure_names
+
+    z = float(ndtri(0.5 + level / 2.0))
+    mm = m.update(REML=False) if m.REML else m
+    r, layout = mm.residual, mm.layout
+    nt, nr = layout.ntheta, len(r.u)
+    base_params = _params(mm)
+    at = [p.kind for p in base_params].index(SIGMA) + 1
+    allp = (base_params[:at] + [_Param(nm, STRUCT, row=k) for k, nm in enumerate(_structure_names(r))]
+            + base_params[at:])
+    params = _select(allp, parm)
+    theta, sigma, beta, vcov = (np.asarray(a, float) for a in (mm.theta, mm.sigma, mm._beta, mm._vcov))
+    u_hat = np.asarray(r.u, float)
+    base = float(mm.objective)
+    est = np.array([u_hat[p.row] if p.kind == STRUCT else np.nan for p in params])
+    lmm = [a for a, p in enumerate(params) if p.kind != STRUCT]
+    est[lmm] = _estimates(mm, [params[a] for a in lmm], theta, sigma, beta)
+    se_u = np.sqrt(np.maximum(np.diag(mm._variance_cov()[0]), 0.0))
+    lower, upper = np.full(len(params), np.nan), np.full(len(params), np.nan)
+
+    def minimize(P, X, v, frozen):
+        """(X̂, D, ∂D/∂v, finite) of tasks P (rows of X beyond len(P) are padding)."""
+        T = len(X)
+        spec = _pad(_specs(mm, P), T)
+        ridx = np.full(T, -1, np.int32)
+        ridx[: len(P)] = [p.row if p.kind == STRUCT else -1 for p in P]
+        snap = np.concatenate([_snappable(layout, spec), np.zeros((T, nr), bool)], axis=1)
+        X = np.concatenate([_lift_free(X[:, :nt], spec, layout), X[:, nt:]], axis=1)
+        args = (X, np.asarray(v, float), _Spec(*(np.asarray(spec[f]) for f in _Spec._fields)), ridx, snap,
+                np.asarray(frozen), r.rows, r.index, r.arr)
+        Xn, D, gv = (np.array(a) for a in _programs.call(_minimize, args, dict(layout=layout, rspec=r.spec)))
+        return Xn, D, gv, np.isfinite(D) | frozen
+
+    def start(P):
+        T = max(8, -(-len(P) // 8) * 8)
+        spec = _pad(_specs(mm, P), T)
+        return np.concatenate([_task_start(mm, P, spec, theta, sigma), np.repeat(u_hat[None, :], T, axis=0)], axis=1)
+
+    # Bounds first (lme4's confint.thpr): an SD at 0, a correlation of the random effects at ±1.
+    tasks, checks = _start_tasks(params, est, z, lower, lambda p: _cor_bounds(mm, p))
+    if checks:
+        P = [params[a] for a, *_ in checks]
+        X = start(P)
+        v = np.zeros(len(X))
+        v[: len(P)] = [where for _, _, where, _ in checks]
+        _, D, _, _ = minimize(P, X, v, np.arange(len(X)) >= len(P))
+        _at_bounds(checks, D, base, z, est, lower, upper, tasks)
+    if tasks:
+        P = [params[a] for a, *_ in tasks]
+
+        def guess(p, vhat, target):
+            if p.kind == STRUCT:
+                return vhat + target * (se_u[p.row] if se_u[p.row] > 0 else 0.5)
+            return _first_guess(mm, p, vhat, target, sigma, vcov, mm.nobs)
+
+        X = start(P)
+        res = _solve_tasks(P, est, tasks, base, max_outer, ztol, guess=guess, X=X, nspec=len(X),
+                           minimize=lambda X, v, frozen: minimize(P, X, v, frozen))
+        for (a, target, _, _), val in zip(tasks, res):
+            (lower if target < 0 else upper)[a] = val
+    for a, p in enumerate(params):  # the structure's limits on nlme's scale
+        if p.kind == STRUCT:
+            for out in (lower, upper):
+                u = u_hat.copy()
+                u[p.row] = out[a]
+                out[a] = float(np.concatenate([np.asarray(x) for x in split(jnp.asarray(u), r.spec)])[p.row])
+    cols = _percent_labels(level)
+    return pd.DataFrame({cols[0]: lower, cols[1]: upper}, index=pd.Index([p.name for p in params]))
