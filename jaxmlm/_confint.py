@@ -90,7 +90,7 @@ from ._optimize import _newton, diagonal_mask, theta_scale, theta_scale_host
 from ._solution import solve
 from ._stats import Layout, Stats
 
-__all__ = ["confint", "param_names", "prof_tasks", "profile"]
+__all__ = ["confint", "grid_frame", "grid_settings", "grid_walks", "param_names", "prof_tasks", "profile", "walk"]
 
 _LOG2PI = 1.8378770664093453
 _TINY = 1e-300
@@ -665,17 +665,40 @@ def profile(m, parm=None, alphamax: float = 0.01, maxpts: int = 100, delta: floa
     Returns a DataFrame with columns ``parameter`` (names as :func:`confint`'s rows),
     ``value`` and ``zeta``, the parameters in :func:`param_names` order, each by value.
     """
+    own = sorted({type(t.cov).__name__ for t in m.design.terms if not isinstance(t.cov, Structure)})
+    if own:
+        raise InferenceError(f"profiles need the built-in covariance structures (us, diag, cs, ar1), not {', '.join(own)}")
+    allp = _params(m)
+    cutoff, delta = grid_settings(len(allp), delta, delta_cutoff, alphamax, maxpts)
+    params = _select(allp, parm)
+    theta, sigma, beta, vcov, base = _ml_fit(m)
+    est = _estimates(m, params, theta, sigma, beta)
+    rows = [(a, est[a], 0.0) for a in range(len(params)) if np.isfinite(est[a])]
+    walks = grid_walks(params, est, lambda p: [b for b, _ in _cor_bounds(m, p)])
+    if walks:
+        P = [params[a] for a, *_ in walks]
+        T = max(8, -(-len(P) // 8) * 8)
+        spec = _pad(_specs(m, P), T)
+        rows += walk(
+            P, est, walks, base, cutoff, float(delta), int(maxpts),
+            guess=lambda p, vhat, target: _first_guess(m, p, vhat, target, sigma, vcov, m.nobs),
+            X=_task_start(m, P, spec, theta, sigma), nspec=T,
+            minimize=lambda X, v, frozen: _minimize(m, spec, _lift_free(X, spec, m.layout), v, frozen),
+            sd_zero=lambda p: _sd_zero_deviance(m, p, theta), cor_at=lambda p: [at for _, at in _cor_bounds(m, p)])
+    return grid_frame(rows, params)
+
+
+def grid_settings(npar: int, delta, delta_cutoff, alphamax, maxpts) -> tuple[float, float]:
+    """(cutoff, δ) of :func:`profile`'s walks: lme4's cutoff √χ²_npar(1 − alphamax) and the ζ step
+    (default cutoff × ``delta_cutoff``), the arguments checked."""
+    from scipy.special import chdtri  # the χ² upper-tail quantile
+
     if not (isinstance(alphamax, (float, int)) and 0.0 < float(alphamax) < 1.0):
         raise JaxmlmError(f"alphamax must be a number between 0 and 1 (e.g. 0.01), got {alphamax!r}")
     if not (isinstance(maxpts, (int, np.integer)) and maxpts >= 2):
         raise JaxmlmError(f"maxpts must be an integer of at least 2, got {maxpts!r}")
-    own = sorted({type(t.cov).__name__ for t in m.design.terms if not isinstance(t.cov, Structure)})
-    if own:
-        raise InferenceError(f"profiles need the built-in covariance structures (us, diag, cs, ar1), not {', '.join(own)}")
-    from scipy.special import chdtri  # the χ² upper-tail quantile
 
-    allp = _params(m)
-    cutoff = math.sqrt(float(chdtri(len(allp), float(alphamax))))
+    cutoff = math.sqrt(float(chdtri(npar, float(alphamax))))
     if delta is None:
         if not (isinstance(delta_cutoff, (float, int)) and not isinstance(delta_cutoff, bool)
                 and 0.0 < float(delta_cutoff) <= 1.0):
@@ -683,13 +706,14 @@ def profile(m, parm=None, alphamax: float = 0.01, maxpts: int = 100, delta: floa
         delta = cutoff * float(delta_cutoff)
     if not (isinstance(delta, (float, int)) and 0.0 < float(delta) <= cutoff):
         raise JaxmlmError(f"delta must be a positive number no larger than the cutoff {cutoff:.4g}, got {delta!r}")
-    params = _select(allp, parm)
-    theta, sigma, beta, vcov, base = _ml_fit(m)
-    est = _estimates(m, params, theta, sigma, beta)
-    rows = [(a, est[a], 0.0) for a in range(len(params)) if np.isfinite(est[a])]
+    return cutoff, float(delta)
 
-    # Walks: (param index, side s, lower bound, upper bound, step in log v?). An sd walks down
-    # in v itself, to reach 0 (lme4's lower bound), where it is evaluated without its column.
+
+def grid_walks(params, est, cor_bounds) -> list:
+    """:func:`profile`'s walks: (param index, side, lower bound, upper bound, step in log v?).
+    An sd walks down in v itself, to reach 0 (lme4's lower bound); sd and σ walk up, σ down, in
+    log v; a correlation between its bounds (``cor_bounds(p)``: lower, upper); any other
+    parameter (β, a residual structure's) unbounded."""
     walks = []
     for a, p in enumerate(params):
         if not np.isfinite(est[a]):
@@ -700,25 +724,30 @@ def profile(m, parm=None, alphamax: float = 0.01, maxpts: int = 100, delta: floa
             walks.append((a, 1.0, est[a], np.inf, True))
         elif p.kind == SIGMA:
             walks += [(a, -1.0, 0.0, est[a], True), (a, 1.0, est[a], np.inf, True)]
-        elif p.kind == BETA:
-            walks += [(a, -1.0, -np.inf, est[a], False), (a, 1.0, est[a], np.inf, False)]
-        else:
-            (lo, _), (hi, _) = _cor_bounds(m, p)
+        elif p.kind == COR:
+            lo, hi = cor_bounds(p)
             walks += [(a, -1.0, lo, est[a], False), (a, 1.0, est[a], hi, False)]
-    if walks:
-        rows += _walk(m, params, est, walks, theta, sigma, vcov, base, cutoff, float(delta), int(maxpts))
+        else:
+            walks += [(a, -1.0, -np.inf, est[a], False), (a, 1.0, est[a], np.inf, False)]
+    return walks
+
+
+def grid_frame(rows, params) -> pd.DataFrame:
+    """:func:`profile`'s table from its points (param index, v, ζ)."""
     out = pd.DataFrame(rows, columns=["a", "value", "zeta"]).drop_duplicates()
     out = out.sort_values(["a", "value"], kind="stable")
     out.insert(0, "parameter", [params[a].name for a in out["a"]])
     return out.drop(columns="a").reset_index(drop=True)
 
 
-def _walk(m, params, est, walks, theta, sigma, vcov, base, cutoff, delta, maxpts, maxmult: float = 10.0):
-    """The points (param index, v, ζ) of every walk of :func:`profile`, all walks stepping together."""
+def walk(P, est, walks, base, cutoff, delta, maxpts, *, guess, X, nspec, minimize, sd_zero, cor_at,
+          maxmult: float = 10.0):
+    """The points (param index, v, ζ) of every walk of :func:`profile`, all walks stepping together.
+    ``P``: each walk's parameter; ``guess(p, v̂, target)``, ``X``, ``nspec`` and ``minimize`` as
+    :func:`_solve_tasks`'s; ``sd_zero(p)``: the deviance with an sd at 0; ``cor_at(p)``: where a
+    correlation's lower and upper bounds are evaluated (the linear model's, a GLMM's and a
+    residual structure's profiles share it)."""
     nw = len(walks)
-    T = max(8, -(-nw // 8) * 8)
-    P = [params[a] for a, *_ in walks]
-    spec = _pad(_specs(m, P), T)
     side = np.array([s for _, s, _, _, _ in walks])
     lo = np.array([w[2] for w in walks], dtype=float)
     hi = np.array([w[3] for w in walks], dtype=float)
@@ -727,13 +756,12 @@ def _walk(m, params, est, walks, theta, sigma, vcov, base, cutoff, delta, maxpts
     at = {}  # where a correlation's bound is evaluated (just inside a structure's range)
     for i, p in enumerate(P):
         if p.kind == COR:
-            (_, lo_at), (_, hi_at) = _cor_bounds(m, p)
+            lo_at, hi_at = cor_at(p)
             at[i] = lo_at if side[i] < 0 else hi_at
-    v = np.array([_first_guess(m, p, vhat[i], side[i] * delta, sigma, vcov, m.nobs) for i, p in enumerate(P)])
+    v = np.array([guess(p, vhat[i], side[i] * delta) for i, p in enumerate(P)])
     v = np.clip(v, lo, hi)
-    X = _task_start(m, P, spec, theta, sigma)
-    vfull = np.concatenate([v, np.repeat(v[:1], T - nw)])
-    active = np.zeros(T, bool)
+    vfull = np.concatenate([v, np.repeat(v[:1], nspec - nw)])
+    active = np.zeros(nspec, bool)
     active[:nw] = True
     prev_step = np.where(logv, np.log(np.where(logv & (vhat > 0), v / np.where(vhat > 0, vhat, 1.0), np.nan)),
                          v - vhat)
@@ -743,7 +771,7 @@ def _walk(m, params, est, walks, theta, sigma, vcov, base, cutoff, delta, maxpts
         # A point at a bound: an sd at 0 is the model without its column; a correlation at ±1 the kernel there.
         for i in np.flatnonzero(active[:nw]):
             if P[i].kind == SD and vfull[i] <= 0.0:
-                d = _sd_zero_deviance(m, P[i], theta)
+                d = sd_zero(P[i])
                 out.append((walks[i][0], 0.0, -math.sqrt(max(d - base, 0.0))))
                 active[i] = False
         if not active.any():
@@ -752,8 +780,7 @@ def _walk(m, params, est, walks, theta, sigma, vcov, base, cutoff, delta, maxpts
         for i, a_ in at.items():
             if vfull[i] in (lo[i], hi[i]) and vfull[i] != vhat[i]:
                 veval[i] = a_
-        X = _lift_free(X, spec, m.layout)
-        Xn, D, gv, finite = _minimize(m, spec, X, veval, ~active)
+        Xn, D, gv, finite = minimize(X, veval, ~active)
         X = np.where(active[:, None] & np.isfinite(Xn).all(axis=1)[:, None], Xn, X)
         for i in np.flatnonzero(active[:nw]):
             vi = vfull[i]

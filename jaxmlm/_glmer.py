@@ -496,6 +496,15 @@ class GeneralizedLinearMixedModel(MixedModelBase):
         lo, hi = f"{100 * (1 - level) / 2:.1f} %", f"{100 * (1 + level) / 2:.1f} %"
         return pd.DataFrame({lo: self.fixef - q * self.se, hi: self.fixef + q * self.se})
 
+    def profile(self, parm=None, alphamax: float = 0.01, maxpts: int = 100, delta: float | None = None,
+                delta_cutoff: float = 1 / 8) -> pd.DataFrame:
+        """lme4's ``profile(m)``: ζ on a grid of values of each parameter (columns ``parameter``,
+        ``value``, ``zeta``), the same deviance and minimization as :meth:`confint`'s profile;
+        ``jaxmlm.plot.profile_zeta`` draws it."""
+        from ._glmm_confint import glmm_profile
+
+        return glmm_profile(self, parm, alphamax, maxpts, delta, delta_cutoff)
+
     def simulate(self, nsim: int = 1, seed=None, use_u: bool = False) -> np.ndarray:
         """Responses drawn from the fitted model, (nsim, n), as lme4's ``simulate``: new random
         effects b = Λ̂u, u ~ N(0, I) (``use_u=True``: the fitted b̂), then y ~ family(g⁻¹(η)).

@@ -40,7 +40,8 @@ from scipy.special import ndtri
 
 from . import _compiled, _programs, _x64  # noqa: F401
 from ._confint import (BETA, SD, _at_bounds, _cor_start, _cor_theta, _pad, _params, _percent_labels, _sd_start,
-                       _sd_theta, _select, _solve_tasks, _Spec, _specs, _start_tasks)
+                       _sd_theta, _select, _solve_tasks, _Spec, _specs, _start_tasks, grid_frame, grid_settings,
+                       grid_walks, walk)
 from ._errors import InferenceError
 from ._glmm_fit import _newton_once, _u_layout, deviance_at
 from ._implicit import RowData
@@ -49,7 +50,7 @@ from ._pirls import Modes, laplace_deviance
 from ._stats import Layout
 from .families import Family
 
-__all__ = ["glmm_boot_confint", "glmm_profile_confint"]
+__all__ = ["glmm_boot_confint", "glmm_profile", "glmm_profile_confint"]
 
 
 def _task_params(z, v, spec: _Spec, ntheta: int):
@@ -91,19 +92,18 @@ def _minimize(X, v, spec: _Spec, frozen, mask, start: Modes, rows: RowData, inde
     return jax.lax.map(lambda a: jax.lax.cond(a[-1], skip, task, a[:-1]), (X, v, spec, mask, frozen))
 
 
-def glmm_profile_confint(m, level: float = 0.95, parm=None, max_outer: int = 40, ztol: float = 1e-7) -> pd.DataFrame:
-    """lme4's ``confint(m, method = "profile")`` of a GLMM (module docstring): a DataFrame indexed
-    by parameter (``sd_…``, ``cor_…``, then the fixed effects), columns ``"2.5 %"``, ``"97.5 %"``."""
+def _problem(m):
+    """What a GLMM's profiles need: (its parameters, θ̂, β̂, D̂, minimize, guess, start).
+    ``minimize(P, v, X=None, frozen=None)``: (X̂, D, ∂D/∂v, finite) of tasks P at v, padded to a
+    multiple of 8 tasks (few programs); ``guess(p, v̂, target)``: the first v tried;
+    ``start(P)``: the tasks' free vectors at the estimates."""
     if m.nAGQ == 0:
-        raise InferenceError("profile intervals need the Laplace or quadrature deviance (nAGQ ≥ 1); an nAGQ = 0 "
+        raise InferenceError("profiles need the Laplace or quadrature deviance (nAGQ ≥ 1); an nAGQ = 0 "
                              "fit has no deviance in β. Use method='Wald' or method='boot', or refit with nAGQ=1")
     own = sorted({getattr(t.cov, "kind", type(t.cov).__name__) for t in m.design.terms} - {"us", "diag"})
     if own:
-        raise InferenceError(f"GLMM profile intervals cover unstructured and diagonal terms, not {', '.join(own)}; "
+        raise InferenceError(f"GLMM profiles cover unstructured and diagonal terms, not {', '.join(own)}; "
                              "use method='Wald' or method='boot'")
-    z = float(ndtri(0.5 + level / 2.0))
-    cols = _percent_labels(level)
-    params = _select(_params(m, sigma=False), parm)
     layout = m.layout
     theta, beta = np.asarray(m.theta, float), np.asarray(m._beta, float)
     phi = np.asarray(m._phi, float)
@@ -111,17 +111,18 @@ def glmm_profile_confint(m, level: float = 0.95, parm=None, max_outer: int = 40,
     statics = dict(layout=layout, family=m.family, nagq=m.nAGQ)
     base = float(deviance_at(jnp.asarray(np.concatenate([theta, beta, [np.log(phi)] if m.family.estimates_phi else []])),
                              m._modes, m._rowdata, m._index, layout, m.family, m.nAGQ))
-    est = _estimates(m, params, theta, beta)
     se = np.sqrt(np.maximum(np.diag(np.asarray(m._vcov, float)), 0.0))
-    lower, upper = np.full(len(params), np.nan), np.full(len(params), np.nan)
+
+    def start(P):
+        T = max(8, -(-len(P) // 8) * 8)
+        return _start(m, P, _pad(_specs(m, P), T), theta, beta)
 
     def minimize(P, v, X=None, frozen=None):
-        """(X̂, D, ∂D/∂v, finite) for tasks P at v, padded to a multiple of 8 tasks (few programs)."""
         T = max(8, -(-len(P) // 8) * 8)
         spec = _pad(_specs(m, P), T)
-        if X is None:
-            X = _start(m, P, spec, theta, beta)
+        X = start(P) if X is None else X
         mask = np.concatenate([_keep_sign(layout, spec), np.zeros((T, layout.p), bool)], axis=1)
+        v = np.asarray(v, float)[: len(P)]
         vv = np.concatenate([v, np.repeat(v[:1], T - len(v))])
         fr = np.arange(T) >= len(P) if frozen is None else frozen
         out = _programs.call(_minimize, (X, vv, _Spec(*(np.asarray(spec[f]) for f in _Spec._fields)), fr, mask, *args),
@@ -129,6 +130,25 @@ def glmm_profile_confint(m, level: float = 0.95, parm=None, max_outer: int = 40,
         Xn, D, gv = (np.array(a) for a in out)
         return Xn, D, gv, np.isfinite(D) | fr
 
+    def guess(p, vhat, target):
+        if p.kind == BETA:
+            return vhat + target * se[p.fixef]
+        if p.kind == SD:  # (an SD estimated at 0: half a unit on the link scale)
+            nlev = m.design.blocks[m.design.terms[p.term].block].nlev
+            return vhat * math.exp(target / math.sqrt(2.0 * nlev)) if vhat > 0 else 0.5
+        return vhat + math.copysign(min(0.5, 1.0 - abs(vhat)), target) * (1.0 - vhat**2)
+
+    return _params(m, sigma=False), theta, beta, base, minimize, guess, start
+
+
+def glmm_profile_confint(m, level: float = 0.95, parm=None, max_outer: int = 40, ztol: float = 1e-7) -> pd.DataFrame:
+    """lme4's ``confint(m, method = "profile")`` of a GLMM (module docstring): a DataFrame indexed
+    by parameter (``sd_…``, ``cor_…``, then the fixed effects), columns ``"2.5 %"``, ``"97.5 %"``."""
+    allp, theta, beta, base, minimize, guess, start = _problem(m)
+    z = float(ndtri(0.5 + level / 2.0))
+    params = _select(allp, parm)
+    est = _estimates(m, params, theta, beta)
+    lower, upper = np.full(len(params), np.nan), np.full(len(params), np.nan)
     # What the bounds decide before any root is sought: SD = 0, correlation = ±1.
     tasks, checks = _start_tasks(params, est, z, lower, lambda p: [(-1.0, -1.0), (1.0, 1.0)])
     if checks:
@@ -136,22 +156,33 @@ def glmm_profile_confint(m, level: float = 0.95, parm=None, max_outer: int = 40,
         _at_bounds(checks, D, base, z, est, lower, upper, tasks)
     if tasks:
         P = [params[a] for a, _, _, _ in tasks]
-        T = max(8, -(-len(P) // 8) * 8)
-        spec = _pad(_specs(m, P), T)
-
-        def guess(p, vhat, target):
-            if p.kind == BETA:
-                return vhat + target * se[p.fixef]
-            if p.kind == SD:  # (an SD estimated at 0: half a unit on the link scale)
-                nlev = m.design.blocks[m.design.terms[p.term].block].nlev
-                return vhat * math.exp(target / math.sqrt(2.0 * nlev)) if vhat > 0 else 0.5
-            return vhat + math.copysign(min(0.5, 1.0 - abs(vhat)), target) * (1.0 - vhat**2)
-
-        res = _solve_tasks(P, est, tasks, base, max_outer, ztol, guess=guess, X=_start(m, P, spec, theta, beta),
-                           nspec=T, minimize=lambda X, v, frozen: minimize(P, v[: len(P)], X, frozen))
+        X = start(P)
+        res = _solve_tasks(P, est, tasks, base, max_outer, ztol, guess=guess, X=X, nspec=len(X),
+                           minimize=lambda X, v, frozen: minimize(P, v, X, frozen))
         for (a, target, _, _), val in zip(tasks, res):
             (lower if target < 0 else upper)[a] = val
+    cols = _percent_labels(level)
     return pd.DataFrame({cols[0]: lower, cols[1]: upper}, index=pd.Index([p.name for p in params]))
+
+
+def glmm_profile(m, parm=None, alphamax: float = 0.01, maxpts: int = 100, delta: float | None = None,
+                 delta_cutoff: float = 1 / 8) -> pd.DataFrame:
+    """lme4's ``profile(m)`` of a GLMM: ζ on a grid of values of each parameter, walked from the
+    estimate to lme4's cutoff (:func:`jaxmlm._confint.profile`, whose walk it shares); columns
+    ``parameter``, ``value``, ``zeta``."""
+    allp, theta, beta, base, minimize, guess, start = _problem(m)
+    cutoff, delta = grid_settings(len(allp), delta, delta_cutoff, alphamax, maxpts)
+    params = _select(allp, parm)
+    est = _estimates(m, params, theta, beta)
+    rows = [(a, est[a], 0.0) for a in range(len(params)) if np.isfinite(est[a])]
+    walks = grid_walks(params, est, lambda p: (-1.0, 1.0))
+    if walks:
+        P = [params[a] for a, *_ in walks]
+        X = start(P)
+        rows += walk(P, est, walks, base, cutoff, delta, int(maxpts), guess=guess, X=X, nspec=len(X),
+                     minimize=lambda X, v, frozen: minimize(P, v, X, frozen),
+                     sd_zero=lambda p: float(minimize([p], np.zeros(1))[1][0]), cor_at=lambda p: (-1.0, 1.0))
+    return grid_frame(rows, params)
 
 
 def glmm_boot_confint(m, level: float = 0.95, parm=None, nsim: int = 500, seed=None) -> pd.DataFrame:

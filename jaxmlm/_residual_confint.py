@@ -30,10 +30,10 @@ from scipy.special import ndtri
 from . import _compiled, _programs, _x64  # noqa: F401
 from ._confint import (SIGMA, _at_bounds, _cor_bounds, _estimates, _first_guess, _lift_free, _pad, _Param,
                        _params, _percent_labels, _prof_objective, _select, _snappable, _solve_tasks, _Spec, _specs,
-                       _start_tasks, _task_start, prof_tasks)
+                       _start_tasks, _task_start, grid_frame, grid_settings, grid_walks, prof_tasks, walk)
 from ._residual_fit import split, whitened_stats, with_response
 
-__all__ = ["structured_profile_confint"]
+__all__ = ["structured_profile", "structured_profile_confint"]
 
 STRUCT = 4  # a residual structure's parameter (after the kinds of :mod:`jaxmlm._confint`)
 
@@ -54,14 +54,15 @@ def _minimize(X, v, spec, ridx, snappable, frozen, rows, index, arr, layout, rsp
     return prof_tasks(objective, X, v, (spec, ridx), snappable, frozen, max_iter)
 
 
-def structured_profile_confint(m, level: float = 0.95, parm=None, max_outer: int = 40,
-                               ztol: float = 1e-7) -> pd.DataFrame:
-    """Profile intervals of a :class:`~jaxmlm.StructuredMixedModel` (module docstring): rows the
-    random-effect SDs and correlations, ``sigma``, the structure's parameters (nlme's names and
-    scale), then the fixed effects."""
+def _problem(m):
+    """What a structured model's profiles need, at its ML fit (a REML fit is refitted by ML):
+    (its parameters, the ML fit, D̂, minimize, guess, start, estimates). ``minimize(P, X, v,
+    frozen)``: (X̂, D, ∂D/∂v, finite) of tasks P (rows of X beyond len(P) are padding);
+    ``guess(p, v̂, target)``: the first v tried; ``start(P)``: the tasks' free vectors
+    (φ, ρ_u) at the estimates; ``estimates(params)``: ψ̂ (a structure's on the unconstrained
+    scale)."""
     from ._residual_model import _structure_names
 
-    z = float(ndtri(0.5 + level / 2.0))
     mm = m.update(REML=False) if m.REML else m
     r, layout = mm.residual, mm.layout
     nt, nr = layout.ntheta, len(r.u)
@@ -69,18 +70,17 @@ def structured_profile_confint(m, level: float = 0.95, parm=None, max_outer: int
     at = [p.kind for p in base_params].index(SIGMA) + 1
     allp = (base_params[:at] + [_Param(nm, STRUCT, row=k) for k, nm in enumerate(_structure_names(r))]
             + base_params[at:])
-    params = _select(allp, parm)
     theta, sigma, beta, vcov = (np.asarray(a, float) for a in (mm.theta, mm.sigma, mm._beta, mm._vcov))
     u_hat = np.asarray(r.u, float)
-    base = float(mm.objective)
-    est = np.array([u_hat[p.row] if p.kind == STRUCT else np.nan for p in params])
-    lmm = [a for a, p in enumerate(params) if p.kind != STRUCT]
-    est[lmm] = _estimates(mm, [params[a] for a in lmm], theta, sigma, beta)
     se_u = np.sqrt(np.maximum(np.diag(mm._variance_cov()[0]), 0.0))
-    lower, upper = np.full(len(params), np.nan), np.full(len(params), np.nan)
+
+    def estimates(params):
+        est = np.array([u_hat[p.row] if p.kind == STRUCT else np.nan for p in params])
+        lmm = [a for a, p in enumerate(params) if p.kind != STRUCT]
+        est[lmm] = _estimates(mm, [params[a] for a in lmm], theta, sigma, beta)
+        return est
 
     def minimize(P, X, v, frozen):
-        """(X̂, D, ∂D/∂v, finite) of tasks P (rows of X beyond len(P) are padding)."""
         T = len(X)
         spec = _pad(_specs(mm, P), T)
         ridx = np.full(T, -1, np.int32)
@@ -97,6 +97,33 @@ def structured_profile_confint(m, level: float = 0.95, parm=None, max_outer: int
         spec = _pad(_specs(mm, P), T)
         return np.concatenate([_task_start(mm, P, spec, theta, sigma), np.repeat(u_hat[None, :], T, axis=0)], axis=1)
 
+    def guess(p, vhat, target):
+        if p.kind == STRUCT:
+            return vhat + target * (se_u[p.row] if se_u[p.row] > 0 else 0.5)
+        return _first_guess(mm, p, vhat, target, sigma, vcov, mm.nobs)
+
+    return allp, mm, float(mm.objective), minimize, guess, start, estimates
+
+
+def _natural(mm, p, u_value: float) -> float:
+    """A structure parameter on nlme's scale, its unconstrained value at ``u_value`` (the map is
+    increasing and elementwise, so limits map to limits)."""
+    r = mm.residual
+    u = np.asarray(r.u, float).copy()
+    u[p.row] = u_value
+    return float(np.concatenate([np.asarray(x) for x in split(jnp.asarray(u), r.spec)])[p.row])
+
+
+def structured_profile_confint(m, level: float = 0.95, parm=None, max_outer: int = 40,
+                               ztol: float = 1e-7) -> pd.DataFrame:
+    """Profile intervals of a :class:`~jaxmlm.StructuredMixedModel` (module docstring): rows the
+    random-effect SDs and correlations, ``sigma``, the structure's parameters (nlme's names and
+    scale), then the fixed effects."""
+    allp, mm, base, minimize, guess, start, estimates = _problem(m)
+    z = float(ndtri(0.5 + level / 2.0))
+    params = _select(allp, parm)
+    est = estimates(params)
+    lower, upper = np.full(len(params), np.nan), np.full(len(params), np.nan)
     # Bounds first (lme4's confint.thpr): an SD at 0, a correlation of the random effects at ±1.
     tasks, checks = _start_tasks(params, est, z, lower, lambda p: _cor_bounds(mm, p))
     if checks:
@@ -108,12 +135,6 @@ def structured_profile_confint(m, level: float = 0.95, parm=None, max_outer: int
         _at_bounds(checks, D, base, z, est, lower, upper, tasks)
     if tasks:
         P = [params[a] for a, *_ in tasks]
-
-        def guess(p, vhat, target):
-            if p.kind == STRUCT:
-                return vhat + target * (se_u[p.row] if se_u[p.row] > 0 else 0.5)
-            return _first_guess(mm, p, vhat, target, sigma, vcov, mm.nobs)
-
         X = start(P)
         res = _solve_tasks(P, est, tasks, base, max_outer, ztol, guess=guess, X=X, nspec=len(X),
                            minimize=lambda X, v, frozen: minimize(P, X, v, frozen))
@@ -121,9 +142,32 @@ def structured_profile_confint(m, level: float = 0.95, parm=None, max_outer: int
             (lower if target < 0 else upper)[a] = val
     for a, p in enumerate(params):  # the structure's limits on nlme's scale
         if p.kind == STRUCT:
-            for out in (lower, upper):
-                u = u_hat.copy()
-                u[p.row] = out[a]
-                out[a] = float(np.concatenate([np.asarray(x) for x in split(jnp.asarray(u), r.spec)])[p.row])
+            lower[a], upper[a] = _natural(mm, p, lower[a]), _natural(mm, p, upper[a])
     cols = _percent_labels(level)
     return pd.DataFrame({cols[0]: lower, cols[1]: upper}, index=pd.Index([p.name for p in params]))
+
+
+def structured_profile(m, parm=None, alphamax: float = 0.01, maxpts: int = 100, delta: float | None = None,
+                       delta_cutoff: float = 1 / 8) -> pd.DataFrame:
+    """lme4's ``profile(m)`` with the structure (:func:`jaxmlm._confint.profile`'s walk): ζ on a
+    grid of values of each parameter, a structure's parameters on nlme's scale."""
+    allp, mm, base, minimize, guess, start, estimates = _problem(m)
+    cutoff, delta = grid_settings(len(allp), delta, delta_cutoff, alphamax, maxpts)
+    params = _select(allp, parm)
+    est = estimates(params)
+    rows = [(a, est[a], 0.0) for a in range(len(params)) if np.isfinite(est[a])]
+
+    def sd_zero(p):
+        X = start([p])
+        _, D, _, _ = minimize([p], X, np.zeros(len(X)), np.arange(len(X)) >= 1)
+        return float(D[0])
+
+    walks = grid_walks(params, est, lambda p: [b for b, _ in _cor_bounds(mm, p)])
+    if walks:
+        P = [params[a] for a, *_ in walks]
+        X = start(P)
+        rows += walk(P, est, walks, base, cutoff, delta, int(maxpts), guess=guess, X=X, nspec=len(X),
+                     minimize=lambda X, v, frozen: minimize(P, X, v, frozen), sd_zero=sd_zero,
+                     cor_at=lambda p: [at for _, at in _cor_bounds(mm, p)])
+    rows = [(a, _natural(mm, params[a], v) if params[a].kind == STRUCT else v, zeta) for a, v, zeta in rows]
+    return grid_frame(rows, params)

@@ -395,7 +395,7 @@ class StructuredRefitResult(RefitResult):
 
 # ---- lmer with a residual structure ------------------------------------------------------------------
 
-_REFUSED = ("profile", "ranova", "power", "augment", "lrt_vs_ols", "hatvalues",
+_REFUSED = ("ranova", "power", "augment", "lrt_vs_ols", "hatvalues",
             "cooks_distance", "influence", "all_fit", "variance_components", "icc", "r2_nakagawa", "equations")
 
 
@@ -519,6 +519,15 @@ class StructuredMixedModel(_StructureResults, LinearMixedModel):
         cov = 2.0 * np.linalg.pinv(H)
         nt = len(self.theta)
         return cov[nt + 1 :, nt + 1 :], cov[nt, nt] / self.sigma**2
+
+    def profile(self, parm=None, alphamax: float = 0.01, maxpts: int = 100, delta: float | None = None,
+                delta_cutoff: float = 1 / 8) -> pd.DataFrame:
+        """lme4's ``profile(m)`` with the structure re-estimated at every point and its parameters
+        among the rows (nlme's scale): ζ on a grid of values of each parameter
+        (:mod:`jaxmlm._residual_confint`); ``jaxmlm.plot.profile_zeta`` draws it."""
+        from ._residual_confint import structured_profile
+
+        return structured_profile(self, parm, alphamax, maxpts, delta, delta_cutoff)
 
     def confint(self, method: str = "profile", level: float = 0.95, parm=None, nsim: int = 500, seed=None, **kw):
         """lme4's ``confint``, the structure's parameters among the rows (after ``sigma``, nlme's

@@ -128,3 +128,27 @@ def test_bad_requests_are_clear_errors(cid, kwargs, error, match):
     m = fitted(cid)[2]
     with pytest.raises(error, match=match):
         m.confint(**kwargs)
+
+
+def test_profile_grid_of_a_fixed_effect_against_offset_refits():
+    """m.profile(): each grid point's ζ² is the deviance rise of the public glmer refitted with the
+    effect held there through the offset; ζ's sign is the side; the grid spans lme4's cutoff."""
+    _, d, m = fitted("pois_offset")
+    pr = m.profile(parm="x")
+    assert set(pr["parameter"]) == {"x"} and (pr["zeta"] == 0).sum() == 1
+    assert pr["zeta"].is_monotonic_increasing and pr["value"].is_monotonic_increasing
+    assert pr["zeta"].min() < -2.5 and pr["zeta"].max() > 2.5
+    for v, zeta in pr.iloc[[1, len(pr) // 2 + 2, -2]][["value", "zeta"]].to_numpy():
+        r = jaxmlm.glmer("count ~ 1 + (1 | g)", d, "poisson", offset=np.log(d["expo"].to_numpy()) + v * d["x"].to_numpy())
+        assert np.sign(zeta) * np.sqrt(max(-2 * r.loglik + 2 * m.loglik, 0.0)) == pytest.approx(zeta, abs=1e-4)
+
+
+def test_profile_grid_crosses_z_at_the_confint_limits():
+    m = fitted("cbpp_cbind")[2]
+    pr = m.profile()
+    ci = _ci("cbpp_cbind")
+    z = float(ndtri(0.975))
+    for name, g in pr.groupby("parameter"):
+        lo, hi = np.interp([-z, z], g["zeta"], g["value"])
+        width = ci.loc[name, "97.5 %"] - ci.loc[name, "2.5 %"]
+        np.testing.assert_allclose([lo, hi], ci.loc[name].to_numpy(float), atol=0.01 * width)

@@ -127,3 +127,19 @@ def test_bootstrap_intervals_carry_the_structure(crossed):
     # percentile and profile limits of Phi within half the profile width of each other
     width = prof.loc["Phi", "97.5 %"] - prof.loc["Phi", "2.5 %"]
     assert np.all(np.abs(boot.loc["Phi"].to_numpy() - prof.loc["Phi"].to_numpy()) < 0.5 * width)
+
+
+def test_profile_grid_of_phi_against_the_dense_profile(crossed):
+    """m.profile(): Phi's grid on nlme's scale, each point's ζ² the dense deviance's rise with Phi
+    held there; it crosses ±z at confint's limits."""
+    df, ml, _, ci = crossed
+    pr = ml.profile(parm="Phi")
+    assert set(pr["parameter"]) == {"Phi"} and pr["zeta"].is_monotonic_increasing
+    vc = ml.varcorr.set_index("grp")["sdcor"]
+    est = np.array([vc["subj"], vc["item"], ml.sigma, ml.correlation_params["Phi"]])
+    base = _dense_criterion(df, None, *est, False)[0]
+    for v, zeta in pr.iloc[[1, -2]][["value", "zeta"]].to_numpy():
+        assert _dense_profile(df, 3, v, est) - base == pytest.approx(zeta**2, abs=2e-3)
+    lo, hi = np.interp([-np.sqrt(Z2), np.sqrt(Z2)], pr["zeta"], pr["value"])
+    width = ci.loc["Phi", "97.5 %"] - ci.loc["Phi", "2.5 %"]
+    np.testing.assert_allclose([lo, hi], ci.loc["Phi"].to_numpy(float), atol=0.01 * width)

@@ -298,7 +298,7 @@ def test_anova_structure_against_none(fits):
 
 def test_methods_that_ignore_the_structure_are_refused(fits):
     _, m = fits["sleep_ar1_reml"]
-    for call in (lambda: m.profile(), lambda: m.ranova(),
+    for call in (lambda: m.ranova(),
                  lambda: m.influence("Subject"), lambda: m.lrt_vs_ols()):
         with pytest.raises(J.InferenceError):
             call()
