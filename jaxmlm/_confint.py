@@ -90,7 +90,7 @@ from ._optimize import _newton, diagonal_mask, theta_scale, theta_scale_host
 from ._solution import solve
 from ._stats import Layout, Stats
 
-__all__ = ["confint", "grid_frame", "grid_settings", "grid_walks", "param_names", "prof_tasks", "profile", "walk"]
+__all__ = ["check_level", "confint", "grid_frame", "grid_settings", "grid_walks", "param_names", "prof_tasks", "profile", "walk"]
 
 _LOG2PI = 1.8378770664093453
 _TINY = 1e-300
@@ -205,8 +205,7 @@ def confint(m, method: str = "profile", level: float = 0.95, parm=None, nsim: in
     positions of parameters, or ``"theta_"`` / ``"beta_"``; default all.
     Returns a DataFrame indexed by parameter, columns like ``"2.5 %"``, ``"97.5 %"``.
     """
-    if not (isinstance(level, (float, int)) and 0.0 < float(level) < 1.0):
-        raise JaxmlmError(f"level must be a number between 0 and 1 (e.g. 0.95), got {level!r}")
+    level = check_level(level)
     key = str(method).lower()
     if key == "wald":
         return _wald(m, float(level), parm)
@@ -217,10 +216,6 @@ def confint(m, method: str = "profile", level: float = 0.95, parm=None, nsim: in
                 f"profile intervals need the built-in covariance structures (us, diag, cs, ar1), not {', '.join(own)}; "
                 "use method='boot', method='wald' (fixed effects) or m.variance_components() (Wald intervals of "
                 "the SDs and correlations)")
-        if getattr(m, "residual", None) is not None:  # a residual structure: its parameters too
-            from ._residual_confint import structured_profile_confint
-
-            return structured_profile_confint(m, float(level), parm, **kwargs)
         return _profile(m, float(level), parm, **kwargs)
     if key in ("boot", "bootstrap"):
         out = m.bootstrap(nsim, seed=seed, **kwargs).confint(level)
@@ -230,6 +225,13 @@ def confint(m, method: str = "profile", level: float = 0.95, parm=None, nsim: in
             out = out.loc[[p.name for p in _select(_params(m), parm)]]
         return out
     raise JaxmlmError(f"method must be 'profile', 'wald' or 'boot', got {method!r}")
+
+
+def check_level(level) -> float:
+    """A confidence level as a float in (0, 1), else a clear error."""
+    if not (isinstance(level, (float, int)) and not isinstance(level, bool) and 0.0 < float(level) < 1.0):
+        raise JaxmlmError(f"level must be a number between 0 and 1 (e.g. 0.95), got {level!r}")
+    return float(level)
 
 
 def _wald(m, level: float, parm) -> pd.DataFrame:

@@ -55,6 +55,7 @@ import pandas as pd
 
 from ._design import r_column_name
 from ._errors import DataError, FormulaError
+from ._formula import split_cbind
 
 __all__ = ["Equations", "equations"]
 
@@ -422,9 +423,7 @@ class _Writer:
         if fam.name == "binomial":
             n = _Var("n", sub)
             if lhs.startswith("cbind("):
-                from ._glmer import _split_cbind
-
-                succ, fail = _split_cbind(lhs)
+                succ, fail = split_cbind(lhs)
                 fail = f"({fail})" if re.search(r"[-+*/ ]", fail) else fail
                 self.eq(_Var(succ, sub), f"Binomial({n.text()}, {mt}),  n = {succ} + {fail}",
                         f"\\operatorname{{Binomial}}({n.latex()}, {ml}),\\quad n = \\text{{{_escape(succ)} + {_escape(fail)}}}",

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from ._errors import FormulaError, FormulaSyntaxError
 
-__all__ = ["RandomTerm", "ParsedFormula", "parse_formula"]
+__all__ = ["RandomTerm", "ParsedFormula", "parse_formula", "split_cbind"]
 
 # An R name (letters, digits, '.', '_'; not starting with a digit) or a backquoted name.
 _NAME = re.compile(r"\s*(`[^`]+`|[A-Za-z_.][A-Za-z0-9_.]*)\s*")
@@ -472,3 +472,15 @@ def _fixed_part(formula: str, masked: str, tilde: int, spans: list[tuple[int, in
             text[joint] = mask[joint] = " "
     rhs = " ".join("".join(text[tilde + 1 :]).split())
     return rhs or "1"
+
+
+def split_cbind(lhs: str) -> tuple[str, str]:
+    """The two arguments of a ``cbind(successes, failures)`` left-hand side, as text."""
+    inner = lhs.strip()[len("cbind("):-1]
+    depth = 0
+    for i, ch in enumerate(inner):
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            return inner[:i].strip(), inner[i + 1:].strip()
+    raise FormulaError(f"cbind() on the left-hand side needs two arguments, successes and failures: {lhs!r}")

@@ -29,7 +29,7 @@ import pandas as pd
 from . import _x64  # noqa: F401  (float64 before any array exists)
 from ._design import Design
 from ._errors import ConvergenceWarning, DataError, DataWarning, FormulaError, JaxmlmError
-from ._formula import parse_formula
+from ._formula import parse_formula, split_cbind
 from ._frontend import build_design
 from ._implicit import RowData, row_data
 from ._optimize import STATUS
@@ -68,17 +68,6 @@ class GlmmRecord:
     warnings: tuple
     seconds: float
     separation: tuple = ()
-
-
-def _split_cbind(lhs: str) -> tuple[str, str]:
-    inner = lhs.strip()[len("cbind("):-1]
-    depth = 0
-    for i, ch in enumerate(inner):
-        depth += ch in "([{"
-        depth -= ch in ")]}"
-        if ch == "," and depth == 0:
-            return inner[:i].strip(), inner[i + 1:].strip()
-    raise FormulaError(f"cbind() on the left-hand side needs two arguments, successes and failures: {lhs!r}")
 
 
 _ARITH = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Name, ast.Constant, ast.Load, ast.Add, ast.Sub, ast.Mult,
@@ -128,7 +117,7 @@ def _response(formula: str, data: pd.DataFrame, family: Family, weights):
     if lhs.startswith("cbind("):
         if not isinstance(family, type(make_family("binomial"))):
             raise FormulaError("cbind(successes, failures) is a binomial response; use family='binomial'")
-        s_expr, f_expr = _split_cbind(lhs)
+        s_expr, f_expr = split_cbind(lhs)
         s, f = _evaluate(s_expr, data, formula), _evaluate(f_expr, data, formula)
         ok = np.isfinite(s) & np.isfinite(f)
         if np.any(ok & ((s < 0) | (f < 0))):

@@ -61,14 +61,12 @@ def _problem(m):
     ``guess(p, v̂, target)``: the first v tried; ``start(P)``: the tasks' free vectors
     (φ, ρ_u) at the estimates; ``estimates(params)``: ψ̂ (a structure's on the unconstrained
     scale)."""
-    from ._residual_model import _structure_names
-
     mm = m.update(REML=False) if m.REML else m
     r, layout = mm.residual, mm.layout
     nt, nr = layout.ntheta, len(r.u)
     base_params = _params(mm)
     at = [p.kind for p in base_params].index(SIGMA) + 1
-    allp = (base_params[:at] + [_Param(nm, STRUCT, row=k) for k, nm in enumerate(_structure_names(r))]
+    allp = (base_params[:at] + [_Param(nm, STRUCT, row=k) for k, nm in enumerate((*r.cor_names, *r.var_names))]
             + base_params[at:])
     theta, sigma, beta, vcov = (np.asarray(a, float) for a in (mm.theta, mm.sigma, mm._beta, mm._vcov))
     u_hat = np.asarray(r.u, float)

@@ -534,6 +534,11 @@ class StructuredMixedModel(_StructureResults, LinearMixedModel):
         names and scale): ``"profile"`` of the ML deviance with the structure re-estimated at
         every point (:mod:`jaxmlm._residual_confint`), ``"boot"`` (refits with the structure) or
         ``"Wald"`` (fixed effects). nlme's Wald intervals of the structure are :meth:`intervals`."""
+        if str(method).lower() == "profile":
+            from ._confint import check_level
+            from ._residual_confint import structured_profile_confint
+
+            return structured_profile_confint(self, check_level(level), parm, **kw)
         return LinearMixedModel.confint(self, method=method, level=level, parm=parm, nsim=nsim, seed=seed, **kw)
 
     def summary(self, style: str = "lme4", stddev: bool = False) -> str:
