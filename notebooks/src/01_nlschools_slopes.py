@@ -428,6 +428,26 @@ print(f"odds ratio per IQ point: {odds_iq:.2f}; class SD {class_sd:.2f} "
 assert odds_iq > 1 and logit.coef_table()["Pr(>|z|)"]["IQc"] < 1e-10
 
 # %% [markdown]
+# Written out level by level, the model puts the link of the pass probability where the linear
+# model had the score, and has no residual term: the binomial draw is the level-1 noise.
+
+# %%
+print(logit.equations())
+
+# %% [markdown]
+# `confint()` gives lme4's profile intervals (its default for `glmer` too): the deviance is
+# minimized again with each parameter held at trial values, so the limits do not rest on a
+# normal approximation to the estimate, as Wald's do. Exponentiated, the IQ coefficient's
+# limits are those of the odds ratio.
+
+# %%
+ci = logit.confint()
+print(ci)
+lo, hi = np.exp(ci.loc["IQc"])
+print(f"odds ratio per IQ point: {odds_iq:.2f} (95% profile interval {lo:.2f} to {hi:.2f})")
+assert lo < odds_iq < hi and ci.loc["sd_(Intercept)|class", "2.5 %"] > 0
+
+# %% [markdown]
 # By default `glmer` integrates the random effects out with the Laplace approximation, as
 # lme4 does. With one random intercept, adaptive Gauss–Hermite quadrature (`nAGQ`) is also
 # available. With about 17 pupils per class the two agree closely:
