@@ -90,7 +90,7 @@ from ._optimize import _newton, diagonal_mask, theta_scale, theta_scale_host
 from ._solution import solve
 from ._stats import Layout, Stats
 
-__all__ = ["check_level", "confint", "grid_frame", "grid_settings", "grid_walks", "param_names", "prof_tasks", "profile", "walk"]
+__all__ = ["check_level", "confint", "grid_frame", "grid_settings", "grid_walks", "padded_tasks", "param_names", "prof_tasks", "profile", "walk"]
 
 _LOG2PI = 1.8378770664093453
 _TINY = 1e-300
@@ -536,6 +536,12 @@ def _specs(m, params) -> dict:
     return spec
 
 
+def padded_tasks(n: int) -> int:
+    """How many task rows a profile program gets for n tasks: a multiple of 8 (at least 8), so
+    that models share a few compiled programs instead of one per task count."""
+    return max(8, -(-n // 8) * 8)
+
+
 def _pad(spec: dict, T: int) -> dict:
     n = len(spec["kind"])
     return {k: np.concatenate([v, np.repeat(v[:1], T - n, axis=0)]) if T > n else v for k, v in spec.items()}
@@ -616,7 +622,7 @@ def _profile(m, level: float, parm, max_outer: int = 40, ztol: float = 1e-7) -> 
             tasks += [(a, -z, -np.inf, est[a]), (a, z, est[a], np.inf)]
         elif np.isfinite(est[a]):
             cor_bounds += [(a, b, at, side) for (b, at), side in zip(_cor_bounds(m, p), (-1.0, 1.0))]
-    T = max(8, -(-(len(tasks) + len(cor_bounds)) // 8) * 8)
+    T = padded_tasks(len(tasks) + len(cor_bounds))
 
     # Correlations at their bounds (±1 as lme4; a structure's range): reached → bracket, else the bound.
     if cor_bounds:
@@ -679,7 +685,7 @@ def profile(m, parm=None, alphamax: float = 0.01, maxpts: int = 100, delta: floa
     walks = grid_walks(params, est, lambda p: [b for b, _ in _cor_bounds(m, p)])
     if walks:
         P = [params[a] for a, *_ in walks]
-        T = max(8, -(-len(P) // 8) * 8)
+        T = padded_tasks(len(P))
         spec = _pad(_specs(m, P), T)
         rows += walk(
             P, est, walks, base, cutoff, float(delta), int(maxpts),

@@ -39,13 +39,13 @@ import pandas as pd
 from scipy.special import ndtri
 
 from . import _compiled, _programs, _x64  # noqa: F401
-from ._confint import (BETA, SD, _at_bounds, _cor_start, _cor_theta, _pad, _params, _percent_labels, _sd_start,
-                       _sd_theta, _select, _solve_tasks, _Spec, _specs, _start_tasks, grid_frame, grid_settings,
-                       grid_walks, walk)
+from ._compare import lift_zero_diagonals
+from ._confint import (BETA, SD, _at_bounds, _cor_start, _cor_theta, _estimates, _pad, _params, _percent_labels,
+                       _sd_start, _sd_theta, _select, _snappable, _solve_tasks, _Spec, _specs, _start_tasks,
+                       grid_frame, grid_settings, grid_walks, padded_tasks, walk)
 from ._errors import InferenceError
 from ._glmm_fit import _newton_once, _u_layout, deviance_at
 from ._implicit import RowData
-from ._optimize import diagonal_mask
 from ._pirls import Modes, laplace_deviance
 from ._stats import Layout
 from .families import Family
@@ -114,14 +114,14 @@ def _problem(m):
     se = np.sqrt(np.maximum(np.diag(np.asarray(m._vcov, float)), 0.0))
 
     def start(P):
-        T = max(8, -(-len(P) // 8) * 8)
+        T = padded_tasks(len(P))
         return _start(m, P, _pad(_specs(m, P), T), theta, beta)
 
     def minimize(P, v, X=None, frozen=None):
-        T = max(8, -(-len(P) // 8) * 8)
+        T = padded_tasks(len(P))
         spec = _pad(_specs(m, P), T)
         X = start(P) if X is None else X
-        mask = np.concatenate([_keep_sign(layout, spec), np.zeros((T, layout.p), bool)], axis=1)
+        mask = np.concatenate([_snappable(layout, spec), np.zeros((T, layout.p), bool)], axis=1)
         v = np.asarray(v, float)[: len(P)]
         vv = np.concatenate([v, np.repeat(v[:1], T - len(v))])
         fr = np.arange(T) >= len(P) if frozen is None else frozen
@@ -147,7 +147,7 @@ def glmm_profile_confint(m, level: float = 0.95, parm=None, max_outer: int = 40,
     allp, theta, beta, base, minimize, guess, start = _problem(m)
     z = float(ndtri(0.5 + level / 2.0))
     params = _select(allp, parm)
-    est = _estimates(m, params, theta, beta)
+    est = _estimates(m, params, theta, 1.0, beta)
     lower, upper = np.full(len(params), np.nan), np.full(len(params), np.nan)
     # What the bounds decide before any root is sought: SD = 0, correlation = ±1.
     tasks, checks = _start_tasks(params, est, z, lower, lambda p: [(-1.0, -1.0), (1.0, 1.0)])
@@ -173,7 +173,7 @@ def glmm_profile(m, parm=None, alphamax: float = 0.01, maxpts: int = 100, delta:
     allp, theta, beta, base, minimize, guess, start = _problem(m)
     cutoff, delta = grid_settings(len(allp), delta, delta_cutoff, alphamax, maxpts)
     params = _select(allp, parm)
-    est = _estimates(m, params, theta, beta)
+    est = _estimates(m, params, theta, 1.0, beta)
     rows = [(a, est[a], 0.0) for a in range(len(params)) if np.isfinite(est[a])]
     walks = grid_walks(params, est, lambda p: (-1.0, 1.0))
     if walks:
@@ -195,49 +195,20 @@ def glmm_boot_confint(m, level: float = 0.95, parm=None, nsim: int = 500, seed=N
     if len(ok) < 2:
         raise InferenceError(f"only {len(ok)} of {len(fits)} bootstrap refits converged: no interval")
     T, B = ok[list(m.theta_names)].to_numpy(), ok[list(m.design.fixef_names)].to_numpy()
-    draws = np.array([_estimates(m, params, t, b) for t, b in zip(T, B)])
+    draws = np.array([_estimates(m, params, t, 1.0, b) for t, b in zip(T, B)])  # σ = 1: b = Λu
     a = (1.0 - level) / 2.0
     lo, hi = np.nanquantile(draws, a, axis=0), np.nanquantile(draws, 1.0 - a, axis=0)
     cols = _percent_labels(level)
     return pd.DataFrame({cols[0]: lo, cols[1]: hi}, index=pd.Index([p.name for p in params]))
 
 
-def _estimates(m, params, theta: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """ψ̂ of each parameter: SDs and correlations of ΛΛᵀ per term, the fixed effects."""
-    from ._confint import _sd_entries, _term_starts, _theta_index
-
-    out = np.empty(len(params))
-    starts = _term_starts(m)
-    for a, p in enumerate(params):
-        if p.kind == BETA:
-            out[a] = beta[p.fixef]
-        elif p.kind == SD:
-            out[a] = float(np.linalg.norm(theta[_sd_entries(m, p)]))
-        else:
-            t0, k = starts[p.term], m.design.terms[p.term].k
-            ri = theta[[_theta_index(t0, k, p.row, c) for c in range(p.row + 1)]]
-            rj = theta[[_theta_index(t0, k, p.col, c) for c in range(p.col + 1)]]
-            den = np.linalg.norm(ri) * np.linalg.norm(rj)
-            out[a] = float(ri[: len(rj)] @ rj / den) if den > 0 else np.nan
-    return out
-
-
 def _start(m, P, spec: dict, theta: np.ndarray, beta: np.ndarray) -> np.ndarray:
     """Every task's free vector (φ, β) at the estimates, θ's diagonals lifted off 0 (an even
     criterion's stationary point) except in a row the task rebuilds."""
     T, layout = len(spec["kind"]), m.layout
-    lifted = np.where(diagonal_mask(layout) & (np.abs(theta) < 1e-4), 0.1, theta)
+    lifted = lift_zero_diagonals(theta, layout, np.ones(layout.ntheta))
     X = _cor_start(np.repeat(lifted[None, :], T, axis=0), spec)
     for i, p in enumerate(P):
         if p.kind == SD:
             X[i] = _sd_start(m, p, X[i], 1.0)
     return np.concatenate([X, np.repeat(beta[None, :], T, axis=0)], axis=1)
-
-
-def _keep_sign(layout: Layout, spec: dict) -> np.ndarray:
-    """Per task, the θ diagonals whose steps the minimizer clips (sign kept): all but those in the
-    rows the task rebuilds (an SD's row, a correlation's two rows), which hold angles there."""
-    rebuilt = np.zeros((len(spec["kind"]), layout.ntheta + 1), bool)
-    for idx, mask in (("ri", "mi"), ("rj", "mj"), ("rr", "mr")):
-        np.put_along_axis(rebuilt, spec[idx], spec[mask] > 0, axis=1)
-    return diagonal_mask(layout)[None, :] & ~rebuilt[:, : layout.ntheta]

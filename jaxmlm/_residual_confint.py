@@ -30,7 +30,8 @@ from scipy.special import ndtri
 from . import _compiled, _programs, _x64  # noqa: F401
 from ._confint import (SIGMA, _at_bounds, _cor_bounds, _estimates, _first_guess, _lift_free, _pad, _Param,
                        _params, _percent_labels, _prof_objective, _select, _snappable, _solve_tasks, _Spec, _specs,
-                       _start_tasks, _task_start, grid_frame, grid_settings, grid_walks, prof_tasks, walk)
+                       _start_tasks, _task_start, grid_frame, grid_settings, grid_walks, padded_tasks, prof_tasks,
+                       walk)
 from ._residual_fit import split, whitened_stats, with_response
 
 __all__ = ["structured_profile", "structured_profile_confint"]
@@ -91,7 +92,7 @@ def _problem(m):
         return Xn, D, gv, np.isfinite(D) | frozen
 
     def start(P):
-        T = max(8, -(-len(P) // 8) * 8)
+        T = padded_tasks(len(P))
         spec = _pad(_specs(mm, P), T)
         return np.concatenate([_task_start(mm, P, spec, theta, sigma), np.repeat(u_hat[None, :], T, axis=0)], axis=1)
 
