@@ -254,13 +254,17 @@ def laplace_deviance(theta, beta, phi, start: Modes, rows: RowData, index: tuple
     b, u1, u2 = (m.beta if joint else beta), m.u1, m.u2
     steps = STEPS_CANONICAL if family.is_canonical else STEPS_NONCANONICAL
 
-    def step(_, c):  # a loop, not unrolled: one copy of the step in the program (compile time)
+    def step(_, c):
         b, u1, u2 = c
         eta = linear_predictor(theta, b, u1, u2, rows, layout)
         b_new, u1, u2, *_ = pirls_step(theta, b, eta, rows, index, layout, family, phi, joint)
         return (b_new if joint else b), u1, u2
 
-    b, u1, u2 = jax.lax.fori_loop(0, steps, step, (b, u1, u2))
+    # The canonical links' two steps are written out: their Hessian by forward over reverse
+    # runs in a third less time than through a loop (crossed Bernoulli benchmark, fit 122–147
+    # → 96–107 ms), and compiles no slower. The other links' eight stay a loop: written out,
+    # they run in a third less time too but compile 50 % longer (probit: 20 → 30 s).
+    b, u1, u2 = jax.lax.fori_loop(0, steps, step, (b, u1, u2), unroll=family.is_canonical)
     eta = linear_predictor(theta, b, u1, u2, rows, layout)
     fac = pirls_step(theta, b, eta, rows, index, layout, family, phi, joint).fac
     if nagq > 1:
