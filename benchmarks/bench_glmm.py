@@ -20,7 +20,9 @@ Cases (the data are written to a temporary folder as CSV and read by both sides)
   vmapped call (``m.refit_many``) against lme4's ``refit`` loop over the same responses.
 
 mixedlm (PyPI; lme4 ported to Rust), where installed, is timed as jaxmlm is, in the same
-process (``--no-r`` skips R). jaxmlm: the first fit in the process (cold: tracing and compiling included, caches off unless
+process (``--no-r`` skips R); so is statsmodels' ``BinomialBayesMixedGLM`` (variational Bayes,
+the only GLMM statsmodels has: a different estimator, timed for scale only) on the crossed case,
+the one whose dense variance-component design fits in memory. jaxmlm: the first fit in the process (cold: tracing and compiling included, caches off unless
 ``JAXMLM_CACHE_DIR`` says otherwise), then the median of ``--runs`` warm fits. R: the median
 of ``--r-runs`` fits timed inside R with ``system.time`` (R's start-up and reading excluded),
 lme4 with its default optimizers (bobyqa + Nelder-Mead), glmmTMB with its defaults. The
@@ -123,6 +125,38 @@ def time_mixedlm(case: str, d: pd.DataFrame, runs: int):
         return None
 
 
+#: statsmodels' BinomialBayesMixedGLM takes its random effects as dense variance-component
+#: columns: the crossed case's 7,200 × 324 fits in memory, the 1M-row case's 1M × 10k (80 GB) not.
+BAYES_VC = {"crossed": {"subj": "0 + C(subj)", "item": "0 + C(item)"}}
+
+
+def time_bayes(case: str, d: pd.DataFrame, runs: int):
+    """statsmodels' ``BinomialBayesMixedGLM.fit_vb`` (variational Bayes: a posterior
+    approximation, not the maximum-likelihood fit, so it has no log-likelihood to compare):
+    (cold, warm median, the posterior mean of x's coefficient) or None."""
+    if case not in BAYES_VC:
+        return None
+    try:
+        from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
+    except ImportError:
+        return None
+
+    def fit():
+        return BinomialBayesMixedGLM.from_formula("y ~ x", BAYES_VC[case], d).fit_vb()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = time.perf_counter()
+        r = fit()
+        cold = time.perf_counter() - t
+        warm = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            r = fit()
+            warm.append(time.perf_counter() - t)
+    return cold, statistics.median(warm), float(r.fe_mean[1])
+
+
 R_FIT = r"""
 suppressMessages({library(lme4); library(glmmTMB); library(jsonlite)})
 args <- commandArgs(TRUE); d <- read.csv(args[1]); runs <- as.integer(args[3])
@@ -201,16 +235,19 @@ def main():
         formula, fam = FORMULAS[case]
         r = {} if a.no_r else run_r(R_FIT, [str(path), formula, str(a.r_runs), fam]) or {}
         ml = time_mixedlm(case, d, a.runs) or (None, None, None)
+        vb = time_bayes(case, d, a.runs) or (None, None, None)
         rows.append({"case": case, "rows": len(d), "jaxmlm cold s": cold, "jaxmlm warm s": warm,
                      "lme4 s": r.get("lme4"), "glmmTMB s": r.get("glmmTMB"), "mixedlm s": ml[1],
-                     "mixedlm cold s": ml[0], "jaxmlm logLik": ll, "lme4 logLik": r.get("lme4_loglik"),
-                     "mixedlm logLik": ml[2]})
+                     "mixedlm cold s": ml[0], "statsmodels VB s": vb[1], "jaxmlm logLik": ll,
+                     "lme4 logLik": r.get("lme4_loglik"), "mixedlm logLik": ml[2], "statsmodels VB x": vb[2]})
         print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
     df["lme4 / jaxmlm warm"] = df["lme4 s"] / df["jaxmlm warm s"]
     df["glmmTMB / jaxmlm warm"] = df["glmmTMB s"] / df["jaxmlm warm s"]
     if "mixedlm s" in df:
         df["mixedlm / jaxmlm warm"] = df["mixedlm s"] / df["jaxmlm warm s"]
+    if "statsmodels VB s" in df:
+        df["statsmodels VB / jaxmlm warm"] = df["statsmodels VB s"] / df["jaxmlm warm s"]
     cols = list(df.columns)
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     print("| " + " | ".join(cols) + " |")

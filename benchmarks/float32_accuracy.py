@@ -1,4 +1,4 @@
-"""Accuracy of jaxmlm's float32 mode against float64 on every Gaussian reference case.
+"""Accuracy of jaxmlm's float32 mode against float64 on every Gaussian and GLMM reference case.
 
     PYTHONPATH=. python benchmarks/float32_accuracy.py [--out benchmarks/results]
 
@@ -11,6 +11,10 @@ throughout) — and reports the largest differences from the float64 fit:
 * criterion: |Δ| (REML criterion or deviance, −2 log-likelihood units);
 * β̂: max |Δβ| / SE(β̂);
 * θ̂: max |Δθ|; σ̂: relative difference.
+
+The same for ``glmer`` on every GLMM reference case of tests/reference/glmer/ (the
+deviance is the Laplace or quadrature −2 log-likelihood; no σ̂; SE(β̂): the largest
+relative difference).
 
 Writes ``float32_accuracy.md`` and ``.csv``. Not a test: the tests check the
 float32 mode against tolerances in tests/test_results.py.
@@ -54,6 +58,52 @@ def _diffs(ref, m) -> dict:
     }
 
 
+def _glmm_cases():
+    from test_glmer import CASES, _case, _data  # the GLMM parity tests' cases and data loader
+
+    for cid in CASES:
+        yield cid, _case(cid), _data(_case(cid))
+
+
+def _glmm_fit(case, d, **kw):
+    import jaxmlm
+
+    if case["weights"]:
+        kw["weights"] = case["weights"]
+    if case["offset_argument"] and case["offset"]:
+        kw["offset"] = np.log(d["expo"].to_numpy())
+    if case["family_call"] == "glmer.nb":
+        return jaxmlm.glmer_nb(case["formula"], d, **kw)
+    return jaxmlm.glmer(case["formula"], d, case["family"], nAGQ=case["nAGQ"], link=case["link"], **kw)
+
+
+def _glmm_diffs(ref, m) -> dict:
+    se, se_m = ref.se.to_numpy(), m.se.to_numpy()
+    return {
+        "crit_abs": abs(m.objective - ref.objective),
+        "beta_se": float(np.max(np.abs(m.fixef.to_numpy() - ref.fixef.to_numpy()) / se)),
+        "theta_abs": float(np.max(np.abs(m.theta - ref.theta))),
+        "se_rel": float(np.max(np.abs(se_m / se - 1.0))),
+    }
+
+
+def glmm_rows() -> list[dict]:
+    rows = []
+    for cid, case, d in _glmm_cases():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = _glmm_fit(case, d)
+            row = {"case": cid, "formula": case["formula"]}
+            for mode, kw in (("f32+polish", dict(dtype="float32")), ("f32", dict(dtype="float32", polish=False))):
+                m = _glmm_fit(case, d, **kw)
+                for k, v in _glmm_diffs(ref, m).items():
+                    row[f"{mode} {k}"] = v
+                row[f"{mode} converged"] = m.record.converged
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(HERE / "results"))
@@ -91,6 +141,25 @@ def main() -> int:
         lines.append(
             f"| {mode} | {num[f'{mode} crit_abs'].max():.1e} | {num[f'{mode} beta_se'].max():.1e} | "
             f"{num[f'{mode} theta_abs'].max():.1e} | {num[f'{mode} sigma_rel'].max():.1e} | "
+            f"{bool(num[f'{mode} converged'].all())} |"
+        )
+    glmm = pd.DataFrame(glmm_rows())
+    glmm.to_csv(out / "float32_accuracy_glmm.csv", index=False)
+    num = glmm.drop(columns=["formula"]).set_index("case")
+    lines += [
+        "",
+        "## glmer",
+        "",
+        "Largest over the GLMM reference cases (full table in float32_accuracy_glmm.csv); the",
+        "criterion is the deviance (Laplace or quadrature), SE(β̂) the largest relative difference:",
+        "",
+        "| mode | |Δ deviance| | max |Δβ|/SE | max |Δθ| | max |ΔSE|/SE | all converged |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for mode in ("f32+polish", "f32"):
+        lines.append(
+            f"| {mode} | {num[f'{mode} crit_abs'].max():.1e} | {num[f'{mode} beta_se'].max():.1e} | "
+            f"{num[f'{mode} theta_abs'].max():.1e} | {num[f'{mode} se_rel'].max():.1e} | "
             f"{bool(num[f'{mode} converged'].all())} |"
         )
     (out / "float32_accuracy.md").write_text("\n".join(lines) + "\n")

@@ -50,7 +50,8 @@ class GlmmRecord:
     max |gradient| at the end; the final deviance (``objective``, −2 logLik); PIRLS's last
     iteration count and whether it converged; which θ diagonals were snapped to 0;
     the fixed effects that look separated; warnings; the wall time (compile included the
-    first time a shape is seen)."""
+    first time a shape is seen); the arithmetic ("float64", "float32", or "float32+float64
+    polish", whose iterations and evaluations count both stages)."""
 
     theta_start: np.ndarray
     beta_start: np.ndarray
@@ -68,6 +69,7 @@ class GlmmRecord:
     warnings: tuple
     seconds: float
     separation: tuple = ()
+    dtype: str = "float64"
 
 
 _ARITH = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Name, ast.Constant, ast.Load, ast.Add, ast.Sub, ast.Mult,
@@ -199,8 +201,8 @@ def _check_response(design: Design, family: Family) -> None:
 
 
 def glmer(formula: str, data: pd.DataFrame, family, nAGQ: int = 1, *, weights=None, offset=None,
-          subset=None, link: str | None = None, max_iter: int = 200, data_name: str | None = None
-          ) -> "GeneralizedLinearMixedModel":
+          subset=None, link: str | None = None, max_iter: int = 200, data_name: str | None = None,
+          dtype: str = "float64", polish: bool = True) -> "GeneralizedLinearMixedModel":
     """Fit a generalized linear mixed model by maximum likelihood, as lme4's ``glmer``.
 
     ``family``: "binomial", "poisson", "negative_binomial" (θ estimated: lme4's ``glmer.nb``)
@@ -215,11 +217,21 @@ def glmer(formula: str, data: pd.DataFrame, family, nAGQ: int = 1, *, weights=No
     The deviance is optimized with exact derivatives (autodiff through PIRLS,
     :mod:`jaxmlm._pirls`), and vcov(β̂) comes from its exact Hessian in (θ, β), as lme4's
     default ``use.hessian = TRUE`` with finite differences.
+
+    ``dtype="float32"`` runs the fit on the rows rounded to float32, the arithmetic
+    accelerators are fast at; with ``polish=True`` (default) it then continues in float64 from
+    the float32 optimum, so the estimates are those of a float64 fit; ``polish=False`` keeps
+    float32's (measured accuracy: benchmarks/results/float32_accuracy.md). Inference after the
+    fit (``confint``, ``anova``, refits) is in float64.
     """
     if isinstance(family, str) and family.lower() == "gaussian":
         raise DataError("a gaussian GLMM with the identity link is a linear mixed model: use jaxmlm.lmer "
                         "(lme4's glmer hands it to lmer too)")
     fam = make_family(family, link)
+    if dtype not in ("float64", "float32"):
+        raise DataError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    if not isinstance(polish, (bool, np.bool_)):
+        raise DataError(f"polish must be True or False, got {polish!r}")
     if not isinstance(nAGQ, (int, np.integer)) or isinstance(nAGQ, bool) or nAGQ < 0:
         raise DataError(f"nAGQ must be a whole number ≥ 0, got {nAGQ!r}")
     nagq = int(nAGQ)
@@ -244,7 +256,7 @@ def glmer(formula: str, data: pd.DataFrame, family, nAGQ: int = 1, *, weights=No
     schema = make_schema(design)
     rows = row_data(design, schema, host=True)  # numpy leaves: the compiled programs take them as they are
     index = tuple(schema.index)
-    return _fit(formula, design, schema.layout, rows, index, fam, nagq, max_iter, data_name)
+    return _fit(formula, design, schema.layout, rows, index, fam, nagq, max_iter, data_name, dtype, bool(polish))
 
 
 def glmer_nb(formula: str, data: pd.DataFrame, **kwargs) -> "GeneralizedLinearMixedModel":
@@ -271,7 +283,7 @@ def _separation(design: Design, beta: np.ndarray, se: np.ndarray, mu: np.ndarray
 
 
 def _fit(formula, design: Design, layout: Layout, rows: RowData, index, fam: Family, nagq: int, max_iter: int,
-         data_name) -> "GeneralizedLinearMixedModel":
+         data_name, dtype: str = "float64", polish: bool = True) -> "GeneralizedLinearMixedModel":
     from ._glmm_fit import fit_glmm
 
     t0 = time.perf_counter()
@@ -282,7 +294,7 @@ def _fit(formula, design: Design, layout: Layout, rows: RowData, index, fam: Fam
         phi0 = float(nb_start(rows, index, layout))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        f = fit_glmm(rows, index, layout, fam, nagq, max_iter, phi0)
+        f = fit_glmm(rows, index, layout, fam, nagq, max_iter, phi0, dtype, polish)
     seconds = time.perf_counter() - t0
     last = f.stage2 if f.stage2 is not None else f.stage1
     status = int(last.status)
@@ -312,15 +324,19 @@ def _fit(formula, design: Design, layout: Layout, rows: RowData, index, fam: Fam
         warns.append(msg)
         warnings.warn(msg, ConvergenceWarning, stacklevel=3)
     b, v = _blocks(f, layout, design)
+    st32 = f.float32
+    polished = st32 is not None and polish
     record = GlmmRecord(
         theta_start=_readonly(f.theta_start), beta_start=_readonly(f.beta_start),
         criterion=("nAGQ = 0 deviance over θ (β from PIRLS)" if nagq == 0 else
                    ("Laplace" if nagq == 1 else f"adaptive Gauss-Hermite ({nagq} nodes)") +
                    " deviance over (θ, β" + (", log θ_nb)" if fam.estimates_phi else ")")),
-        objective=f.deviance, iterations=int(last.it), evaluations=int(last.nfev),
+        objective=f.deviance, iterations=int(last.it) + int(st32.it if polished else 0),
+        evaluations=int(last.nfev) + int(st32.nfev if polished else 0),
         status=status, message=STATUS[status], converged=status in (0, 1) and not sep,
         max_abs_gradient=max_grad, pirls_iterations=int(f.modes.iterations), pirls_converged=bool(f.modes.converged),
         snapped=f.snapped, warnings=tuple(warns), seconds=seconds, separation=sep,
+        dtype="float32+float64 polish" if polished else dtype,
     )
     return GeneralizedLinearMixedModel(
         formula=formula, family=fam, nAGQ=nagq, design=design, layout=layout, theta=_readonly(f.theta),

@@ -69,6 +69,7 @@ class GlmmFit(NamedTuple):
     beta_start: np.ndarray
     eta: np.ndarray
     mu: np.ndarray
+    float32: OptState | None = None
 
 
 def _u_layout(layout: Layout) -> Layout:
@@ -223,18 +224,48 @@ def fit_program(x0, start: Modes, rows: RowData, index: tuple, phi0, layout: Lay
     return start.beta, st, m, H, beta, phi, est
 
 
+def _as(tree, dtype):
+    """The tree's floating-point leaves as ``dtype`` (numpy; integer and boolean leaves unchanged)."""
+    def cast(a):
+        if isinstance(a, float):  # a host scalar stays one
+            return a
+        return np.asarray(a, dtype) if np.asarray(a).dtype.kind == "f" else a
+
+    return jax.tree.map(cast, tree)
+
+
 def fit_glmm(rows: RowData, index: tuple, layout: Layout, family: Family, nagq: int = 1, max_iter: int = 200,
-             phi0: float | None = None) -> GlmmFit:
+             phi0: float | None = None, dtype: str = "float64", polish: bool = True) -> GlmmFit:
     """lme4's glmer fit (module docstring) of the rows: :func:`fit_program`, then on the host θ's
     canonical signs and lmer's boundary snapping (a snapped fit runs the stage again from
-    there, started at the first fit's modes)."""
+    there, started at the first fit's modes).
+
+    ``dtype="float32"``: the program runs on the rows rounded to float32 (the arithmetic an
+    accelerator is fast at); with ``polish`` the same program in float64 then continues from
+    its optimum and modes (usually one or two Newton steps), so the estimates are those of a
+    float64 fit; without, they stay float32's (accuracy: benchmarks/results/float32_accuracy.md).
+    ``float32`` of the result is the float32 stage's optimizer state."""
     dt = np.float64
     phi_start = np.asarray(phi0 if phi0 is not None else 1.0 if family.estimates_phi else family.fixed_phi, dt)
     theta0 = np.asarray(lme4_start(layout), dt)
     ntheta, p = layout.ntheta, layout.p
     extra = [np.log(float(phi_start))] if family.estimates_phi else []
     x0 = theta0 if nagq == 0 else np.concatenate([theta0, np.zeros(p), extra])
-    out = jax.device_get(fit_program(x0, None, rows, index, phi_start, layout, family, nagq, max_iter, True))
+    st32 = None
+    if dtype == "float32":
+        f32 = np.float32
+        out = jax.device_get(fit_program(x0.astype(f32), None, _as(rows, f32), index, phi_start.astype(f32), layout,
+                                         family, nagq, max_iter, True))
+        st32 = out[1]
+        if polish:
+            beta_start = out[0]
+            out = jax.device_get(fit_program(np.asarray(st32.x, dt), _as(out[2], dt), rows, index, phi_start, layout,
+                                             family, nagq, max_iter, False))
+            out = (beta_start, *out[1:])
+        else:  # everything after runs in float32 too
+            dt, rows, phi_start = f32, _as(rows, f32), phi_start.astype(f32)
+    else:
+        out = jax.device_get(fit_program(x0, None, rows, index, phi_start, layout, family, nagq, max_iter, True))
     beta_start, st, m, H, beta, phi, est = out
     x = np.array(st.x, dtype=dt)
     x[:ntheta] = canonical_theta(x[:ntheta], layout)
@@ -245,7 +276,7 @@ def fit_glmm(rows: RowData, index: tuple, layout: Layout, family: Family, nagq: 
         xt[:ntheta] = t
         return float(deviance_at(jnp.asarray(xt), m, rows, index, layout, family, nagq, nagq == 0)), None
 
-    theta, _, snapped, _ = snap_host(x[:ntheta], f, np.ones(ntheta), layout, crit)
+    theta, _, snapped, _ = snap_host(x[:ntheta], f, np.ones(ntheta, dt), layout, crit)
     if snapped:
         x[:ntheta] = theta
         out = jax.device_get(fit_program(x, m, rows, index, phi_start, layout, family, nagq, max_iter, False))
@@ -263,14 +294,16 @@ def fit_glmm(rows: RowData, index: tuple, layout: Layout, family: Family, nagq: 
         # lme4: vcov(β̂) from the Hessian of the deviance in (θ, β): the β block of 2 H⁻¹. The
         # optimizer's H is at its raw θ; a sign flip of a θ column is an orthogonal similarity
         # that leaves the β rows and columns of H⁻¹ alone.
-        H = np.asarray(H)
+        H = np.asarray(H, np.float64)
         # conditional on the negative binomial's θ, as lme4 (its glmer.nb refits at a fixed θ)
         Hb = H[: ntheta + p, : ntheta + p]
         vcov = np.linalg.pinv(0.5 * Hb)[ntheta : ntheta + p, ntheta : ntheta + p]
         st1, st2 = None, st
-    return GlmmFit(theta, np.asarray(beta), float(phi) if family.has_phi else float("nan"), f, m,
+    fit = GlmmFit(theta, np.asarray(beta), float(phi) if family.has_phi else float("nan"), f, m,
                    np.asarray(b1), np.asarray(b_rest), np.asarray(var1), tuple(np.asarray(v) for v in var_rest),
-                   vcov, H, st1, st2, tuple(snapped), theta0, np.asarray(beta_start), np.asarray(eta), np.asarray(mu))
+                   vcov, H, st1, st2, tuple(snapped), theta0, np.asarray(beta_start), np.asarray(eta), np.asarray(mu),
+                   st32)
+    return fit if dt == np.float64 else _as(fit, np.float64)
 
 
 class Refits(NamedTuple):

@@ -156,7 +156,7 @@ def _residual_fit(correlation, variance, bc, bv, spec, arr, u0, u, rows=None, in
 
 def _require_finite(*values) -> None:
     """A non-finite criterion or estimate is an error (before any convergence warning about it)."""
-    if not all(np.all(np.isfinite(v)) for v in values):
+    if not all(np.isfinite(np.asarray(v, float)).all() for v in values):
         raise ConvergenceError("the criterion or the estimates are not finite: check the structure's covariates "
                                "(e.g. two rows of a group at the same place for corExp without a nugget) and the data")
 

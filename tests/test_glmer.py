@@ -334,6 +334,34 @@ def test_family_arguments():
         families.make_family("gaussianish")
 
 
+# ---- float32 mode ----------------------------------------------------------------------------------------
+
+def test_float32_mode_polished_equals_float64_and_unpolished_is_close():
+    """The float32 stage then float64 polish gives the float64 fit; float32 alone is within
+    the accuracy benchmarks/float32_accuracy.py measures (the deviance to 0.05, β to 0.01 SE)."""
+    case, d, ref = fitted("cbpp_cbind")
+    se = ref.se.to_numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", jaxmlm.ConvergenceWarning)
+        polished = jaxmlm.glmer(case["formula"], d, "binomial", dtype="float32")
+        raw = jaxmlm.glmer(case["formula"], d, "binomial", dtype="float32", polish=False)
+    assert polished.record.dtype == "float32+float64 polish" and raw.record.dtype == "float32"
+    assert polished.record.converged and raw.record.converged
+    assert polished.loglik == pytest.approx(ref.loglik, abs=1e-6)
+    np.testing.assert_allclose((polished.fixef.to_numpy() - ref.fixef.to_numpy()) / se, 0, atol=1e-4)
+    np.testing.assert_allclose(polished.se.to_numpy(), se, rtol=1e-4)
+    assert raw.loglik == pytest.approx(ref.loglik, abs=0.025)
+    np.testing.assert_allclose((raw.fixef.to_numpy() - ref.fixef.to_numpy()) / se, 0, atol=0.01)
+    np.testing.assert_allclose(raw.theta, ref.theta, rtol=0.01)
+    assert raw.fixef.dtype == np.float64 and raw.vcov.to_numpy().dtype == np.float64
+    # the polished fit's record counts both stages
+    assert polished.record.iterations > ref.record.iterations
+    with pytest.raises(jaxmlm.DataError, match="dtype"):
+        jaxmlm.glmer(case["formula"], d, "binomial", dtype="float16")
+    with pytest.raises(jaxmlm.DataError, match="polish"):
+        jaxmlm.glmer(case["formula"], d, "binomial", dtype="float32", polish="no")
+
+
 # ---- batched refits -------------------------------------------------------------------------------------
 
 def test_refit_many_equals_individual_fits_and_flags_failures():
