@@ -62,14 +62,15 @@ def snap_tolerance(f, xp=jnp):
     return xp.minimum(1e-6, 1e-10 * xp.maximum(1.0, xp.abs(f)))
 
 
-def snap_host(theta: np.ndarray, f: float, c: np.ndarray, layout: Layout, criterion):
+def snap_host(theta: np.ndarray, f: float, c: np.ndarray, layout: Layout, criterion, noise: float = 0.0):
     """lmer's boundary snapping (module docstring) on the host: (θ, f, snapped indices, the
     value ``criterion`` returned at the last accepted point or None).
 
     ``criterion(trial)`` returns (f(trial), anything); it is called once per candidate, in
-    θ order, each time with the current θ and that diagonal set to 0."""
+    θ order, each time with the current θ and that diagonal set to 0. ``noise``: the
+    criterion's rounding noise where it exceeds the tolerance (float32 arithmetic)."""
     theta = np.array(theta, dtype=np.float64)
-    tol, snapped, kept = float(snap_tolerance(f, np)), [], None
+    tol, snapped, kept = max(float(snap_tolerance(f, np)), noise), [], None
     for i in np.flatnonzero(snap_candidates(theta, c, layout)):
         trial = theta.copy()
         trial[i] = 0.0

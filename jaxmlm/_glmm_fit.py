@@ -256,9 +256,11 @@ def fit_glmm(rows: RowData, index: tuple, layout: Layout, family: Family, nagq: 
         f32 = np.float32
         out = jax.device_get(fit_program(x0.astype(f32), None, _as(rows, f32), index, phi_start.astype(f32), layout,
                                          family, nagq, max_iter, True))
-        st32 = out[1]
-        if polish:
-            beta_start = out[0]
+        st32 = _as(out[1], dt)
+        if polish and int(st32.status) == 4:  # float32 failed (overflow): the float64 fit from the start
+            out = jax.device_get(fit_program(x0, None, rows, index, phi_start, layout, family, nagq, max_iter, True))
+        elif polish:
+            beta_start = np.asarray(out[0], dt)
             out = jax.device_get(fit_program(np.asarray(st32.x, dt), _as(out[2], dt), rows, index, phi_start, layout,
                                              family, nagq, max_iter, False))
             out = (beta_start, *out[1:])
@@ -276,7 +278,9 @@ def fit_glmm(rows: RowData, index: tuple, layout: Layout, family: Family, nagq: 
         xt[:ntheta] = t
         return float(deviance_at(jnp.asarray(xt), m, rows, index, layout, family, nagq, nagq == 0)), None
 
-    theta, _, snapped, _ = snap_host(x[:ntheta], f, np.ones(ntheta, dt), layout, crit)
+    # in float32 a candidate's deviance is known to its rounding noise only
+    noise = 64 * float(np.finfo(np.float32).eps) * max(1.0, abs(f)) if dt == np.float32 else 0.0
+    theta, _, snapped, _ = snap_host(x[:ntheta], f, np.ones(ntheta, dt), layout, crit, noise)
     if snapped:
         x[:ntheta] = theta
         out = jax.device_get(fit_program(x, m, rows, index, phi_start, layout, family, nagq, max_iter, False))

@@ -281,16 +281,18 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
         noise = _noise_rel(s.f) * jnp.maximum(1.0, jnp.abs(s.f))
         return jnp.where(decrement < _ftol(ftol, s.f), noise, -jnp.inf)
 
-    def direction(s, H):
-        """(Newton direction, Newton decrement) at s."""
+    def direction(s, H, with_free=False):
+        """(Newton direction, Newton decrement[, whether no diagonal's step was clipped]) at s."""
         w, V = jnp.linalg.eigh(H)
         wabs = jnp.abs(w)
         wmod = jnp.maximum(wabs, 1e-8 * jnp.maximum(1.0, jnp.max(wabs)))
         d = _capped(-V @ ((V.T @ s.g) / wmod), s.x)
         decrement = -(s.g @ d) / 2.0
+        free = jnp.asarray(True)  # no diagonal's step clipped
         if diag is not None:
-            d = _clip_diagonals(d, s.x, s.g, diag)
-        return d, decrement
+            dc = _clip_diagonals(d, s.x, s.g, diag)
+            d, free = dc, jnp.all(dc == d)
+        return (d, decrement, free) if with_free else (d, decrement)
 
     if trial_fgh:
         def body(c):
@@ -308,9 +310,11 @@ def _newton(fun, x0, max_iter: int, ftol: float, gtol: float, fgh=None, diag=Non
             f_new, g_new = jnp.where(accepted, f_t, s.f), jnp.where(accepted, g_t, s.g)
             status = jnp.where(first, _start_status(f_t, max_iter),
                                _status(decrement, s.f, f_new, g_new, accepted, it, max_iter, ftol, gtol))
-            d_new, dec_new = direction(OptState(x_t, f_t, g_t, it, s.nfev, status), H_t)
+            d_new, dec_new, free = direction(OptState(x_t, f_t, g_t, it, s.nfev, status), H_t, True)
             if near is not None:
-                status = jnp.where(accepted & ~first & (status < 0) & (dec_new < near), 0, status)
+                # not while a diagonal's step is clipped: the decrement then overstates the step
+                # taken, and a θᵢ on its way to 0 must get close enough to be snapped there
+                status = jnp.where(accepted & ~first & (status < 0) & (dec_new < near) & free, 0, status)
             new = OptState(x_t, f_t, g_t, it, s.nfev + 1, status)
             kept = OptState(s.x, s.f, s.g, it, s.nfev + 1, jnp.where(done, status, -1))
             s = jax.tree.map(lambda u, v: jnp.where(accepted, u, v), new, kept)

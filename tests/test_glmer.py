@@ -353,9 +353,10 @@ def test_float32_mode_polished_equals_float64_and_unpolished_is_close():
     assert raw.loglik == pytest.approx(ref.loglik, abs=0.025)
     np.testing.assert_allclose((raw.fixef.to_numpy() - ref.fixef.to_numpy()) / se, 0, atol=0.01)
     np.testing.assert_allclose(raw.theta, ref.theta, rtol=0.01)
-    assert raw.fixef.dtype == np.float64 and raw.vcov.to_numpy().dtype == np.float64
-    # the polished fit's record counts both stages
-    assert polished.record.iterations > ref.record.iterations
+    assert raw.fixef.dtype == np.float64 and raw.theta.dtype == np.float64
+    # the polished fit's record counts both stages: the float32 one, then at least the evaluation at its end
+    assert polished.record.iterations >= raw.record.iterations
+    assert polished.record.evaluations > raw.record.evaluations
     with pytest.raises(jaxmlm.DataError, match="dtype"):
         jaxmlm.glmer(case["formula"], d, "binomial", dtype="float16")
     with pytest.raises(jaxmlm.DataError, match="polish"):

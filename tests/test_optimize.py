@@ -331,6 +331,33 @@ def test_newton_with_trial_fgh_is_newton_with_a_value_line_search(name):
         assert int(a.nfev) > int(a.it) + 1  # some step was backtracked
 
 
+def test_newton_near_stops_one_evaluation_earlier_at_a_point_it_returns_whole():
+    """``near``: an accepted point whose own Newton decrement is below it ends the fit there,
+    one evaluation before the usual rule, within ``near`` of the minimum; the state and the
+    kept extra value (here x itself) belong to the same point. Not while a diagonal's step
+    is clipped (a θᵢ heading for 0 keeps going)."""
+    from jaxmlm._optimize import _newton
+
+    fun = lambda x: jnp.sum(jnp.sqrt(1.0 + x**2)) + 0.1 * x[0] ** 4  # noqa: E731  (minimum at 0)
+
+    def fgh(x):
+        return fun(x), jax.grad(fun)(x), jax.hessian(fun)(x), x
+
+    def run(near, diag=None, x0=(0.8, -0.6)):
+        return jax.jit(lambda x: _newton(None, x, 200, 1e-14, 1e-12, fgh=fgh, trial_fgh=True, aux0=jnp.zeros(2),
+                                         near=near, diag=diag))(jnp.asarray(x0))
+
+    full, (early, kept) = run(None)[0], run(1e-6)
+    assert int(full.status) in (0, 1) and int(early.status) == 0
+    assert int(early.nfev) < int(full.nfev)
+    np.testing.assert_array_equal(np.asarray(kept), np.asarray(early.x))
+    assert float(early.f) - float(full.f) < 1e-6
+    assert float(fun(early.x)) == pytest.approx(float(early.f), abs=0)
+    # x₀ shrinks tenfold per clipped step towards 0: no early stop while that goes on
+    clipped = run(1e-6, diag=jnp.asarray([True, False]))[0]
+    assert abs(float(clipped.x[0])) < 1e-5
+
+
 def test_newton_with_trial_fgh_stops_on_a_non_finite_start():
     from jaxmlm._optimize import _newton
 
