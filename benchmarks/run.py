@@ -19,9 +19,13 @@ breakdown). R turns grouping columns into factors with ``factor()`` before its
 clock starts, as R users do. Results go to ``benchmarks/results/`` (Markdown, CSV, raw JSON)
 and the Markdown is printed. See ``benchmarks/README.md``.
 
-The residual-structure cases (sleepstudy with AR(1), a 100k-row panel with AR(1) and varIdent)
-run last, side by side with nlme, through ``bench_residuals.py`` (nlme is not a peer of the cases
-above); their table ends the report. ``--no-residuals`` skips them.
+The GLMM cases (cbpp, a crossed Bernoulli, a 50k-row Poisson with crossed factors, 1,000 batched
+refits; with ``--big`` also the 1M-row Bernoulli with 10k groups) run next, side by side with lme4's
+``glmer``, glmmTMB, mixedlm and statsmodels' ``BinomialBayesMixedGLM``, through ``bench_glmm.py``
+(whose peers differ from the linear models'); ``--no-glmm`` skips them. The residual-structure
+cases (sleepstudy with AR(1), a 100k-row panel with AR(1) and varIdent) run last, side by side
+with nlme, through ``bench_residuals.py`` (nlme is not a peer of the cases above); their table
+ends the report. ``--no-residuals`` skips them.
 """
 
 from __future__ import annotations
@@ -1076,6 +1080,29 @@ def write_csv(path: Path, rows: list[dict]):
             w.writerow({k: ("" if v is None else v) for k, v in r.items()})
 
 
+def run_glmm_cases(opts) -> list[str]:
+    """The GLMM cases side by side with lme4's ``glmer``, glmmTMB, mixedlm and statsmodels' VB GLMM:
+    ``bench_glmm.py`` in a process of its own, its table taken into the report (``--big``: the
+    1M-row case too, ~15 minutes of lme4 and glmmTMB)."""
+    cases = ["cbpp", "crossed", "poisson", "refits"] + (["big"] if opts.big else [])
+    cmd = [sys.executable, str(HERE / "bench_glmm.py"), "--cases", *cases, "--runs", str(opts.repeats),
+           "--r-runs", "2", "--big-rows", "1000000"]
+    if not have_rscript():
+        cmd.append("--no-r")
+    title = "## GLMMs (`bench_glmm.py`, against lme4's glmer, glmmTMB, mixedlm, statsmodels' VB)"
+    log("GLMMs: " + " ".join(cmd[1:]))
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=8 * opts.timeout, env=_py_env(),
+                              cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return [title, "", "timed out", ""]
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("|")]
+    if done.returncode != 0 or not lines:
+        return [title, "", f"failed: {short_error(done.stderr or done.stdout)}", ""]
+    return [title, "", f"`{' '.join(['python'] + cmd[1:])}`: seconds; jaxmlm warm = median of the warm fits, "
+                       "R's timed inside R; ratios = peer / jaxmlm (> 1: jaxmlm faster).", ""] + lines + [""]
+
+
 def run_residual_cases(opts) -> list[str]:
     """The residual-structure cases (sleepstudy with AR(1); a 100k-row panel with AR(1) and
     varIdent) side by side with nlme: ``bench_residuals.py`` in a process of its own (its peers,
@@ -1114,6 +1141,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stall", type=float, default=60.0,
                     help="a jaxmlm worker using < 1 CPU s over this many s is taken as deadlocked, killed and "
                          f"retried once with XLA_FLAGS={XLA_WORKAROUND} (default 60)")
+    ap.add_argument("--no-glmm", action="store_true",
+                    help="skip the GLMM cases (bench_glmm.py against lme4, glmmTMB, mixedlm; ~5 min, --big ~20)")
     ap.add_argument("--no-residuals", action="store_true",
                     help="skip the residual-structure cases (bench_residuals.py against nlme, ~1 min)")
     ap.add_argument("--out", default=str(RESULTS), help="results folder (default benchmarks/results)")
@@ -1158,6 +1187,8 @@ def main(argv=None) -> int:
     table = build_rows(all_rows)
     breakdown = jaxmlm_breakdown(all_rows)
     md = markdown(info, table, breakdown, opts, elapsed)
+    if not opts.no_glmm:
+        md = md.rstrip("\n") + "\n\n" + "\n".join(run_glmm_cases(opts))
     if not opts.no_residuals:
         md = md.rstrip("\n") + "\n\n" + "\n".join(run_residual_cases(opts))
     out = Path(opts.out)

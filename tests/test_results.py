@@ -176,8 +176,10 @@ def test_float32_with_polish_is_the_float64_fit(fits, cid):
 
 @pytest.mark.parametrize("cid", F32_CASES)
 def test_float32_without_polish_stays_within_its_documented_accuracy(fits, cid):
-    """polish=False: everything in float32. README's bounds (measured on every reference case by
-    benchmarks/float32_accuracy.py): β within 0.01 SE, θ within 0.03, σ within 5e-4, criterion 0.02."""
+    """polish=False: everything in float32, within bounds that hold on these cases with room
+    (benchmarks/float32_accuracy.py measures every reference case; README quotes its maxima,
+    β 0.017 SE on sleepstudy without an intercept, criterion 0.049 on the 100k case):
+    β within 0.01 SE, θ within 0.03, σ within 5e-4, criterion 0.02."""
     import warnings
 
     import jaxmlm
