@@ -86,26 +86,33 @@ def make_data(case: str, big_rows: int) -> pd.DataFrame:
     return pd.DataFrame({"y": (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(int), "x": x, "g": "g" + g.astype(str)})
 
 
-def time_jaxmlm(case: str, d: pd.DataFrame, runs: int):
-    formula, fam = FORMULAS[case]
+def cold_warm(fit, runs: int, warmup: bool = False):
+    """(first fit's seconds, median of ``runs`` later fits' seconds, the last fit), warnings
+    silenced. ``warmup`` (jaxmlm, as run.py): up to 11 untimed fits or 5 s of them in between,
+    since small programs are compiled again, optimized, on their 12th call
+    (jaxmlm._compiled.TIER_UP_CALLS)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t = time.perf_counter()
-        m = jaxmlm.glmer(formula, d, fam)
+        r = fit()
         cold = time.perf_counter() - t
-        # run.py's rule: up to 11 more untimed fits or 5 s of them, since small programs are
-        # compiled again, optimized, on their 12th call (jaxmlm._compiled.TIER_UP_CALLS)
         spent, n = 0.0, 0
-        while n < 11 and spent < 5.0:
+        while warmup and n < 11 and spent < 5.0:
             t = time.perf_counter()
-            jaxmlm.glmer(formula, d, fam)
+            fit()
             spent, n = spent + time.perf_counter() - t, n + 1
         warm = []
         for _ in range(runs):
             t = time.perf_counter()
-            m = jaxmlm.glmer(formula, d, fam)
+            r = fit()
             warm.append(time.perf_counter() - t)
-    return cold, statistics.median(warm), m.loglik
+    return cold, statistics.median(warm), r
+
+
+def time_jaxmlm(case: str, d: pd.DataFrame, runs: int):
+    formula, fam = FORMULAS[case]
+    cold, warm, m = cold_warm(lambda: jaxmlm.glmer(formula, d, fam), runs, warmup=True)
+    return cold, warm, m.loglik
 
 
 def time_mixedlm(case: str, d: pd.DataFrame, runs: int):
@@ -117,18 +124,9 @@ def time_mixedlm(case: str, d: pd.DataFrame, runs: int):
     formula, fam = FORMULAS[case]
     family = {"binomial": mixedlm.families.Binomial, "poisson": mixedlm.families.Poisson}[fam]()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            t = time.perf_counter()
-            r = mixedlm.glmer(formula, d, family=family)
-            cold = time.perf_counter() - t
-            warm = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                r = mixedlm.glmer(formula, d, family=family)
-                warm.append(time.perf_counter() - t)
+        cold, warm, r = cold_warm(lambda: mixedlm.glmer(formula, d, family=family), runs)
         ll = r.logLik()
-        return cold, statistics.median(warm), float(getattr(ll, "value", ll))
+        return cold, warm, float(getattr(ll, "value", ll))
     except Exception as exc:  # noqa: BLE001 - a peer's failure is reported, not fatal
         print(f"mixedlm failed on {case}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
@@ -149,21 +147,8 @@ def time_bayes(case: str, d: pd.DataFrame, runs: int):
         from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
     except ImportError:
         return None
-
-    def fit():
-        return BinomialBayesMixedGLM.from_formula("y ~ x", BAYES_VC[case], d).fit_vb()
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t = time.perf_counter()
-        r = fit()
-        cold = time.perf_counter() - t
-        warm = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            r = fit()
-            warm.append(time.perf_counter() - t)
-    return cold, statistics.median(warm), float(r.fe_mean[1])
+    cold, warm, r = cold_warm(lambda: BinomialBayesMixedGLM.from_formula("y ~ x", BAYES_VC[case], d).fit_vb(), runs)
+    return cold, warm, float(r.fe_mean[1])
 
 
 R_FIT = r"""

@@ -59,22 +59,10 @@ def _diffs(ref, m) -> dict:
 
 
 def _glmm_cases():
-    from test_glmer import CASES, _case, _data  # the GLMM parity tests' cases and data loader
+    from test_glmer import CASES, _case, _data  # the GLMM parity tests' cases, data loader and fit
 
     for cid in CASES:
         yield cid, _case(cid), _data(_case(cid))
-
-
-def _glmm_fit(case, d, **kw):
-    import jaxmlm
-
-    if case["weights"]:
-        kw["weights"] = case["weights"]
-    if case["offset_argument"] and case["offset"]:
-        kw["offset"] = np.log(d["expo"].to_numpy())
-    if case["family_call"] == "glmer.nb":
-        return jaxmlm.glmer_nb(case["formula"], d, **kw)
-    return jaxmlm.glmer(case["formula"], d, case["family"], nAGQ=case["nAGQ"], link=case["link"], **kw)
 
 
 def _glmm_diffs(ref, m) -> dict:
@@ -88,6 +76,8 @@ def _glmm_diffs(ref, m) -> dict:
 
 
 def glmm_rows() -> list[dict]:
+    from test_glmer import _fit as _glmm_fit
+
     rows = []
     for cid, case, d in _glmm_cases():
         with warnings.catch_warnings():

@@ -45,8 +45,8 @@ def _data(case):
     return d
 
 
-def _fit(case, d):
-    kw = {}
+def _fit(case, d, **kw):
+    """The reference case's glmer fit (``kw``: more of glmer's arguments, e.g. ``dtype``)."""
     if case["weights"]:
         kw["weights"] = case["weights"]
     if case["offset_argument"] and case["offset"]:
