@@ -36,7 +36,7 @@ from . import _compiled, _x64  # noqa: F401
 from ._fit import snap_host
 from ._implicit import RowData
 from ._objective import templates
-from ._optimize import OptState, _newton, canonical_theta, diagonal_mask, lme4_start
+from ._optimize import NEAR, OptState, _newton, canonical_theta, diagonal_mask, lme4_start
 from ._pirls import Modes, _b, _re_eta, laplace_deviance, linear_predictor, pirls, pirls_step
 from ._solution import conditional_variances
 from ._stats import Layout
@@ -98,12 +98,6 @@ def nb_start(rows: RowData, index: tuple, layout: Layout):
     g = glm_start(rows, index, jnp.zeros((), rows.X.dtype), layout, Poisson())
     mu = jnp.exp(rows.offset + rows.X @ g.beta)
     return rows.y.shape[0] / jnp.maximum(jnp.sum((rows.y / mu - 1.0) ** 2), 1e-8)
-
-
-#: The fit stops where the deviance is within this of its minimum (to second order): one
-#: Hessian through PIRLS less per fit (crossed Bernoulli benchmark: 7 → 6 evaluations), and the
-#: estimates within ~1e-4 of their standard errors of the next Newton point's (`_newton`'s ``near``).
-NEAR = 1e-8
 
 
 def _newton_once(f, x0, start: Modes, max_iter, ftol, gtol, mask, near=None):
