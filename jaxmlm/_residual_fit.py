@@ -120,7 +120,7 @@ def arrange(bound_cor, bound_var, n: int, beta0: np.ndarray) -> tuple[int, Arran
     counts = np.bincount(codes[order] if n else codes, minlength=0)
     sizes = counts[counts > 0]
     G, m = len(sizes), int(sizes.max()) if n else 1
-    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))  # (np.r_ costs ~10 µs a call)
     pos = np.arange(n) - np.repeat(starts, sizes)
     grp = np.repeat(np.arange(G), sizes)
     idx = np.full((G, m), n, np.int32)
@@ -273,7 +273,7 @@ def make_basis(rows: RowData, arr: Arrangement, spec: Spec, layout: Layout, inde
         first, later = mask, np.zeros_like(mask)
     if len(gaps) > MAX_GAPS:
         return None
-    strata = np.r_[np.asarray(arr.strata), 0]
+    strata = np.append(np.asarray(arr.strata), 0)
     ns = int(spec.nstrata) if spec.var is not None and spec.var.kind == "ident" else 1
     s_cur = strata[idx] if ns > 1 else np.zeros((G, m), int)
     s_prev = strata[prev] if ns > 1 else np.zeros((G, m), int)
@@ -456,11 +456,11 @@ def pack_inputs(tree) -> tuple[np.ndarray, np.ndarray, tuple]:
     for a in leaves:
         a = np.asarray(a)
         if a.dtype.kind in "iub":
-            ints.append(a.astype(np.int32).ravel())
+            ints.append(a.astype(np.int32, copy=False).ravel())
             recipe.append(("i", ni, a.shape))
             ni += a.size
         else:
-            floats.append(a.astype(np.float64).ravel())
+            floats.append(a.astype(np.float64, copy=False).ravel())
             recipe.append(("f", nf, a.shape))
             nf += a.size
     cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt)  # noqa: E731

@@ -92,7 +92,7 @@ def _bind(design, data, correlation, variance, lmm: bool):
     if correlation is not None:
         same = [b for b in design.blocks if lmm and b.factors == correlation.groups] if correlation.groups else []
         if same:  # the grouping of a random-effects term: its codes are already there
-            codes = np.asarray(same[0].codes, np.int64)
+            codes = same[0].codes if same[0].codes.dtype == np.int64 else same[0].codes.astype(np.int64)
         elif correlation.groups:
             codes = group_codes(frame, correlation.groups, type(correlation).__name__)
         elif lmm:
@@ -115,10 +115,12 @@ def _bind(design, data, correlation, variance, lmm: bool):
         g = bc.codes
         label = "/".join(correlation.groups) or design.blocks[0].group
 
-        order = np.argsort(g, kind="stable")
+        order = bc.order  # the rows by group (then time)
         same_group = np.diff(g[order]) == 0
 
         def constant(codes):  # one level of the factor within every group
+            if codes is g:  # the correlation's groups are this factor's levels
+                return True
             return bool(np.all(np.diff(np.asarray(codes)[order])[same_group] == 0))
 
         if not constant(design.blocks[0].codes):

@@ -111,7 +111,8 @@ def _column(frame: pd.DataFrame, name: str, what: str) -> pd.Series:
 
 def _numeric(frame: pd.DataFrame, name: str, what: str) -> np.ndarray:
     col = _column(frame, name, what)
-    if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+    plain = isinstance(col.dtype, np.dtype) and col.dtype.kind in "iuf"  # pandas' dtype tests cost more
+    if not plain and (not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
         raise DataError(f"{what}: covariate {name!r} must be numeric, got dtype {col.dtype}")
     x = col.to_numpy(dtype=float)
     if not np.all(np.isfinite(x)):
@@ -215,16 +216,17 @@ def _times(self, frame, codes, integer: bool) -> BoundCorrelation:
         # position within the group, in the order of the data (nlme's default)
         pos = np.arange(len(codes), dtype=float)
         sorted_codes = codes[order]
-        starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
-        first = np.repeat(starts, np.diff(np.r_[starts, len(codes)]))
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(sorted_codes)) + 1))
+        first = np.repeat(starts, np.diff(np.append(starts, len(codes))))
         time[order] = pos - first
         return BoundCorrelation(self, codes, order, time, None)
     t = _numeric(frame, covs[0], what)
     if integer:
-        if np.any(np.abs(t - np.round(t)) > 1e-8):
+        whole = np.round(t)  # 3.0000000000000004 is 3: steps must be exact integers (the sign of φ^Δ)
+        if np.any(np.abs(t - whole) > 1e-8):
             raise DataError(f"{what}: the time covariate {covs[0]!r} must be integer-valued (nlme's corAR1); "
                             "use corCAR1 for continuous times")
-        t = np.round(t)  # 3.0000000000000004 is 3: steps must be exact integers (the sign of φ^Δ)
+        t = whole
     order = _order_within(codes, t)
     ts, cs = t[order], codes[order]
     same = (np.diff(cs) == 0) & (np.diff(ts) == 0)
