@@ -9,16 +9,15 @@ criterion the optimizer minimizes (:mod:`jaxmlm._priors` gives the formulas and 
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from ._errors import ConvergenceError, ConvergenceWarning, DataError, InferenceError
+from ._errors import ConvergenceError, DataError, InferenceError
 from ._fit import fit_program, fit_snapped
 from ._frontend import build_design
-from ._optimize import STATUS, choose_method, lme4_start
+from ._optimize import STATUS, choose_method, lme4_start, max_abs_gradient, status_warnings
 from ._priors import (_COV_ARGS, _FIXEF_ARGS, _RESID_ARGS, TermPrior, ThetaPenalty, _as_prior, augment,
                       resolve_cov, resolve_fixef, resolve_resid)
 from ._results import FitRecord, LinearMixedModel, _callers_name, _condvar_blocks, _readonly, _subset
@@ -240,12 +239,8 @@ def blmer(
     if status == 4 or not np.isfinite(f):
         raise ConvergenceError("the penalized criterion became non-finite during optimization (a prior with "
                                "density 0 at the start, or a degenerate response)")
-    warns = []
-    max_grad = float(np.max(np.abs(st.g))) if len(theta) else 0.0
-    if status not in (0, 1):
-        msg = f"optimizer {STATUS[status]} after {int(st.it)} iterations (max |gradient| {max_grad:.2e})"
-        warns.append(msg)
-        warnings.warn(msg, ConvergenceWarning, stacklevel=2)
+    max_grad = max_abs_gradient(st)
+    warns = status_warnings(status, int(st.it), max_grad)
     theta = np.asarray(theta, dtype=np.float64)
     b, v = _condvar_blocks(sol, layout, design)
     record = FitRecord(

@@ -32,7 +32,7 @@ from ._errors import ConvergenceWarning, DataError, DataWarning, FormulaError, J
 from ._formula import parse_formula, split_cbind
 from ._frontend import build_design
 from ._implicit import RowData, row_data
-from ._optimize import STATUS
+from ._optimize import STATUS, max_abs_gradient, status_warnings
 from ._results import MixedModelBase, _callers_name, _readonly, _subset
 from ._stats import Layout, make_schema
 from .families import Family, NegativeBinomial, make_family
@@ -298,17 +298,13 @@ def _fit(formula, design: Design, layout: Layout, rows: RowData, index, fam: Fam
     seconds = time.perf_counter() - t0
     last = f.stage2 if f.stage2 is not None else f.stage1
     status = int(last.status)
-    warns = []
-    max_grad = float(np.max(np.abs(np.asarray(last.g)))) if np.asarray(last.g).size else 0.0
+    max_grad = max_abs_gradient(last)
     if not np.isfinite(f.deviance):
         from ._errors import ConvergenceError
 
         raise ConvergenceError("the deviance became non-finite during the fit; check the response and the "
                                "predictors' scales")
-    if status not in (0, 1):
-        msg = f"optimizer {STATUS[status]} after {int(last.it)} iterations (max |gradient| {max_grad:.2e})"
-        warns.append(msg)
-        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+    warns = list(status_warnings(status, int(last.it), max_grad))
     if not bool(f.modes.converged):
         msg = "PIRLS did not converge at the optimum (the conditional modes are not exact)"
         warns.append(msg)

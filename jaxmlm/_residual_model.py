@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -20,11 +19,11 @@ import jax
 import numpy as np
 import pandas as pd
 
-from ._errors import ConvergenceError, ConvergenceWarning, DataError, FormulaError, GroupingError, InferenceError
+from ._errors import ConvergenceError, DataError, FormulaError, GroupingError, InferenceError
 from ._formula import parse_formula
 from ._frontend import build_design
 from ._implicit import row_data
-from ._optimize import STATUS, lme4_start
+from ._optimize import STATUS, lme4_start, max_abs_gradient, status_warnings
 from ._results import FitRecord, FixedEffectsBase, LinearMixedModel, _callers_name, _condvar_blocks, _readonly, _subset
 from ._stats import make_schema
 from ._refit import RefitResult
@@ -161,15 +160,6 @@ def _require_finite(*values) -> None:
     if not all(np.isfinite(np.asarray(v, float)).all() for v in values):
         raise ConvergenceError("the criterion or the estimates are not finite: check the structure's covariates "
                                "(e.g. two rows of a group at the same place for corExp without a nugget) and the data")
-
-
-def _status_warning(st, iterations: int) -> tuple[str, ...]:
-    status = int(st.status)
-    if status in (0, 1):
-        return ()
-    msg = f"optimizer {STATUS[status]} after {iterations} iterations (max |gradient| {float(np.max(np.abs(st.g))):.2e})"
-    warnings.warn(msg, ConvergenceWarning, stacklevel=3)
-    return (msg,)
 
 
 # ---- shared presentation ----------------------------------------------------------------------------
@@ -598,14 +588,14 @@ def fit_structured(formula, data, REML=True, correlation=None, variance=None, *,
     snapped = tuple(int(i) for i in np.flatnonzero(snapped))
     u = x[nt:]
     _require_finite(st.f, sol.criterion)
-    warns = _status_warning(st, int(st.it))
+    warns = status_warnings(int(st.status), int(st.it), max_abs_gradient(st))
     b, v = _condvar_blocks(sol, layout, design)
     status = int(st.status)
     record = FitRecord(
         theta_start=_readonly(c * x0[:nt]), theta_optimizer=_readonly(np.asarray(st.x, float)),
         theta_end=_readonly(theta), objective=float(sol.criterion), iterations=int(st.it),
         evaluations=int(st.nfev), status=status, message=STATUS[status], converged=status in (0, 1),
-        max_abs_gradient=float(np.max(np.abs(st.g))) if len(x) else 0.0, snapped=snapped, warnings=warns,
+        max_abs_gradient=max_abs_gradient(st), snapped=snapped, warnings=warns,
         seconds=time.perf_counter() - t0, method="newton")
     res = _residual_fit(correlation, variance, bc, bv, spec, arr, u0, u, rows, index, nat)
     return StructuredMixedModel(
@@ -769,7 +759,7 @@ def gls(formula: str, data: pd.DataFrame, correlation=None, variance=None, REML:
         _require_finite(st.f)
         u = np.asarray(st.x, float)
         its, nfev, status = int(st.it), int(st.nfev), int(st.status)
-        warns = _status_warning(st, its)
+        warns = status_warnings(int(st.status), its, max_abs_gradient(st))
         grad = float(np.max(np.abs(st.g)))
     else:
         u, its, nfev, status, warns, grad = u0, 0, 1, 0, (), 0.0

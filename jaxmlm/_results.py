@@ -12,7 +12,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 
@@ -23,11 +22,12 @@ import pandas as pd
 
 from . import _compiled, _programs, _x64  # noqa: F401  (float64 before any array exists)
 from ._design import Design
-from ._errors import ConvergenceError, ConvergenceWarning, DataError, JaxmlmError, RowsNotHeldError
+from ._errors import ConvergenceError, DataError, JaxmlmError, RowsNotHeldError
 from ._frontend import build_design
 from ._objective import templates_host
 from ._fit import fit_packed, fit_program, fit_snapped
-from ._optimize import STATUS, choose_method, diagonal_mask, fit_theta, lme4_start, moment_start, theta_scale_host
+from ._optimize import (STATUS, choose_method, diagonal_mask, fit_theta, lme4_start, max_abs_gradient, moment_start,
+                        status_warnings, theta_scale_host)
 from ._stats import Layout, Stats, is_nested, one_chunk, stats_from_chunk, sufficient_stats
 
 __all__ = ["FitRecord", "LinearMixedModel", "MixedModelBase", "lmer"]
@@ -831,12 +831,8 @@ def lmer(
             "response or predictors on wildly different scales"
         )
     theta = np.asarray(theta, dtype=np.float64)
-    warns = []
-    max_grad = float(np.max(np.abs(st.g))) if len(raw) else 0.0
-    if status not in (0, 1):
-        msg = f"optimizer {STATUS[status]} after {iterations} iterations (max |gradient| {max_grad:.2e})"
-        warns.append(msg)
-        warnings.warn(msg, ConvergenceWarning, stacklevel=2)
+    max_grad = max_abs_gradient(st)
+    warns = status_warnings(status, iterations, max_grad)
     seconds = time.perf_counter() - t0
     b, v = _condvar_blocks(sol, layout, design)
     record = FitRecord(
@@ -851,7 +847,7 @@ def lmer(
         converged=status in (0, 1),
         max_abs_gradient=max_grad,
         snapped=snapped,
-        warnings=tuple(warns),
+        warnings=warns,
         seconds=seconds,
         method=method,
         dtype="float32+float64 polish" if len(stages) == 2 else dtype,

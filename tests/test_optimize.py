@@ -409,3 +409,38 @@ def test_a_wide_single_factor_term_fits_to_the_dense_optimum():
             th = m.theta.copy()
             th[i] += s * 1e-3 * max(1.0, abs(th[i]))
             assert dense_criterion(m.design, th, True)[0] >= f - 1e-8
+
+
+# ---- an optimizer stopped by its iteration limit: the same warning and record for every kind of fit ----
+
+def _stopped_fit(kind: str):
+    import jaxmlm
+
+    df = jaxmlm.load_example("sleepstudy")
+    f = "Reaction ~ Days + (Days | Subject)"
+    if kind == "lmer":
+        return jaxmlm.lmer(f, df, max_iter=1)
+    if kind == "blmer":
+        return jaxmlm.blmer(f, df, max_iter=1)
+    if kind == "lmer, corAR1":
+        return jaxmlm.lmer(f, df, correlation=jaxmlm.corAR1(form="~ Days | Subject"), max_iter=1)
+    if kind == "gls, corAR1":
+        return jaxmlm.gls("Reaction ~ Days", df, correlation=jaxmlm.corAR1(form="~ Days | Subject"), max_iter=1)
+    slow = df.assign(slow=(df["Reaction"] > df["Reaction"].median()).astype(float))
+    return jaxmlm.glmer("slow ~ Days + (Days | Subject)", slow, family="binomial", max_iter=1)
+
+
+@pytest.mark.parametrize("kind", ["lmer", "blmer", "lmer, corAR1", "gls, corAR1", "glmer"])
+def test_iteration_limit_warns_on_the_callers_line_and_is_recorded(kind):
+    import jaxmlm
+
+    with pytest.warns(jaxmlm.ConvergenceWarning) as caught:
+        m = _stopped_fit(kind)
+    limit = [w for w in caught if "iteration limit" in str(w.message)]
+    assert len(limit) == 1
+    assert str(limit[0].message).startswith("optimizer stopped: iteration limit reached after 1 iterations")
+    assert limit[0].filename == __file__  # the user's line, not a line inside jaxmlm
+    rec = m.record
+    assert rec.status == 2 and not rec.converged
+    assert str(limit[0].message) in rec.warnings
+    assert f"{rec.max_abs_gradient:.2e}" in str(limit[0].message) and rec.max_abs_gradient > 0
