@@ -28,13 +28,12 @@ Sum Sq and Mean Sq are lmerTest's: Mean Sq = F·σ̂², Sum Sq = Mean Sq·NumDF
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from ._errors import InferenceError, InferenceWarning
+from ._errors import InferenceError, InferenceWarning, warn_user
 from ._present import AnovaTable
 from ._rnum import zapsmall
 
@@ -327,7 +326,7 @@ def anova_table(m, type=3, ddf: str = "Satterthwaite") -> AnovaTable:
                              "refit with REML=True or use ddf='Satterthwaite'")
     Ls, notes = hypotheses(m, type)
     for note in notes:  # lmerTest says it (a message) when the table is made
-        warnings.warn(note, InferenceWarning, stacklevel=3)
+        warn_user(note, InferenceWarning)
     key = _TYPES[type if not isinstance(type, str) else type.upper()]
     rows = []
     names = list(m.design.fixef_names)
@@ -337,8 +336,8 @@ def anova_table(m, type=3, ddf: str = "Satterthwaite") -> AnovaTable:
             continue
         use = method
         if method == "Kenward-Roger" and np.linalg.matrix_rank(L) < L.shape[0]:
-            warnings.warn(f"the hypothesis of {term!r} is rank deficient: Kenward-Roger's F test cannot be "
-                          "computed, Satterthwaite's is used instead (as lmerTest does)", InferenceWarning, stacklevel=3)
+            warn_user(f"the hypothesis of {term!r} is rank deficient: Kenward-Roger's F test cannot be "
+                      "computed, Satterthwaite's is used instead (as lmerTest does)", InferenceWarning)
             use = "Satterthwaite"
         rows.append(contest(m, L, ddf=use).iloc[0].to_list())
     out = pd.DataFrame(np.array(rows, dtype=float).reshape(len(rows), 6), index=list(Ls), columns=_COLUMNS)

@@ -67,7 +67,7 @@ import pandas as pd
 from scipy.special import chdtrc  # χ² survival chdtrc(k, x); scipy.stats takes ~0.5–4 s to import
 
 from . import _x64  # noqa: F401
-from ._errors import ConvergenceWarning, DataError, InferenceError, JaxmlmError
+from ._errors import ConvergenceWarning, DataError, InferenceError, JaxmlmError, warn_user
 from ._objective import deviance
 from ._fit import fit_stats
 from ._optimize import choose_method, diagonal_mask, theta_scale_host
@@ -146,8 +146,8 @@ def refit_criterion(m, reml: bool, stats=None, theta0=None) -> tuple[float, np.n
     if not np.isfinite(f):
         raise JaxmlmError("refitting the model gave a non-finite criterion; check the model for near-constant columns")
     if status not in (0, 1):
-        warnings.warn(f"refit of {m.formula!r} stopped before convergence (status {status})",
-                      ConvergenceWarning, stacklevel=3)
+        warn_user(f"refit of {m.formula!r} stopped before convergence (status {status})",
+                  ConvergenceWarning)
     return f, np.asarray(theta, dtype=np.float64)
 
 
@@ -299,8 +299,8 @@ def anova(*models, refit: bool = True, names=None, method: str = "lrt", nsim: in
         dev = [ml_deviance(m) for m in models]
     else:
         if any(reml) and not all(reml):
-            warnings.warn("some models were fitted by REML and some by ML: their criteria are not comparable",
-                          UserWarning, stacklevel=2)
+            warn_user("some models were fitted by REML and some by ML: their criteria are not comparable",
+                      UserWarning)
         dev = [float(m.objective) for m in models]
     npar = np.array([m.npar for m in models])
     order = np.argsort(npar, kind="stable")

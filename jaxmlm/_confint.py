@@ -70,7 +70,6 @@ an upper limit that is never reached is ∞ (sd, sigma).
 from __future__ import annotations
 
 import math
-import warnings
 from functools import partial
 from typing import NamedTuple
 
@@ -84,7 +83,7 @@ from scipy.special import ndtri  # the normal quantile; scipy.stats takes ~0.5�
 from . import _compiled, _programs, _x64  # noqa: F401
 from ._compare import lift_zero_diagonals, refit_criterion, zero_columns
 from ._covariance import Structure
-from ._errors import ConvergenceWarning, InferenceError, JaxmlmError
+from ._errors import ConvergenceWarning, InferenceError, JaxmlmError, warn_user
 from ._objective import factorize, templates_host
 from ._optimize import _newton, diagonal_mask, theta_scale, theta_scale_host
 from ._solution import solve
@@ -824,8 +823,8 @@ def _rise(D: float, base: float, name: str) -> float:
     """D − base, the deviance's rise over the fit's; warns when it is clearly negative (the
     profile found a lower deviance: the fit was not at its optimum)."""
     if D - base < -1e-6 * max(1.0, abs(base)):
-        warnings.warn(f"profiling {name} found a lower deviance ({D:.8g} < {base:.8g}): "
-                      "the fit is not at the optimum", ConvergenceWarning, stacklevel=4)
+        warn_user(f"profiling {name} found a lower deviance ({D:.8g} < {base:.8g}): "
+                  "the fit is not at the optimum", ConvergenceWarning)
     return D - base
 
 
@@ -927,8 +926,8 @@ def _solve_tasks(P, est, tasks, base, max_outer, ztol, *, guess, X, nspec, minim
                 result[i], active[i] = np.inf * s, False
     if np.isnan(result).any():
         bad = [P[i].name for i in np.flatnonzero(np.isnan(result))]
-        warnings.warn(f"the profile did not reach the confidence level for {bad}; their limits are NaN",
-                      ConvergenceWarning, stacklevel=3)
+        warn_user(f"the profile did not reach the confidence level for {bad}; their limits are NaN",
+                  ConvergenceWarning)
     return result
 
 

@@ -42,7 +42,6 @@ import copy
 import datetime
 import difflib
 import re
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +54,7 @@ from ._errors import (
     GroupingError,
     RankDeficiencyWarning,
     UnknownColumnError,
+    warn_user,
 )
 from ._covariance import Structure, make_structure
 from ._formula import ParsedFormula, RandomTerm, _mask_quoted
@@ -346,12 +346,11 @@ def _warn_mixed(name: str, present: np.ndarray) -> None:
         return
     text = list(pd.unique(present[~numbers]))
     shown = ", ".join(repr(v) for v in text[:5]) + (f" and {len(text) - 5} more" if len(text) > 5 else "")
-    warnings.warn(
+    warn_user(
         f"column {name!r} mixes numbers and values that are not numbers ({shown}); it is used as a factor "
         "(one coefficient per level, as R does with such a column). If it holds numbers, convert it first, "
         f"e.g. df[{name!r}] = pd.to_numeric(df[{name!r}], errors='coerce') (what is not a number becomes missing)",
         DataWarning,
-        stacklevel=5,
     )
 
 
@@ -610,14 +609,13 @@ def check_levels(terms: list[tuple[str, str, int, int]], n: int, glmm: bool = Fa
             )
 
 
-def warn_dropped(dropped: tuple[str, ...], stacklevel: int) -> None:
+def warn_dropped(dropped: tuple[str, ...]) -> None:
     """lme4's warning for aliased fixed-effects columns it drops (chkRank.drop.cols' wording)."""
-    warnings.warn(
+    warn_user(
         f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
         f"column{'s' if len(dropped) > 1 else ''} / coefficient{'s' if len(dropped) > 1 else ''}: "
         f"{', '.join(dropped)}",
         RankDeficiencyWarning,
-        stacklevel=stacklevel,
     )
 
 
@@ -752,7 +750,7 @@ def _assemble(parsed, data, cols, complete, y, X_all, names_all, raw, fixed_spec
     keep = list(range(X_all.shape[1])) if template else _prune_aliased(X_all, names_fit)
     dropped = tuple(nm for j, nm in enumerate(names_fit) if j not in keep)
     if dropped:
-        warn_dropped(dropped, stacklevel=6)
+        warn_dropped(dropped)
     X = X_all if len(keep) == X_all.shape[1] else X_all[:, keep]
 
     vc_names = _make_unique([r[0].group_name for r in raw])

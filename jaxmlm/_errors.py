@@ -9,6 +9,9 @@ values), so existing ``except ValueError`` code keeps working.
 
 from __future__ import annotations
 
+import sys
+import warnings
+
 __all__ = [
     "JaxmlmError",
     "FormulaError",
@@ -129,3 +132,13 @@ class MissingDataWarning(JaxmlmWarning):
 
 class DataWarning(JaxmlmWarning):
     """The data are used, but perhaps not as meant (e.g. a column mixing numbers and text fitted as a factor)."""
+
+
+def warn_user(message: str, category: type[Warning]) -> None:
+    """Issue a warning on the user's line: the first caller outside jaxmlm, wherever inside the
+    package it arises (a ``stacklevel`` counted by hand breaks whenever a call moves a level
+    deeper, and the warning then names a line of jaxmlm's)."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] == "jaxmlm":
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level + 1)

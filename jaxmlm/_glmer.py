@@ -28,7 +28,7 @@ import pandas as pd
 
 from . import _x64  # noqa: F401  (float64 before any array exists)
 from ._design import Design
-from ._errors import ConvergenceWarning, DataError, DataWarning, FormulaError, JaxmlmError
+from ._errors import ConvergenceWarning, DataError, DataWarning, FormulaError, JaxmlmError, warn_user
 from ._formula import parse_formula, split_cbind
 from ._frontend import build_design
 from ._implicit import RowData, row_data
@@ -186,8 +186,8 @@ def _check_response(design: Design, family: Family) -> None:
                             f"failures)); found {', '.join(f'{v:g}' for v in bad)}")
         k = w * y
         if np.any(np.abs(k - np.round(k)) > 1e-7):
-            warnings.warn("non-integer #successes in a binomial glmer! (weights × response should be whole "
-                          "numbers of successes: give the number of trials as weights)", DataWarning, stacklevel=3)
+            warn_user("non-integer #successes in a binomial glmer! (weights × response should be whole "
+                      "numbers of successes: give the number of trials as weights)", DataWarning)
     else:
         if np.any(y < 0):
             raise DataError(f"the {family.name} family needs non-negative counts; the response has "
@@ -308,7 +308,7 @@ def _fit(formula, design: Design, layout: Layout, rows: RowData, index, fam: Fam
     if not bool(f.modes.converged):
         msg = "PIRLS did not converge at the optimum (the conditional modes are not exact)"
         warns.append(msg)
-        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+        warn_user(msg, ConvergenceWarning)
     beta = f.beta
     se = np.sqrt(np.maximum(np.diag(f.vcov), 0.0))
     eta, mu = f.eta, f.mu
@@ -318,7 +318,7 @@ def _fit(formula, design: Design, layout: Layout, rows: RowData, index, fam: Fam
                f"the estimate of {', '.join(sep)} runs off to infinity (its value and SE are not meaningful); "
                "drop or merge the predictor's levels that have only one outcome, or use a prior (blme's bglmer)")
         warns.append(msg)
-        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+        warn_user(msg, ConvergenceWarning)
     b, v = _blocks(f, layout, design)
     st32 = f.float32
     polished = st32 is not None and polish

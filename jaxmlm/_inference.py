@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import warnings
 import weakref
 from functools import partial
 
@@ -79,7 +78,7 @@ import pandas as pd
 from jax.scipy.linalg import solve_triangular
 
 from . import _compiled, _programs, _x64  # noqa: F401
-from ._errors import InferenceError, InferenceWarning
+from ._errors import InferenceError, InferenceWarning, warn_user
 from ._objective import _schur, blockdiag_derivatives, factorize, levels_last
 from ._optimize import per_level_formulas
 from ._stats import Layout, Stats, a22_dense, widen
@@ -683,11 +682,10 @@ def coef_table(m, ddf: str = "Satterthwaite") -> pd.DataFrame:
     if method == "Satterthwaite":
         df = satterthwaite_df(m, np.eye(p)) if p else np.zeros(0)
         if p and np.any(_satterthwaite(m)[3] < -EIG_TOL):
-            warnings.warn(
+            warn_user(
                 "the Hessian of the criterion in (theta, sigma) has a negative eigenvalue: the fit may not "
                 "be at a minimum, and Satterthwaite's df may be off",
                 InferenceWarning,
-                stacklevel=3,
             )
     elif method == "Kenward-Roger":
         if p:

@@ -53,8 +53,6 @@ oscillating across 0. From lme4's start InstEval takes 7 iterations (BFGS: 16); 
 from __future__ import annotations
 
 import functools
-import sys
-import warnings
 from typing import NamedTuple
 
 import jax
@@ -62,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _compiled, _x64  # noqa: F401
-from ._errors import ConvergenceWarning
+from ._errors import ConvergenceWarning, warn_user
 from ._objective import (
     _deviance,
     average_information,
@@ -98,21 +96,13 @@ def max_abs_gradient(st) -> float:
 
 def status_warnings(status: int, iterations: int, max_grad: float) -> tuple[str, ...]:
     """The fit record's warning for an optimizer that stopped without converging (status 2 or 3),
-    also issued as a :class:`~jaxmlm.ConvergenceWarning` on the user's line (the first caller
-    outside jaxmlm); () for a converged one. One wording for every kind of fit."""
+    also issued as a :class:`~jaxmlm.ConvergenceWarning` on the user's line
+    (:func:`~jaxmlm._errors.warn_user`); () for a converged one. One wording for every kind of fit."""
     if status in (0, 1):
         return ()
     msg = f"optimizer {STATUS[status]} after {iterations} iterations (max |gradient| {max_grad:.2e})"
-    warnings.warn(msg, ConvergenceWarning, stacklevel=_outside_jaxmlm())
+    warn_user(msg, ConvergenceWarning)
     return (msg,)
-
-
-def _outside_jaxmlm() -> int:
-    """The ``stacklevel`` (for a ``warnings.warn`` in the caller) of the first frame outside jaxmlm."""
-    frame, level = sys._getframe(1), 1
-    while frame.f_back is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] == "jaxmlm":
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 class OptState(NamedTuple):

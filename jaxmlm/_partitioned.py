@@ -422,7 +422,7 @@ def finish(plan: Plan, stats: Stats) -> tuple[Design, Layout, Stats]:
         raise DataError(f"fixed-effects column(s) {list(left)} are aliased with earlier ones: make the plan without "
                         "them (jaxmlm._partitioned.without) and the pieces' statistics again")
     if tpl.dropped_columns:
-        warn_dropped(tpl.dropped_columns, stacklevel=5)
+        warn_dropped(tpl.dropped_columns)
     p = len(tpl.fixef_names)
     WW, beta0 = np.asarray(stats.WW), np.asarray(stats.beta0)
     rss = float(WW[p, p])
