@@ -6,6 +6,7 @@ Run from the repository root::
     PYTHONPATH=. python benchmarks/bench_residuals.py                       # both cases
     PYTHONPATH=. python benchmarks/bench_residuals.py --panel-subjects 1000 --runs 3
     PYTHONPATH=. python benchmarks/bench_residuals.py --no-r
+    PYTHONPATH=. python benchmarks/bench_residuals.py --cases sleep --rounds 5   # 5 alternating rounds, median ratio
 
 Cases (the data are written to a temporary folder as CSV and read by both sides):
 
@@ -209,6 +210,9 @@ def main():
     ap.add_argument("--tmb-tol", type=float, default=0.05,
                     help="glmmTMB is shown only when its logLik is this close to nlme's")
     ap.add_argument("--no-r", action="store_true", help="skip nlme and glmmTMB")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time each case this many times, jaxmlm and R alternately, and report every round and "
+                         "the median ratio (the machine's state moves R's times more than jaxmlm's)")
     a = ap.parse_args()
     for line in describe_machine():
         print(line, flush=True)
@@ -218,27 +222,44 @@ def main():
         d = make_data(case, a.panel_subjects)
         path = tmp / f"{case}.csv"
         d.to_csv(path, index=False)
-        cold, warm, ll, params = time_jaxmlm(case, d, a.runs)
-        r_runs = a.r_runs if a.r_runs is not None else (3 if case == "sleep" else 1)
-        r = {} if a.no_r else run_r(R_FIT, [str(path), case, str(r_runs)], a.r_timeout) or {}
-        nlme_s = ">timeout" if r.get("timeout") else r.get("nlme")
-        tmb_s, tmb_ll = r.get("glmmTMB"), r.get("glmmTMB_loglik")
-        if case == "sleep" and not a.no_r and r.get("nlme_loglik") is not None:
-            if tmb_ll is None or abs(tmb_ll - r["nlme_loglik"]) > a.tmb_tol:
-                notes.append(f"{case}: glmmTMB does not fit the same model (its ar1() is a random effect over an iid "
-                             f"residual; logLik {tmb_ll if tmb_ll is None else f'{tmb_ll:.4f}'} vs nlme's "
-                             f"{r['nlme_loglik']:.4f}), so it is left out.")
-                tmb_s = tmb_ll = None
-        if case == "panel" and not a.no_r:
-            notes.append(f"{case}: no glmmTMB equivalent (AR(1) residual with a varIdent variance); not run.")
-        rows.append({"case": CASES[case]["label"], "rows": len(d), "jaxmlm cold s": cold, "jaxmlm warm s": warm,
-                     "nlme s": nlme_s, "glmmTMB s": tmb_s,
-                     "nlme / jaxmlm warm": nlme_s / warm if isinstance(nlme_s, float) else
-                     (f">{a.r_timeout / warm:.0f}" if nlme_s == ">timeout" else None),
-                     "glmmTMB / jaxmlm warm": tmb_s / warm if isinstance(tmb_s, float) else None,
-                     "jaxmlm logLik": ll, "nlme logLik": r.get("nlme_loglik"), "glmmTMB logLik": tmb_ll,
-                     "jaxmlm estimates": params, "nlme estimates": r.get("nlme_params")})
-        print(rows[-1], flush=True)
+        for rnd in range(1, a.rounds + 1):
+            rows.append(_time_round(case, d, path, a, notes if rnd == 1 else []))
+            if a.rounds > 1:
+                rows[-1] = {"round": rnd, **rows[-1], **({"jaxmlm cold s": None} if rnd > 1 else {})}
+            print(rows[-1], flush=True)
+        ratios = [r["nlme / jaxmlm warm"] for r in rows[-a.rounds:] if isinstance(r["nlme / jaxmlm warm"], float)]
+        if a.rounds > 1 and ratios:
+            notes.append(f"{case}: nlme / jaxmlm over {len(ratios)} rounds: "
+                         + ", ".join(f"{x:.1f}×" for x in ratios) + f"; median {statistics.median(ratios):.1f}×")
+    _print_table(rows, notes)
+
+
+def _time_round(case: str, d: pd.DataFrame, path: Path, a, notes: list) -> dict:
+    """One round of a case: jaxmlm in this process (its first round's first fit is the cold one),
+    then nlme (and glmmTMB for sleep) in a fresh R process on the same CSV."""
+    cold, warm, ll, params = time_jaxmlm(case, d, a.runs)
+    r_runs = a.r_runs if a.r_runs is not None else (3 if case == "sleep" else 1)
+    r = {} if a.no_r else run_r(R_FIT, [str(path), case, str(r_runs)], a.r_timeout) or {}
+    nlme_s = ">timeout" if r.get("timeout") else r.get("nlme")
+    tmb_s, tmb_ll = r.get("glmmTMB"), r.get("glmmTMB_loglik")
+    if case == "sleep" and not a.no_r and r.get("nlme_loglik") is not None:
+        if tmb_ll is None or abs(tmb_ll - r["nlme_loglik"]) > a.tmb_tol:
+            notes.append(f"{case}: glmmTMB does not fit the same model (its ar1() is a random effect over an iid "
+                         f"residual; logLik {tmb_ll if tmb_ll is None else f'{tmb_ll:.4f}'} vs nlme's "
+                         f"{r['nlme_loglik']:.4f}), so it is left out.")
+            tmb_s = tmb_ll = None
+    if case == "panel" and not a.no_r:
+        notes.append(f"{case}: no glmmTMB equivalent (AR(1) residual with a varIdent variance); not run.")
+    return {"case": CASES[case]["label"], "rows": len(d), "jaxmlm cold s": cold, "jaxmlm warm s": warm,
+            "nlme s": nlme_s, "glmmTMB s": tmb_s,
+            "nlme / jaxmlm warm": nlme_s / warm if isinstance(nlme_s, float) else
+            (f">{a.r_timeout / warm:.0f}" if nlme_s == ">timeout" else None),
+            "glmmTMB / jaxmlm warm": tmb_s / warm if isinstance(tmb_s, float) else None,
+            "jaxmlm logLik": ll, "nlme logLik": r.get("nlme_loglik"), "glmmTMB logLik": tmb_ll,
+            "jaxmlm estimates": params, "nlme estimates": r.get("nlme_params")}
+
+
+def _print_table(rows: list, notes: list) -> None:
     df = pd.DataFrame(rows)
     cols = list(df.columns)
 
