@@ -134,11 +134,18 @@ class DataWarning(JaxmlmWarning):
     """The data are used, but perhaps not as meant (e.g. a column mixing numbers and text fitted as a factor)."""
 
 
+def outside_jaxmlm(frame):
+    """(the first frame from ``frame`` outwards whose code is not jaxmlm's — the user's — or None,
+    the number of frames passed over): where warnings point and whose variables name the data."""
+    passed = 0
+    while frame is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] == "jaxmlm":
+        frame, passed = frame.f_back, passed + 1
+    return frame, passed
+
+
 def warn_user(message: str, category: type[Warning]) -> None:
     """Issue a warning on the user's line: the first caller outside jaxmlm, wherever inside the
     package it arises (a ``stacklevel`` counted by hand breaks whenever a call moves a level
     deeper, and the warning then names a line of jaxmlm's)."""
-    frame, level = sys._getframe(1), 1
-    while frame.f_back is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] == "jaxmlm":
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level + 1)
+    _, passed = outside_jaxmlm(sys._getframe(1))
+    warnings.warn(message, category, stacklevel=passed + 2)  # 1 is this function, 2 its caller

@@ -91,7 +91,7 @@ def _bind(design, data, correlation, variance, lmm: bool):
     if correlation is not None:
         same = [b for b in design.blocks if lmm and b.factors == correlation.groups] if correlation.groups else []
         if same:  # the grouping of a random-effects term: its codes are already there
-            codes = same[0].codes if same[0].codes.dtype == np.int64 else same[0].codes.astype(np.int64)
+            codes = same[0].codes.astype(np.int64, copy=False)  # the block's own array: constant() below skips it
         elif correlation.groups:
             codes = group_codes(frame, correlation.groups, type(correlation).__name__)
         elif lmm:
@@ -588,14 +588,14 @@ def fit_structured(formula, data, REML=True, correlation=None, variance=None, *,
     snapped = tuple(int(i) for i in np.flatnonzero(snapped))
     u = x[nt:]
     _require_finite(st.f, sol.criterion)
-    warns = status_warnings(int(st.status), int(st.it), max_abs_gradient(st))
+    status, grad = int(st.status), max_abs_gradient(st)
+    warns = status_warnings(status, int(st.it), grad)
     b, v = _condvar_blocks(sol, layout, design)
-    status = int(st.status)
     record = FitRecord(
         theta_start=_readonly(c * x0[:nt]), theta_optimizer=_readonly(np.asarray(st.x, float)),
         theta_end=_readonly(theta), objective=float(sol.criterion), iterations=int(st.it),
         evaluations=int(st.nfev), status=status, message=STATUS[status], converged=status in (0, 1),
-        max_abs_gradient=max_abs_gradient(st), snapped=snapped, warnings=warns,
+        max_abs_gradient=grad, snapped=snapped, warnings=warns,
         seconds=time.perf_counter() - t0, method="newton")
     res = _residual_fit(correlation, variance, bc, bv, spec, arr, u0, u, rows, index, nat)
     return StructuredMixedModel(
@@ -759,8 +759,8 @@ def gls(formula: str, data: pd.DataFrame, correlation=None, variance=None, REML:
         _require_finite(st.f)
         u = np.asarray(st.x, float)
         its, nfev, status = int(st.it), int(st.nfev), int(st.status)
-        warns = status_warnings(int(st.status), its, max_abs_gradient(st))
-        grad = float(np.max(np.abs(st.g)))
+        grad = max_abs_gradient(st)
+        warns = status_warnings(status, its, grad)
     else:
         u, its, nfev, status, warns, grad = u0, 0, 1, 0, (), 0.0
     beta, sigma, vcov, crit = (np.asarray(a, float) for a in jax.device_get(gls_estimates(u, rows, arr, reml, spec)))

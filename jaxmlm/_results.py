@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import _compiled, _programs, _x64  # noqa: F401  (float64 before any array exists)
 from ._design import Design
-from ._errors import ConvergenceError, DataError, JaxmlmError, RowsNotHeldError
+from ._errors import ConvergenceError, DataError, JaxmlmError, RowsNotHeldError, outside_jaxmlm
 from ._frontend import build_design
 from ._objective import templates_host
 from ._fit import fit_packed, fit_program, fit_snapped
@@ -632,10 +632,8 @@ def _callers_name(data) -> str | None:
     (locals, then globals; names starting with "_", e.g. IPython's output cache, skipped).
     None when no variable holds it (``lmer(f, load_example("sleepstudy"))``).
     """
-    frame = sys._getframe(1)
+    frame, _ = outside_jaxmlm(sys._getframe(1))
     try:
-        while frame is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] == "jaxmlm":
-            frame = frame.f_back
         if frame is None:
             return None
         for scope in (frame.f_locals, frame.f_globals):
