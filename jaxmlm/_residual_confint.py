@@ -6,7 +6,7 @@ deviance, each parameter fixed in turn and the others re-optimized, the limits w
 parameters: as a profiled parameter of its own (``Phi``, a ``varIdent`` ratio, …) and as free
 coordinates of every other parameter's minimization. The criterion is the linear model's
 profile kernel on the whitened statistics at the structure's unconstrained parameters ρ_u
-(:func:`~jaxmlm._residual_fit.whitened_stats`: n-free for AR(1), CAR(1) and ``varIdent``), so
+(:func:`~jaxmlm._residual_fit.whitened_stats`: n-free for AR(1), CAR(1), compound symmetry and ``varIdent``), so
 the free vector of a task is (φ, ρ_u); a structure parameter fixed at v replaces its entry of
 ρ_u. Its profile is taken on nlme's unconstrained scale (atanh φ for AR(1), log of a
 ``varIdent`` ratio, …), where it is nearer quadratic, and its limits are mapped back by the

@@ -20,7 +20,8 @@ reference cases confirm).
 Whitening mixes the rows of a group. A random-effects factor that is constant within each
 group keeps one level per whitened row; a factor that varies within groups (items crossed
 with subjects, the residual group a subject) gets, in each whitened row, the columns of
-every row of its group (row r of Z_g* = Σ_s (L⁻¹)_{rs} Z_s): its values, positions and A21
+every row of its group (row r of Z_g* = Σ_s (L⁻¹)_{rs} Z_s; any W with WᵀW = C⁻¹ serves as
+L⁻¹ for the statistics, and compound symmetry takes its symmetric root): its values, positions and A21
 entries are widened to m per column. That needs block 1 — the factor with the most levels,
 whose Gram block is kept diagonal — to be constant within groups, and the rest blocks dense.
 
@@ -30,6 +31,7 @@ the Hessian by autodiff through the whitening and the statistics, in one compile
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import NamedTuple
 
@@ -82,15 +84,19 @@ class Arrangement(NamedTuple):
 
 
 class Basis(NamedTuple):
-    """The n-free form of AR(1)/CAR(1) and ``varIdent`` (and ``varFixed``, prior weights): the
-    whitened rows' statistics are Σ_j w_j(φ, δ) S_j over statistics S_j of row classes
-    (:func:`make_basis` sorts the rows into classes; :func:`with_response` sums them, once per
-    fit). ``stats``: the S_j stacked on a leading axis (value leaves only);
+    """The n-free form of AR(1)/CAR(1), compound symmetry and ``varIdent`` (and ``varFixed``,
+    prior weights): the whitened rows' statistics are Σ_j w_j(φ, δ) S_j over statistics S_j of
+    row classes (:func:`make_basis` sorts the rows into classes; :func:`with_response` sums them,
+    once per fit). ``stats``: the S_j stacked on a leading axis (value leaves only);
     per class ``part`` (0 a group's first rows, 1 rows r, 2 rows r − 1, 3 their sums), ``gap`` (index
     into ``gaps``, the distinct time steps), ``s``/``s2`` the strata of rows r and r − 1; the counts
     of rows per gap and per stratum and the constant part of log|R| give log|R|. ``scale`` (the
     rows' pre-scaling), ``cur``/``prev`` (row numbers of rows r and r − 1) and ``masks`` (class
-    membership) remake ``stats`` for another response (:func:`with_response`)."""
+    membership) remake ``stats`` for another response (:func:`with_response`).
+
+    Compound symmetry has no rows r − 1: ``prev`` is empty, part 2 stands for the sum of a
+    group's rows (held at its first row), ``gaps`` are the distinct group sizes and ``cnt_gap``
+    the groups of each size."""
 
     stats: Stats
     scale: jax.Array
@@ -107,7 +113,8 @@ class Basis(NamedTuple):
     const: jax.Array
 
 
-#: At most this many distinct time steps for the n-free form (each needs three statistics).
+#: At most this many distinct time steps (AR(1)/CAR(1), three statistics each) or group sizes
+#: (compound symmetry, two each) for the n-free form.
 MAX_GAPS = 8
 
 
@@ -155,6 +162,22 @@ def _whiten(spec: Spec, nat_c, arr: Arrangement, A):
                               arr.mask, A)
 
 
+def _root_whiten(spec: Spec, nat_c, arr: Arrangement, A):
+    """(W A, log|C|) with any W such that WᵀW = C⁻¹ in each group: what the statistics need.
+    Compound symmetry takes the symmetric root W = (I − c 11ᵀ/m)/√(1 − ρ), (1 − c)² = (1 − ρ)/
+    (1 + (m − 1)ρ), in closed form: a batched Cholesky and triangular solve inside the
+    optimizer's loop can deadlock XLA's CPU thread pool (benchmarks/jax_cpu_deadlock_repro.py).
+    The other structures whiten by L⁻¹ (:func:`~jaxmlm.residuals.correlation_whiten`)."""
+    if spec.cor is None or spec.cor.kind != "cs":
+        return _whiten(spec, nat_c, arr, A)
+    rho, mask = nat_c[0], arr.mask
+    size = jnp.sum(mask, axis=1)
+    c = 1.0 - jnp.sqrt((1.0 - rho) / (1.0 + (size - 1.0) * rho))
+    mean = jnp.sum(mask[..., None] * A, axis=1) / jnp.maximum(size, 1.0)[:, None]
+    out = (A - (c[:, None, None] * mask[..., None]) * mean[:, None, :]) / jnp.sqrt(1.0 - rho)
+    return out, jnp.sum((size - 1.0) * jnp.log1p(-rho) + jnp.log1p((size - 1.0) * rho))
+
+
 def whiten_rows(u: jax.Array, rows: RowData, arr: Arrangement, spec: Spec) -> tuple[RowData, jax.Array]:
     """The whitened rows (G·m of them, padding rows of weight 0) and log|R| at unconstrained u."""
     nat_c, nat_v = split(u, spec)
@@ -167,7 +190,7 @@ def whiten_rows(u: jax.Array, rows: RowData, arr: Arrangement, spec: Spec) -> tu
     D = jnp.concatenate([rows.X, (rows.y - rows.offset)[:, None], rows.Z1, rows.V], axis=1) * s[:, None]
     D = jnp.concatenate([D, jnp.zeros((1, D.shape[1]), dt)])
     G, m = arr.idx.shape
-    Dw, logc = _whiten(spec, nat_c, arr, D[arr.idx])
+    Dw, logc = _root_whiten(spec, nat_c, arr, D[arr.idx])
     flat = Dw.reshape(G * m, -1)
     X, y, Z1, V = flat[:, :p], flat[:, p], flat[:, p + 1 : p + 1 + k1], flat[:, p + 1 + k1 :]
     pad = lambda a: jnp.concatenate([a, jnp.zeros((1,) + a.shape[1:], a.dtype)])  # noqa: E731
@@ -176,7 +199,7 @@ def whiten_rows(u: jax.Array, rows: RowData, arr: Arrangement, spec: Spec) -> tu
     if spec.vary:
         keep = np.setdiff1d(np.arange(mr), spec.vary)
         vary = np.asarray(spec.vary)
-        Linv, _ = _whiten(spec, nat_c, arr, jnp.broadcast_to(jnp.eye(m, dtype=dt), (G, m, m)))
+        Linv, _ = _root_whiten(spec, nat_c, arr, jnp.broadcast_to(jnp.eye(m, dtype=dt), (G, m, m)))
         Vs = (D[:, p + 1 + k1 :])[arr.idx][..., vary]  # (G, m, v): scaled, not whitened
         Vx = (Linv[:, :, :, None] * Vs[:, None, :, :]).reshape(G * m, m * len(vary))
         Px = jnp.broadcast_to(P[..., vary][:, None], (G, m, m, len(vary))).reshape(G * m, -1)
@@ -230,6 +253,8 @@ def basis_stats(u, b: Basis, spec: Spec) -> Stats:
     rows' products less the two others. A first row has weight 1/d²."""
     nat_c, nat_v = split(u, spec)
     dt = b.const.dtype
+    if spec.cor is not None and spec.cor.kind == "cs":
+        return _cs_stats(nat_c[0], b)
     if spec.cor is not None:
         rho = _phi_power(nat_c[0], b.gaps, spec.cor.kind)
     else:
@@ -248,23 +273,80 @@ def basis_stats(u, b: Basis, spec: Spec) -> Stats:
     return b.stats._replace(**combined, ldw=-logdet)
 
 
+def _cs_stats(rho, b: Basis) -> Stats:
+    """Compound symmetry's Σ_j w_j S_j and log|R|. A group of m rows has C = (1 − ρ)I + ρ11ᵀ, so
+    C⁻¹ = (I − ρ/(1 + (m − 1)ρ) 11ᵀ)/(1 − ρ) and |C| = (1 − ρ)^(m−1) (1 + (m − 1)ρ): the whitened
+    products are the rows' own products over 1 − ρ less ρ/((1 − ρ)(1 + (m − 1)ρ)) times the
+    product of the group's sum with itself (Pinheiro & Bates 2000, §5.3.1)."""
+    m = b.gaps[b.gap]
+    w = jnp.where(b.part == 1, 1.0, -rho / (1.0 + (m - 1.0) * rho)) / (1.0 - rho)
+    combined = {k: jnp.tensordot(w, getattr(b.stats, k), axes=1) for k in _VALUES}
+    logdet = b.const + jnp.sum(b.cnt_gap * ((b.gaps - 1.0) * jnp.log1p(-rho) + jnp.log1p((b.gaps - 1.0) * rho)))
+    return b.stats._replace(**combined, ldw=-logdet)
+
+
+def _cs_classes(mask: np.ndarray):
+    """Compound symmetry's row classes: per group size, its groups' rows (part 1) and their sums
+    (part 2, at each group's first row); None past ``MAX_GAPS`` sizes."""
+    size = mask.sum(axis=1)
+    sizes = np.unique(size)
+    if len(sizes) > MAX_GAPS:
+        return None
+    first = np.zeros_like(mask)
+    first[:, 0] = mask[:, 0]
+    masks, part = [], []
+    for m in sizes:
+        of_size = (size == m)[:, None]
+        masks += [mask & of_size, first & of_size]
+        part += [1, 2]
+    zero = np.zeros(len(part), np.int32)
+    gap = np.repeat(np.arange(len(sizes), dtype=np.int32), 2)
+    cnt = np.array([np.sum(size == m) for m in sizes], float)
+    return masks, np.array(part, np.int32), gap, zero, zero, sizes.astype(float), cnt, np.zeros(1)
+
+
 def make_basis(rows: RowData, arr: Arrangement, spec: Spec, layout: Layout, index: tuple) -> Basis | None:
     """Host: the :class:`Basis` of the arrangement's rows, or None where the structure has no
-    n-free form (corCompSymm, corExp, varPower, varExp; a random-effects factor varying within
-    groups, whose lag products fall outside the statistics' sparsity; more than ``MAX_GAPS``
-    distinct time steps)."""
-    if spec.vary or (spec.cor is not None and spec.cor.kind not in ("ar1", "car1")):
+    n-free form (corExp, varPower, varExp; compound symmetry with ``varIdent``; a random-effects
+    factor varying within groups, whose lag products or group sums fall outside the statistics'
+    sparsity; more than ``MAX_GAPS`` distinct time steps or group sizes)."""
+    kind = spec.cor.kind if spec.cor is not None else None
+    if spec.vary or kind not in (None, "ar1", "car1", "cs"):
         return None
     if spec.var is not None and spec.var.kind not in ("ident", "fixed"):
         return None
+    if kind == "cs" and spec.var is not None and spec.var.kind == "ident":
+        return None  # strata within a group's sum: a statistic per pair of strata and size (not done)
     idx = np.asarray(arr.idx)
     mask = np.asarray(arr.mask) > 0
-    G, m = idx.shape
     n = rows.X.shape[0]
+    if kind == "cs":
+        found = _cs_classes(mask)
+        prev = np.zeros(0, idx.dtype)  # no rows r − 1: part 2 is the group's sum
+    else:
+        prev = np.concatenate([np.full((idx.shape[0], 1), n, idx.dtype), idx[:, :-1]], axis=1).reshape(-1)
+        found = _markov_classes(arr, idx, mask, prev.reshape(idx.shape), spec)
+    if found is None:
+        return None
+    masks, part, gap, s_a, s_b, gaps, cnt_gap, cnt_strata = found
+    # rows pre-scaled by √w / d for prior weights and a fixed variance function
+    w = np.asarray(rows.weights, float)
+    logd_fixed = 0.5 * np.log(np.asarray(arr.x)) if spec.var is not None and spec.var.kind == "fixed" else 0.0
+    scale = np.sqrt(w) * np.exp(-logd_fixed)
+    const = float(np.sum(2.0 * logd_fixed - np.log(w)))
+    # the statistics themselves are made inside the fit's program (with_response): stats=None here
+    return Basis(None, scale, idx.reshape(-1), prev, np.stack(masks).reshape(len(masks), -1).astype(float),
+                 part, gap, s_a, s_b, np.asarray(gaps, float), cnt_gap, cnt_strata, np.asarray(const))
+
+
+def _markov_classes(arr: Arrangement, idx: np.ndarray, mask: np.ndarray, prev: np.ndarray, spec: Spec):
+    """AR(1)/CAR(1) and ``varIdent``'s row classes: a group's first rows per stratum; per time
+    step and pair of strata, rows r, rows r − 1 and their sums (parts 1–3); None past
+    ``MAX_GAPS`` steps."""
+    G, m = idx.shape
     first = np.zeros((G, m), bool)
     first[:, 0] = True
     first &= mask
-    prev = np.concatenate([np.full((G, 1), n, idx.dtype), idx[:, :-1]], axis=1)
     step = np.zeros((G, m))
     step[:, 1:] = np.asarray(arr.time)[:, 1:] - np.asarray(arr.time)[:, :-1]
     later = mask & ~first
@@ -293,18 +375,11 @@ def make_basis(rows: RowData, arr: Arrangement, spec: Spec, layout: Layout, inde
                         classes.append((part, k, s_, s2))
                         masks.append(sel)
     part, gap, s_a, s_b = (np.array(c, np.int32) for c in zip(*classes))
-    # rows pre-scaled by √w / d for prior weights and a fixed variance function
-    w = np.asarray(rows.weights, float)
-    logd_fixed = 0.5 * np.log(np.asarray(arr.x)) if spec.var is not None and spec.var.kind == "fixed" else 0.0
-    scale = np.sqrt(w) * np.exp(-logd_fixed)
-    const = float(np.sum(2.0 * logd_fixed - np.log(w)))
     cnt_gap = np.array([np.sum(later & (g_idx == k)) for k in range(len(gaps))], float)
     if not len(gaps):  # no correlation: one unused step keeps the arrays non-empty
         gaps, cnt_gap = np.ones(1), np.zeros(1)
     cnt_strata = np.array([np.sum(mask & (s_cur == s_)) for s_ in range(ns)], float) if ns > 1 else np.zeros(1)
-    # the statistics themselves are made inside the fit's program (with_response): stats=None here
-    return Basis(None, scale, idx.reshape(-1), prev.reshape(-1), np.stack(masks).reshape(len(masks), -1).astype(float),
-                 part, gap, s_a, s_b, np.asarray(gaps, float), cnt_gap, cnt_strata, np.asarray(const))
+    return masks, part, gap, s_a, s_b, gaps, cnt_gap, cnt_strata
 
 
 def with_response(arr: Arrangement, rows: RowData, index: tuple, layout: Layout) -> Arrangement:
@@ -314,13 +389,16 @@ def with_response(arr: Arrangement, rows: RowData, index: tuple, layout: Layout)
         return arr
     b = arr.basis
     stats = basis_statistics(rows, b.scale, b.cur, b.prev, b.masks, b.part, arr.beta0, jnp.sum(arr.mask), index,
-                             layout)
+                             layout, arr.idx.shape)
     return arr._replace(basis=b._replace(stats=stats))
 
 
-def basis_statistics(rows: RowData, scale, cur, prev, masks, part, beta0, nrows, index: tuple, layout: Layout) -> Stats:
+def basis_statistics(rows: RowData, scale, cur, prev, masks, part, beta0, nrows, index: tuple, layout: Layout,
+                     groups: tuple[int, int]) -> Stats:
     """The statistics of every class (rows r, rows r − 1, or their sums, within the class's mask),
-    stacked on a leading axis: one pass over the rows per class, once per fit."""
+    stacked on a leading axis: one pass over the rows per class, once per fit. ``groups``: the
+    arrangement's (G, m); with ``prev`` empty (compound symmetry) the second rows are each
+    group's sum, at its first row."""
     dt = rows.X.dtype
     p = rows.X.shape[1]
     yc = rows.y - rows.offset - rows.X @ beta0
@@ -328,7 +406,13 @@ def basis_statistics(rows: RowData, scale, cur, prev, masks, part, beta0, nrows,
     D = jnp.concatenate([D, jnp.zeros((1, D.shape[1]), dt)])
     pad = lambda a: jnp.concatenate([a, jnp.zeros((1,) + a.shape[1:], a.dtype)])  # noqa: E731
     g1, P, E = pad(rows.g1)[cur], pad(rows.P)[cur], pad(rows.E)[cur]
-    Dc, Dp = D[cur], D[prev]
+    Dc = D[cur]
+    if prev.shape[0]:
+        Dp = D[prev]
+    else:
+        G, m = groups
+        sums = Dc.reshape(G, m, -1).sum(axis=1)  # padding rows are zero
+        Dp = jnp.zeros((G, m, D.shape[1]), dt).at[:, 0].set(sums).reshape(G * m, -1)
     k1 = rows.Z1.shape[1]
 
     def one(mk, pt):
@@ -473,7 +557,7 @@ def unpack_inputs(floats, ints, meta):
     leaves = []
     for kind, at, shape in recipe:
         src = floats if kind == "f" else ints
-        size = int(np.prod(shape)) if shape else 1
+        size = math.prod(shape)
         leaves.append(src[at : at + size].reshape(shape))
     return jax.tree.unflatten(treedef, leaves)
 
@@ -499,7 +583,7 @@ def unpack(packed, stats, layout: Layout, spec: Spec) -> Fitted:
     v = np.asarray(packed)
     out, at = [], 0
     for sh in shapes:
-        size = int(np.prod(sh)) if sh else 1
+        size = math.prod(sh)  # (np.prod costs ~5 µs a call, 19 calls a fit)
         out.append(v[at : at + size].reshape(sh))
         at += size
     if at != v.size:

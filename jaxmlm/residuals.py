@@ -37,10 +37,12 @@ whitened, [Z X y]* = L_g⁻¹ D_g⁻¹ [Z X y], and the model for the whitened r
 errors, so the engine's profiled criterion applies to their statistics, plus log|R| =
 Σ 2 log dᵢ + Σ_g log|C_g| (the Jacobian of the whitening). AR(1) and CAR(1) are Markov:
 L_g⁻¹ is bidiagonal (Prais–Winsten: e*₁ = e₁, e*ᵣ = (eᵣ − ρᵣ eᵣ₋₁)/√(1 − ρᵣ²) with
-ρᵣ = φ^(tᵣ − tᵣ₋₁)), O(n) per evaluation; compound symmetry and corExp factor each group's
-m × m matrix, O(n m²), in one compiled kernel over all groups. AR(1)/CAR(1) with few distinct
-time steps, ``varIdent``, ``varFixed`` and prior weights need no pass per evaluation: the
-whitened statistics are a weighted sum of statistics of row classes made once per fit
+ρᵣ = φ^(tᵣ − tᵣ₋₁)), O(n) per evaluation; compound symmetry has a closed-form root,
+C_g⁻¹ = (I − ρ/(1 + (m − 1)ρ) 11ᵀ)/(1 − ρ), O(n); corExp factors each group's m × m matrix,
+O(n m²), in one compiled kernel over all groups. AR(1)/CAR(1) with few distinct time steps,
+compound symmetry with few distinct group sizes, ``varIdent`` (not with compound symmetry),
+``varFixed`` and prior weights need no pass per evaluation: the whitened statistics are a
+weighted sum of statistics of row classes made once per fit
 (:func:`jaxmlm._residual_fit.basis_stats`); the others pass over the rows at each evaluation.
 
 Parameters are optimized unconstrained: φ = tanh(u) (AR(1)), logistic(u) (CAR(1), the
