@@ -407,6 +407,7 @@ def correlation_whiten(kind: str, nugget: bool, nat, time, coords, mask, A):
 def _cholesky_by_columns(C):
     """Lower Cholesky factors of C (G, m, m), one column per step (Cholesky–Crout):
     L[:, i, j] = (C[:, i, j] − Σ_{k<j} L[:, i, k] L[:, j, k]) / L[:, j, j]."""
+    C = jnp.asarray(C)  # (numpy input, e.g. normalized residuals, cannot take the loop's traced index)
     m = C.shape[-1]
     rows = jnp.arange(m)
 
@@ -421,6 +422,7 @@ def _cholesky_by_columns(C):
 
 def _solve_lower_by_rows(L, A):
     """L⁻¹A for lower-triangular L (G, m, m) and A (G, m, c): forward substitution, one row per step."""
+    L, A = jnp.asarray(L), jnp.asarray(A)
 
     def row(i, X):
         r = A[:, i, :] - jnp.einsum("gk,gkc->gc", L[:, i, :], X)  # X's rows ≥ i are still 0

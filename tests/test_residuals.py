@@ -273,6 +273,19 @@ def test_normalized_residuals_and_correlation_matrix(fits):
         m.residuals("studentized")
 
 
+@pytest.mark.parametrize("case, group, name", [("spatial_exp_reml", "plot", "p01"), ("orth_cs_gls_reml", "Subject", "M01")])
+def test_normalized_residuals_within_groups(fits, case, group, name):
+    """nlme's normalized residuals L⁻¹ × Pearson residuals of a group, L the Cholesky factor of
+    its correlation matrix, for the structures whitened by a factor per group (corExp) or by a
+    closed-form root in the fit (compound symmetry): the results still use L."""
+    r, m = fits[case]
+    df = _data(r["data"])
+    rows = np.flatnonzero(df[group].astype(str) == name)
+    L = np.linalg.cholesky(m.residual_cor(name).to_numpy())
+    pear = m.residuals("pearson")
+    np.testing.assert_allclose(m.residuals("normalized")[rows], np.linalg.solve(L, pear[rows]), rtol=1e-9)
+
+
 def test_summary_prints_structure(fits):
     _, m = fits["sleep_ar1_reml"]
     s = m.summary()
