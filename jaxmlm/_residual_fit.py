@@ -254,7 +254,8 @@ def basis_stats(u, b: Basis, spec: Spec) -> Stats:
     nat_c, nat_v = split(u, spec)
     dt = b.const.dtype
     if spec.cor is not None and spec.cor.kind == "cs":
-        return _cs_stats(nat_c[0], b)
+        w, logdet = _cs_weights(nat_c[0], b)
+        return _combine(b, w, logdet)
     if spec.cor is not None:
         rho = _phi_power(nat_c[0], b.gaps, spec.cor.kind)
     else:
@@ -268,28 +269,31 @@ def basis_stats(u, b: Basis, spec: Spec) -> Stats:
     den = 1.0 - r**2
     wa, wb, wc = 1.0 / (d * d * den), -r / (d * d2 * den), r * r / (d2 * d2 * den)
     w = jnp.select([b.part == 0, b.part == 1, b.part == 2], [1.0 / (d * d), wa - wb, wc - wb], wb)
-    combined = {k: jnp.tensordot(w, getattr(b.stats, k), axes=1) for k in _VALUES}
     logdet = b.const + 2.0 * jnp.sum(b.cnt_strata * logd[: b.cnt_strata.shape[0]]) + jnp.sum(b.cnt_gap * jnp.log1p(-(rho**2)))
+    return _combine(b, w, logdet)
+
+
+def _combine(b: Basis, w, logdet) -> Stats:
+    """Σ_j w_j S_j of the class statistics, log|R| as ``ldw`` = −log|R|."""
+    combined = {k: jnp.tensordot(w, getattr(b.stats, k), axes=1) for k in _VALUES}
     return b.stats._replace(**combined, ldw=-logdet)
 
 
-def _cs_stats(rho, b: Basis) -> Stats:
-    """Compound symmetry's Σ_j w_j S_j and log|R|. A group of m rows has C = (1 − ρ)I + ρ11ᵀ, so
+def _cs_weights(rho, b: Basis):
+    """Compound symmetry's class weights w_j and log|R|. A group of m rows has C = (1 − ρ)I + ρ11ᵀ, so
     C⁻¹ = (I − ρ/(1 + (m − 1)ρ) 11ᵀ)/(1 − ρ) and |C| = (1 − ρ)^(m−1) (1 + (m − 1)ρ): the whitened
     products are the rows' own products over 1 − ρ less ρ/((1 − ρ)(1 + (m − 1)ρ)) times the
     product of the group's sum with itself (Pinheiro & Bates 2000, §5.3.1)."""
     m = b.gaps[b.gap]
     w = jnp.where(b.part == 1, 1.0, -rho / (1.0 + (m - 1.0) * rho)) / (1.0 - rho)
-    combined = {k: jnp.tensordot(w, getattr(b.stats, k), axes=1) for k in _VALUES}
-    logdet = b.const + jnp.sum(b.cnt_gap * ((b.gaps - 1.0) * jnp.log1p(-rho) + jnp.log1p((b.gaps - 1.0) * rho)))
-    return b.stats._replace(**combined, ldw=-logdet)
+    return w, b.const + jnp.sum(b.cnt_gap * ((b.gaps - 1.0) * jnp.log1p(-rho) + jnp.log1p((b.gaps - 1.0) * rho)))
 
 
 def _cs_classes(mask: np.ndarray):
     """Compound symmetry's row classes: per group size, its groups' rows (part 1) and their sums
     (part 2, at each group's first row); None past ``MAX_GAPS`` sizes."""
     size = mask.sum(axis=1)
-    sizes = np.unique(size)
+    sizes, cnt = np.unique(size, return_counts=True)
     if len(sizes) > MAX_GAPS:
         return None
     first = np.zeros_like(mask)
@@ -301,8 +305,7 @@ def _cs_classes(mask: np.ndarray):
         part += [1, 2]
     zero = np.zeros(len(part), np.int32)
     gap = np.repeat(np.arange(len(sizes), dtype=np.int32), 2)
-    cnt = np.array([np.sum(size == m) for m in sizes], float)
-    return masks, np.array(part, np.int32), gap, zero, zero, sizes.astype(float), cnt, np.zeros(1)
+    return masks, np.array(part, np.int32), gap, zero, zero, sizes.astype(float), cnt.astype(float), np.zeros(1)
 
 
 def make_basis(rows: RowData, arr: Arrangement, spec: Spec, layout: Layout, index: tuple) -> Basis | None:
