@@ -89,17 +89,52 @@ class Factor(NamedTuple):
 #
 # Block 1 is l₁ independent k₁×k₁ problems with k₁ tiny (1–3 typically) and l₁ up
 # to 10⁵+. Unrolled elementwise code over the level axis beats a batched LAPACK
-# call per tiny matrix, and it avoids XLA-CPU's batched LAPACK custom calls,
-# which deadlocked in a while_loop when two independent batched triangular
-# solves ran concurrently (jaxlib 0.10.2; benchmarks/jax_cpu_deadlock_repro.py).
+# call per tiny matrix. Larger k take a loop over the k columns (rows), each step
+# vectorized over the batch — never XLA-CPU's batched LAPACK custom calls: with a
+# batch big enough for jaxlib to split it over XLA's thread pool (~200k flops), two
+# of them running at once inside the optimizer's while loop deadlock the pool
+# (jaxlib 0.10.2; benchmarks/jax_cpu_deadlock_repro.py). A (1 + x1 + … + x6 | g)
+# model on 2,000 groups hung in every run that way.
 _UNROLL_MAX_K = 6
+
+
+def cholesky_by_columns(M: jax.Array) -> jax.Array:
+    """Lower Cholesky factors of M (..., k, k), one column per loop step (Cholesky–Crout):
+    L[i, j] = (M[i, j] − Σ_{m<j} L[i, m] L[j, m]) / L[j, j], L[j, j] = √(M[j, j] − Σ_{m<j} L[j, m]²).
+    Plain array operations (see the comment above); differentiable (the loop has k steps)."""
+    M = jnp.asarray(M)  # (numpy input cannot take the loop's traced index)
+    k = M.shape[-1]
+    rows = jnp.arange(k)
+
+    def column(j, L):
+        v = M[..., :, j] - jnp.einsum("...im,...m->...i", L, L[..., j, :])  # L's columns ≥ j are still 0
+        d = jnp.sqrt(v[..., j])
+        col = jnp.where(rows > j, v / d[..., None], jnp.where(rows == j, d[..., None], 0.0))
+        return L.at[..., :, j].set(col)
+
+    return jax.lax.fori_loop(0, k, column, jnp.zeros_like(M))
+
+
+def solve_lower_by_rows(L: jax.Array, B: jax.Array, transpose: bool = False) -> jax.Array:
+    """L⁻¹B (or, ``transpose``, L⁻ᵀB) for lower-triangular L (..., k, k) and B (..., k, c):
+    forward (back) substitution, one row of the solution per loop step."""
+    L, B = jnp.asarray(L), jnp.asarray(B)
+    k = L.shape[-1]
+
+    def row(s, X):
+        i = k - 1 - s if transpose else s
+        coef = L[..., :, i] if transpose else L[..., i, :]  # (the row of Lᵀ or of L)
+        r = B[..., i, :] - jnp.einsum("...m,...mc->...c", coef, X)  # X's rows not yet solved are 0
+        return X.at[..., i, :].set(r / L[..., i, i][..., None])
+
+    return jax.lax.fori_loop(0, k, row, jnp.zeros_like(B))
 
 
 def batched_cholesky(M: jax.Array) -> jax.Array:
     """Lower Cholesky factors of M (..., k, k), unrolled over the static k when small."""
     k = M.shape[-1]
     if k > _UNROLL_MAX_K:
-        return jnp.linalg.cholesky(M)
+        return cholesky_by_columns(M)
     L = [[None] * k for _ in range(k)]
     for j in range(k):
         d = jnp.sqrt(M[..., j, j] - sum((L[j][m] ** 2 for m in range(j)), jnp.zeros_like(M[..., j, j])))
@@ -115,7 +150,7 @@ def batched_solve_lower(L: jax.Array, B: jax.Array) -> jax.Array:
     """L⁻¹ B for lower-triangular L (..., k, k) and B (..., k, m): forward substitution."""
     k = L.shape[-1]
     if k > _UNROLL_MAX_K:
-        return solve_triangular(L, B, lower=True)
+        return solve_lower_by_rows(L, B)
     X = []
     for i in range(k):
         r = B[..., i, :] - sum((L[..., i, j, None] * X[j] for j in range(i)), jnp.zeros_like(B[..., i, :]))
@@ -127,7 +162,7 @@ def batched_solve_upper_t(L: jax.Array, B: jax.Array) -> jax.Array:
     """L⁻ᵀ B for lower-triangular L (..., k, k) and B (..., k, m): back substitution with Lᵀ."""
     k = L.shape[-1]
     if k > _UNROLL_MAX_K:
-        return solve_triangular(jnp.swapaxes(L, -1, -2), B, lower=False)
+        return solve_lower_by_rows(L, B, transpose=True)
     X = [None] * k
     for i in reversed(range(k)):
         r = B[..., i, :] - sum((L[..., j, i, None] * X[j] for j in range(i + 1, k)), jnp.zeros_like(B[..., i, :]))

@@ -45,7 +45,6 @@ import pandas as pd
 from . import _compiled, _programs, _x64  # noqa: F401
 from ._errors import ConvergenceError, DataError, InferenceError
 from ._objective import (
-    _UNROLL_MAX_K,
     Factor,
     batched_solve_lower,
     criterion,
@@ -491,13 +490,10 @@ class RefitResult:
 
 def _lapack_cost(layout: Layout) -> int:
     """Largest per-replicate cost estimate (jaxlib's FLOP model) of the LAPACK calls left in
-    the batched program: L₂'s and R's Cholesky factors and triangular solves, Newton's eigh,
-    and block 1 when its templates are too large to unroll."""
+    the batched program: L₂'s and R's Cholesky factors and triangular solves, Newton's eigh.
+    (Block 1 takes none: unrolled, or loops for large templates; jaxmlm._objective.)"""
     qr, p1, m = layout.qr, layout.p + 1, layout.ntheta
-    cost = max(qr**3, qr * qr * p1, 5 * p1**3, 10 * m**3)
-    if layout.k1 > _UNROLL_MAX_K:
-        cost = max(cost, layout.l1 * layout.k1**2 * max(layout.k1, p1))
-    return cost
+    return max(qr**3, qr * qr * p1, 5 * p1**3, 10 * m**3)
 
 
 def _chunk_size(nsim: int, n: int, chunk_size, layout: Layout) -> int:

@@ -63,6 +63,7 @@ import numpy as np
 import pandas as pd
 
 from ._errors import DataError, FormulaError, UnknownColumnError
+from ._objective import cholesky_by_columns, solve_lower_by_rows
 
 __all__ = ["corAR1", "corCAR1", "corCompSymm", "corExp", "varIdent", "varPower", "varExp", "varFixed",
            "CorrelationStructure", "VarianceFunction"]
@@ -394,41 +395,11 @@ def correlation_whiten(kind: str, nugget: bool, nat, time, coords, mask, A):
     else:  # pragma: no cover - the structures above are all there are
         raise ValueError(kind)
     C = jnp.where(both > 0, C, eye)
-    L = _cholesky_by_columns(C)
-    out = _solve_lower_by_rows(L, A)
+    # loops, not XLA's batched LAPACK calls, which deadlock inside the optimizer's loop
+    # (see jaxmlm._objective's batched linear algebra): corExp with groups of up to 12 rows hung
+    L = cholesky_by_columns(C)
+    out = solve_lower_by_rows(L, A)
     return out, 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=1, axis2=2)))
-
-
-# XLA's batched LAPACK calls (Cholesky, triangular solve) inside the optimizer's compiled loop
-# deadlock its CPU thread pool (benchmarks/jax_cpu_deadlock_repro.py): corExp with groups of up
-# to 12 rows hung in every run. A loop over the m columns, each step vectorized over the groups,
-# does the same arithmetic with plain array operations.
-
-def _cholesky_by_columns(C):
-    """Lower Cholesky factors of C (G, m, m), one column per step (Cholesky–Crout):
-    L[:, i, j] = (C[:, i, j] − Σ_{k<j} L[:, i, k] L[:, j, k]) / L[:, j, j]."""
-    C = jnp.asarray(C)  # (numpy input, e.g. normalized residuals, cannot take the loop's traced index)
-    m = C.shape[-1]
-    rows = jnp.arange(m)
-
-    def column(j, L):
-        v = C[:, :, j] - jnp.einsum("gik,gk->gi", L, L[:, j, :])  # L's columns ≥ j are still 0
-        d = jnp.sqrt(v[:, j])
-        col = jnp.where(rows > j, v / d[:, None], jnp.where(rows == j, d[:, None], 0.0))
-        return L.at[:, :, j].set(col)
-
-    return jax.lax.fori_loop(0, m, column, jnp.zeros_like(C))
-
-
-def _solve_lower_by_rows(L, A):
-    """L⁻¹A for lower-triangular L (G, m, m) and A (G, m, c): forward substitution, one row per step."""
-    L, A = jnp.asarray(L), jnp.asarray(A)
-
-    def row(i, X):
-        r = A[:, i, :] - jnp.einsum("gk,gkc->gc", L[:, i, :], X)  # X's rows ≥ i are still 0
-        return X.at[:, i, :].set(r / L[:, i, i][:, None])
-
-    return jax.lax.fori_loop(0, L.shape[-1], row, jnp.zeros_like(A))
 
 
 def _phi_power(phi, dt, kind):
