@@ -191,15 +191,16 @@ def _fast_design(parsed: ParsedFormula, data: pd.DataFrame, template: bool = Fal
         return None
     if keyword.iskeyword(parsed.lhs):
         return None
-    labels = list(data.columns)
-    columns = {c for c in labels if isinstance(c, str)}
     lhs = parsed.lhs
     numeric_needed = {lhs, *(c for _, names in rterms for c in names)}
     factors = {f for t in parsed.random for f in t.factors}
     needed = numeric_needed | set(fixed[1]) | factors
-    if not needed <= columns or len(labels) != len(set(labels)):
-        return None
-    cols = [c for c in labels if c in needed]
+    # The columns' Index looks names up in its hash table (kept with the frame); listing
+    # every label of a wide frame, or of pandas 3's Arrow-backed labels, costs more.
+    columns = data.columns
+    if type(columns) is not pd.Index or not columns.is_unique or not all(c in columns for c in needed):
+        return None  # (a MultiIndex or DatetimeIndex would match names by parts: the general path)
+    cols = sorted(needed, key=columns.get_loc)  # in the data's order
     series = {c: data[c] for c in cols}  # one lookup per column: pandas' __getitem__ is slow
     if not all(_numeric(series[c]) for c in numeric_needed):
         return None

@@ -322,8 +322,7 @@ def _check_response_varies(design: Design, resid: np.ndarray) -> None:
     y = design.y if design.offset is None else design.y - design.offset
     if design.weights is not None:
         y = y * np.sqrt(design.weights)
-    scale = float(np.max(np.abs(y))) if y.size else 0.0
-    if y.size and np.max(np.abs(resid)) > 1e-10 * scale:
+    if y.size and np.abs(resid).max() > 1e-10 * np.abs(y).max():
         return
     name = design.formula.lhs
     if y.size and np.all(y == y[0]):

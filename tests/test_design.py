@@ -1113,6 +1113,22 @@ def test_integer_grouping_ids_of_any_width(values, levels, formula):
     assert list(np.asarray(d.blocks[0].levels)[d.blocks[0].codes]) == [str(v) for v in values]
 
 
+def test_integer_level_labels_kept_between_designs_follow_the_values():
+    """Integer levels' labels are kept between designs (jaxmlm._design._labels): the same ids
+    give the same labels, other ids or another width their own, and a label index a user
+    renames (through ranef) is a copy, not the one kept."""
+    base = int_data()
+    ids = np.array([7, 8, 9] * (len(base) // 3) + [7] * (len(base) % 3))
+    first = design("y ~ 1 + (1 | id)", base.assign(id=ids))
+    again = design("y ~ 1 + (1 | id)", base.assign(id=ids.astype(np.int32)))
+    other = design("y ~ 1 + (1 | id)", base.assign(id=ids + 1))
+    assert list(first.blocks[0].levels) == list(again.blocks[0].levels) == ["7", "8", "9"]
+    assert list(other.blocks[0].levels) == ["8", "9", "10"]
+    m = jaxmlm.lmer("y ~ 1 + (1 | id)", base.assign(id=ids))
+    m.ranef["id"].index.name = "renamed"
+    assert design("y ~ 1 + (1 | id)", base.assign(id=ids)).blocks[0].levels.name is None
+
+
 def test_integer_grouping_column_also_in_a_transform_keeps_its_labels():
     d = design("y ~ I(k * k) + (1 | k)", int_data())
     assert list(d.blocks[0].levels) == ["100000", "200000", "300000"]
