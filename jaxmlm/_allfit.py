@@ -23,7 +23,7 @@ from ._errors import DataError
 from ._inference import _ONE_SHOT_OPTIONS, _one_shot_jit
 from ._fit import fit
 from ._optimize import STATUS, lme4_start, moment_start, theta_scale_host
-from ._refit import _sdcor, _theta_names, _vc_params
+from ._refit import _padded, _run_chunks, _sdcor, _theta_names, _vc_params, lapack_safe_batch
 
 __all__ = ["AllFit", "all_fit"]
 
@@ -128,9 +128,15 @@ def all_fit(m, optimizers=None, n_random: int = 3, seed=0, max_iter: int = 200) 
     rows, fixefs, thetas, sdcors, times = [], [], [], [], {}
     for opt in optimizers:
         t0 = time.perf_counter()
-        res = jax.device_get(_programs.call(_fit_starts, (theta0s, m.stats, reml),
-                                            dict(layout=layout, max_iter=max_iter, method=opt),
-                                            compiler_options=_ONE_SHOT_OPTIONS))
+        # all starts in one batch, unless a batched LAPACK call could then be split over
+        # XLA's threads on a CPU (it can deadlock there): then in equal batches
+        c = lapack_safe_batch(len(theta0s), layout)
+
+        def launch(lo):
+            return _programs.call(_fit_starts, (_padded(theta0s[lo : lo + c], c), m.stats, reml),
+                                  dict(layout=layout, max_iter=max_iter, method=opt), compiler_options=_ONE_SHOT_OPTIONS)
+
+        res = _run_chunks(len(theta0s), c, launch)
         st, sol = res.state, res.solution
         for i, (start, _) in enumerate(starts):
             status = int(st.status[i])

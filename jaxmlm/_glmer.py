@@ -21,7 +21,6 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -533,9 +532,11 @@ class GeneralizedLinearMixedModel(MixedModelBase):
         return out
 
     def refit_many(self, Y, max_iter: int = 100, se: bool = False) -> pd.DataFrame:
-        """Refit the model to every response in Y ((nsim, n): e.g. :meth:`simulate`'s) in one
-        compiled, vmapped call (:func:`~jaxmlm._glmm_fit.refit_batch`): the same stages as
-        :func:`glmer`, per replicate. Returns one row per replicate: the fixed effects, θ
+        """Refit the model to every response in Y ((nsim, n): e.g. :meth:`simulate`'s) by a
+        compiled, vmapped program (:func:`~jaxmlm._glmm_fit.refit_batch`) over chunks of
+        replicates (as :meth:`LinearMixedModel.refit_many`'s: on a CPU small enough that no
+        batched LAPACK call is split over XLA's threads, where it can deadlock): the same
+        stages as :func:`glmer`, per replicate. Returns one row per replicate: the fixed effects, θ
         (diagonals made positive), ``nb_theta`` (a negative binomial whose θ is estimated: each
         replicate estimates it, from MASS's start as :func:`glmer_nb`), the log-likelihood,
         ``converged`` and ``status``. A replicate
@@ -544,6 +545,7 @@ class GeneralizedLinearMixedModel(MixedModelBase):
         its deviance's exact Hessian, as :attr:`se`)."""
         from ._glmm_fit import refit_batch
         from ._optimize import canonical_theta
+        from ._refit import _chunk_size, _padded, _run_chunks
 
         Y = np.asarray(Y, dtype=float)
         if Y.ndim == 1:
@@ -552,8 +554,14 @@ class GeneralizedLinearMixedModel(MixedModelBase):
             raise DataError(f"Y must be (replicates, {self.nobs}), got {Y.shape}")
         if not np.all(np.isfinite(Y)):
             raise DataError("Y has missing or infinite values")
-        res = jax.device_get(refit_batch(jnp.asarray(Y), self._rowdata, self._index, self.layout, self.family,
-                                         self.nAGQ, max_iter))
+        # the optimizer's Hessian (θ, β and a negative binomial's log θ) is the largest eigh
+        c = _chunk_size(len(Y), self.nobs, None, self.layout, hessian=self.layout.ntheta + self.layout.p + 1)
+
+        def launch(lo):
+            return refit_batch(jnp.asarray(_padded(Y[lo : lo + c], c)), self._rowdata, self._index, self.layout,
+                               self.family, self.nAGQ, max_iter)
+
+        res = _run_chunks(len(Y), c, launch)
         theta = np.array([canonical_theta(np.asarray(t), self.layout) for t in res.theta])
         df = pd.DataFrame(np.asarray(res.beta), columns=list(self.design.fixef_names))
         for j, nm in enumerate(self.theta_names):

@@ -488,15 +488,26 @@ class RefitResult:
                 f"{int((~self.converged).sum())} not converged, {self.seconds:.3g} s)")
 
 
-def _lapack_cost(layout: Layout) -> int:
+def _lapack_cost(layout: Layout, hessian: int = 0) -> int:
     """Largest per-replicate cost estimate (jaxlib's FLOP model) of the LAPACK calls left in
-    the batched program: L₂'s and R's Cholesky factors and triangular solves, Newton's eigh.
-    (Block 1 takes none: unrolled, or loops for large templates; jaxmlm._objective.)"""
-    qr, p1, m = layout.qr, layout.p + 1, layout.ntheta
+    a batched program: L₂'s and R's Cholesky factors and triangular solves, Newton's eigh
+    (of ``hessian`` parameters where the optimizer has more than θ: a GLMM's β, a residual
+    structure's). Block 1 takes none: unrolled, or loops for large templates (jaxmlm._objective)."""
+    qr, p1, m = layout.qr, layout.p + 1, max(layout.ntheta, hessian)
     return max(qr**3, qr * qr * p1, 5 * p1**3, 10 * m**3)
 
 
-def _chunk_size(nsim: int, n: int, chunk_size, layout: Layout) -> int:
+def lapack_safe_batch(wanted: int, layout: Layout, hessian: int = 0) -> int:
+    """At most ``wanted`` fits per vmapped batch, so that on a CPU every batched LAPACK call of
+    the batch stays below jaxlib's threshold for splitting it over XLA's thread pool (batch ×
+    cost 2·10⁵ FLOP; kept below half that): split there, two calls running at once can
+    deadlock the pool (benchmarks/jax_cpu_deadlock_repro.py). Elsewhere ``wanted``."""
+    if jax.default_backend() != "cpu":
+        return int(wanted)
+    return int(max(1, min(wanted, _LAPACK_SAFE // _lapack_cost(layout, hessian))))
+
+
+def _chunk_size(nsim: int, n: int, chunk_size, layout: Layout, hessian: int = 0) -> int:
     """Replicates per compiled batch.
 
     On a CPU, small batches are fastest (1000 sleepstudy refits: 0.13 s in chunks of 16,
@@ -513,8 +524,7 @@ def _chunk_size(nsim: int, n: int, chunk_size, layout: Layout) -> int:
             raise DataError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     cap = max(1, min(_MAX_CHUNK, _CHUNK_CELLS // max(n, 1)))
     if jax.default_backend() == "cpu":
-        safe = max(1, _LAPACK_SAFE // _lapack_cost(layout))
-        return int(min(chunk_size or _CPU_CHUNK, safe, cap))
+        return min(lapack_safe_batch(chunk_size or _CPU_CHUNK, layout, hessian), cap)
     return int(chunk_size) if chunk_size is not None else min(bucket(nsim), cap)
 
 
@@ -544,10 +554,11 @@ def _as_responses(Y, n: int) -> np.ndarray:
     return Y
 
 
-def _run_chunks(n: int, c: int, launch, bar) -> _Batch:
+def _run_chunks(n: int, c: int, launch, bar=None):
     """Run ``launch(lo)`` (one compiled chunk of ``c`` replicates from ``lo``) over ``n``
     replicates, dispatching the next chunk before reading this one (JAX runs them
-    asynchronously); the chunks' first ``n`` replicates, concatenated."""
+    asynchronously); the chunks' first ``n`` replicates, concatenated (each chunk a pytree
+    of arrays with a leading replicate axis)."""
     parts: list[_Batch] = []
     starts = list(range(0, n, c))
     pending = launch(starts[0])
@@ -561,7 +572,7 @@ def _run_chunks(n: int, c: int, launch, bar) -> _Batch:
         pending = nxt
     if bar is not None:
         bar.close()
-    return _Batch(*[np.concatenate(x) for x in zip(*parts)])
+    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
 
 
 def _padded(blk: np.ndarray, c: int) -> np.ndarray:

@@ -452,12 +452,15 @@ class StructuredMixedModel(_StructureResults, LinearMixedModel):
         reml_fit = self.REML if REML is None else bool(REML)
         chunk_size = 64 if chunk_size is None else chunk_size
         from ._refit import _as_responses, _readonly as ro, _sdcor, _theta_names, _vc_params, _START_FLOOR
+        from ._refit import lapack_safe_batch
         from ._residual_fit import refit_batch, scale_at, split
 
         r, d, lay = self.residual, self.design, self.layout
         Y = _as_responses(Y, d.n)
         if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
             raise DataError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        # on a CPU no batched LAPACK call may be split over XLA's threads (it can deadlock)
+        chunk_size = lapack_safe_batch(chunk_size, lay, hessian=lay.ntheta + len(r.u) + d.p)
         t0 = time.perf_counter()
         c = np.asarray(scale_at(r.u, r.rows, r.index, r.arr, lay, r.spec), float)
         from ._optimize import diagonal_mask

@@ -8,7 +8,9 @@ Reference: the ``allfit`` entry of tests/reference/anova/anova_reference.json
 
 import json
 
+import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 import jaxmlm
@@ -54,6 +56,30 @@ def test_all_fit_of_a_crossed_model_uses_every_optimizer_and_the_moment_start():
     assert af.table["converged"].all()
     np.testing.assert_allclose(af.table["criterion"], m.objective, rtol=0, atol=1e-7)
     np.testing.assert_allclose(af.fixef.to_numpy()[:, 0], m.fixef.iloc[0], rtol=1e-8)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the split, and its deadlock, are XLA:CPU's")
+def test_all_fit_batches_its_starts_below_the_lapack_split(monkeypatch):
+    """With a dense block of 32 levels the starts are refitted in batches small enough that no
+    batched LAPACK call is split over XLA's CPU threads (two at once can deadlock there:
+    benchmarks/jax_cpu_deadlock_repro.py); every refit still reaches the fit's optimum."""
+    import jaxmlm._programs as P
+
+    rng = np.random.default_rng(8)
+    g, h = rng.integers(0, 30, 900), rng.integers(0, 40, 900)
+    d = pd.DataFrame({"y": rng.normal(size=30)[g] + rng.normal(size=40)[h] + rng.normal(size=900), "g": g, "h": h})
+    m = jaxmlm.lmer("y ~ 1 + (1 | g) + (1 | h)", d)
+    sizes, real = [], P.call
+
+    def spy(fn, args, static=None, **kwargs):
+        if getattr(fn, "__name__", "") == "_fit_starts":
+            sizes.append(len(args[0]))
+        return real(fn, args, static, **kwargs)
+
+    monkeypatch.setattr(P, "call", spy)
+    af = m.all_fit(optimizers=["newton"], n_random=3)
+    assert len(af.table) == 5 and max(sizes) * m.layout.qr**3 <= 2e5 and len(sizes) > 1  # lme4, moment, 3 random
+    np.testing.assert_allclose(af.table["criterion"], m.objective, rtol=0, atol=1e-6)
 
 
 def test_all_fit_bad_input(nl):

@@ -1116,7 +1116,7 @@ def test_integer_grouping_ids_of_any_width(values, levels, formula):
 def test_integer_level_labels_kept_between_designs_follow_the_values():
     """Integer levels' labels are kept between designs (jaxmlm._design._labels): the same ids
     give the same labels, other ids or another width their own, and a label index a user
-    renames (through ranef) is a copy, not the one kept."""
+    renames (a design's, or ranef's) is a copy, not the one kept."""
     base = int_data()
     ids = np.array([7, 8, 9] * (len(base) // 3) + [7] * (len(base) % 3))
     first = design("y ~ 1 + (1 | id)", base.assign(id=ids))
@@ -1126,6 +1126,7 @@ def test_integer_level_labels_kept_between_designs_follow_the_values():
     assert list(other.blocks[0].levels) == ["8", "9", "10"]
     m = jaxmlm.lmer("y ~ 1 + (1 | id)", base.assign(id=ids))
     m.ranef["id"].index.name = "renamed"
+    first.blocks[0].levels.name = "renamed too"  # (a user could reach it)
     assert design("y ~ 1 + (1 | id)", base.assign(id=ids)).blocks[0].levels.name is None
 
 

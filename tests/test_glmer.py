@@ -17,6 +17,7 @@ import re
 import warnings
 from pathlib import Path
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -382,6 +383,40 @@ def test_refit_many_equals_individual_fits_and_flags_failures():
     alone = m.refit_many(np.delete(Y, 3, axis=0))
     np.testing.assert_allclose(alone.drop(columns="status").to_numpy(float),
                                out.drop(index=3).drop(columns="status").to_numpy(float), atol=1e-9)
+
+
+def _crossed_binary(seed=4):
+    rng = np.random.default_rng(seed)
+    g, h = rng.integers(0, 30, 1200), rng.integers(0, 40, 1200)
+    x = rng.normal(size=1200)
+    eta = 0.3 * x + rng.normal(size=30)[g] * 0.8 + rng.normal(size=40)[h] * 0.5
+    return pd.DataFrame({"y": (rng.random(1200) < 1 / (1 + np.exp(-eta))).astype(float), "x": x, "g": g, "h": h})
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the split, and its deadlock, are XLA:CPU's")
+def test_refit_many_batches_stay_below_the_lapack_split(monkeypatch):
+    """Crossed GLMM refits run in batches small enough that no batched LAPACK call (the dense
+    block's q_r × q_r Cholesky per replicate) is split over XLA's CPU threads, where two at once
+    can deadlock (benchmarks/jax_cpu_deadlock_repro.py); each replicate equals its own fit."""
+    import jaxmlm._glmm_fit as G
+
+    d = _crossed_binary()
+    m = jaxmlm.glmer("y ~ x + (1 | g) + (1 | h)", d, "binomial")
+    sizes, real = [], G.refit_batch
+
+    def spy(Y, *args, **kwargs):
+        sizes.append(Y.shape[0])
+        return real(Y, *args, **kwargs)
+
+    monkeypatch.setattr(G, "refit_batch", spy)
+    Y = m.simulate(12, seed=3)
+    out = m.refit_many(Y)
+    assert len(out) == 12 and out["converged"].all()
+    assert max(sizes) * m.layout.qr**3 <= 2e5 and len(sizes) > 1  # one batch of 12 was 12 · 32³ ≈ 4e5
+    for r in (0, 11):
+        one = jaxmlm.glmer("y ~ x + (1 | g) + (1 | h)", d.assign(y=Y[r]), "binomial")
+        np.testing.assert_allclose(out.loc[r, list(one.fixef.index)].to_numpy(float), one.fixef.to_numpy(), atol=2e-6)
+        assert out.loc[r, "loglik"] == pytest.approx(one.loglik, abs=1e-6)
 
 
 def test_refit_many_of_a_negative_binomial_estimates_its_theta_per_replicate():
