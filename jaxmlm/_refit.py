@@ -559,7 +559,7 @@ def _run_chunks(n: int, c: int, launch, bar=None):
     replicates, dispatching the next chunk before reading this one (JAX runs them
     asynchronously); the chunks' first ``n`` replicates, concatenated (each chunk a pytree
     of arrays with a leading replicate axis)."""
-    parts: list[_Batch] = []
+    parts: list = []
     starts = list(range(0, n, c))
     pending = launch(starts[0])
     for i, lo in enumerate(starts):
