@@ -94,8 +94,15 @@ class Factor(NamedTuple):
 # batch big enough for jaxlib to split it over XLA's thread pool (~200k flops), two
 # of them running at once inside the optimizer's while loop deadlock the pool
 # (jaxlib 0.10.2; benchmarks/jax_cpu_deadlock_repro.py). A (1 + x1 + … + x6 | g)
-# model on 2,000 groups hung in every run that way.
+# model on 2,000 groups hung in every run that way. One matrix (a relationship
+# matrix's block: one level, a column per animal) is never split, and LAPACK's
+# blocked factorization is much faster there than k steps of a loop; vmapped fits
+# count it in their batch cap (jaxmlm._refit._lapack_cost).
 _UNROLL_MAX_K = 6
+
+
+def _one_matrix(M: jax.Array) -> bool:
+    return math.prod(M.shape[:-2]) == 1
 
 
 def cholesky_by_columns(M: jax.Array) -> jax.Array:
@@ -134,7 +141,7 @@ def batched_cholesky(M: jax.Array) -> jax.Array:
     """Lower Cholesky factors of M (..., k, k), unrolled over the static k when small."""
     k = M.shape[-1]
     if k > _UNROLL_MAX_K:
-        return cholesky_by_columns(M)
+        return jnp.linalg.cholesky(M) if _one_matrix(M) else cholesky_by_columns(M)
     L = [[None] * k for _ in range(k)]
     for j in range(k):
         d = jnp.sqrt(M[..., j, j] - sum((L[j][m] ** 2 for m in range(j)), jnp.zeros_like(M[..., j, j])))
@@ -150,7 +157,7 @@ def batched_solve_lower(L: jax.Array, B: jax.Array) -> jax.Array:
     """L⁻¹ B for lower-triangular L (..., k, k) and B (..., k, m): forward substitution."""
     k = L.shape[-1]
     if k > _UNROLL_MAX_K:
-        return solve_lower_by_rows(L, B)
+        return solve_triangular(L, B, lower=True) if _one_matrix(L) else solve_lower_by_rows(L, B)
     X = []
     for i in range(k):
         r = B[..., i, :] - sum((L[..., i, j, None] * X[j] for j in range(i)), jnp.zeros_like(B[..., i, :]))
@@ -162,6 +169,8 @@ def batched_solve_upper_t(L: jax.Array, B: jax.Array) -> jax.Array:
     """L⁻ᵀ B for lower-triangular L (..., k, k) and B (..., k, m): back substitution with Lᵀ."""
     k = L.shape[-1]
     if k > _UNROLL_MAX_K:
+        if _one_matrix(L):
+            return solve_triangular(jnp.swapaxes(L, -1, -2), B, lower=False)
         return solve_lower_by_rows(L, B, transpose=True)
     X = [None] * k
     for i in reversed(range(k)):

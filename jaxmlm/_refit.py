@@ -45,6 +45,7 @@ import pandas as pd
 from . import _compiled, _programs, _x64  # noqa: F401
 from ._errors import ConvergenceError, DataError, InferenceError
 from ._objective import (
+    _UNROLL_MAX_K,
     Factor,
     batched_solve_lower,
     criterion,
@@ -492,9 +493,13 @@ def _lapack_cost(layout: Layout, hessian: int = 0) -> int:
     """Largest per-replicate cost estimate (jaxlib's FLOP model) of the LAPACK calls left in
     a batched program: L₂'s and R's Cholesky factors and triangular solves, Newton's eigh
     (of ``hessian`` parameters where the optimizer has more than θ: a GLMM's β, a residual
-    structure's). Block 1 takes none: unrolled, or loops for large templates (jaxmlm._objective)."""
+    structure's), and block 1 where it is one large matrix (a relationship matrix's; otherwise
+    unrolled or loops, jaxmlm._objective)."""
     qr, p1, m = layout.qr, layout.p + 1, max(layout.ntheta, hessian)
-    return max(qr**3, qr * qr * p1, 5 * p1**3, 10 * m**3)
+    cost = max(qr**3, qr * qr * p1, 5 * p1**3, 10 * m**3)
+    if layout.k1 > _UNROLL_MAX_K and layout.l1 == 1:
+        cost = max(cost, layout.k1**2 * max(layout.k1, p1))
+    return cost
 
 
 def lapack_safe_batch(wanted: int, layout: Layout, hessian: int = 0) -> int:

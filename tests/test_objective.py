@@ -78,14 +78,15 @@ def test_criterion_is_even_in_each_template_column(cid):
             assert float(deviance(jnp.asarray(flipped), stats, 1.0, layout)) == pytest.approx(base, rel=1e-12)
 
 
+@pytest.mark.parametrize("batch", [5, 1])  # (above 6 columns: loops for a batch, LAPACK for one matrix)
 @pytest.mark.parametrize("k", [1, 2, 3, 6, 7, 9])
-def test_batched_small_linear_algebra_matches_lapack(k):
+def test_batched_small_linear_algebra_matches_lapack(k, batch):
     from jaxmlm._objective import batched_cholesky, batched_solve_lower, batched_solve_upper_t
 
     rng = np.random.default_rng(k)
-    A = rng.normal(size=(5, k, k))
+    A = rng.normal(size=(batch, k, k))
     M = A @ np.swapaxes(A, 1, 2) + np.eye(k)
-    B = rng.normal(size=(5, k, 3))
+    B = rng.normal(size=(batch, k, 3))
     L = np.asarray(batched_cholesky(jnp.asarray(M)))
     np.testing.assert_allclose(L, np.linalg.cholesky(M), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.asarray(batched_solve_lower(jnp.asarray(L), jnp.asarray(B))), np.linalg.solve(L, B), rtol=1e-10, atol=1e-12)
