@@ -451,8 +451,7 @@ class StructuredMixedModel(_StructureResults, LinearMixedModel):
             raise DataError(f"REML must be True or False, got {REML!r}")
         reml_fit = self.REML if REML is None else bool(REML)
         chunk_size = 64 if chunk_size is None else chunk_size
-        from ._refit import _as_responses, _readonly as ro, _sdcor, _theta_names, _vc_params, _START_FLOOR
-        from ._refit import lapack_safe_batch
+        from ._refit import _as_responses, _readonly as ro, _sdcor, _theta_names, _vc_params, _START_FLOOR, lapack_safe_batch
         from ._residual_fit import refit_batch, scale_at, split
 
         r, d, lay = self.residual, self.design, self.layout
