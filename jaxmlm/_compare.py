@@ -523,16 +523,23 @@ def _model_formula(design) -> str:
 
 
 def _zeroed_fit(m, cols) -> float:
-    """Criterion (same REML setting) of the model with the Z columns ``cols`` removed."""
-    if len(cols) == sum(b.k for b in m.design.blocks):
-        return _ols_criterion(m, m.REML)
+    """Criterion (same REML setting) of the model with the Z columns ``cols`` removed.
+
+    Where the fit already has those effects at zero (every θ entry of their rows of Λ is
+    0: a singular term), the reduced model's optimum is the fit itself, and its
+    criterion is the fit's, exactly: computed again by another program it would differ
+    in the last bits, and the table would show a rounding-level LRT (±2e-13) where
+    lmerTest shows 0.
+    """
     theta0 = np.array(m.theta, dtype=np.float64)
     zero_rows = set(cols)
-    # θ entries in a zeroed row of a template no longer matter; start them at 0.
-    for b, (kb, posn, idx) in enumerate(m.layout.templates):
-        for p_, t_ in zip(posn, idx):
-            if (b, p_ // kb) in zero_rows:
-                theta0[t_] = 0.0
+    in_rows = [t_ for b, (kb, posn, idx) in enumerate(m.layout.templates)
+               for p_, t_ in zip(posn, idx) if (b, p_ // kb) in zero_rows]
+    if not np.any(theta0[in_rows]):
+        return float(m.objective)
+    if len(cols) == sum(b.k for b in m.design.blocks):
+        return _ols_criterion(m, m.REML)
+    theta0[in_rows] = 0.0  # θ entries in a zeroed row no longer matter; start them at 0
     return refit_criterion(m, m.REML, stats=zero_columns(m, cols), theta0=theta0)[0]
 
 

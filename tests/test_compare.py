@@ -196,6 +196,25 @@ def test_ranova_reductions_of_interactions_factors_and_double_bars(spec):
             assert row["Df"] == r["Df"]
 
 
+@pytest.mark.parametrize("formula, term", [
+    ("Reaction ~ Days + (Days | Subject) + (1 | h)", "(1 | h)"),
+    ("Reaction ~ Days + (1 | Subject) + (1 | h)", "(1 | h)"),
+    ("Reaction ~ Days + (1 | h)", "(1 | h)"),
+])
+@pytest.mark.parametrize("reml", [True, False])
+def test_ranova_of_a_term_already_zero_at_the_fit_is_exactly_zero(formula, term, reml):
+    """A term whose variance the fit put at 0 removes nothing: the reduced model's optimum is the
+    fit, LRT is 0 exactly and p is 1, as lmerTest prints them (computed again by another program,
+    the criterion came out ±2e-13 apart, and the table showed that)."""
+    d = jaxmlm.load_example("sleepstudy").copy()
+    d["h"] = np.random.default_rng(1).integers(0, 6, len(d)).astype(str)  # pure noise: θ_h = 0
+    m = _fit(formula, d, REML=reml)
+    row = ranova(m).loc[term]
+    assert m.theta[-1] == 0.0
+    assert row["LRT"] == 0.0 and row["Pr(>Chisq)"] == 1.0
+    assert row["logLik"] == -0.5 * float(m.objective)
+
+
 def test_ranova_reduce_terms_false_removes_whole_terms(fits):
     m = fits("sleepstudy_rs")
     got = ranova(m, reduce_terms=False)
