@@ -535,7 +535,8 @@ def _zeroed_fit(m, cols) -> float:
     zero_rows = set(cols)
     in_rows = [t_ for b, (kb, posn, idx) in enumerate(m.layout.templates)
                for p_, t_ in zip(posn, idx) if (b, p_ // kb) in zero_rows]
-    if not np.any(theta0[in_rows]):
+    structured = any(b == sb and off <= c < off + cov.k for b, c in cols for sb, off, cov, _ in m.layout.structured)
+    if in_rows and not structured and not np.any(theta0[in_rows]):
         return float(m.objective)
     if len(cols) == sum(b.k for b in m.design.blocks):
         return _ols_criterion(m, m.REML)
