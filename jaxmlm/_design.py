@@ -295,7 +295,9 @@ def _string_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     of a character vector, by hashing (pandas' factorize) and sorting only the distinct values, as
     data read from a CSV have their group ids (100k rows, 1,000 ids: ~4 ms, against ~45 ms for
     matching every row against the sorted levels)."""
-    codes, uniques = pd.factorize(col)
+    # The column's own array: pd.factorize(Series) wraps the same call in ~45 µs of dispatch
+    # and an Index of the uniques (half of it for sleepstudy's 18 ids under pandas 3).
+    codes, uniques = col.array.factorize()
     uniques = np.asarray(uniques, dtype=object)
     order = np.argsort(uniques, kind="stable")  # Python's str order, as sorted()
     rank = np.empty(len(uniques), dtype=np.int64)
