@@ -30,11 +30,14 @@ it in the table only if its log-likelihood is within ``--tmb-tol`` of nlme's; ot
 says so and leaves it out. For ``panel`` there is no glmmTMB equivalent (a ``dispformula =
 ~ sex`` would scale only the iid part, not the AR(1) part), so it is not run.
 
-jaxmlm: the first fit in the process (cold: tracing and compiling included; the script turns
-jaxmlm's persistent cache off unless ``JAXMLM_CACHE_DIR`` is set), then the median of ``--runs`` warm fits (default 40: small programs are compiled quickly at first
-and again with full optimization on their 12th call, so the median is the steady state). R: the
-median of ``--r-runs`` fits (default 3 for sleep, 1 for panel) timed inside R with
-``system.time`` (R's start-up and reading excluded); the whole R process is given
+jaxmlm, in a fresh Python process each round (R runs in a fresh process each round too, and
+how fast a process runs varies from one to the next on a shared machine): the first fit (cold:
+tracing and compiling included; the script turns jaxmlm's persistent cache off unless
+``JAXMLM_CACHE_DIR`` is set), 11 untimed fits (small programs are compiled quickly at first and
+again with full optimization on their 12th call), then the median of ``--runs`` timed warm fits
+(default 40), as ``run.py`` times its cases. R: one untimed fit, then the median of
+``--r-runs`` fits (default 3 for sleep, 1 for panel) timed inside R with ``system.time`` (R's
+start-up and reading excluded), as ``run.py`` times lme4; the whole R process is given
 ``--r-timeout`` seconds (default 900) per case, and a case that runs past it is reported as
 ``>timeout``. ``--no-r`` skips R. The log-likelihoods and the residual-structure estimates of
 each side are printed beside the times so that a fast wrong answer shows.
@@ -112,6 +115,10 @@ def _params(m) -> str:
 
 
 def time_jaxmlm(case: str, d: pd.DataFrame, runs: int):
+    """(cold s, median warm s, logLik, estimates) of ``runs`` timed fits in this process: the
+    cold fit, then ``TIER_UP_CALLS`` − 1 untimed fits (a small model's program is compiled again,
+    fully optimized, on its 12th call: ``jaxmlm/_compiled.py``), then the timed ones, as
+    ``run.py`` times its cases."""
     c = CASES[case]
 
     def fit():
@@ -122,6 +129,8 @@ def time_jaxmlm(case: str, d: pd.DataFrame, runs: int):
         t = time.perf_counter()
         m = fit()
         cold = time.perf_counter() - t
+        for _ in range(getattr(jaxmlm._compiled, "TIER_UP_CALLS", 1) - 1):  # private constant, as run.py
+            m = fit()
         warm = []
         for _ in range(runs):
             t = time.perf_counter()
@@ -130,11 +139,24 @@ def time_jaxmlm(case: str, d: pd.DataFrame, runs: int):
     return cold, statistics.median(warm), m.loglik, _params(m)
 
 
+def time_jaxmlm_fresh(case: str, subjects: int, runs: int, timeout: float) -> tuple:
+    """:func:`time_jaxmlm` in a fresh Python process (``--worker``), as R runs in a fresh process
+    each round: how fast a process runs varies from process to process on a shared machine
+    (2.0–3.4 ms for the same warm sleepstudy AR(1) fit in two processes, 2026-12-07), so each
+    round samples that variation for both sides."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", case, "--runs", str(runs),
+           "--panel-subjects", str(subjects)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"jaxmlm worker failed: {out.stderr[-2000:]}")
+    return tuple(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 R_FIT = r"""
 suppressMessages({library(nlme); library(jsonlite)})
 args <- commandArgs(TRUE); d <- read.csv(args[1]); case <- args[2]; runs <- as.integer(args[3])
 for (v in c("Subject","subj","sex")) if (v %in% names(d)) d[[v]] <- factor(d[[v]], levels = unique(d[[v]]))
-tm <- function(fit) { ts <- numeric(runs); for (i in seq_len(runs)) { ts[i] <- system.time(m <- fit())[["elapsed"]] }
+tm <- function(fit) { m <- fit(); ts <- numeric(runs); for (i in seq_len(runs)) { ts[i] <- system.time(m <- fit())[["elapsed"]] }
                       list(t = median(ts), m = m) }
 pars <- function(m) { ms <- m$modelStruct; out <- list()
   if (!is.null(ms$corStruct)) out <- c(out, as.list(coef(ms$corStruct, unconstrained = FALSE)))
@@ -213,7 +235,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=1,
                     help="time each case this many times, jaxmlm and R alternately, and report every round and "
                          "the median ratio (the machine's state moves R's times more than jaxmlm's)")
+    ap.add_argument("--worker", choices=list(CASES), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.worker:  # one round's jaxmlm timing, in a process of its own
+        print(json.dumps(time_jaxmlm(a.worker, make_data(a.worker, a.panel_subjects), a.runs)))
+        return
     for line in describe_machine():
         print(line, flush=True)
     tmp = Path(tempfile.mkdtemp())
@@ -225,7 +251,7 @@ def main():
         for rnd in range(1, a.rounds + 1):
             rows.append(_time_round(case, d, path, a, notes if rnd == 1 else []))
             if a.rounds > 1:
-                rows[-1] = {"round": rnd, **rows[-1], **({"jaxmlm cold s": None} if rnd > 1 else {})}
+                rows[-1] = {"round": rnd, **rows[-1]}  # each round's jaxmlm process has its own cold fit
             print(rows[-1], flush=True)
         ratios = [r["nlme / jaxmlm warm"] for r in rows[-a.rounds:] if isinstance(r["nlme / jaxmlm warm"], float)]
         if a.rounds > 1 and ratios:
@@ -237,7 +263,7 @@ def main():
 def _time_round(case: str, d: pd.DataFrame, path: Path, a, notes: list) -> dict:
     """One round of a case: jaxmlm in this process (its first round's first fit is the cold one),
     then nlme (and glmmTMB for sleep) in a fresh R process on the same CSV."""
-    cold, warm, ll, params = time_jaxmlm(case, d, a.runs)
+    cold, warm, ll, params = time_jaxmlm_fresh(case, a.panel_subjects, a.runs, a.r_timeout)
     r_runs = a.r_runs if a.r_runs is not None else (3 if case == "sleep" else 1)
     r = {} if a.no_r else run_r(R_FIT, [str(path), case, str(r_runs)], a.r_timeout) or {}
     nlme_s = ">timeout" if r.get("timeout") else r.get("nlme")

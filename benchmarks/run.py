@@ -1107,8 +1107,7 @@ def run_residual_cases(opts) -> list[str]:
     """The residual-structure cases (sleepstudy with AR(1); a 100k-row panel with AR(1) and
     varIdent) side by side with nlme: ``bench_residuals.py`` in a process of its own (its peers,
     nlme and glmmTMB, are not this file's), its table taken into the report."""
-    # 40 warm fits at least: small programs are recompiled with full optimization on their 12th call
-    # (jaxmlm._compiled.TIER_UP_CALLS), so the median is the steady state
+    # 40 timed warm fits at least (bench_residuals.py runs its untimed fits up to the optimized program first)
     cmd = [sys.executable, str(HERE / "bench_residuals.py"), "--runs", str(max(opts.repeats, 40))]
     if not have_rscript():
         cmd.append("--no-r")
