@@ -69,7 +69,7 @@ from scipy.special import chdtrc  # χ² survival chdtrc(k, x); scipy.stats take
 from . import _x64  # noqa: F401
 from ._errors import ConvergenceWarning, DataError, InferenceError, JaxmlmError, warn_user
 from ._objective import deviance
-from ._fit import fit_stats
+from ._fit import fit_snapped, fit_stats
 from ._optimize import choose_method, diagonal_mask, theta_scale_host
 from ._present import AnovaTable
 from ._rnum import deparse_formula
@@ -131,17 +131,26 @@ def lift_zero_diagonals(theta: np.ndarray, layout, scale, value: float = 0.1) ->
     return theta
 
 
-def refit_criterion(m, reml: bool, stats=None, theta0=None) -> tuple[float, np.ndarray]:
+def refit_criterion(m, reml: bool, stats=None, theta0=None, zeroed=()) -> tuple[float, np.ndarray]:
     """Minimum of the ML deviance (reml=False) or REML criterion over θ on ``stats``
-    (default: the model's own), started from ``theta0`` (default θ̂). Runs the program
+    (default: the model's own, with the Z columns ``zeroed`` set to 0: :func:`zero_columns`),
+    started from ``theta0`` (default θ̂). Runs the program
     ``lmer`` fits with (:func:`~jaxmlm._fit.fit_stats`: same layout, statistics' shapes and
-    method), so that refitting a fitted shape compiles nothing. Returns (criterion, θ̂ with
+    method; for small data fitted by one program, that program: :func:`~jaxmlm._results.one_program_refit`),
+    so that refitting a fitted shape compiles nothing. Returns (criterion, θ̂ with
     canonical signs and lmer's boundary snapping)."""
-    stats = m.stats if stats is None else stats
+    from ._results import one_program_refit
+
+    run = one_program_refit(m, reml, zeroed) if stats is None and hasattr(m, "record") else None
+    if stats is None:
+        stats = zero_columns(m, zeroed) if zeroed else m.stats
     c = theta_scale_host(stats, m.layout)
     theta0 = lift_zero_diagonals(np.asarray(m.theta if theta0 is None else theta0, dtype=np.float64), m.layout, c)
-    _, _, st, theta, sol, _ = fit_stats(theta0 / c, stats, np.asarray(1.0 if reml else 0.0), m.layout,
-                                        choose_method(m.layout))
+    if run is not None:  # small data: the program that fitted m (its pass gives m.stats again)
+        _, _, st, theta, sol, _ = fit_snapped(run, theta0 / c, 200, m.layout)
+    else:
+        _, _, st, theta, sol, _ = fit_stats(theta0 / c, stats, np.asarray(1.0 if reml else 0.0), m.layout,
+                                            choose_method(m.layout))
     f, status = float(sol.criterion), int(st.status)
     if not np.isfinite(f):
         raise JaxmlmError("refitting the model gave a non-finite criterion; check the model for near-constant columns")
@@ -541,7 +550,7 @@ def _zeroed_fit(m, cols) -> float:
     if len(cols) == sum(b.k for b in m.design.blocks):
         return _ols_criterion(m, m.REML)
     theta0[in_rows] = 0.0  # θ entries in a zeroed row no longer matter; start them at 0
-    return refit_criterion(m, m.REML, stats=zero_columns(m, cols), theta0=theta0)[0]
+    return refit_criterion(m, m.REML, theta0=theta0, zeroed=cols)[0]
 
 
 def _same(a, b) -> bool:

@@ -624,6 +624,65 @@ def _pass_fit_and_solve(u0, floats, ints, reml, max_iter, spec: tuple, layout: L
     return stats, fit_packed(u0, stats, reml, layout, max_iter, method)
 
 
+def needs_moment_start(layout: Layout, method: str) -> bool:
+    """Whether ``lmer`` starts θ from moment estimates (:func:`~jaxmlm._optimize.moment_start`),
+    which need the statistics before the fit: for "ai" on a dense block, and for a nested
+    design. Small data are then not fitted by one program (:func:`_pass_fit_and_solve`)."""
+    return (method == "ai" and layout.qr > 0) or is_nested(layout)
+
+
+def _one_program_run(one, reml, method: str, made: list):
+    """``run(u, max_iter)`` for :func:`~jaxmlm._fit.fit_snapped`: :func:`_pass_fit_and_solve` on
+    the rows of ``one`` (:class:`~jaxmlm._stats.OneChunk`), through the program cache; the
+    statistics each run makes are appended to ``made``."""
+    static = dict(layout=one.layout, method=method, spec=one.spec)
+
+    def run(u, n):
+        out, packed = _programs.call(_pass_fit_and_solve, (u, one.floats, one.ints, reml, n), static)
+        made.append(out)
+        return packed
+
+    return run
+
+
+def one_program_refit(m, reml: bool, zeroed=()):
+    """``run(u, max_iter)`` of the program ``lmer`` fitted ``m`` with where that program also made
+    the statistics (small data: :func:`_pass_fit_and_solve`), REML or ML as asked, on m's rows
+    with the Z columns ``zeroed`` ((block, column) pairs) set to 0; None where ``m`` was fitted on
+    statistics made apart, or by an optimizer other than the one refits use. Refits of ``m`` (the
+    ML refits of ``anova``, the reduced models of ``ranova``) run it, so that they compile
+    nothing: the program that fits on statistics alone is another one (issue 12)."""
+    if (m.record.dtype != "float64" or not m.design.held or m.record.method != choose_method(m.layout)
+            or needs_moment_start(m.layout, m.record.method)):
+        return None
+    one = one_chunk(m.design)
+    if one is None or one.layout != m.layout:
+        return None
+    if zeroed:
+        one = _zeroed_chunk(one, zeroed, m.layout)
+    return _one_program_run(one, np.asarray(1.0 if reml else 0.0), m.record.method, [])
+
+
+def _zeroed_chunk(one, columns, layout: Layout):
+    """``one`` with the Z columns ``columns`` ((block, column) pairs) set to 0 in its rows: the pass
+    over them makes the statistics :func:`~jaxmlm._compare.zero_columns` makes (sums of zeros)."""
+    floats = one.floats.copy()
+    arrays, at = [], 0
+    for dt, shape in one.spec:
+        if np.dtype(dt).kind == "f":
+            arrays.append(floats[at : at + math.prod(shape)].reshape(shape))  # views into floats
+            at += math.prod(shape)
+        else:
+            arrays.append(None)
+    Z1, V = arrays[2], arrays[4]  # the chunk's (W, g1, Z1, P, V, E) lead the spec (stats_from_chunk)
+    for b, c in columns:
+        if b == 0:
+            Z1[:, c] = 0.0
+        else:  # V holds the other blocks' columns side by side, in the layout's order
+            V[:, sum(k for _, _, k in layout.rest[: b - 1]) + c] = 0.0
+    return one._replace(floats=floats)
+
+
 def _callers_name(data) -> str | None:
     """The name the user's code binds ``data`` to, for summary()'s "Data:" line.
 
@@ -776,17 +835,11 @@ def lmer(
     # lme4's own θ = 1 would make a slope on a 1e4-unit predictor 1e4 times too variable),
     # except where every iteration costs a dense q_r³ step: there a moment estimate saves
     # the first few (_optimize.moment_start).
-    moment = (method == "ai" and layout.qr > 0) or is_nested(layout)
+    moment = needs_moment_start(layout, method)
     u0 = lme4_start(layout)
     if one is not None and not moment:
         made = []  # the statistics, from the program's first run
-
-        def run(u, n):
-            out, packed = _programs.call(_pass_fit_and_solve, (u, one.floats, one.ints, reml, n),
-                                         dict(opts, spec=one.spec))
-            made.append(out)
-            return packed
-
+        run = _one_program_run(one, reml, method, made)
         stages, wide = [], layout
     else:
         if stats is None:

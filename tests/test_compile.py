@@ -135,6 +135,36 @@ def test_anova_and_ranova_refits_run_the_fitted_models_programs(caplog):
     assert len(reduced) == 3
 
 
+def test_anova_and_ranova_refits_of_small_data_run_the_one_program_fit(caplog):
+    """Small data (at most 256 rows) are fitted by one program that also makes the statistics;
+    anova's ML refits and ranova's reduced models of such models run that program again (REML
+    a traced argument; a removed term's Z columns zeroed in the rows), not the program that fits
+    on statistics alone, so they compile nothing (before: a fit program and its widening for
+    each layout). The refits reach the ML fit's own deviance, and a reduced model's criterion is
+    the one fitted on the statistics with the columns zeroed (crossed: a second block's column)."""
+    import numpy as np
+
+    from jaxmlm._compare import refit_criterion, zero_columns
+
+    d = jaxmlm.load_example("sleepstudy")
+    m0 = jaxmlm.lmer("Reaction ~ Days + (1 | Subject)", d)
+    m1 = jaxmlm.lmer("Reaction ~ Days + (Days | Subject)", d)
+    pen = jaxmlm.lmer("diameter ~ 1 + (1 | plate) + (1 | sample)", jaxmlm.load_example("Penicillin"))
+    with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+        table = jaxmlm.anova(m0, m1)
+        m1.ranova()
+        pen.ranova()
+    compiled = set(re.findall(r"Finished XLA compilation of jit\((\w+)\)", caplog.text))
+    assert compiled <= {"theta_scale", "stage"}, compiled
+    for f, dev in zip(["Reaction ~ Days + (1 | Subject)", "Reaction ~ Days + (Days | Subject)"], table["deviance"]):
+        assert abs(dev - jaxmlm.lmer(f, d, REML=False).deviance) < 1e-9
+    for m, cols in [(m1, [(0, 1)]), (pen, [(0, 0)]), (pen, [(1, 0)])]:
+        theta0 = np.array(m.theta)
+        on_rows = refit_criterion(m, True, theta0=theta0, zeroed=cols)[0]
+        on_stats = refit_criterion(m, True, stats=zero_columns(m, cols), theta0=theta0)[0]
+        assert abs(on_rows - on_stats) < 1e-8 * abs(on_stats), (cols, on_rows, on_stats)
+
+
 def test_models_differing_in_fixed_effects_share_the_fit_and_summary_programs(caplog):
     """A covariate added, or the null model: W's fixed-effects columns are padded to a common
     width (3, 7 or 15 columns: ``jaxmlm._stats.fixed_width``), so the fit and its Satterthwaite
