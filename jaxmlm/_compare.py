@@ -69,7 +69,7 @@ from scipy.special import chdtrc  # χ² survival chdtrc(k, x); scipy.stats take
 from . import _x64  # noqa: F401
 from ._errors import ConvergenceWarning, DataError, InferenceError, JaxmlmError, warn_user
 from ._objective import deviance
-from ._fit import fit_snapped, fit_stats
+from ._fit import fit_snapped, fit_stats, one_program_refit
 from ._optimize import choose_method, diagonal_mask, theta_scale_host
 from ._present import AnovaTable
 from ._rnum import deparse_formula
@@ -136,11 +136,9 @@ def refit_criterion(m, reml: bool, stats=None, theta0=None, zeroed=()) -> tuple[
     (default: the model's own, with the Z columns ``zeroed`` set to 0: :func:`zero_columns`),
     started from ``theta0`` (default θ̂). Runs the program
     ``lmer`` fits with (:func:`~jaxmlm._fit.fit_stats`: same layout, statistics' shapes and
-    method; for small data fitted by one program, that program: :func:`~jaxmlm._results.one_program_refit`),
+    method; for small data fitted by one program, that program: :func:`~jaxmlm._fit.one_program_refit`),
     so that refitting a fitted shape compiles nothing. Returns (criterion, θ̂ with
     canonical signs and lmer's boundary snapping)."""
-    from ._results import one_program_refit
-
     run = one_program_refit(m, reml, zeroed) if stats is None and hasattr(m, "record") else None
     if stats is None:
         stats = zero_columns(m, zeroed) if zeroed else m.stats

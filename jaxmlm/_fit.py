@@ -28,13 +28,13 @@ import numpy as np
 
 from . import _compiled, _programs, _x64  # noqa: F401
 from ._objective import _deviance, blockdiag_value, levels_last
-from ._optimize import (SNAP_BELOW, OptState, canonical_theta_jax, diagonal_mask, fit_theta, per_level_formulas,
-                        theta_scale)
+from ._optimize import (SNAP_BELOW, OptState, canonical_theta_jax, choose_method, diagonal_mask, fit_theta,
+                        per_level_formulas, theta_scale)
 from ._solution import Solution, solve
-from ._stats import Layout, Stats, widen
+from ._stats import Layout, Stats, is_nested, one_chunk, stats_from_chunk, widen
 
 __all__ = ["Fit", "fit", "snap", "snap_host", "snap_candidates", "fit_packed", "fit_and_solve", "unpack_fit",
-           "fit_snapped", "fit_stats", "fit_program"]
+           "fit_snapped", "fit_stats", "fit_program", "needs_moment_start", "one_program_refit"]
 
 
 class Fit(NamedTuple):
@@ -250,3 +250,77 @@ def fit_program(stats: Stats, reml, layout: Layout, method: str, penalty=None):
         return _programs.call(fit_and_solve, (u, wide_stats, reml, n), static)
 
     return run, wide
+
+
+# ---- small data: the pass, the optimizer and the solve as one program ----------------------------
+
+@partial(_compiled.jit, static_argnames=("spec", "layout", "method"))
+def _pass_fit_and_solve(u0, floats, ints, reml, max_iter, spec: tuple, layout: Layout, method: str = "newton"):
+    """The pass over one chunk of rows, then :func:`~jaxmlm._fit.fit_packed`, as one program:
+    (statistics, packed fit). For small data each program launched costs ~0.1 ms on a
+    2-core machine (waking XLA's worker threads), more than the pass's arithmetic.
+
+    The start comes in the optimizer's unit-free coordinates u₀ (lmer's: lme4's start
+    there) because c = :func:`~jaxmlm._optimize.theta_scale` needs the statistics made
+    here; the packed output holds θ₀."""
+    stats = stats_from_chunk(floats, ints, spec, layout)
+    return stats, fit_packed(u0, stats, reml, layout, max_iter, method)
+
+
+def needs_moment_start(layout: Layout, method: str) -> bool:
+    """Whether ``lmer`` starts θ from moment estimates (:func:`~jaxmlm._optimize.moment_start`),
+    which need the statistics before the fit: for "ai" on a dense block, and for a nested
+    design. Small data are then not fitted by one program (:func:`_pass_fit_and_solve`)."""
+    return (method == "ai" and layout.qr > 0) or is_nested(layout)
+
+
+def _one_program_run(one, reml, method: str, made: list):
+    """``run(u, max_iter)`` for :func:`~jaxmlm._fit.fit_snapped`: :func:`_pass_fit_and_solve` on
+    the rows of ``one`` (:class:`~jaxmlm._stats.OneChunk`), through the program cache; the
+    statistics each run makes are appended to ``made``."""
+    static = dict(layout=one.layout, method=method, spec=one.spec)
+
+    def run(u, n):
+        out, packed = _programs.call(_pass_fit_and_solve, (u, one.floats, one.ints, reml, n), static)
+        made.append(out)
+        return packed
+
+    return run
+
+
+def one_program_refit(m, reml: bool, zeroed=()):
+    """``run(u, max_iter)`` of the program ``lmer`` fitted ``m`` with where that program also made
+    the statistics (small data: :func:`_pass_fit_and_solve`), REML or ML as asked, on m's rows
+    with the Z columns ``zeroed`` ((block, column) pairs) set to 0; None where ``m`` was fitted on
+    statistics made apart, or by an optimizer other than the one refits use. Refits of ``m`` (the
+    ML refits of ``anova``, the reduced models of ``ranova``) run it, so that they compile
+    nothing: the program that fits on statistics alone is another one (issue 12)."""
+    if (m.record.dtype != "float64" or not m.design.held or m.record.method != choose_method(m.layout)
+            or needs_moment_start(m.layout, m.record.method)):
+        return None
+    one = one_chunk(m.design)
+    if one is None or one.layout != m.layout:
+        return None
+    if zeroed:
+        one = _zeroed_chunk(one, zeroed, m.layout)
+    return _one_program_run(one, np.asarray(1.0 if reml else 0.0), m.record.method, [])
+
+
+def _zeroed_chunk(one, columns, layout: Layout):
+    """``one`` with the Z columns ``columns`` ((block, column) pairs) set to 0 in its rows: the pass
+    over them makes the statistics :func:`~jaxmlm._compare.zero_columns` makes (sums of zeros)."""
+    floats = one.floats.copy()
+    arrays, at = [], 0
+    for dt, shape in one.spec:
+        if np.dtype(dt).kind == "f":
+            arrays.append(floats[at : at + math.prod(shape)].reshape(shape))  # views into floats
+            at += math.prod(shape)
+        else:
+            arrays.append(None)
+    Z1, V = arrays[2], arrays[4]  # the chunk's (W, g1, Z1, P, V, E) lead the spec (stats_from_chunk)
+    for b, c in columns:
+        if b == 0:
+            Z1[:, c] = 0.0
+        else:  # V holds the other blocks' columns side by side, in the layout's order
+            V[:, sum(k for _, _, k in layout.rest[: b - 1]) + c] = 0.0
+    return one._replace(floats=floats)

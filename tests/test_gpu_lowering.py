@@ -23,7 +23,8 @@ from jaxmlm._optimize import diagonal_mask
 from jaxmlm._refit import _refit_chunk
 from jaxmlm._stats import response_ops
 from jaxmlm._fit import fit_and_solve as _fit_and_solve
-from jaxmlm._results import _pass, _pass_fit_and_solve
+from jaxmlm._fit import _pass_fit_and_solve
+from jaxmlm._results import _pass
 from jaxmlm._stats import _chunk_stats, _chunks, _pass_inputs, one_chunk, sufficient_stats
 
 PLATFORMS = ("cuda", "rocm")
