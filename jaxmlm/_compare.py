@@ -139,13 +139,14 @@ def refit_criterion(m, reml: bool, stats=None, theta0=None, zeroed=()) -> tuple[
     method; for small data fitted by one program, that program: :func:`~jaxmlm._fit.one_program_refit`),
     so that refitting a fitted shape compiles nothing. Returns (criterion, θ̂ with
     canonical signs and lmer's boundary snapping)."""
-    run = one_program_refit(m, reml, zeroed) if stats is None and hasattr(m, "record") else None
+    small = one_program_refit(m, reml, zeroed) if stats is None and hasattr(m, "record") else None
     if stats is None:
         stats = zero_columns(m, zeroed) if zeroed else m.stats
     c = theta_scale_host(stats, m.layout)
     theta0 = lift_zero_diagonals(np.asarray(m.theta if theta0 is None else theta0, dtype=np.float64), m.layout, c)
-    if run is not None:  # small data: the program that fitted m (its pass gives m.stats again)
-        _, _, st, theta, sol, _ = fit_snapped(run, theta0 / c, 200, m.layout)
+    if small is not None:  # small data: the program that fitted m (its pass gives m.stats again)
+        run, wide = small
+        _, _, st, theta, sol, _ = fit_snapped(run, theta0 / c, 200, wide, p=m.layout.p)
     else:
         _, _, st, theta, sol, _ = fit_stats(theta0 / c, stats, np.asarray(1.0 if reml else 0.0), m.layout,
                                             choose_method(m.layout))

@@ -81,7 +81,7 @@ from jax.scipy.linalg import solve_triangular
 from scipy.special import ndtri  # the normal quantile; scipy.stats takes ~0.5–4 s to import
 
 from . import _compiled, _programs, _x64  # noqa: F401
-from ._compare import lift_zero_diagonals, refit_criterion, zero_columns
+from ._compare import lift_zero_diagonals, refit_criterion
 from ._covariance import Structure
 from ._errors import ConvergenceWarning, InferenceError, JaxmlmError, warn_user
 from ._objective import factorize, templates_host
@@ -571,8 +571,7 @@ def _sd_zero_deviance(m, p: _Param, theta: np.ndarray) -> float:
     cols = range(term.k) if term.cov.hom else [p.row]
     start = theta.copy()
     start[_sd_entries(m, p)] = 0.0
-    stats = zero_columns(m, [(term.block, term.offset + c) for c in cols])
-    return refit_criterion(m, reml=False, stats=stats, theta0=start)[0]
+    return refit_criterion(m, reml=False, theta0=start, zeroed=[(term.block, term.offset + c) for c in cols])[0]
 
 
 def _cor_bounds(m, p: _Param) -> list[tuple[float, float]]:

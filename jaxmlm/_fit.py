@@ -29,12 +29,12 @@ import numpy as np
 from . import _compiled, _programs, _x64  # noqa: F401
 from ._objective import _deviance, blockdiag_value, levels_last
 from ._optimize import (SNAP_BELOW, OptState, canonical_theta_jax, choose_method, diagonal_mask, fit_theta,
-                        per_level_formulas, theta_scale)
+                        moment_theta, per_level_formulas, theta_scale)
 from ._solution import Solution, solve
 from ._stats import Layout, Stats, is_nested, one_chunk, stats_from_chunk, widen
 
 __all__ = ["Fit", "fit", "snap", "snap_host", "snap_candidates", "fit_packed", "fit_and_solve", "unpack_fit",
-           "fit_snapped", "fit_stats", "fit_program", "needs_moment_start", "one_program_refit"]
+           "fit_snapped", "fit_stats", "fit_program", "moment_intercepts", "needs_moment_start", "one_program_refit"]
 
 
 class Fit(NamedTuple):
@@ -254,34 +254,57 @@ def fit_program(stats: Stats, reml, layout: Layout, method: str, penalty=None):
 
 # ---- small data: the pass, the optimizer and the solve as one program ----------------------------
 
-@partial(_compiled.jit, static_argnames=("spec", "layout", "method"))
-def _pass_fit_and_solve(u0, floats, ints, reml, max_iter, spec: tuple, layout: Layout, method: str = "newton"):
+@partial(_compiled.jit, static_argnames=("spec", "layout", "method", "intercepts"))
+def _pass_fit_and_solve(u0, floats, ints, reml, max_iter, from_moments, spec: tuple, layout: Layout,
+                        method: str = "newton", intercepts: tuple | None = None):
     """The pass over one chunk of rows, then :func:`~jaxmlm._fit.fit_packed`, as one program:
     (statistics, packed fit). For small data each program launched costs ~0.1 ms on a
     2-core machine (waking XLA's worker threads), more than the pass's arithmetic.
 
     The start comes in the optimizer's unit-free coordinates u₀ (lmer's: lme4's start
     there) because c = :func:`~jaxmlm._optimize.theta_scale` needs the statistics made
-    here; the packed output holds θ₀."""
+    here; the packed output holds θ₀. A nested design (``intercepts``: which blocks are a
+    random intercept alone) starts instead from the moment estimates made here
+    (:func:`~jaxmlm._optimize.moment_theta`) where ``from_moments`` is true (None without
+    ``intercepts``)."""
     stats = stats_from_chunk(floats, ints, spec, layout)
+    if intercepts is not None:
+        theta_m, c = moment_theta(stats, layout, intercepts)
+        u0 = jnp.where(from_moments, theta_m / c, u0)
     return stats, fit_packed(u0, stats, reml, layout, max_iter, method)
 
 
-def needs_moment_start(layout: Layout, method: str) -> bool:
-    """Whether ``lmer`` starts θ from moment estimates (:func:`~jaxmlm._optimize.moment_start`),
-    which need the statistics before the fit: for "ai" on a dense block, and for a nested
-    design. Small data are then not fitted by one program (:func:`_pass_fit_and_solve`)."""
-    return (method == "ai" and layout.qr > 0) or is_nested(layout)
+def needs_moment_start(layout: Layout, method: str, one_program: bool) -> bool:
+    """Whether ``lmer`` starts θ from moment estimates (:func:`~jaxmlm._optimize.moment_start`)
+    made from the statistics before the fit, in a program of their own: for "ai" on a dense
+    block, where every iteration costs a dense q_r³ step (small data are then not fitted by
+    one program), and for a nested design fitted on statistics made apart (larger data).
+    The one program of a nested design's small data (``one_program``) makes that start
+    itself (:func:`moment_intercepts`)."""
+    return (method == "ai" and layout.qr > 0) or (is_nested(layout) and not one_program)
 
 
-def _one_program_run(one, reml, method: str, made: list):
+def moment_intercepts(layout: Layout, design) -> tuple | None:
+    """Which blocks are a random intercept alone, ``(1 | g)`` (what a moment start estimates),
+    for a nested design; None for others. The one-program fit of a nested design's small data
+    starts from moment estimates, in the program (classroom's ``(1 | schoolid/classid)``: 5
+    Newton steps, against 10 from lme4's start; a pass program and a start program of their
+    own cost more)."""
+    return tuple(blk.columns == ("(Intercept)",) for blk in design.blocks) if is_nested(layout) else None
+
+
+def _one_program_run(one, reml, method: str, made: list, intercepts: tuple | None = None, moments: bool = False):
     """``run(u, max_iter)`` for :func:`~jaxmlm._fit.fit_snapped`: :func:`_pass_fit_and_solve` on
     the rows of ``one`` (:class:`~jaxmlm._stats.OneChunk`), through the program cache; the
-    statistics each run makes are appended to ``made``."""
-    static = dict(layout=one.layout, method=method, spec=one.spec)
+    statistics each run makes are appended to ``made``. ``intercepts``: as
+    :func:`moment_intercepts`; ``moments``: a run that iterates (``max_iter`` > 0) starts
+    from the moment estimates, not from u (a snapping candidate, with ``max_iter`` 0, is
+    evaluated at its u)."""
+    static = dict(layout=one.wide, method=method, spec=one.spec, intercepts=intercepts)
 
     def run(u, n):
-        out, packed = _programs.call(_pass_fit_and_solve, (u, one.floats, one.ints, reml, n), static)
+        args = (u, one.floats, one.ints, reml, n, None if intercepts is None else np.asarray(moments and n > 0))
+        out, packed = _programs.call(_pass_fit_and_solve, args, static)
         made.append(out)
         return packed
 
@@ -289,21 +312,24 @@ def _one_program_run(one, reml, method: str, made: list):
 
 
 def one_program_refit(m, reml: bool, zeroed=()):
-    """``run(u, max_iter)`` of the program ``lmer`` fitted ``m`` with where that program also made
+    """(``run(u, max_iter)``, the program's layout), as :func:`fit_program` gives them, of the
+    program ``lmer`` fitted ``m`` with where that program also made
     the statistics (small data: :func:`_pass_fit_and_solve`), REML or ML as asked, on m's rows
     with the Z columns ``zeroed`` ((block, column) pairs) set to 0; None where ``m`` was fitted on
     statistics made apart, or by an optimizer other than the one refits use. Refits of ``m`` (the
     ML refits of ``anova``, the reduced models of ``ranova``) run it, so that they compile
     nothing: the program that fits on statistics alone is another one (issue 12)."""
     if (m.record.dtype != "float64" or not m.design.held or m.record.method != choose_method(m.layout)
-            or needs_moment_start(m.layout, m.record.method)):
+            or needs_moment_start(m.layout, m.record.method, one_program=True)):
         return None
     one = one_chunk(m.design)
     if one is None or one.layout != m.layout:
         return None
     if zeroed:
         one = _zeroed_chunk(one, zeroed, m.layout)
-    return _one_program_run(one, np.asarray(1.0 if reml else 0.0), m.record.method, [])
+    run = _one_program_run(one, np.asarray(1.0 if reml else 0.0), m.record.method, [],
+                           intercepts=moment_intercepts(m.layout, m.design))
+    return run, one.wide
 
 
 def _zeroed_chunk(one, columns, layout: Layout):

@@ -655,19 +655,6 @@ def _structured_fgh(stats: Stats, reml, layout: Layout):
     return fgh
 
 
-@functools.partial(_compiled.jit, static_argnames="layout")
-def _level_sums(stats: Stats, layout: Layout):
-    """(n, eᵀe, (2, l₁k₁ + q_r), c): per random-effect coefficient ZᵀZ's diagonal and Zᵀe, e the
-    least-squares residual (W's last column), and :func:`theta_scale`, for :func:`moment_start`
-    — small arrays in one transfer instead of the q_r × q_r A22."""
-    p = layout.p
-    a1 = jnp.diagonal(stats.A11, axis1=1, axis2=2).reshape(-1)
-    r1 = stats.Z1W[:, :, p].reshape(-1)
-    ar, rr = a22_diagonal(stats.A22), stats.ZrW[:, p]
-    return (stats.n, stats.WW[p, p], jnp.stack([jnp.concatenate([a1, ar]), jnp.concatenate([r1, rr])]),
-            theta_scale(stats, layout))
-
-
 def moment_start(stats: Stats, layout: Layout, intercepts, with_scale: bool = False):
     """A start for θ from one-way ANOVA moment estimates: θ_b = σ̂_b / σ̂ per scalar block.
 
@@ -692,45 +679,55 @@ def moment_start(stats: Stats, layout: Layout, intercepts, with_scale: bool = Fa
     θ = c ⊙ (1 on the diagonal, 0 off it), as :func:`~jaxmlm._results.lmer` starts.
     ``with_scale``: return (θ, c), c read in the same transfer.
     """
-    n, ete, per_level, c = jax.device_get(_level_sums(stats, layout))
-    c = np.asarray(c, dtype=np.float64)
-    theta = _moment_theta(n, ete, per_level, c, layout, intercepts)
+    theta, c = jax.device_get(_moment_program(stats, layout, tuple(bool(i) for i in intercepts)))
+    theta, c = np.asarray(theta, dtype=np.float64), np.asarray(c, dtype=np.float64)
     return (theta, c) if with_scale else theta
 
 
-def _moment_theta(n, ete, per_level, c, layout: Layout, intercepts) -> np.ndarray:
-    """:func:`moment_start`'s θ from the sums it read (n, eᵀe, per-level sums, c)."""
-    theta = lme4_start(layout) * c
-    n, ete, p = float(n), float(ete), layout.p
-    if n - p <= 1 or ete <= 0:
-        return theta
+@functools.partial(_compiled.jit, static_argnames=("layout", "intercepts"))
+def _moment_program(stats: Stats, layout: Layout, intercepts: tuple):
+    """(θ₀, c) of :func:`moment_theta` as a program of its own: two small arrays in one
+    transfer, not the q_r × q_r A22."""
+    return moment_theta(stats, layout, intercepts)
+
+
+def moment_theta(stats: Stats, layout: Layout, intercepts: tuple):
+    """(θ₀, c): :func:`moment_start`'s θ and :func:`theta_scale`'s c, traceable (inside the
+    one program that fits a nested design's small data: ``jaxmlm._fit._pass_fit_and_solve``).
+
+    A block without an estimate (not a random intercept alone; fewer than 2 levels with
+    rows; n₀ ≤ 0), or all of them where n − p ≤ 1 or eᵀe = 0, keeps lme4's start. p is
+    ``stats.p``, the design's, whatever padding X carries (``jaxmlm._stats.widen``)."""
+    p = layout.p  # W's response column; the count of fixed effects is stats.p
+    c = theta_scale(stats, layout)
+    n, ete = stats.n, stats.WW[p, p]
+    level_n = jnp.concatenate([jnp.diagonal(stats.A11, axis1=1, axis2=2).reshape(-1), a22_diagonal(stats.A22)])
+    level_e = jnp.concatenate([stats.Z1W[:, :, p].reshape(-1), stats.ZrW[:, p]])
     sizes = [layout.l1] + [lev for _, lev, _ in layout.rest]
     ks = [layout.k1] + [k for _, _, k in layout.rest]
     bounds = np.cumsum([0] + [lev * k for lev, k in zip(sizes, ks)])
-    blocks = [(per_level[0, a:b], per_level[1, a:b]) if k == 1 and icpt else None
-              for a, b, k, icpt in zip(bounds, bounds[1:], ks, intercepts)]
-    var = []
-    for blk in blocks:
-        if blk is None:
+    var = []  # (σ̂_b², whether block b has an estimate), or None
+    for a, b, k, icpt in zip(bounds, bounds[1:], ks, intercepts):
+        if not (k == 1 and icpt):
             var.append(None)
             continue
-        ng, rg = blk
-        keep = ng > 0
-        ng, rg = ng[keep], rg[keep]
-        G = len(ng)
-        if G < 2 or n - G <= 0:
-            var.append(None)
-            continue
-        ssb = float(np.sum(rg * rg / ng))
-        n0 = (n - float(np.sum(ng * ng)) / n) / (G - 1)
-        var.append(max((ssb / (G - 1) - (ete - ssb) / (n - G)) / n0, 0.0) if n0 > 0 else None)
-    s2_total = ete / (n - p)
-    s2 = max(s2_total - sum(v for v in var if v is not None), 0.1 * s2_total)
+        ng, rg = level_n[a:b], level_e[a:b]
+        keep = ng > 0  # padded and empty levels: no rows
+        G = jnp.sum(keep)
+        ssb = jnp.sum(jnp.where(keep, rg * rg / jnp.where(keep, ng, 1.0), 0.0))
+        n0 = (n - jnp.sum(ng * ng) / n) / (G - 1)
+        est = jnp.maximum((ssb / (G - 1) - (ete - ssb) / (n - G)) / n0, 0.0)
+        var.append((est, (G >= 2) & (n - G > 0) & (n0 > 0)))
+    s2_total = ete / (n - stats.p)
+    s2 = jnp.maximum(s2_total - sum(jnp.where(ok, v, 0.0) for v, ok in filter(None, var)), 0.1 * s2_total)
+    theta = jnp.asarray(lme4_start(layout), c.dtype) * c
+    usable = (n - stats.p > 1) & (ete > 0)
     for (kb, pos, idx), v in zip(layout.templates, var):
         if kb == 1 and v is not None:
             ci = c[idx[0]]
-            theta[idx[0]] = ci * float(np.clip(np.sqrt(v / s2) / ci, 0.05, 10.0))
-    return theta
+            est = ci * jnp.clip(jnp.sqrt(v[0] / s2) / ci, 0.05, 10.0)
+            theta = theta.at[idx[0]].set(jnp.where(usable & v[1], est, theta[idx[0]]))
+    return theta, c
 
 
 #: Rows of the dense block above which "auto" takes average-information steps instead of

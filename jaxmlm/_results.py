@@ -25,10 +25,10 @@ from ._design import Design
 from ._errors import ConvergenceError, DataError, JaxmlmError, RowsNotHeldError, outside_jaxmlm
 from ._frontend import build_design
 from ._objective import templates_host
-from ._fit import _one_program_run, fit_program, fit_snapped, needs_moment_start
+from ._fit import _one_program_run, fit_program, fit_snapped, moment_intercepts, needs_moment_start
 from ._optimize import (STATUS, choose_method, diagonal_mask, fit_theta, lme4_start, max_abs_gradient, moment_start,
                         status_warnings, theta_scale_host)
-from ._stats import Layout, Stats, one_chunk, stats_from_chunk, sufficient_stats
+from ._stats import Layout, Stats, narrow, one_chunk, stats_from_chunk, sufficient_stats
 
 __all__ = ["FitRecord", "LinearMixedModel", "MixedModelBase", "lmer"]
 
@@ -54,7 +54,7 @@ class FitRecord:
     optimizer's unit-free coordinates u = θ / c that ``gtol`` judges, so it
     does not depend on the predictors' units); ``seconds`` wall time of the
     optimization and the final solve (one program, which for small data, at most
-    ``ONE_PROGRAM_ROWS`` = 256 rows, also makes the pass over the rows; compile included the first
+    ``ONE_PROGRAM_ROWS`` = 2,048 rows, also makes the pass over the rows; compile included the first
     time a shape is seen); ``method`` the optimizer ("newton", "ai" or
     "bfgs"); ``dtype`` the arithmetic of the iterations ("float64", "float32",
     or "float32+float64 polish"); ``theta_float32`` the optimizer's float32 θ
@@ -761,17 +761,19 @@ def lmer(
     # lme4's start (θ = 1 on template diagonals) in the optimizer's unit-free coordinates,
     # θ₀ = c ⊙ lme4_start (c = theta_scale: 1 for an intercept, 1/rms for a slope's column;
     # lme4's own θ = 1 would make a slope on a 1e4-unit predictor 1e4 times too variable),
-    # except where every iteration costs a dense q_r³ step: there a moment estimate saves
-    # the first few (_optimize.moment_start).
-    moment = needs_moment_start(layout, method)
+    # except where every iteration costs a dense q_r³ step, and in nested designs: there a
+    # moment estimate saves the first few (_optimize.moment_start; the one program of a
+    # nested design's small data makes it itself: _fit.moment_intercepts).
+    moment = needs_moment_start(layout, method, one_program=one is not None)
     u0 = lme4_start(layout)
     if one is not None and not moment:
         made = []  # the statistics, from the program's first run
-        run = _one_program_run(one, reml, method, made)
-        stages, wide = [], layout
+        intercepts = moment_intercepts(layout, design)
+        run = _one_program_run(one, reml, method, made, intercepts=intercepts, moments=intercepts is not None)
+        stages, wide = [], one.wide
     else:
         if stats is None:
-            stats = _programs.call(_pass, (one.floats, one.ints), dict(spec=one.spec, layout=layout))
+            stats = narrow(_programs.call(_pass, (one.floats, one.ints), dict(spec=one.spec, layout=one.wide)), layout)
         # The optimizer's stages in order: float32 iterations (float32 mode), then float64 ones
         # (always, except float32 mode without polish). The last stage runs with the final solve
         # as one program, which takes its start in unit-free coordinates (u = θ / c); only a
@@ -799,7 +801,7 @@ def lmer(
 
     theta0, c, st, theta, sol, snapped = fit_snapped(run, u0, max_iter, wide, p=layout.p)
     if stats is None:
-        stats = made[0]
+        stats = narrow(made[0], layout)
     stages.append(st)
     iterations = sum(int(s.it) for s in stages)
     evaluations = sum(int(s.nfev) for s in stages)

@@ -48,9 +48,9 @@ from . import _compiled, _x64  # noqa: F401
 from ._design import Design
 from ._errors import DataError
 
-__all__ = ["Layout", "is_nested", "a22_blocks", "a22_dense", "a22_diagonal", "ONE_PROGRAM_ROWS", "PAIR_BYTES_MAX", "choose_bbt", "OneChunk", "Schema", "Stats", "WeightedRows", "accumulate", "bucket",
+__all__ = ["Layout", "is_nested", "a22_blocks", "a22_dense", "a22_diagonal", "ONE_PROGRAM_ROWS", "ONE_PROGRAM_CHUNKS", "PAIR_BYTES_MAX", "choose_bbt", "OneChunk", "Schema", "Stats", "WeightedRows", "accumulate", "bucket",
            "make_schema", "merge_stats", "one_chunk", "ResponseOps", "response_ops", "response_stats", "stats_from_chunk",
-           "sufficient_stats", "weighted_rows", "weights_constant", "with_response", "fixed_width", "widen"]
+           "sufficient_stats", "weighted_rows", "weights_constant", "with_response", "fixed_width", "narrow", "widen"]
 
 CHUNK_ROWS = 1 << 16
 
@@ -417,8 +417,10 @@ def _entries(schema: Schema, design: Design, rows: np.ndarray, P: np.ndarray) ->
 
 
 def _pass_inputs(design: Design, chunk_rows: int, response: bool = True, schema: Schema | None = None,
-                 rows: np.ndarray | None = None) -> tuple[Schema, _PassInputs]:
+                 rows: np.ndarray | None = None, width: int | None = None) -> tuple[Schema, _PassInputs]:
     """(schema, the pass's inputs) for ``rows`` of ``design`` (positions; None: all rows).
+    ``width``: X padded with zero columns to this many (before y, as :func:`widen` puts
+    them; β₀ with zeros), for :func:`one_chunk`.
 
     Without a ``schema`` it is made from the design (with the rows' A21 entries as a
     by-product). Each set of rows is centred on its own least-squares fit (y − Xβ₀ with
@@ -451,7 +453,11 @@ def _pass_inputs(design: Design, chunk_rows: int, response: bool = True, schema:
     k1, mr = Z[0].shape[1], P.shape[1]
     while lay.l1 == 1 and chunk > 1 and chunk * (mr * mr + mr * k1) > PASS_ELEMENTS_MAX:
         chunk //= 2
-    inp = _PassInputs(np.column_stack([X, resid]), take(design.blocks[0].codes).astype(np.int32), Z[0], P, V, E,
+    pw = lay.p if width is None else width
+    W = np.zeros((len(y), pw + 1))
+    W[:, : lay.p], W[:, pw] = X, resid
+    beta0 = np.concatenate([beta0, np.zeros(pw - lay.p)]) if pw > lay.p else beta0
+    inp = _PassInputs(W, take(design.blocks[0].codes).astype(np.int32), Z[0], P, V, E,
                       beta0, chunk, lay.l1, lay.qr, lay.nnz, n_info, ldw)
     return schema, inp
 
@@ -465,8 +471,9 @@ def _chunks(inp: _PassInputs):
 
 
 def _host_stats(schema: Schema, inp: _PassInputs) -> tuple:
-    """The statistics that are not sums over chunks, in :class:`Stats` order: n, then (pair lists, β₀, ldw, p)."""
-    return (np.asarray(inp.n_info), *schema.index, inp.beta0, np.asarray(inp.ldw), np.asarray(float(len(inp.beta0))))
+    """The statistics that are not sums over chunks, in :class:`Stats` order: n, then (pair lists, β₀, ldw, p)
+    (p the design's, whatever padding β₀ carries: :func:`one_chunk`)."""
+    return (np.asarray(inp.n_info), *schema.index, inp.beta0, np.asarray(inp.ldw), np.asarray(float(schema.layout.p)))
 
 
 def accumulate(schema: Schema, design: Design, rows=None, chunk_rows: int = CHUNK_ROWS) -> Stats:
@@ -558,32 +565,53 @@ class OneChunk(NamedTuple):
 
     For small data every program launched and every host array passed costs more than
     the arithmetic (sleepstudy, 2 cores: a program of its own for the pass ~70 µs, each
-    host argument ~3 µs, of a ~0.7 ms fit)."""
+    host argument ~3 µs, of a ~0.7 ms fit).
+
+    Above the smallest chunk, X comes padded with zero columns to :func:`fixed_width` (as
+    :func:`widen` pads the statistics; :func:`stats_from_chunk` adds their unit diagonal), so
+    that models that differ only in their fixed effects share the program (the classroom
+    models of a course session: one program, not one per set of covariates): ``layout`` is
+    the data's, ``wide`` the program's, and :func:`narrow` takes the program's statistics
+    back to ``layout``. The smallest chunk keeps X's width: padding and narrowing cost
+    ~55 µs, 7 % of a sleepstudy fit."""
 
     layout: Layout
+    wide: Layout
     floats: np.ndarray  # float64
     ints: np.ndarray
     spec: tuple  # static: (dtype, shape) of (W, g1, Z1, P, V, E) padded, then n, pair lists, β₀
 
 
 #: Data of at most this many rows are fitted by one program (:class:`OneChunk`), their
-#: chunk padded to exactly this size: one program per layout, whatever the number of rows.
-#: (Padded to the usual power-of-two chunk instead, every other data size would compile
-#: the whole fit again: ~2 s for sleepstudy's model, against ~0.1 s for the pass alone.)
-ONE_PROGRAM_ROWS = 256
+#: chunk padded to the smallest of :data:`ONE_PROGRAM_CHUNKS` that holds them: one program
+#: per layout and chunk, whatever the number of rows. (Padded to the usual power-of-two
+#: chunk instead, every other data size would compile the whole fit again: ~2 s for
+#: sleepstudy's model, against ~0.1 s for the pass alone.)
+ONE_PROGRAM_ROWS = 2048
+
+#: The chunk sizes of one-program fits: sleepstudy-sized data keep a pass over 256 rows; up
+#: to 2,048 rows (the classroom data's 1,190) the pass, the optimizer and the solve are one
+#: program instead of a pass program and a fit program, or three with a nested design's
+#: moment start (issue 12).
+ONE_PROGRAM_CHUNKS = (256, ONE_PROGRAM_ROWS)
 
 
-def one_chunk(design: Design, rows: int = ONE_PROGRAM_ROWS) -> OneChunk | None:
-    """The inputs of :func:`stats_from_chunk`, in a chunk of ``rows`` rows, if the data fit
-    in it, else None."""
+def one_chunk(design: Design, rows: int | None = None) -> OneChunk | None:
+    """The inputs of :func:`stats_from_chunk`, in a chunk of ``rows`` rows (default: the
+    smallest of :data:`ONE_PROGRAM_CHUNKS` that holds the data), if the data fit in it,
+    else None."""
+    if rows is None:
+        rows = next((size for size in ONE_PROGRAM_CHUNKS if design.n <= size), 0)
     if design.n > rows:
         return None
-    schema, inp = _pass_inputs(design, rows)
+    pw = fixed_width(design.p) if rows > ONE_PROGRAM_CHUNKS[0] else design.p
+    schema, inp = _pass_inputs(design, rows, width=pw)
+    layout = schema.layout
     inp = inp._replace(chunk=rows)
     arrays = (*next(_chunks(inp)), *_host_stats(schema, inp))
     floats = np.concatenate([a.ravel() for a in arrays if a.dtype.kind == "f"])
     ints = np.concatenate([a.ravel() for a in arrays if a.dtype.kind != "f"])
-    return OneChunk(schema.layout, floats, ints, tuple((a.dtype.str, a.shape) for a in arrays))
+    return OneChunk(layout, layout._replace(p=pw), floats, ints, tuple((a.dtype.str, a.shape) for a in arrays))
 
 
 def stats_from_chunk(floats, ints, spec: tuple, layout: Layout) -> Stats:
@@ -595,7 +623,11 @@ def stats_from_chunk(floats, ints, spec: tuple, layout: Layout) -> Stats:
         arrays.append(src[at[kind] : at[kind] + size].reshape(shape).astype(dt))
         at[kind] += size
     acc = _accumulate(None, *arrays[:6], l1=layout.l1, qr=layout.qr, nnz=layout.nnz, kr=a22_blocks(layout))
-    return Stats(arrays[6], *acc, *arrays[7:])
+    stats = Stats(arrays[6], *acc, *arrays[7:])
+    # X's padding columns (one_chunk), after its p columns: a unit diagonal in WᵀW, as widen gives them
+    j = jnp.arange(stats.WW.shape[0])
+    unit = (j >= stats.p) & (j < stats.WW.shape[0] - 1)
+    return stats._replace(WW=stats.WW + jnp.diag(unit.astype(stats.WW.dtype)))
 
 
 class ResponseOps(NamedTuple):
@@ -693,6 +725,24 @@ def widen(stats: Stats, layout: Layout) -> tuple[Stats, Layout]:
         return stats, layout
     Z1W, WW, ZrW, beta0 = _widen_arrays(stats.Z1W, stats.WW, stats.ZrW, stats.beta0, pw=pw)
     return stats._replace(Z1W=Z1W, WW=WW, ZrW=ZrW, beta0=beta0), layout._replace(p=pw)
+
+
+def narrow(stats: Stats, layout: Layout) -> Stats:
+    """:func:`widen` undone: statistics with X's ``layout.p`` columns, as host arrays, from
+    statistics whose X carries padding columns after them (a :class:`OneChunk` program's)."""
+    pw = stats.WW.shape[0] - 1
+    if pw == layout.p:
+        return stats
+    p = layout.p
+
+    def cols(a):  # (..., p_w + 1) → (..., p + 1): X's columns and y's
+        a = np.asarray(a)  # (jax.device_get costs ~10x more for these small arrays)
+        return np.concatenate([a[..., :p], a[..., pw:]], axis=-1)
+
+    out = (cols(stats.Z1W), cols(cols(stats.WW).T), cols(stats.ZrW), np.asarray(stats.beta0)[:p].copy())
+    for a in out:
+        a.flags.writeable = False  # read-only, as the device arrays beside them
+    return stats._replace(Z1W=out[0], WW=out[1], ZrW=out[2], beta0=out[3])
 
 
 @partial(_compiled.jit, static_argnames="pw")

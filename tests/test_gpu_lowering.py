@@ -54,11 +54,17 @@ def _design(cid):
 def test_one_program_fit_lowers_for_gpus():
     oc = one_chunk(_design("sleepstudy_rs"))
     theta0 = np.where(diagonal_mask(oc.layout), 1.0, 0.0)
-    text = _lowered(_pass_fit_and_solve, theta0, oc.floats, oc.ints, np.asarray(1.0), np.int32(200), spec=oc.spec,
-                    layout=oc.layout, method="newton")
+    text = _lowered(_pass_fit_and_solve, theta0, oc.floats, oc.ints, np.asarray(1.0), np.int32(200), np.asarray(False),
+                    spec=oc.spec, layout=oc.wide, method="newton")
     _assert_device_only(text)
     assert "cusolver" in text and "hipsolver" in text  # the factorizations, per platform
-    _assert_device_only(_lowered(_pass, oc.floats, oc.ints, spec=oc.spec, layout=oc.layout))
+    _assert_device_only(_lowered(_pass, oc.floats, oc.ints, spec=oc.spec, layout=oc.wide))
+    # a nested design's one program, with its moment start
+    on = one_chunk(_design("pastes_nested"))
+    theta0 = np.where(diagonal_mask(on.layout), 1.0, 0.0)
+    _assert_device_only(_lowered(_pass_fit_and_solve, theta0, on.floats, on.ints, np.asarray(1.0), np.int32(200),
+                                 np.asarray(True), spec=on.spec, layout=on.wide, method="newton",
+                                 intercepts=(True, True)))
 
 
 @pytest.mark.parametrize("method", ["newton", "ai", "bfgs"])

@@ -397,7 +397,7 @@ def test_response_with_nothing_to_explain_is_refused(make, match):
     """lme4 fits these with sigma ~ 1e-16 and convergence warnings; jaxmlm says what is wrong (issue 11)."""
     rng = np.random.default_rng(3)
     d = pd.DataFrame({"x": rng.normal(size=60), "g": np.repeat(np.arange(10), 6)})
-    for n in (60, 600):  # the one-program path (<= 256 rows) and the staged one
+    for n in (60, 2400):  # the one-program path (<= 2,048 rows) and the staged one
         data = make(pd.concat([d] * (n // 60), ignore_index=True))
         with pytest.raises(jaxmlm.DataError, match=match):
             jaxmlm.lmer("y ~ x + (1 | g)", data)

@@ -114,27 +114,36 @@ def test_pair_list_is_every_lower_pair_of_a_level():
         assert np.all(f1[len(e1):] == 999) and np.all(f2[len(e1):] == 999) and np.all(ft[len(e1):] == 0)
 
 
-@pytest.mark.parametrize("cid", ["sleepstudy_rs", "penicillin_crossed", "pastes_nested", "nested_slash", "factors_na"])
+@pytest.mark.parametrize("cid", ["sleepstudy_rs", "penicillin_crossed", "pastes_nested", "nested_slash", "factors_na",
+                                 "nested_explicit", "rank_deficient", "slopes3_corr", "crossed_item_slope"])
+@pytest.mark.filterwarnings("ignore::jaxmlm.RankDeficiencyWarning")
 def test_one_chunk_program_makes_the_pass_statistics(cid):
     """The pass run inside a caller's program (one_chunk + stats_from_chunk) gives the
-    statistics and layout of sufficient_stats; data over one chunk are left to the latter."""
+    statistics and layout of sufficient_stats; above the smallest chunk (over 256 rows) with X
+    padded to the programs' common width as widen pads it (narrow takes them back). Data
+    over one chunk are left to sufficient_stats."""
     import jax
 
-    from jaxmlm._stats import ONE_PROGRAM_ROWS, one_chunk, stats_from_chunk
+    from jaxmlm._stats import ONE_PROGRAM_CHUNKS, _widen_arrays, narrow, one_chunk, stats_from_chunk
 
     c = CASES[cid]
     d = build_design(c["formula"], case_data(c))
     layout, st, _ = sufficient_stats(d)
     oc = one_chunk(d)
-    assert oc.layout == layout
+    rows = min(size for size in ONE_PROGRAM_CHUNKS if d.n <= size)
+    assert oc.layout == layout and oc.wide == layout._replace(p=fixed_width(layout.p) if rows > 256 else layout.p)
     assert oc.floats.dtype == np.float64 and oc.ints.dtype.kind == "i"
-    st_b = jax.jit(stats_from_chunk, static_argnames=("spec", "layout"))(oc.floats, oc.ints, spec=oc.spec, layout=oc.layout)
-    for name, a, b in zip(st._fields, st, st_b):
-        assert np.asarray(a).dtype == np.asarray(b).dtype and np.shape(a) == np.shape(b), name
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-13, atol=1e-9, err_msg=name)
-    assert oc.spec[0][1][0] == ONE_PROGRAM_ROWS  # every data size up to it: one program
+    st_b = jax.jit(stats_from_chunk, static_argnames=("spec", "layout"))(oc.floats, oc.ints, spec=oc.spec, layout=oc.wide)
+    Z1W, WW, ZrW, beta0 = _widen_arrays(st.Z1W, st.WW, st.ZrW, st.beta0, pw=oc.wide.p)  # the staged path's widening
+    wide = st._replace(Z1W=Z1W, WW=WW, ZrW=ZrW, beta0=beta0)
+    for expect, got in [(wide, st_b), (st, narrow(st_b, layout))]:
+        for name, a, b in zip(st._fields, expect, got):
+            assert np.asarray(a).dtype == np.asarray(b).dtype and np.shape(a) == np.shape(b), name
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-13, atol=1e-9, err_msg=name)
+    assert float(st_b.p) == layout.p  # the count of fixed effects, not X's width
+    # every data size up to a chunk size: one program (the smallest chunk that holds the rows)
+    assert oc.spec[0][1][0] == rows
     assert one_chunk(d, rows=d.n - 1) is None
-
 
 
 def test_fixed_width_grid():
