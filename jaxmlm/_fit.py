@@ -31,7 +31,7 @@ from ._objective import _deviance, blockdiag_value, levels_last
 from ._optimize import (SNAP_BELOW, OptState, canonical_theta_jax, choose_method, diagonal_mask, fit_theta,
                         moment_theta, per_level_formulas, theta_scale)
 from ._solution import Solution, solve
-from ._stats import Layout, Stats, is_nested, one_chunk, stats_from_chunk, widen
+from ._stats import Layout, Stats, is_nested, one_chunk, stats_from_chunk, widen, zeroed_chunk
 
 __all__ = ["Fit", "fit", "snap", "snap_host", "snap_candidates", "fit_packed", "fit_and_solve", "unpack_fit",
            "fit_snapped", "fit_stats", "fit_program", "moment_intercepts", "needs_moment_start", "one_program_refit"]
@@ -326,27 +326,7 @@ def one_program_refit(m, reml: bool, zeroed=()):
     if one is None or one.layout != m.layout:
         return None
     if zeroed:
-        one = _zeroed_chunk(one, zeroed, m.layout)
+        one = zeroed_chunk(one, zeroed)
     run = _one_program_run(one, np.asarray(1.0 if reml else 0.0), m.record.method, [],
                            intercepts=moment_intercepts(m.layout, m.design))
     return run, one.wide
-
-
-def _zeroed_chunk(one, columns, layout: Layout):
-    """``one`` with the Z columns ``columns`` ((block, column) pairs) set to 0 in its rows: the pass
-    over them makes the statistics :func:`~jaxmlm._compare.zero_columns` makes (sums of zeros)."""
-    floats = one.floats.copy()
-    arrays, at = [], 0
-    for dt, shape in one.spec:
-        if np.dtype(dt).kind == "f":
-            arrays.append(floats[at : at + math.prod(shape)].reshape(shape))  # views into floats
-            at += math.prod(shape)
-        else:
-            arrays.append(None)
-    Z1, V = arrays[2], arrays[4]  # the chunk's (W, g1, Z1, P, V, E) lead the spec (stats_from_chunk)
-    for b, c in columns:
-        if b == 0:
-            Z1[:, c] = 0.0
-        else:  # V holds the other blocks' columns side by side, in the layout's order
-            V[:, sum(k for _, _, k in layout.rest[: b - 1]) + c] = 0.0
-    return one._replace(floats=floats)

@@ -50,7 +50,7 @@ from ._errors import DataError
 
 __all__ = ["Layout", "is_nested", "a22_blocks", "a22_dense", "a22_diagonal", "ONE_PROGRAM_ROWS", "ONE_PROGRAM_CHUNKS", "PAIR_BYTES_MAX", "choose_bbt", "OneChunk", "Schema", "Stats", "WeightedRows", "accumulate", "bucket",
            "make_schema", "merge_stats", "one_chunk", "ResponseOps", "response_ops", "response_stats", "stats_from_chunk",
-           "sufficient_stats", "weighted_rows", "weights_constant", "with_response", "fixed_width", "narrow", "widen"]
+           "sufficient_stats", "weighted_rows", "weights_constant", "with_response", "fixed_width", "narrow", "widen", "zeroed_chunk"]
 
 CHUNK_ROWS = 1 << 16
 
@@ -614,14 +614,35 @@ def one_chunk(design: Design, rows: int | None = None) -> OneChunk | None:
     return OneChunk(layout, layout._replace(p=pw), floats, ints, tuple((a.dtype.str, a.shape) for a in arrays))
 
 
-def stats_from_chunk(floats, ints, spec: tuple, layout: Layout) -> Stats:
-    """The statistics of :class:`OneChunk`'s inputs (traceable: inside a caller's program)."""
+def _unpacked(floats, ints, spec: tuple) -> list:
+    """:class:`OneChunk`'s inputs taken apart, in ``spec``'s order: (W, g1, Z1, P, V, E) padded,
+    then n, pair lists, β₀, ldw, p (reshaped slices: views for numpy arrays; traceable)."""
     arrays, at = [], {"f": 0, "i": 0}
     for dt, shape in spec:
         kind = "f" if np.dtype(dt).kind == "f" else "i"
         src, size = (floats if kind == "f" else ints), math.prod(shape)
-        arrays.append(src[at[kind] : at[kind] + size].reshape(shape).astype(dt))
+        arrays.append(src[at[kind] : at[kind] + size].reshape(shape))
         at[kind] += size
+    return arrays
+
+
+def zeroed_chunk(one: OneChunk, columns) -> OneChunk:
+    """``one`` with the Z columns ``columns`` ((block, column) pairs) set to 0 in its rows: the
+    pass over them makes the statistics of the model without those columns (sums of zeros),
+    as ``jaxmlm._compare.zero_columns`` makes them from the statistics."""
+    floats = one.floats.copy()
+    _, _, Z1, _, V, *_ = _unpacked(floats, one.ints, one.spec)  # views into the copy
+    for b, c in columns:
+        if b == 0:
+            Z1[:, c] = 0.0
+        else:  # V holds the other blocks' columns side by side, in the layout's order
+            V[:, sum(k for _, _, k in one.layout.rest[: b - 1]) + c] = 0.0
+    return one._replace(floats=floats)
+
+
+def stats_from_chunk(floats, ints, spec: tuple, layout: Layout) -> Stats:
+    """The statistics of :class:`OneChunk`'s inputs (traceable: inside a caller's program)."""
+    arrays = [a.astype(dt) for a, (dt, _) in zip(_unpacked(floats, ints, spec), spec)]
     acc = _accumulate(None, *arrays[:6], l1=layout.l1, qr=layout.qr, nnz=layout.nnz, kr=a22_blocks(layout))
     stats = Stats(arrays[6], *acc, *arrays[7:])
     # X's padding columns (one_chunk), after its p columns: a unit diagonal in WᵀW, as widen gives them
@@ -719,11 +740,16 @@ def widen(stats: Stats, layout: Layout) -> tuple[Stats, Layout]:
     :data:`~jaxmlm._compiled.SMALL_PROGRAM_BYTES` are widened: their programs are cheap to
     run and costly to compile; larger ones keep their width (and their run time). A small
     program of its own, so that a fit's statistics need not wait on the host for the pass
-    that makes them (read on the host, a warm Hsb82 fit took 0.6 ms longer)."""
+    that makes them (read on the host, a warm Hsb82 fit took 0.6 ms longer); statistics on
+    the host already (:func:`narrow`'s) are widened there."""
     p, pw = layout.p, fixed_width(layout.p)
     if pw == p or sum(a.nbytes for a in stats) > _compiled.SMALL_PROGRAM_BYTES:
         return stats, layout
-    Z1W, WW, ZrW, beta0 = _widen_arrays(stats.Z1W, stats.WW, stats.ZrW, stats.beta0, pw=pw)
+    arrays = (stats.Z1W, stats.WW, stats.ZrW, stats.beta0)
+    if all(isinstance(a, np.ndarray) for a in arrays):  # on the host already (narrow's): no program
+        Z1W, WW, ZrW, beta0 = _padded(np, *arrays, pw=pw)
+    else:
+        Z1W, WW, ZrW, beta0 = _widen_arrays(*arrays, pw=pw)
     return stats._replace(Z1W=Z1W, WW=WW, ZrW=ZrW, beta0=beta0), layout._replace(p=pw)
 
 
@@ -745,17 +771,23 @@ def narrow(stats: Stats, layout: Layout) -> Stats:
     return stats._replace(Z1W=out[0], WW=out[1], ZrW=out[2], beta0=out[3])
 
 
-@partial(_compiled.jit, static_argnames="pw")
-def _widen_arrays(Z1W, WW, ZrW, beta0, pw: int):
+def _padded(xp, Z1W, WW, ZrW, beta0, pw: int):
+    """:func:`widen`'s arrays, with ``xp`` numpy (host arrays) or jax.numpy (in a program)."""
     p = WW.shape[0] - 1
 
     def cols(a):  # (..., p + 1) → (..., p_w + 1): X's columns, zeros, y's column
-        pad = jnp.zeros((*a.shape[:-1], pw - p), a.dtype)
-        return jnp.concatenate([a[..., :p], pad, a[..., p:]], axis=-1)
+        pad = xp.zeros((*a.shape[:-1], pw - p), a.dtype)
+        return xp.concatenate([a[..., :p], pad, a[..., p:]], axis=-1)
 
-    unit = jnp.zeros(pw + 1, WW.dtype).at[p:pw].set(1.0)
-    WW = cols(cols(WW).T) + jnp.diag(unit)  # WᵀW is symmetric: widen its columns, then its rows
-    return cols(Z1W), WW, cols(ZrW), jnp.concatenate([beta0, jnp.zeros(pw - p, beta0.dtype)])
+    j = xp.arange(pw + 1)
+    unit = ((j >= p) & (j < pw)).astype(WW.dtype)
+    WW = cols(cols(WW).T) + xp.diag(unit)  # WᵀW is symmetric: widen its columns, then its rows
+    return cols(Z1W), WW, cols(ZrW), xp.concatenate([beta0, xp.zeros(pw - p, beta0.dtype)])
+
+
+@partial(_compiled.jit, static_argnames="pw")
+def _widen_arrays(Z1W, WW, ZrW, beta0, pw: int):
+    return _padded(jnp, Z1W, WW, ZrW, beta0, pw)
 
 
 def _to_device(arrays: tuple) -> tuple:
