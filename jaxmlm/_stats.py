@@ -545,9 +545,10 @@ def merge_stats(a: Stats, b: Stats) -> Stats:
     def recentre(s: Stats, d):
         xr = s.WW[:p, p] + s.WW[:p, :p] @ d
         rr = s.WW[p, p] + 2.0 * d @ s.WW[:p, p] + d @ s.WW[:p, :p] @ d
-        WW = s.WW.at[:p, p].set(xr).at[p, :p].set(xr).at[p, p].set(rr)
-        Z1W = s.Z1W.at[..., p].add(s.Z1W[..., :p] @ d)
-        ZrW = s.ZrW.at[:, p].add(s.ZrW[:, :p] @ d)
+        # (jnp.asarray: a model's statistics may be host arrays, narrow's)
+        WW = jnp.asarray(s.WW).at[:p, p].set(xr).at[p, :p].set(xr).at[p, p].set(rr)
+        Z1W = jnp.asarray(s.Z1W).at[..., p].add(s.Z1W[..., :p] @ d)
+        ZrW = jnp.asarray(s.ZrW).at[:, p].add(s.ZrW[:, :p] @ d)
         return WW, Z1W, ZrW
 
     WWa, Z1Wa, ZrWa = recentre(a, -delta) if p else (a.WW, a.Z1W, a.ZrW)
@@ -713,8 +714,9 @@ def response_stats(Y: jax.Array, ops: ResponseOps, layout: Layout):
 
 def with_response(base: Stats, zy1, xy, yy, zry, beta0, p: int) -> Stats:
     """``base`` with the y-column of W = [X y'] replaced by one replicate's statistics."""
-    WW = base.WW.at[:p, p].set(xy).at[p, :p].set(xy).at[p, p].set(yy)
-    return base._replace(Z1W=base.Z1W.at[..., p].set(zy1), WW=WW, ZrW=base.ZrW.at[:, p].set(zry), beta0=beta0)
+    Z1W, WW, ZrW = (jnp.asarray(a) for a in (base.Z1W, base.WW, base.ZrW))  # host arrays too (narrow's)
+    WW = WW.at[:p, p].set(xy).at[p, :p].set(xy).at[p, p].set(yy)
+    return base._replace(Z1W=Z1W.at[..., p].set(zy1), WW=WW, ZrW=ZrW.at[:, p].set(zry), beta0=beta0)
 
 
 def fixed_width(p: int) -> int:

@@ -95,6 +95,24 @@ def test_fit_vmaps_over_responses_as_separate_fits():
         assert float(batch.objective[r]) == pytest.approx(float(one.objective), rel=1e-10)
 
 
+def test_a_fitted_models_statistics_take_a_new_response_and_merge():
+    """A model of 257-2,048 rows is fitted by one program whose X is padded; its statistics come
+    back narrowed on the host (numpy arrays). They still take a new response and merge,
+    eagerly, as the pass's statistics do: the model's own response gives its statistics back,
+    and merging them with themselves doubles every sum (β₀ unchanged)."""
+    c, d = _design("crossed_item_slope")  # 513 rows, p = 2 (padded to 3 in the program)
+    m = jaxmlm.lmer(c["formula"], case_data(c))
+    assert isinstance(m.stats.WW, np.ndarray) and m.stats.WW.shape == (m.layout.p + 1,) * 2
+    ops = core.response_operators(m.design, m.layout)
+    again = core.response_statistics(m.stats, m.design.y, ops, m.layout)
+    for name in ("Z1W", "WW", "ZrW"):
+        _close(getattr(again, name), getattr(m.stats, name), 1e-10, name)
+    both = core.merge(m.stats, m.stats)
+    for name in ("n", "A11", "Z1W", "WW", "A22", "ZrW", "A21"):
+        _close(getattr(both, name), 2 * np.asarray(getattr(m.stats, name)), 1e-12, name)
+    np.testing.assert_allclose(np.asarray(both.beta0), np.asarray(m.stats.beta0), rtol=1e-12)
+
+
 def _close(a, b, rel: float, what: str) -> None:
     """|a − b| ≤ rel · max|a| over the whole array (entries near 0, as Xᵀr, judged on the array's scale)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
