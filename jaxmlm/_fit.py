@@ -297,13 +297,14 @@ def _one_program_run(one, reml, method: str, made: list, intercepts: tuple | Non
     """``run(u, max_iter)`` for :func:`~jaxmlm._fit.fit_snapped`: :func:`_pass_fit_and_solve` on
     the rows of ``one`` (:class:`~jaxmlm._stats.OneChunk`), through the program cache; the
     statistics each run makes are appended to ``made``. ``intercepts``: as
-    :func:`moment_intercepts`; ``moments``: a run that iterates (``max_iter`` > 0) starts
-    from the moment estimates, not from u (a snapping candidate, with ``max_iter`` 0, is
-    evaluated at its u)."""
+    :func:`moment_intercepts`; ``moments``: the first run (the fit, also with ``max_iter`` 0)
+    starts from the moment estimates, not from u; later ones (:func:`fit_snapped`'s
+    snapping candidates) are evaluated at their u."""
     static = dict(layout=one.wide, method=method, spec=one.spec, intercepts=intercepts)
 
     def run(u, n):
-        args = (u, one.floats, one.ints, reml, n, None if intercepts is None else np.asarray(moments and n > 0))
+        first = moments and not made
+        args = (u, one.floats, one.ints, reml, n, None if intercepts is None else np.asarray(first))
         out, packed = _programs.call(_pass_fit_and_solve, args, static)
         made.append(out)
         return packed

@@ -696,7 +696,7 @@ def moment_theta(stats: Stats, layout: Layout, intercepts: tuple):
     one program that fits a nested design's small data: ``jaxmlm._fit._pass_fit_and_solve``).
 
     A block without an estimate (not a random intercept alone; fewer than 2 levels with
-    rows; n₀ ≤ 0), or all of them where n − p ≤ 1 or eᵀe = 0, keeps lme4's start. p is
+    rows; n − G ≤ 0; n₀ ≤ 0), or all of them where n − p ≤ 1 or eᵀe = 0, keeps lme4's start. p is
     ``stats.p``, the design's, whatever padding X carries (``jaxmlm._stats.widen``)."""
     p = layout.p  # W's response column; the count of fixed effects is stats.p
     c = theta_scale(stats, layout)

@@ -157,8 +157,16 @@ def _import_types(names) -> dict:
     return types
 
 
-def _jit_call(exp, compiler_options, tiered: bool = True):
-    """``exp.call`` jitted, with its arguments' placement fixed: one device, the default one.
+def _default_device():
+    import jax
+
+    device = jax.config.jax_default_device  # a Device, a platform's name, or None
+    return device if isinstance(device, jax.Device) else jax.devices(device)[0]
+
+
+def _jit_call(exp, compiler_options, tiered: bool = True, device=None):
+    """``exp.call`` jitted, with its arguments' placement fixed: one device, ``device`` (the
+    default one when the program was loaded; :func:`_program` keys loaded programs by it).
 
     Why: an exported program's outputs are *committed* to their device, while host arrays and
     the outputs of ordinary jitted programs are not, and ``jax.jit`` compiles a program once
@@ -169,9 +177,7 @@ def _jit_call(exp, compiler_options, tiered: bool = True):
     import jax
 
     placed = {}
-    if exp.nr_devices == 1:
-        device = jax.config.jax_default_device  # a Device, a platform's name, or None
-        device = device if isinstance(device, jax.Device) else jax.devices(device)[0]
+    if exp.nr_devices == 1 and device is not None:
         placed["in_shardings"] = jax.sharding.SingleDeviceSharding(device)
 
     def make(options):
@@ -184,7 +190,9 @@ def _jit_call(exp, compiler_options, tiered: bool = True):
 def _program(fn, args, static, compiler_options):
     """The loaded program for this call, kept in ``_compiled``'s bounded LRU (made if new)."""
     safe, key = _key(fn, args, static, compiler_options)
-    return _compiled.cached(("exported", key), lambda: _load(fn, args, static, compiler_options, safe, key))
+    device = _default_device()
+    return _compiled.cached(("exported", key, device),
+                            lambda: _load(fn, args, static, compiler_options, safe, key, device))
 
 
 def _exportable(fn):
@@ -193,7 +201,7 @@ def _exportable(fn):
     return fn._make() if isinstance(fn, _compiled.BoundedJit) else fn
 
 
-def _load(fn, args, static, compiler_options, safe, key):
+def _load(fn, args, static, compiler_options, safe, key, device=None):
     from jax import export
 
     path = _state["dir"] / f"{safe}-{key}{_SUFFIX}"
@@ -217,7 +225,7 @@ def _load(fn, args, static, compiler_options, safe, key):
         _register(types)
         body = exp.serialize()
         _write(path, json.dumps(sorted(types)).encode() + b"\n" + bytes(body))
-    return _jit_call(exp, compiler_options, getattr(fn, "tiered", True))
+    return _jit_call(exp, compiler_options, getattr(fn, "tiered", True), device)
 
 
 def _write(path: Path, data: bytes) -> None:

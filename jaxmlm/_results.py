@@ -44,8 +44,8 @@ class FitRecord:
     ``snapped``); ``theta_start`` is lme4's (1 on template diagonals, 0 off
     them) in the optimizer's unit-free coordinates, θ = c ⊙ that with
     c = :func:`~jaxmlm._optimize.theta_scale` (1 for an intercept, 1 / rms of
-    the column for a slope), except for the "ai" optimizer, which starts from
-    moment estimates;
+    the column for a slope), except for the "ai" optimizer and nested designs,
+    which start from moment estimates (:func:`~jaxmlm._optimize.moment_start`);
     ``theta_optimizer`` the raw optimizer output; ``objective`` the criterion
     at ``theta_end``; ``iterations`` Newton steps; ``evaluations`` points at
     which the criterion was evaluated, with or without derivatives (an

@@ -417,10 +417,10 @@ def _entries(schema: Schema, design: Design, rows: np.ndarray, P: np.ndarray) ->
 
 
 def _pass_inputs(design: Design, chunk_rows: int, response: bool = True, schema: Schema | None = None,
-                 rows: np.ndarray | None = None, width: int | None = None) -> tuple[Schema, _PassInputs]:
+                 rows: np.ndarray | None = None, width=None) -> tuple[Schema, _PassInputs]:
     """(schema, the pass's inputs) for ``rows`` of ``design`` (positions; None: all rows).
-    ``width``: X padded with zero columns to this many (before y, as :func:`widen` puts
-    them; β₀ with zeros), for :func:`one_chunk`.
+    ``width(layout)``: X padded with zero columns to that many (before y, as :func:`widen`
+    puts them; β₀ with zeros), for :func:`one_chunk`.
 
     Without a ``schema`` it is made from the design (with the rows' A21 entries as a
     by-product). Each set of rows is centred on its own least-squares fit (y − Xβ₀ with
@@ -453,7 +453,7 @@ def _pass_inputs(design: Design, chunk_rows: int, response: bool = True, schema:
     k1, mr = Z[0].shape[1], P.shape[1]
     while lay.l1 == 1 and chunk > 1 and chunk * (mr * mr + mr * k1) > PASS_ELEMENTS_MAX:
         chunk //= 2
-    pw = lay.p if width is None else width
+    pw = lay.p if width is None else width(lay)
     W = np.zeros((len(y), pw + 1))
     W[:, : lay.p], W[:, pw] = X, resid
     beta0 = np.concatenate([beta0, np.zeros(pw - lay.p)]) if pw > lay.p else beta0
@@ -568,7 +568,8 @@ class OneChunk(NamedTuple):
     the arithmetic (sleepstudy, 2 cores: a program of its own for the pass ~70 µs, each
     host argument ~3 µs, of a ~0.7 ms fit).
 
-    Above the smallest chunk, X comes padded with zero columns to :func:`fixed_width` (as
+    Above the smallest chunk, and for a nested design (whose fit costs ~1 ms or more), X
+    comes padded with zero columns to :func:`fixed_width` (as
     :func:`widen` pads the statistics; :func:`stats_from_chunk` adds their unit diagonal), so
     that models that differ only in their fixed effects share the program (the classroom
     models of a course session: one program, not one per set of covariates): ``layout`` is
@@ -592,8 +593,10 @@ ONE_PROGRAM_ROWS = 2048
 
 #: The chunk sizes of one-program fits: sleepstudy-sized data keep a pass over 256 rows; up
 #: to 2,048 rows (the classroom data's 1,190) the pass, the optimizer and the solve are one
-#: program instead of a pass program and a fit program, or three with a nested design's
-#: moment start (issue 12).
+#: program instead of a pass, a widening and a fit program, and a nested design's moment
+#: start a fourth (issue 12: the classroom fit 3.1 → 1.8 ms). A third chunk of 8,192 rows
+#: (Hsb82's 7,185) compiled at full optimization (its arguments are over
+#: SMALL_PROGRAM_BYTES) and took a course session's Hsb82 step from 2.4 to 4.2 s.
 ONE_PROGRAM_CHUNKS = (256, ONE_PROGRAM_ROWS)
 
 
@@ -605,9 +608,14 @@ def one_chunk(design: Design, rows: int | None = None) -> OneChunk | None:
         rows = next((size for size in ONE_PROGRAM_CHUNKS if design.n <= size), 0)
     if design.n > rows:
         return None
-    pw = fixed_width(design.p) if rows > ONE_PROGRAM_CHUNKS[0] else design.p
-    schema, inp = _pass_inputs(design, rows, width=pw)
+    def width(layout: Layout) -> int:  # X's width in the program (OneChunk)
+        return fixed_width(layout.p) if rows > ONE_PROGRAM_CHUNKS[0] or is_nested(layout) else layout.p
+
+    schema, inp = _pass_inputs(design, rows, width=width)
+    if inp.chunk < design.n:  # rows whose products PASS_ELEMENTS_MAX splits: the pass in chunks
+        return None
     layout = schema.layout
+    pw = inp.W.shape[1] - 1
     inp = inp._replace(chunk=rows)
     arrays = (*next(_chunks(inp)), *_host_stats(schema, inp))
     floats = np.concatenate([a.ravel() for a in arrays if a.dtype.kind == "f"])

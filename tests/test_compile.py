@@ -110,17 +110,20 @@ def test_anova_and_ranova_refits_run_the_fitted_models_programs(caplog):
     """anova's ML refits and ranova's reduced models run on the statistics of a fitted model:
     they run the program lmer fitted it with (same layout and shapes, REML or ML a traced
     argument), so they compile nothing (issue 12: the ML refits of a course session's
-    anova compiled a program of their own for every model). The models here are fitted on
-    statistics (a nested design starts from moment estimates), as larger data are."""
+    anova compiled a program of their own for every model). The models here (2,400 rows, over
+    the one-program fits' 2,048) are fitted on statistics made apart, as larger data are, the
+    nested one from moment estimates; test_anova_and_ranova_refits_of_small_data_run_the_one_program_fit
+    covers small data."""
     import numpy as np
     import pandas as pd
 
     rng = np.random.default_rng(11)
-    schools = np.arange(90) % 30
-    rows = pd.DataFrame({"classid": np.repeat(np.arange(90), 5), "schoolid": np.repeat(schools, 5)})
+    schools = np.arange(600) % 200
+    rows = pd.DataFrame({"classid": np.repeat(np.arange(600), 4), "schoolid": np.repeat(schools, 4)})
     rows["x"] = rng.normal(size=len(rows))
-    rows["y"] = (0.5 * rows.x + rng.normal(size=30)[rows.schoolid] + 0.7 * rng.normal(size=90)[rows.classid]
+    rows["y"] = (0.5 * rows.x + rng.normal(size=200)[rows.schoolid] + 0.7 * rng.normal(size=600)[rows.classid]
                  + rng.normal(size=len(rows)))
+    assert len(rows) > 2048
     m0 = jaxmlm.lmer("y ~ x + (1 | schoolid)", rows)
     m1 = jaxmlm.lmer("y ~ x + (1 | schoolid/classid)", rows)
     with caplog.at_level(logging.WARNING), jax.log_compiles(True):
@@ -165,13 +168,37 @@ def test_anova_and_ranova_refits_of_small_data_run_the_one_program_fit(caplog):
         assert abs(on_rows - on_stats) < 1e-8 * abs(on_stats), (cols, on_rows, on_stats)
 
 
+def test_small_nested_models_differing_in_fixed_effects_share_the_one_program(caplog):
+    """A nested design of sleepstudy's size (240 rows, in the 256-row chunk) is fitted by one
+    program that also makes its moment start; X is padded in its rows (as above 256 rows), so
+    a covariate added compiles no new fit. (Found in review: the unpadded program compiled
+    again, 1.1 s, where the statistics path had shared its fit program.) The start is the
+    moment estimate also with ``max_iter=0``, as on the statistics path."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(2)
+    rows = pd.DataFrame({"c": np.repeat(np.arange(60), 4), "s": np.repeat(np.arange(60) % 20, 4)})
+    rows["x"], rows["z"] = rng.normal(size=240), rng.normal(size=240)
+    rows["y"] = 0.5 * rows.x + rng.normal(size=20)[rows.s] + rng.normal(size=60)[rows.c] + rng.normal(size=240)
+    m0 = jaxmlm.lmer("y ~ x + (1 | s/c)", rows)
+    with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+        jaxmlm.lmer("y ~ x + z + (1 | s/c)", rows)
+    compiled = set(re.findall(r"Finished XLA compilation of jit\((\w+)\)", caplog.text))
+    assert compiled <= {"theta_scale", "stage"}, compiled
+    with pytest.warns(jaxmlm.ConvergenceWarning, match="iteration limit"):
+        at_start = jaxmlm.lmer("y ~ x + (1 | s/c)", rows, max_iter=0)
+    np.testing.assert_allclose(at_start.record.theta_start, m0.record.theta_start, rtol=1e-12)
+    assert not np.allclose(m0.record.theta_start, 1.0)  # the moment start, not lme4's θ = 1
+
+
 @pytest.mark.parametrize("groups", [60, 400])
 def test_models_differing_in_fixed_effects_share_the_fit_and_summary_programs(caplog, groups):
     """A covariate added, or the null model: W's fixed-effects columns are padded to a common
     width (3, 7 or 15 columns: ``jaxmlm._stats.fixed_width``), so the fit and its Satterthwaite
     table run the programs of the first model. 360 rows: the one program that also makes the
-    statistics (X padded in its rows), nothing compiles; 2,400 rows: only the pass over the
-    rows (its width is the data's) compiles. Issue 12: a course session compiled a fit program
+    statistics (X padded in its rows), no fit, pass or summary program compiles; 2,400 rows:
+    only the pass over the rows (its width is the data's) compiles. Issue 12: a course session compiled a fit program
     for each of Hsb82's null and ``ses`` models and each of three nested classroom models."""
     import numpy as np
     import pandas as pd

@@ -352,11 +352,12 @@ def test_lmer_snaps_as_the_fit_program_does(formula):
 
 
 @pytest.mark.parametrize("cid", ["sleepstudy_rs", "penicillin_crossed", "pastes_nested", "nested_slash",
-                                 "factors_na", "dyestuff2_singular"])
+                                 "factors_na", "dyestuff2_singular", "crossed_item_slope", "slopes3_corr"])
 def test_one_program_fit_is_the_staged_fit(fits, cid, monkeypatch):
     """Small data (at most ONE_PROGRAM_ROWS rows) are fitted by one program (pass,
-    optimizer, solve); without it (the path of larger data) the fit is the same, and so is
-    everything it reports."""
+    optimizer, solve; a nested design's moment start; above 256 rows, and for nested designs,
+    X padded in the rows); without it (the path of larger data) the fit is the same, and so
+    is everything it reports, its start included."""
     import jaxmlm
     import jaxmlm._results as results
     from conftest import case_data
@@ -382,6 +383,7 @@ def test_one_program_fit_is_the_staged_fit(fits, cid, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
     assert (m.record.iterations, m.record.evaluations, m.record.status, m.record.snapped) == (
         s.record.iterations, s.record.evaluations, s.record.status, s.record.snapped)
+    np.testing.assert_allclose(m.record.theta_start, s.record.theta_start, rtol=1e-12, atol=1e-14)
     assert results.one_chunk(fits("hsb_ses_slope").design) is None  # 7185 rows: the staged path
 
 

@@ -119,19 +119,20 @@ def test_pair_list_is_every_lower_pair_of_a_level():
 @pytest.mark.filterwarnings("ignore::jaxmlm.RankDeficiencyWarning")
 def test_one_chunk_program_makes_the_pass_statistics(cid):
     """The pass run inside a caller's program (one_chunk + stats_from_chunk) gives the
-    statistics and layout of sufficient_stats; above the smallest chunk (over 256 rows) with X
-    padded to the programs' common width as widen pads it (narrow takes them back). Data
-    over one chunk are left to sufficient_stats."""
+    statistics and layout of sufficient_stats; above the smallest chunk (over 256 rows), and for
+    nested designs, with X padded to the programs' common width as widen pads it (narrow takes
+    them back). Data over one chunk are left to sufficient_stats."""
     import jax
 
-    from jaxmlm._stats import ONE_PROGRAM_CHUNKS, _widen_arrays, narrow, one_chunk, stats_from_chunk
+    from jaxmlm._stats import ONE_PROGRAM_CHUNKS, _widen_arrays, is_nested, narrow, one_chunk, stats_from_chunk
 
     c = CASES[cid]
     d = build_design(c["formula"], case_data(c))
     layout, st, _ = sufficient_stats(d)
     oc = one_chunk(d)
     rows = min(size for size in ONE_PROGRAM_CHUNKS if d.n <= size)
-    assert oc.layout == layout and oc.wide == layout._replace(p=fixed_width(layout.p) if rows > 256 else layout.p)
+    padded = rows > 256 or is_nested(layout)  # X at the fit programs' common width (OneChunk)
+    assert oc.layout == layout and oc.wide == layout._replace(p=fixed_width(layout.p) if padded else layout.p)
     assert oc.floats.dtype == np.float64 and oc.ints.dtype.kind == "i"
     st_b = jax.jit(stats_from_chunk, static_argnames=("spec", "layout"))(oc.floats, oc.ints, spec=oc.spec, layout=oc.wide)
     Z1W, WW, ZrW, beta0 = _widen_arrays(st.Z1W, st.WW, st.ZrW, st.beta0, pw=oc.wide.p)  # the staged path's widening
