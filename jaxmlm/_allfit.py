@@ -22,7 +22,7 @@ from . import _programs
 from ._errors import DataError
 from ._inference import _ONE_SHOT_OPTIONS, _one_shot_jit
 from ._fit import fit
-from ._optimize import STATUS, lme4_start, moment_start, theta_scale_host
+from ._optimize import STATUS, intercept_blocks, lme4_start, moment_start, theta_scale_host
 from ._refit import _padded, _run_chunks, _sdcor, _theta_names, _vc_params, lapack_safe_batch
 
 __all__ = ["AllFit", "all_fit"]
@@ -91,7 +91,7 @@ def _starts(m, n_random: int, seed, scale: np.ndarray) -> list[tuple[str, np.nda
     base = lme4_start(layout)
     starts = [("lme4", base * scale)]
     if layout.qr > 0:
-        intercepts = [blk.columns == ("(Intercept)",) for blk in m.design.blocks]
+        intercepts = intercept_blocks(m.design)
         starts.append(("moment", np.asarray(moment_start(m.stats, layout, intercepts), dtype=float)))
     rng = np.random.default_rng(seed)
     diag = base == 1.0

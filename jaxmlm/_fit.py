@@ -29,7 +29,7 @@ import numpy as np
 from . import _compiled, _programs, _x64  # noqa: F401
 from ._objective import _deviance, blockdiag_value, levels_last
 from ._optimize import (SNAP_BELOW, OptState, canonical_theta_jax, choose_method, diagonal_mask, fit_theta,
-                        moment_theta, per_level_formulas, theta_scale)
+                        intercept_blocks, moment_theta, per_level_formulas, theta_scale)
 from ._solution import Solution, solve
 from ._stats import Layout, Stats, is_nested, one_chunk, stats_from_chunk, widen, zeroed_chunk
 
@@ -290,7 +290,7 @@ def moment_intercepts(layout: Layout, design) -> tuple | None:
     starts from moment estimates, in the program (classroom's ``(1 | schoolid/classid)``: 5
     Newton steps, against 10 from lme4's start; a pass program and a start program of their
     own cost more)."""
-    return tuple(blk.columns == ("(Intercept)",) for blk in design.blocks) if is_nested(layout) else None
+    return intercept_blocks(design) if is_nested(layout) else None
 
 
 def _one_program_run(one, reml, method: str, made: list, intercepts: tuple | None = None, moments: bool = False):

@@ -655,6 +655,12 @@ def _structured_fgh(stats: Stats, reml, layout: Layout):
     return fgh
 
 
+def intercept_blocks(design) -> tuple[bool, ...]:
+    """Per block of ``design`` (the layout's order), whether it is a random intercept alone,
+    ``(1 | g)``: the blocks :func:`moment_start` estimates."""
+    return tuple(blk.columns == ("(Intercept)",) for blk in design.blocks)
+
+
 def moment_start(stats: Stats, layout: Layout, intercepts, with_scale: bool = False):
     """A start for θ from one-way ANOVA moment estimates: θ_b = σ̂_b / σ̂ per scalar block.
 

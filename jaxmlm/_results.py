@@ -26,8 +26,8 @@ from ._errors import ConvergenceError, DataError, JaxmlmError, RowsNotHeldError,
 from ._frontend import build_design
 from ._objective import templates_host
 from ._fit import _one_program_run, fit_program, fit_snapped, moment_intercepts, needs_moment_start
-from ._optimize import (STATUS, choose_method, diagonal_mask, fit_theta, lme4_start, max_abs_gradient, moment_start,
-                        status_warnings, theta_scale_host)
+from ._optimize import (STATUS, choose_method, diagonal_mask, fit_theta, intercept_blocks, lme4_start,
+                        max_abs_gradient, moment_start, status_warnings, theta_scale_host)
 from ._stats import Layout, Stats, narrow, one_chunk, stats_from_chunk, sufficient_stats
 
 __all__ = ["FitRecord", "LinearMixedModel", "MixedModelBase", "lmer"]
@@ -782,8 +782,7 @@ def lmer(
         stages = []
         est_stats, est_reml = stats, reml
         if moment:  # one transfer gives the start and c
-            theta0, c = moment_start(stats, layout, [blk.columns == ("(Intercept)",) for blk in design.blocks],
-                                     with_scale=True)
+            theta0, c = moment_start(stats, layout, intercept_blocks(design), with_scale=True)
             u0 = theta0 / c
         elif dtype == "float32":
             c = theta_scale_host(stats, layout)

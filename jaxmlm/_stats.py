@@ -574,8 +574,8 @@ class OneChunk(NamedTuple):
     that models that differ only in their fixed effects share the program (the classroom
     models of a course session: one program, not one per set of covariates): ``layout`` is
     the data's, ``wide`` the program's, and :func:`narrow` takes the program's statistics
-    back to ``layout``. The smallest chunk keeps X's width: padding and narrowing cost
-    ~55 µs, 7 % of a sleepstudy fit."""
+    back to ``layout``. Other data in the smallest chunk keep X's width: padding and
+    narrowing cost ~55 µs, 7 % of a sleepstudy fit."""
 
     layout: Layout
     wide: Layout
@@ -608,6 +608,7 @@ def one_chunk(design: Design, rows: int | None = None) -> OneChunk | None:
         rows = next((size for size in ONE_PROGRAM_CHUNKS if design.n <= size), 0)
     if design.n > rows:
         return None
+
     def width(layout: Layout) -> int:  # X's width in the program (OneChunk)
         return fixed_width(layout.p) if rows > ONE_PROGRAM_CHUNKS[0] or is_nested(layout) else layout.p
 
