@@ -215,7 +215,8 @@ def test_small_programs_start_at_level_0_and_tier_up_on_a_later_call():
     prog = _compiled.tiered(make, 1000)
     assert made == [{**cheap, "xla_backend_optimization_level": 0}]
     results = [prog(0) for _ in range(_compiled.TIER_UP_CALLS + 3)]
-    assert made[1:] == [cheap]  # made again exactly once, without level 0
+    # made again exactly once, without level 0 and with YNNPACK's fusions off
+    assert made[1:] == [{**cheap, "xla_cpu_experimental_ynn_fusion_type": ""}]
     n = _compiled.TIER_UP_CALLS
     assert results == [1] * (n - 1) + [2] * 4 and prog.optimized
 
@@ -228,6 +229,14 @@ def test_small_programs_start_at_level_0_and_tier_up_on_a_later_call():
     mine = _compiled.tiered(make, 1000, own)
     [mine(0) for _ in range(n + 1)]
     assert made == [{**cheap, **own}]
+    made.clear()
+    many = _compiled.tiered(make, 1000, tier=False)  # optimized from the start
+    [many(0) for _ in range(n + 1)]
+    assert made == [{**cheap, "xla_cpu_experimental_ynn_fusion_type": ""}]
+    made.clear()
+    mine = _compiled.tiered(make, 1000, {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"})
+    [mine(0) for _ in range(n + 1)]
+    assert made[1] == {**cheap, "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}  # its own wins
 
 
 def test_a_kernel_compiles_twice_when_busy_and_gives_the_same_numbers():
@@ -247,6 +256,25 @@ def test_a_kernel_compiles_twice_when_busy_and_gives_the_same_numbers():
         assert compiles.count("jit(_kernel)") == (1 if i + 1 < _compiled.TIER_UP_CALLS else 2)
     for o in out[1:]:
         np.testing.assert_allclose(o, out[0], rtol=1e-13)
+
+
+@pytest.mark.parametrize("correlation", [None, "ar1"])
+def test_a_fit_past_tier_up_gives_the_level_0_fits_numbers(correlation):
+    """A real model's fit program at level 0 and fully optimized (YNNPACK's fusions off):
+    the same estimates, criterion and steps to rounding, on the call that tiers up and after."""
+    d = jaxmlm.load_example("sleepstudy")
+    cor = jaxmlm.corAR1(form="~ Days | Subject") if correlation else None
+    _compiled.clear()
+    fits = [jaxmlm.lmer("Reaction ~ Days + (Days | Subject)", d, correlation=cor)
+            for _ in range(_compiled.TIER_UP_CALLS + 1)]
+    _compiled.clear()
+    first = fits[0]
+    for later in fits[-2:]:
+        np.testing.assert_allclose(later.theta, first.theta, rtol=1e-8)
+        np.testing.assert_allclose(later.fixef, first.fixef, rtol=1e-10)
+        np.testing.assert_allclose(later.vcov, first.vcov, rtol=1e-8)
+        assert abs(later.objective - first.objective) < 1e-8
+        assert later.record.evaluations == first.record.evaluations
 
 
 def test_kernels_made_for_many_runs_are_optimized_from_the_start():
