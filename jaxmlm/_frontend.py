@@ -33,6 +33,8 @@ from ._design import (
     _string_codes,
     _unknown_column,
     r_column_name,
+    series_of,
+    take_columns,
 )
 from ._errors import DataError, FormulaError
 from ._formula import ParsedFormula, parse_formula
@@ -201,7 +203,7 @@ def _fast_design(parsed: ParsedFormula, data: pd.DataFrame, template: bool = Fal
     if type(columns) is not pd.Index or not columns.is_unique or not all(c in columns for c in needed):
         return None  # (a MultiIndex or DatetimeIndex would match names by parts: the general path)
     cols = sorted(needed, key=columns.get_loc)  # in the data's order
-    series = {c: data[c] for c in cols}  # one lookup per column: pandas' __getitem__ is slow
+    series = take_columns(data, cols)  # one lookup per column: pandas' __getitem__ is slow
     if not all(_numeric(series[c]) for c in numeric_needed):
         return None
     predictors = set(fixed[1])
@@ -256,7 +258,8 @@ def _fast_design(parsed: ParsedFormula, data: pd.DataFrame, template: bool = Fal
     _nonfinite(X, names_all, "the fixed-effects model matrix")
 
     specs = _Deferred(lambda: _formulaic_specs(
-        parsed, {c: _prepare(series[c], False) if isinstance(v, Coded) else v for c, v in frame.items()},
+        parsed, {c: _prepare(series[c], False) if isinstance(v, Coded) else series_of(v, data.index)
+                 for c, v in frame.items()},
         data.index, complete, cols))
     kept = {f: frame[f] if every else frame[f][complete] for f in factors}
     groupings: dict[tuple[str, ...], tuple[np.ndarray, pd.Index]] = {}

@@ -62,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from ._design import take_columns
 from ._errors import DataError, FormulaError, UnknownColumnError
 from ._objective import cholesky_by_columns, solve_lower_by_rows
 
@@ -98,11 +99,13 @@ def _parse_form(form, what: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return covs, groups
 
 
-def _column(frame: pd.DataFrame, name: str, what: str) -> pd.Series:
+def _column(frame: pd.DataFrame, name: str, what: str, plain: bool = False) -> pd.Series:
+    """The column ``name`` of the rows the model uses, without missing values; ``plain``: small
+    data's numeric column as the design reads it (:func:`~jaxmlm._design.take_columns`)."""
     if name not in frame.columns:
         close = [c for c in frame.columns if str(c).lower() == name.lower()]
         raise UnknownColumnError(name, close)
-    col = frame[name]
+    col = take_columns(frame, [name])[name] if plain else frame[name]
     values = col.to_numpy()
     missing = np.isnan(values).any() if values.dtype.kind == "f" else bool(pd.isna(values).any())
     if missing:
@@ -112,7 +115,7 @@ def _column(frame: pd.DataFrame, name: str, what: str) -> pd.Series:
 
 
 def _numeric(frame: pd.DataFrame, name: str, what: str) -> np.ndarray:
-    col = _column(frame, name, what)
+    col = _column(frame, name, what, plain=True)
     plain = isinstance(col.dtype, np.dtype) and col.dtype.kind in "iuf"  # pandas' dtype tests cost more
     if not plain and (not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
         raise DataError(f"{what}: covariate {name!r} must be numeric, got dtype {col.dtype}")

@@ -1012,6 +1012,28 @@ def test_model_frame_is_a_snapshot(formula, columns):
     assert len(d.frame) == len(d.y) == len(df) - original[columns].isna().any(axis=1).sum()
 
 
+@pytest.mark.parametrize("rows", [60, 5000])  # small data's numeric columns are copied, larger data's shared
+def test_a_fit_on_complete_data_keeps_its_rows_when_the_data_change_in_place(rows):
+    """Values written into the data's own arrays after the fit, and columns replaced, reach neither
+    the model frame, its fixed-effects spec for new data, nor a refit."""
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"y": rng.standard_normal(rows), "x": rng.standard_normal(rows),
+                       "g": np.arange(rows) // 6})
+    original = df.copy()
+    m = jaxmlm.lmer("y ~ x + (1 | g)", df)
+    df.loc[0, "y"] = 1e6
+    df.loc[1, "x"] = 1e6
+    df.iloc[2, df.columns.get_loc("g")] = 10**6
+    df["x"] = 0.0
+    pd.testing.assert_frame_equal(m.design.frame, original)
+    np.testing.assert_allclose(m.predict(original.iloc[:5]), jaxmlm.lmer("y ~ x + (1 | g)", original).predict(original.iloc[:5]),
+                               rtol=1e-10)
+    ml = m.update(REML=False)  # refitted from the model's own frame
+    expected = jaxmlm.lmer("y ~ x + (1 | g)", original, REML=False)
+    np.testing.assert_allclose(ml.fixef, expected.fixef, rtol=1e-9)
+    assert ml.objective == pytest.approx(expected.objective, rel=1e-12)
+
+
 # ---- regressions found against lme4: integers, dates, ids, mixed columns, formula type -----------------------
 
 
