@@ -156,3 +156,40 @@ def test_with_the_cache_models_differing_in_fixed_effects_share_the_fit_and_summ
     # what may compile: the host's small helpers (θ's templates, θ's scale), ~10-60 ms each
     assert set(res["compiled"]) <= {"templates", "theta_scale", "stage"}, res["compiled"]
     assert len(res["coef"]) == 3 and all(np.isfinite(v) for row in res["coef"] for v in row)
+
+
+def test_exported_programs_are_told_apart_by_what_decides_them(tmp_path):
+    """In one process with the program cache on: calls that differ in dtype, shape, weak type or
+    a static argument run programs of their own (each the right answer); the same call again
+    finds its program without making or reading anything."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxmlm import _compiled, _programs
+
+    @_compiled.jit(static_argnames="k")
+    def kernel(x, s, k):
+        return jnp.sum(x) * s + k
+
+    made = []
+    real = _programs._load
+    was = _programs._state["dir"]
+    try:
+        assert _programs.enable(tmp_path)
+        _programs._load = lambda *a, **kw: made.append(a[1]) or real(*a, **kw)
+        calls = [((np.ones(3), np.float64(2.0)), {"k": 1}, 7.0),
+                 ((np.ones(3, np.float32), np.float32(2.0)), {"k": 1}, 7.0),
+                 ((np.ones(4), np.float64(2.0)), {"k": 1}, 9.0),
+                 ((np.ones(3), np.float64(2.0)), {"k": 5}, 11.0),
+                 ((np.ones(3), jnp.asarray(2.0)), {"k": 1}, 7.0),  # a weak-typed scalar
+                 ((np.ones(3), np.float64(2.0)), {"k": 1}, 7.0)]  # the first call again
+        for args, static, expected in calls:
+            out = _programs.call(kernel, args, static)
+            assert float(out) == expected
+        assert len(made) == 5  # every call but the repeated one made its program
+        assert [str(a[0].dtype) for a in made] == ["float64", "float32", "float64", "float64", "float64"]
+        assert jax.typeof(made[4][1]).weak_type and not jax.typeof(made[0][1]).weak_type
+        assert len(list(tmp_path.glob("*.jaxexport"))) == 5
+    finally:
+        _programs._load = real
+        _programs._state["dir"] = was
