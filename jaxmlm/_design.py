@@ -553,7 +553,7 @@ def _labels(values) -> pd.Index:
 
     Integer levels (group ids as read from a CSV file) are the common case, and a refit,
     an ``anova`` or a bootstrap asks for the same levels again: their labels are kept,
-    keyed by the levels' bytes, and each design gets a shallow copy (its own name). Making
+    keyed by the levels' bytes, and each design gets a view of them (its own name). Making
     one cost ~35 µs of a ~1 ms sleepstudy fit under pandas 3."""
     kind = getattr(values.dtype, "kind", "O")
     if kind in "iu":
@@ -570,7 +570,9 @@ def _labels(values) -> pd.Index:
                 except (KeyError, RuntimeError, StopIteration):  # another thread took it first
                     pass
             _INT_LABELS[key] = labels
-        return labels.copy()  # a shallow copy (~2 µs): a name set on a design's levels stays there
+        # a new Index on the same (immutable) labels: a name set on a design's levels stays there
+        # (``view()``: ~4 µs between two fits, where ``copy()`` took ~14 µs)
+        return labels.view()
     items = values.tolist()
     if all(type(v) is str for v in items):
         return pd.Index(items, dtype=object)

@@ -70,8 +70,11 @@ def snap_host(theta: np.ndarray, f: float, c: np.ndarray, layout: Layout, criter
     θ order, each time with the current θ and that diagonal set to 0. ``noise``: the
     criterion's rounding noise where it exceeds the tolerance (float32 arithmetic)."""
     theta = np.array(theta, dtype=np.float64)
+    candidates = np.flatnonzero(snap_candidates(theta, c, layout))
+    if not candidates.size:  # the usual case: nothing near the boundary
+        return theta, f, (), None
     tol, snapped, kept = max(float(snap_tolerance(f, np)), noise), [], None
-    for i in np.flatnonzero(snap_candidates(theta, c, layout)):
+    for i in candidates:
         trial = theta.copy()
         trial[i] = 0.0
         ft, value = criterion(trial)
