@@ -370,9 +370,10 @@ def take_columns(data: pd.DataFrame, cols) -> dict:
     design's own, so changes to ``data`` after the fit never reach it (a Series is a copy-on-write
     snapshot of the same; larger data keep the Series, which share the frame's memory)."""
     get = getattr(data, "_get_column_array", None)  # pandas' own accessor (not public API)
-    if get is None or len(data) > PLAIN_ROWS:
-        return {c: data[c] for c in cols}
-    columns, out = data.columns, {}
+    columns = data.columns
+    if get is None or len(data) > PLAIN_ROWS or type(columns) is not pd.Index or not columns.is_unique:
+        return {c: data[c] for c in cols}  # (a name of several columns, or of a MultiIndex: as pandas does)
+    out = {}
     for c in cols:
         values = get(columns.get_loc(c))
         is_plain = isinstance(values, np.ndarray) and values.dtype.kind in "iuf" and values.ndim == 1
