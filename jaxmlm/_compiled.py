@@ -136,15 +136,19 @@ def _shrink(limit: int) -> list:
     return out
 
 
-def _signature(tree) -> tuple:
+def _signature(tree, weak: bool = False) -> tuple:
     """What of the arguments decides the compiled program: their tree structure and the shape
-    and dtype of each array leaf (the type of any other leaf).
+    and dtype of each array leaf (the type of any other leaf); ``weak``: each array's weak type
+    too (for a key that is the program itself, ``_programs._program``).
 
-    Only chooses which wrapper runs the call (the wrapper's own jit cache checks
-    the exact types, weak types included), so it need not be complete, only cheap
+    Without ``weak`` it only chooses which wrapper runs the call (the wrapper's own jit cache
+    checks the exact types, weak types included), so it need not be complete, only cheap
     and hashable: a few microseconds for the engine's statistics.
     """
     leaves, treedef = _flatten(tree)
+    if weak:
+        return treedef, tuple((x.shape, x.dtype, isinstance(x, _Tracer), getattr(x, "weak_type", False))
+                              if hasattr(x, "dtype") else type(x) for x in leaves)
     return treedef, tuple((x.shape, x.dtype, isinstance(x, _Tracer)) if hasattr(x, "dtype") else type(x)
                           for x in leaves)
 
@@ -280,10 +284,10 @@ class Tiered:
     rounding.
     """
 
-    __slots__ = ("_make", "_options", "_program", "_calls", "optimized", "__weakref__")
+    __slots__ = ("_make", "_optimized_options", "_program", "_calls", "optimized", "__weakref__")
 
-    def __init__(self, make, options: dict | None, optimized: dict | None = None):
-        self._make, self._options, self._calls = make, optimized if optimized is not None else options, 0
+    def __init__(self, make, options: dict | None, optimized: dict | None):
+        self._make, self._optimized_options, self._calls = make, optimized, 0
         self.optimized = False  # whether calls run the fully optimized program
         self._program = make({**(options or {}), **_QUICK})
 
@@ -292,7 +296,7 @@ class Tiered:
             self._calls += 1
             if self._calls >= TIER_UP_CALLS:  # (two threads may both compile it: harmless)
                 self.optimized = True
-                self._program = self._make(self._options)  # the quick one is dropped, and freed
+                self._program = self._make(self._optimized_options)  # the quick one is dropped, and freed
         return self._program(*args, **kwargs)
 
     def _cache_size(self) -> int:

@@ -199,10 +199,7 @@ def _program(fn, args, static, compiler_options):
     import jax
 
     device = _default_device()
-    leaves, tree = jax.tree.flatten(args)
-    here = ("exported", fn, tuple(sorted(static.items())), tree,
-            tuple((x.shape, x.dtype, getattr(x, "weak_type", False)) if hasattr(x, "dtype") else type(x)
-                  for x in leaves),
+    here = ("exported", fn, tuple(sorted(static.items())), _compiled._signature(args, weak=True),
             tuple(sorted((compiler_options or {}).items())),
             jax.default_backend(), bool(jax.config.jax_enable_x64), jax.config.jax_default_matmul_precision, device)
     return _compiled.cached(here, lambda: _load(fn, args, static, compiler_options,
