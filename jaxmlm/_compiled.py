@@ -264,13 +264,14 @@ def tiered(make, nbytes: int, options: dict | None = None, tier: bool = True):
         return make(chosen)  # a level of its own: compiled once, as asked
     if not tier:
         return make(_optimized(chosen))
-    return Tiered(make, chosen, _optimized(chosen))
+    return Tiered(make, chosen)
 
 
 class Tiered:
     """A small program compiled first at XLA's backend optimization level 0 (``options``
     plus level 0) and, on its :data:`TIER_UP_CALLS`-th call, again with full optimization
-    (``optimized``).
+    (``options`` plus :data:`_SMALL_DOTS`, whose availability is checked then, not on a
+    fresh process's first fit: the check compiles a program of its own, ~20–50 ms).
 
     Why: a fresh process spends most of a model's first fit compiling. At level 0 the
     engine's small programs compile in about a third less time (a course session's fit
@@ -284,10 +285,10 @@ class Tiered:
     rounding.
     """
 
-    __slots__ = ("_make", "_optimized_options", "_program", "_calls", "optimized", "__weakref__")
+    __slots__ = ("_make", "_options", "_program", "_calls", "optimized", "__weakref__")
 
-    def __init__(self, make, options: dict | None, optimized: dict | None):
-        self._make, self._optimized_options, self._calls = make, optimized, 0
+    def __init__(self, make, options: dict | None):
+        self._make, self._options, self._calls = make, options, 0
         self.optimized = False  # whether calls run the fully optimized program
         self._program = make({**(options or {}), **_QUICK})
 
@@ -296,7 +297,7 @@ class Tiered:
             self._calls += 1
             if self._calls >= TIER_UP_CALLS:  # (two threads may both compile it: harmless)
                 self.optimized = True
-                self._program = self._make(self._optimized_options)  # the quick one is dropped, and freed
+                self._program = self._make(_optimized(self._options))  # the quick one is dropped, and freed
         return self._program(*args, **kwargs)
 
     def _cache_size(self) -> int:
