@@ -73,6 +73,7 @@ from ._fit import fit_snapped, fit_stats, one_program_refit
 from ._optimize import choose_method, diagonal_mask, theta_scale_host
 from ._present import AnovaTable
 from ._rnum import deparse_formula
+from ._solution import Solution
 
 __all__ = ["anova", "ranova", "lrt_vs_ols", "LRTest", "icc", "r2_nakagawa", "pseudo_r2", "zero_columns", "refit_criterion"]
 
@@ -131,14 +132,15 @@ def lift_zero_diagonals(theta: np.ndarray, layout, scale, value: float = 0.1) ->
     return theta
 
 
-def refit_criterion(m, reml: bool, stats=None, theta0=None, zeroed=()) -> tuple[float, np.ndarray]:
+def refit_criterion(m, reml: bool, stats=None, theta0=None, zeroed=()) -> tuple[float, np.ndarray, Solution]:
     """Minimum of the ML deviance (reml=False) or REML criterion over θ on ``stats``
     (default: the model's own, with the Z columns ``zeroed`` set to 0: :func:`zero_columns`),
     started from ``theta0`` (default θ̂). Runs the program
     ``lmer`` fits with (:func:`~jaxmlm._fit.fit_stats`: same layout, statistics' shapes and
     method; for small data fitted by one program, that program: :func:`~jaxmlm._fit.one_program_refit`),
     so that refitting a fitted shape compiles nothing. Returns (criterion, θ̂ with
-    canonical signs and lmer's boundary snapping)."""
+    canonical signs and lmer's boundary snapping, the estimates there: β̂, σ̂ and vcov(β̂) of
+    the refit, from the same program)."""
     small = one_program_refit(m, reml, zeroed) if stats is None and hasattr(m, "record") else None
     if stats is None:
         stats = zero_columns(m, zeroed) if zeroed else m.stats
@@ -156,7 +158,7 @@ def refit_criterion(m, reml: bool, stats=None, theta0=None, zeroed=()) -> tuple[
     if status not in (0, 1):
         warn_user(f"refit of {m.formula!r} stopped before convergence (status {status})",
                   ConvergenceWarning)
-    return f, np.asarray(theta, dtype=np.float64)
+    return f, np.asarray(theta, dtype=np.float64), sol
 
 
 def ml_deviance(m) -> float:

@@ -465,11 +465,11 @@ def _minimize(m, spec: dict, X: np.ndarray, v: np.ndarray, frozen: np.ndarray):
 
 def _ml_fit(m):
     """θ̂, σ̂, β̂, vcov and deviance at the ML estimates (lme4's refitML for REML fits)."""
-    if m.REML:
-        theta = refit_criterion(m, reml=False)[1]
+    if m.REML:  # the refit's program gives the estimates too: no program of its own for them
+        _, theta, sol = refit_criterion(m, reml=False)
     else:
         theta = np.asarray(m.theta, dtype=np.float64)
-    sol = solve(np.asarray(theta), m.stats, np.asarray(0.0), m.layout)
+        sol = solve(np.asarray(theta), m.stats, np.asarray(0.0), m.layout)
     return theta, float(sol.sigma), np.asarray(sol.beta), np.asarray(sol.vcov), float(sol.criterion)
 
 

@@ -101,8 +101,8 @@ KR_MAX_BYTES = 4e9  # estimated working memory above which the dense Kenward-Rog
 BOUNDARY_TOL = 1e-4  # lme4's isSingular(tol = 1e-4) on template diagonals
 # The inference kernels run once per model, in milliseconds; their (second-order autodiff)
 # programs take seconds to compile. XLA's backend optimization level 0 cuts the compile
-# time by about 40 % and leaves the results unchanged.
-_ONE_SHOT = {"xla_backend_optimization_level": 0}
+# time by about 40 % and leaves the results unchanged (with the quick tier's other options).
+_ONE_SHOT = _compiled.QUICK_COMPILE
 
 
 _ONE_SHOT_OPTIONS = _ONE_SHOT if "compiler_options" in inspect.signature(jax.jit).parameters else None
@@ -221,6 +221,20 @@ def theta_derivatives(theta, stats: Stats, reml, layout: Layout):
     g = da + nu * dr2 / r2
     H = Ha + nu * (Hr2 / r2 - jnp.outer(dr2, dr2) / r2**2)
     return r2, dr2, g, H, v[2:].reshape(p, p), jnp.moveaxis(J[2:].reshape(p, p, m), -1, 0)
+
+
+def derivatives_ahead(stats: Stats, layout: Layout) -> bool:
+    """Prepare the program of :func:`theta_derivatives` that ``summary()`` (and every
+    Satterthwaite table) of a model with statistics like ``stats`` (arrays or
+    ``jax.ShapeDtypeStruct``s) and ``layout`` will run, on a background thread
+    (:func:`jaxmlm._programs.ahead`): ``lmer`` asks for it before the fit, so that a new model
+    shape's two largest compiles, the fit's and this one, run side by side on two cores
+    instead of one after the other. True if started."""
+    f64 = np.dtype(np.float64)
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), stats)
+    shapes, layout = widen(shapes, layout)  # as _varpar widens them
+    args = (jax.ShapeDtypeStruct((layout.ntheta,), f64), shapes, jax.ShapeDtypeStruct((), f64))
+    return _programs.ahead(theta_derivatives, args, {"layout": layout}, compiler_options=_ONE_SHOT_OPTIONS)
 
 
 def varpar_derivatives(r2, dr2, g, H, Vr, dVr, n: float, p: int, reml: bool):
@@ -368,7 +382,10 @@ def _varpar(m):
     def compute():
         # On statistics widened as the fit's (one program for models that differ only in
         # their fixed effects); the padding block of (R_X R_Xᵀ)⁻¹ is I, left out here.
-        stats, layout = widen(m.stats, m.layout)
+        # Widened on the host (widen's program would be one more compile for a new shape).
+        st = m.stats
+        stats, layout = widen(st._replace(Z1W=np.asarray(st.Z1W), WW=np.asarray(st.WW), ZrW=np.asarray(st.ZrW),
+                                          beta0=np.asarray(st.beta0)), m.layout)
         out = _programs.call(
             theta_derivatives,
             (np.asarray(m.theta, dtype=float), stats, _reml(m)),

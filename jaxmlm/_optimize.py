@@ -577,23 +577,35 @@ def theta_scale(stats: Stats, layout: Layout) -> jax.Array:
     the criterion does not depend on it), get 1. An intercept without weights has rms 1
     exactly, so its c is 1 and lme4's start is unchanged there.
     """
-    sums = [jnp.sum(jnp.diagonal(stats.A11, axis1=1, axis2=2), axis=0)]  # (k₁,) Σ z² per column
-    d22 = a22_diagonal(stats.A22)
+    return _theta_scale(jnp, stats, layout)
+
+
+def _theta_scale(xp, stats: Stats, layout: Layout):
+    """:func:`theta_scale` with ``xp`` jax.numpy (in a program) or numpy (on the host)."""
+    A11, n = (stats.A11, stats.n) if xp is jnp else (np.asarray(stats.A11), float(np.asarray(stats.n)))
+    sums = [xp.sum(xp.diagonal(A11, axis1=1, axis2=2), axis=0)]  # (k₁,) Σ z² per column
+    d22 = a22_diagonal(stats.A22, xp)
     for off, lev, k in layout.rest:
-        sums.append(jnp.sum(d22[off : off + lev * k].reshape(lev, k), axis=0))
-    c = jnp.ones(layout.ntheta, stats.WW.dtype)
-    for (kb, pos, idx), ss in zip(layout.templates, sums):
-        if not idx:
-            continue
-        ms = ss[np.asarray(pos) // kb] / stats.n  # mean square of each entry's row column
-        ok = ms > 0
-        c = c.at[np.asarray(idx)].set(jnp.where(ok, 1.0 / jnp.sqrt(jnp.where(ok, ms, 1.0)), 1.0).astype(c.dtype))
+        sums.append(xp.sum(d22[off : off + lev * k].reshape(lev, k), axis=0))
+    idx = [np.asarray(i, dtype=int) for _, _, i in layout.templates]
+    ms = [ss[np.asarray(pos) // kb] / n for (kb, pos, i), ss in zip(layout.templates, sums) if i]
+    c = xp.ones(layout.ntheta, stats.WW.dtype)
+    if not ms:
+        return c
+    ms, idx = xp.concatenate(ms), np.concatenate([i for i in idx if i.size])  # mean square of each entry's row column
+    ok = ms > 0
+    scale = xp.where(ok, 1.0 / xp.sqrt(xp.where(ok, ms, 1.0)), 1.0).astype(c.dtype)
+    if xp is jnp:
+        return c.at[idx].set(scale)
+    c[idx] = scale
     return c
 
 
 def theta_scale_host(stats: Stats, layout: Layout) -> np.ndarray:
-    """:func:`theta_scale` on the host, as float64 (one small program and transfer)."""
-    return np.asarray(jax.device_get(theta_scale(stats, layout)), dtype=np.float64)
+    """:func:`theta_scale` on the host, as float64, in numpy: a program of its own for it
+    cost a fresh process ~0.05 s of tracing and compiling for each new shape (``anova``'s
+    and ``ranova``'s refits, profiles)."""
+    return _theta_scale(np, stats, layout).astype(np.float64)
 
 
 @functools.lru_cache(maxsize=256)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from . import _compiled
 
-__all__ = ["enable", "disable", "enabled", "call"]
+__all__ = ["enable", "disable", "enabled", "call", "ahead"]
 
 _SUFFIX = ".jaxexport"
 _state: dict = {"dir": None}
@@ -73,11 +73,17 @@ def call(fn, args: tuple, static: dict | None = None, *, compiler_options: dict 
     """
     static = dict(static or {})
     if _state["dir"] is None:
+        _compiled.start_ahead()
         return fn(*args, **static)
     try:
         prog = _program(fn, args, static, compiler_options)
-        return prog(*args)
     except Exception:  # noqa: BLE001 - the cache only ever costs speed, never a result
+        _compiled.start_ahead()
+        return fn(*args, **static)
+    _compiled.start_ahead()  # traced: what was asked ahead can trace while this one compiles
+    try:
+        return prog(*args)
+    except Exception:  # noqa: BLE001
         return fn(*args, **static)
 
 
@@ -196,14 +202,33 @@ def _program(fn, args, static, compiler_options):
     objects; the file's key (:func:`_key`, a digest of the same and of the versions and sources,
     which do not change within a process) is made only when the entry is new. Why: the digest
     costs ~90 µs, a tenth of a warm sleepstudy fit, on every call."""
+    return _compiled.cached(*_entry(fn, args, static, compiler_options))
+
+
+def _entry(fn, args, static, compiler_options):
+    """(LRU key, ``make``) of :func:`_program`."""
     import jax
 
     device = _default_device()
     here = ("exported", fn, tuple(sorted(static.items())), _compiled._signature(args, weak=True),
             tuple(sorted((compiler_options or {}).items())),
             jax.default_backend(), bool(jax.config.jax_enable_x64), jax.config.jax_default_matmul_precision, device)
-    return _compiled.cached(here, lambda: _load(fn, args, static, compiler_options,
-                                                *_key(fn, args, static, compiler_options), device))
+    return here, lambda: _load(fn, args, static, compiler_options, *_key(fn, args, static, compiler_options), device)
+
+
+def ahead(fn, args: tuple, static: dict | None = None, *, compiler_options: dict | None = None) -> bool:
+    """Prepare the program of a call ``call(fn, args, static, compiler_options=...)`` expected
+    soon on a background thread (:func:`jaxmlm._compiled.ahead`): through the program cache
+    when it is on, else ``fn``'s own (a :func:`jaxmlm._compiled.jit` kernel). ``args`` may be
+    ``jax.ShapeDtypeStruct``s: only their shapes and dtypes matter. True if started."""
+    static = dict(static or {})
+    if _state["dir"] is not None:
+        key, make = _entry(fn, args, static, compiler_options)
+        return _compiled.ahead(key, make, lambda prog: prog.lower(*args).compile())
+    if not isinstance(fn, _compiled.BoundedJit):
+        return False
+    key = fn.key(args, static)
+    return _compiled.ahead(key, lambda: fn._make(key[2][1]), lambda prog: prog.lower(*args, **static).compile())
 
 
 def _exportable(fn):

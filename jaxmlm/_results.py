@@ -28,7 +28,7 @@ from ._objective import templates_host
 from ._fit import _one_program_run, fit_program, fit_snapped, moment_intercepts, needs_moment_start
 from ._optimize import (STATUS, choose_method, diagonal_mask, fit_theta, intercept_blocks, lme4_start,
                         max_abs_gradient, moment_start, status_warnings, theta_scale_host)
-from ._stats import Layout, Stats, narrow, one_chunk, stats_from_chunk, sufficient_stats
+from ._stats import Layout, Stats, narrow, one_chunk, stats_from_chunk, stats_shapes, sufficient_stats
 
 __all__ = ["FitRecord", "LinearMixedModel", "MixedModelBase", "lmer"]
 
@@ -611,6 +611,19 @@ def _pass(floats, ints, spec: tuple, layout: Layout) -> Stats:
     return stats_from_chunk(floats, ints, spec, layout)
 
 
+def _summary_ahead(one, stats, layout: Layout) -> None:
+    """Ask for the Satterthwaite program of a model about to be fitted, once per model shape
+    (:func:`~jaxmlm._inference.derivatives_ahead`): its shape is the statistics' (those made
+    apart, or those the one program of small data makes: ``one``), known before the fit.
+    A warm fit pays one set look-up."""
+    key = ("summary", layout, one.wide, one.spec) if stats is None else ("summary", layout, _compiled._signature(stats))
+    if not _compiled.ahead_enabled() or not _compiled.first_ask(key):
+        return
+    from ._inference import derivatives_ahead
+
+    derivatives_ahead(stats_shapes(one, layout) if stats is None else stats, layout)
+
+
 def _callers_name(data) -> str | None:
     """The name the user's code binds ``data`` to, for summary()'s "Data:" line.
 
@@ -798,6 +811,8 @@ def lmer(
 
         run, wide = fit_program(est_stats, est_reml, layout, method)
 
+    if dtype == "float64":
+        _summary_ahead(one, stats, layout)
     theta0, c, st, theta, sol, snapped = fit_snapped(run, u0, max_iter, wide, p=layout.p)
     if stats is None:
         stats = narrow(made[0], layout)

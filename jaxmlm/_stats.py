@@ -754,11 +754,13 @@ def widen(stats: Stats, layout: Layout) -> tuple[Stats, Layout]:
     that makes them (read on the host, a warm Hsb82 fit took 0.6 ms longer); statistics on
     the host already (:func:`narrow`'s) are widened there."""
     p, pw = layout.p, fixed_width(layout.p)
-    if pw == p or sum(a.nbytes for a in stats) > _compiled.SMALL_PROGRAM_BYTES:
+    if pw == p or _compiled.nbytes_of((a.shape, a.dtype) for a in stats) > _compiled.SMALL_PROGRAM_BYTES:
         return stats, layout
     arrays = (stats.Z1W, stats.WW, stats.ZrW, stats.beta0)
     if all(isinstance(a, np.ndarray) for a in arrays):  # on the host already (narrow's): no program
         Z1W, WW, ZrW, beta0 = _padded(np, *arrays, pw=pw)
+    elif any(isinstance(a, jax.ShapeDtypeStruct) for a in arrays):  # shapes only (stats_shapes')
+        Z1W, WW, ZrW, beta0 = jax.eval_shape(partial(_padded, jnp, pw=pw), *arrays)
     else:
         Z1W, WW, ZrW, beta0 = _widen_arrays(*arrays, pw=pw)
     return stats._replace(Z1W=Z1W, WW=WW, ZrW=ZrW, beta0=beta0), layout._replace(p=pw)
@@ -770,16 +772,36 @@ def narrow(stats: Stats, layout: Layout) -> Stats:
     pw = stats.WW.shape[0] - 1
     if pw == layout.p:
         return stats
-    p = layout.p
-
-    def cols(a):  # (..., p_w + 1) → (..., p + 1): X's columns and y's
-        a = np.asarray(a)  # (jax.device_get costs ~10x more for these small arrays)
-        return np.concatenate([a[..., :p], a[..., pw:]], axis=-1)
-
-    out = (cols(stats.Z1W), cols(cols(stats.WW).T), cols(stats.ZrW), np.asarray(stats.beta0)[:p].copy())
+    # (np.asarray: jax.device_get costs ~10x more for these small arrays)
+    out = _narrowed(np, *(np.asarray(a) for a in (stats.Z1W, stats.WW, stats.ZrW, stats.beta0)), p=layout.p)
     for a in out:
         a.flags.writeable = False  # read-only, as the device arrays beside them
     return stats._replace(Z1W=out[0], WW=out[1], ZrW=out[2], beta0=out[3])
+
+
+def _narrowed(xp, Z1W, WW, ZrW, beta0, p: int):
+    """:func:`narrow`'s arrays, with ``xp`` numpy (host arrays) or jax.numpy (traced)."""
+    pw = WW.shape[0] - 1
+
+    def cols(a):  # (..., p_w + 1) → (..., p + 1): X's columns and y's
+        return xp.concatenate([a[..., :p], a[..., pw:]], axis=-1)
+
+    return cols(Z1W), cols(cols(WW).T), cols(ZrW), beta0[:p].copy()
+
+
+def stats_shapes(one: OneChunk, layout: Layout) -> Stats:
+    """The shapes and dtypes (``jax.ShapeDtypeStruct``) of the statistics that ``lmer`` keeps
+    for a model fitted by one program (:func:`stats_from_chunk` on ``one``, then
+    :func:`narrow`), found by tracing the pass, without running it."""
+
+    def kept(floats, ints):
+        stats = stats_from_chunk(floats, ints, one.spec, one.wide)
+        if one.wide.p == layout.p:
+            return stats
+        Z1W, WW, ZrW, beta0 = _narrowed(jnp, stats.Z1W, stats.WW, stats.ZrW, stats.beta0, p=layout.p)
+        return stats._replace(Z1W=Z1W, WW=WW, ZrW=ZrW, beta0=beta0)
+
+    return jax.eval_shape(kept, one.floats, one.ints)
 
 
 def _padded(xp, Z1W, WW, ZrW, beta0, pw: int):
@@ -834,9 +856,10 @@ def a22_blocks(layout: Layout) -> int:
     return layout.rest[0][2] if is_nested(layout) else 0
 
 
-def a22_diagonal(A22: jax.Array) -> jax.Array:
-    """The diagonal (q_r,) of A22, kept dense or as diagonal blocks."""
-    return jnp.diagonal(A22) if A22.ndim == 2 else jnp.diagonal(A22, axis1=1, axis2=2).reshape(-1)
+def a22_diagonal(A22: jax.Array, xp=jnp) -> jax.Array:
+    """The diagonal (q_r,) of A22, kept dense or as diagonal blocks (``xp``: jax.numpy, or numpy on the host)."""
+    A22 = A22 if xp is jnp else np.asarray(A22)
+    return xp.diagonal(A22) if A22.ndim == 2 else xp.diagonal(A22, axis1=1, axis2=2).reshape(-1)
 
 
 def a22_dense(A22: jax.Array) -> jax.Array:

@@ -220,3 +220,42 @@ def test_models_differing_in_fixed_effects_share_the_fit_and_summary_programs(ca
     assert compiled <= passes | {"templates", "theta_scale", "stage"}, compiled
     assert list(t1.index) == ["(Intercept)", "x"] and list(t2.index) == ["(Intercept)", "x", "z"]
     assert np.all(np.isfinite(t2.to_numpy()))
+
+
+_AHEAD_CASES = {
+    "crossed, one program": ("diameter ~ 1 + (1 | plate) + (1 | sample)", "Penicillin"),
+    "nested, one program": ("mathkind ~ ses + (1 | schoolid/classid)", "classroom"),
+    "slopes, statistics made apart": ("lang ~ IQ + (IQ | class)", "nlschools"),
+}
+
+
+@pytest.mark.parametrize("programs", ["program cache off", "program cache on"])
+@pytest.mark.parametrize("case", list(_AHEAD_CASES))
+def test_the_summary_program_asked_for_ahead_is_the_one_summary_runs(monkeypatch, tmp_path, case, programs):
+    """lmer asks for its summary's Satterthwaite program on a background thread before the fit
+    (jaxmlm/_compiled.py: ahead). Its shapes are worked out without the statistics, so a
+    mistake there would compile a program nobody runs: summary() must then compile nothing,
+    and give the table it gives without the program asked ahead."""
+    import pandas as pd
+
+    from jaxmlm import _compiled, _programs
+
+    formula, name = _AHEAD_CASES[case]
+    d = jaxmlm.load_example(name)
+    if programs.endswith("on"):
+        assert _programs.enable(tmp_path)
+    try:
+        monkeypatch.setenv("JAXMLM_COMPILE_AHEAD", "0")
+        _compiled.clear()
+        plain = jaxmlm.lmer(formula, d).coef_table()
+        _compiled.clear()
+        monkeypatch.setenv("JAXMLM_COMPILE_AHEAD", "1")
+        m = jaxmlm.lmer(formula, d)
+        _compiled.wait_ahead()
+        before = len(_COMPILES)
+        table = m.coef_table()
+        assert len(_COMPILES) == before, f"{len(_COMPILES) - before} compilation(s) in coef_table()"
+        pd.testing.assert_frame_equal(table, plain, rtol=1e-12)
+    finally:
+        _programs.disable()
+        _compiled.clear()

@@ -213,7 +213,9 @@ def test_small_programs_start_at_level_0_and_tier_up_on_a_later_call():
 
     cheap = _compiled.compile_options(1000)
     prog = _compiled.tiered(make, 1000)
-    assert made == [{**cheap, "xla_backend_optimization_level": 0}]
+    quick = {"xla_backend_optimization_level": 0,
+             "xla_disable_hlo_passes": "while-loop-invariant-code-motion,simplify-while-loops"}
+    assert made == [{**cheap, **quick}]
     results = [prog(0) for _ in range(_compiled.TIER_UP_CALLS + 3)]
     # made again exactly once, without level 0 and with YNNPACK's fusions off
     assert made[1:] == [{**cheap, "xla_cpu_experimental_ynn_fusion_type": ""}]
@@ -295,3 +297,81 @@ def test_kernels_made_for_many_runs_are_optimized_from_the_start():
     assert many._cache_size() == 1 and few._cache_size() == 1
     assert not isinstance(_compiled.cached(many.key((x,), {}), lambda: None), _compiled.Tiered)
     assert _compiled.cached(few.key((x,), {}), lambda: None).optimized
+
+
+# ---- programs prepared ahead -------------------------------------------------------------------
+
+
+def test_a_program_asked_for_ahead_is_made_once_and_waited_for(monkeypatch):
+    """ahead(): queued until start_ahead(), made and compiled on the worker; a call that needs
+    it meanwhile waits for it (make runs once, the caller gets the worker's program)."""
+    import threading
+
+    monkeypatch.setenv("JAXMLM_COMPILE_AHEAD", "1")
+    _compiled.clear()
+    gate, made, compiled = threading.Event(), [], []
+
+    def make():
+        gate.wait(5)
+        made.append(object())
+        return made[-1]
+
+    key = ("test-ahead", 1)
+    assert _compiled.ahead(key, make, compiled.append)
+    assert _compiled.program_count() == 0 and not made  # queued, not started
+    _compiled.start_ahead()
+    threading.Timer(0.2, gate.set).start()
+    prog = _compiled.cached(key, lambda: pytest.fail("made twice"))  # waits for the worker
+    _compiled.wait_ahead()
+    assert made == [prog] and compiled == [prog]
+    assert _compiled.ahead(key, make, compiled.append)  # queued again, but it is in the LRU: not made
+    _compiled.wait_ahead()
+    assert made == [prog] and compiled == [prog]
+    _compiled.clear()
+
+
+def test_a_failed_program_ahead_is_made_by_its_call(monkeypatch):
+    monkeypatch.setenv("JAXMLM_COMPILE_AHEAD", "1")
+    _compiled.clear()
+
+    def broken():
+        raise RuntimeError("no")
+
+    key = ("test-ahead", 2)
+    assert _compiled.ahead(key, broken, lambda prog: None)
+    _compiled.wait_ahead()
+    assert _compiled.program_count() == 0
+    assert _compiled.cached(key, lambda: "made here") == "made here"
+    _compiled.clear()
+
+
+@pytest.mark.parametrize("value, expected", [("0", False), ("1", True)])
+def test_programs_ahead_follow_the_environment(monkeypatch, value, expected):
+    monkeypatch.setenv("JAXMLM_COMPILE_AHEAD", value)
+    assert _compiled.ahead_enabled() is expected
+    assert _compiled.ahead(("test-ahead", value), lambda: 1, lambda prog: None) is expected
+    _compiled.wait_ahead()
+    _compiled.clear()
+
+
+def test_a_kernel_compiled_ahead_runs_without_compiling_again(monkeypatch):
+    """_programs.ahead on a jit kernel with shapes only (ShapeDtypeStructs): the later call
+    with arrays finds the executable (one compile in all, on the worker)."""
+    import jax
+    import jax.monitoring
+
+    from jaxmlm import _programs
+
+    monkeypatch.setenv("JAXMLM_COMPILE_AHEAD", "1")
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, *a, **k: compiles.append(k.get("fun_name")) if name.endswith("backend_compile_duration") else None)
+    _compiled.clear()
+    shape = jax.ShapeDtypeStruct((5, 5), np.float64)
+    assert _programs.ahead(_kernel, (shape,), {"k": 4})
+    _compiled.wait_ahead()
+    assert compiles.count("jit(_kernel)") == 1
+    out = np.asarray(_kernel(np.eye(5) * 3.0, k=4))
+    assert compiles.count("jit(_kernel)") == 1
+    np.testing.assert_allclose(out, np.asarray(_kernel.fn(np.eye(5) * 3.0, k=4)), rtol=1e-13)
+    _compiled.clear()
