@@ -161,28 +161,29 @@ def ahead_enabled() -> bool:
     return _ahead["cores"] >= 2
 
 
-def ahead(key, make, compile_) -> bool:
-    """Make the program under ``key`` (``make()``, as for :func:`cached`) and compile it
-    (``compile_(program)``) on a background thread, started by the next :func:`start_ahead`
-    (jaxmlm's calls of programs do that: ``_programs.call``), unless it is in the LRU or
-    being prepared by then; True if it was queued. A call that needs the program while it
-    is prepared waits for it (:func:`cached`); a failure only leaves the program to be made
-    when it is called.
+def ahead(prepare) -> bool:
+    """Prepare a program on a background thread: ``prepare()`` gives (key, ``make``,
+    ``compile_``) or None, and the program under ``key`` is made (``make()``, as for
+    :func:`cached`) and compiled (``compile_(program)``) unless it is in the LRU or being
+    prepared already. Queued until the next :func:`start_ahead` (jaxmlm's calls of programs
+    do that: ``_programs.call``); True if queued. A call that needs the program while it is
+    being prepared waits for it (:func:`cached`); a failure leaves it to be made when called.
 
     Why: XLA compiles without holding Python's lock and, at the quick tier's settings, keeps
     about one core busy. A program that is all but sure to be needed next (a model's
     Satterthwaite derivatives, for the ``summary()`` that follows its fit) can then be traced
     and compiled on the second core while the first compiles the fit (issue 12). Started
     when the fit's program is called, after it is traced, its tracing does not compete with
-    the fit's for Python's lock. The worker is one thread that Python joins at exit, so a
-    compile is never cut off."""
+    the fit's for Python's lock; ``prepare`` runs there too, so whatever it traces to find
+    the program's shapes does not either. The worker is one thread that Python joins at
+    exit, so a compile is never cut off."""
     if not ahead_enabled():
         return False
-    _queued.append((key, make, compile_))
+    _queued.append(prepare)
     return True
 
 
-_queued: list = []  # (key, make, compile_) asked for by ahead(), not started yet
+_queued: list = []  # ahead()'s prepare functions, not started yet
 _asked: set = set()  # first_ask()'s keys
 
 
@@ -198,45 +199,51 @@ def first_ask(key) -> bool:
 
 
 def start_ahead() -> None:
-    """Start the programs :func:`ahead` queued (cheap when there are none)."""
+    """Start what :func:`ahead` queued (cheap when nothing is)."""
     while _queued:
         try:
-            key, make, compile_ = _queued.pop(0)
+            prepare = _queued.pop(0)
         except IndexError:  # taken by another thread
             return
-        _start(key, make, compile_)
+        with _lock:
+            if _ahead["pool"] is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                _ahead["pool"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxmlm-ahead")
+        try:
+            _ahead["pool"].submit(_prepare, prepare)
+        except RuntimeError:  # the interpreter is shutting down: the call compiles it, if it must
+            return
 
 
-def _start(key, make, compile_) -> None:
+def _prepare(prepare) -> None:
+    try:
+        got = prepare()
+    except Exception:  # noqa: BLE001 - only time is at stake: the call makes it then
+        return
+    if got is None:
+        return
+    key, make, compile_ = got
     with _lock:
         if key in _lru or key in _pending:
             return
         event = _pending[key] = threading.Event()
-        if _ahead["pool"] is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _ahead["pool"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxmlm-ahead")
-
-    def job():
-        try:
-            prog = _keep(key, make())
-            compile_(prog)
-        except Exception:  # noqa: BLE001 - only time is at stake: the call makes it then
-            with _lock:
-                _lru.pop(key, None)
-        finally:
-            with _lock:
-                _pending.pop(key, None)
-            event.set()
-
-    _ahead["pool"].submit(job)
+    try:
+        compile_(_keep(key, make()))
+    except Exception:  # noqa: BLE001
+        with _lock:
+            _lru.pop(key, None)
+    finally:
+        with _lock:
+            _pending.pop(key, None)
+        event.set()
 
 
 def wait_ahead() -> None:
     """Start what :func:`ahead` queued and wait until every program being prepared is ready (tests, benchmarks)."""
     start_ahead()
-    for event in list(_pending.values()):
-        event.wait()
+    if _ahead["pool"] is not None:  # one worker, first in first out: done with all before this
+        _ahead["pool"].submit(lambda: None).result()
 
 
 def _shrink(limit: int) -> list:

@@ -223,18 +223,21 @@ def theta_derivatives(theta, stats: Stats, reml, layout: Layout):
     return r2, dr2, g, H, v[2:].reshape(p, p), jnp.moveaxis(J[2:].reshape(p, p, m), -1, 0)
 
 
-def derivatives_ahead(stats: Stats, layout: Layout) -> bool:
+def derivatives_ahead(stats, layout: Layout) -> bool:
     """Prepare the program of :func:`theta_derivatives` that ``summary()`` (and every
-    Satterthwaite table) of a model with statistics like ``stats`` (arrays or
-    ``jax.ShapeDtypeStruct``s) and ``layout`` will run, on a background thread
-    (:func:`jaxmlm._programs.ahead`): ``lmer`` asks for it before the fit, so that a new model
-    shape's two largest compiles, the fit's and this one, run side by side on two cores
-    instead of one after the other. True if started."""
-    f64 = np.dtype(np.float64)
-    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), stats)
-    shapes, layout = widen(shapes, layout)  # as _varpar widens them
-    args = (jax.ShapeDtypeStruct((layout.ntheta,), f64), shapes, jax.ShapeDtypeStruct((), f64))
-    return _programs.ahead(theta_derivatives, args, {"layout": layout}, compiler_options=_ONE_SHOT_OPTIONS)
+    Satterthwaite table) of a model with statistics like ``stats()`` (arrays or
+    ``jax.ShapeDtypeStruct``s, made on the worker) and ``layout`` will run, on a background
+    thread (:func:`jaxmlm._programs.ahead`): ``lmer`` asks for it before the fit, so that a
+    new model shape's two largest compiles, the fit's and this one, run side by side on two
+    cores instead of one after the other. True if queued."""
+
+    def arguments():
+        f64 = np.dtype(np.float64)
+        shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), stats())
+        shapes, wide = widen(shapes, layout)  # as _varpar widens them
+        return (jax.ShapeDtypeStruct((wide.ntheta,), f64), shapes, jax.ShapeDtypeStruct((), f64)), {"layout": wide}
+
+    return _programs.ahead(theta_derivatives, arguments, compiler_options=_ONE_SHOT_OPTIONS)
 
 
 def varpar_derivatives(r2, dr2, g, H, Vr, dVr, n: float, p: int, reml: bool):

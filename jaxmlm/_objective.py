@@ -59,7 +59,7 @@ from . import _compiled, _x64  # noqa: F401
 from ._stats import Layout, Stats, is_nested
 
 __all__ = [
-    "Factor", "templates", "templates_host", "factorize", "nested_data", "nested_scalar", "nested_scalar_data",
+    "Factor", "templates", "templates_host", "factorize", "ols_criterion", "nested_data", "nested_scalar", "nested_scalar_data",
     "nested_scalar_criterion", "deviance", "deviance_and_grad", "deviance_hessian",
     "blockdiag_fgh", "blockdiag_derivatives", "criterion_rest", "criterion_rest_value_and_grad",
     "average_information", "pair_data",
@@ -425,18 +425,34 @@ def factorize(theta: jax.Array, stats: Stats, layout: Layout, nested=None) -> Fa
     return Factor(L1, B, L2, C1, C2, R, logdet)
 
 
-def _phi_from_R(R: jax.Array, stats: Stats, reml, p: int) -> jax.Array:
+def _phi_from_R(R: jax.Array, stats: Stats, reml, p: int, xp=jnp) -> jax.Array:
     """The criterion less log|L|², from R = [[R_X, 0], [c_βᵀ, r]] (module docstring):
     reml·log|R_X|² + (n − reml·p)(1 + log(2π r² / (n − reml·p))) − Σ log wᵢ.
 
     The last term is 0 without prior weights; with them it turns the criterion of
     the √w-scaled rows into that of the weighted model (lme4's ``ldW``). ``p`` is W's
     fixed-effects width (static); the count in n − reml·p is ``stats.p``, which leaves out
-    padding columns (:func:`~jaxmlm._stats.widen`: each adds a unit diagonal to R_X, log 1 = 0)."""
+    padding columns (:func:`~jaxmlm._stats.widen`: each adds a unit diagonal to R_X, log 1 = 0).
+    ``xp``: jax.numpy, or numpy for host arrays and numbers (:func:`ols_criterion`)."""
     r2 = R[p, p] ** 2
-    logdet_rx = 2.0 * jnp.sum(jnp.log(jnp.diagonal(R)[:p]))
+    logdet_rx = 2.0 * xp.sum(xp.log(xp.diagonal(R)[:p]))
     dof = stats.n - reml * stats.p
-    return reml * logdet_rx + dof * (1.0 + _LOG2PI + jnp.log(r2 / dof)) - stats.ldw
+    return reml * logdet_rx + dof * (1.0 + _LOG2PI + xp.log(r2 / dof)) - stats.ldw
+
+
+def ols_criterion(stats: Stats, reml: float) -> float:
+    """The criterion at θ = 0, −2 × logLik of the linear model of the same X and y: there L = I
+    and R = chol(WᵀW), so it is :func:`_phi_from_R` of that alone. On the host, in numpy (a
+    program for it cost a fresh process ~0.1 s for each new shape: ``ranova``, ``lrt_vs_ols``)."""
+    WW = np.asarray(stats.WW, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        try:
+            R = np.linalg.cholesky(WW)
+        except np.linalg.LinAlgError:  # y in the span of X: no factor (the program's gave NaN too)
+            return float("nan")
+        host = stats._replace(n=float(np.asarray(stats.n)), p=float(np.asarray(stats.p)),
+                              ldw=float(np.asarray(stats.ldw)))
+        return float(_phi_from_R(R, host, float(reml), WW.shape[0] - 1, xp=np))
 
 
 def criterion(fac: Factor, stats: Stats, reml: jax.Array, p: int) -> jax.Array:

@@ -216,19 +216,25 @@ def _entry(fn, args, static, compiler_options):
     return here, lambda: _load(fn, args, static, compiler_options, *_key(fn, args, static, compiler_options), device)
 
 
-def ahead(fn, args: tuple, static: dict | None = None, *, compiler_options: dict | None = None) -> bool:
+def ahead(fn, arguments, *, compiler_options: dict | None = None) -> bool:
     """Prepare the program of a call ``call(fn, args, static, compiler_options=...)`` expected
-    soon on a background thread (:func:`jaxmlm._compiled.ahead`): through the program cache
-    when it is on, else ``fn``'s own (a :func:`jaxmlm._compiled.jit` kernel). ``args`` may be
-    ``jax.ShapeDtypeStruct``s: only their shapes and dtypes matter. True if started."""
-    static = dict(static or {})
-    if _state["dir"] is not None:
-        key, make = _entry(fn, args, static, compiler_options)
-        return _compiled.ahead(key, make, lambda prog: prog.lower(*args).compile())
-    if not isinstance(fn, _compiled.BoundedJit):
-        return False
-    key = fn.key(args, static)
-    return _compiled.ahead(key, lambda: fn._make(key[2][1]), lambda prog: prog.lower(*args, **static).compile())
+    soon, on a background thread (:func:`jaxmlm._compiled.ahead`): through the program cache
+    when it is on, else ``fn``'s own (a :func:`jaxmlm._compiled.jit` kernel). ``arguments()``
+    gives (args, static), on that thread; args may be ``jax.ShapeDtypeStruct``s: only their
+    shapes and dtypes matter. True if queued."""
+
+    def prepare():
+        args, static = arguments()
+        static = dict(static or {})
+        if _state["dir"] is not None:
+            key, make = _entry(fn, args, static, compiler_options)
+            return key, make, lambda prog: prog.lower(*args).compile()
+        if not isinstance(fn, _compiled.BoundedJit):
+            return None
+        key = fn.key(args, static)
+        return key, lambda: fn._make(key[2][1]), lambda prog: prog.lower(*args, **static).compile()
+
+    return _compiled.ahead(prepare)
 
 
 def _exportable(fn):

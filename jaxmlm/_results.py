@@ -621,7 +621,7 @@ def _summary_ahead(one, stats, layout: Layout) -> None:
         return
     from ._inference import derivatives_ahead
 
-    derivatives_ahead(stats_shapes(one, layout) if stats is None else stats, layout)
+    derivatives_ahead((lambda: stats_shapes(one, layout)) if stats is None else (lambda: stats), layout)
 
 
 def _callers_name(data) -> str | None:

@@ -127,7 +127,8 @@ def test_many_model_shapes_stay_within_fixed_mappings_and_memory(tmp_path):
                           "--every", "1", "--json", str(out)], env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == 16 and rows[-1]["compiles"] >= 2 * 16  # every shape compiled programs of its own
+    assert len(rows) == 16 and rows[0]["compiles"] >= 1  # every shape compiled programs of its own:
+    assert all(b["compiles"] > a["compiles"] for a, b in zip(rows, rows[1:]))  # the bound kept few alive
     assert max(r["programs"] for r in rows) <= 4
     settled = rows[5]  # the bound is reached after a shape or two
     later = rows[6:]
@@ -317,14 +318,18 @@ def test_a_program_asked_for_ahead_is_made_once_and_waited_for(monkeypatch):
         return made[-1]
 
     key = ("test-ahead", 1)
-    assert _compiled.ahead(key, make, compiled.append)
+    assert _compiled.ahead(lambda: (key, make, compiled.append))
     assert _compiled.program_count() == 0 and not made  # queued, not started
     _compiled.start_ahead()
+    for _ in range(1000):  # until the worker has taken it up (its make waits for the gate)
+        if key in _compiled._pending:
+            break
+        threading.Event().wait(0.01)
     threading.Timer(0.2, gate.set).start()
     prog = _compiled.cached(key, lambda: pytest.fail("made twice"))  # waits for the worker
     _compiled.wait_ahead()
     assert made == [prog] and compiled == [prog]
-    assert _compiled.ahead(key, make, compiled.append)  # queued again, but it is in the LRU: not made
+    assert _compiled.ahead(lambda: (key, make, compiled.append))  # queued again, but it is in the LRU: not made
     _compiled.wait_ahead()
     assert made == [prog] and compiled == [prog]
     _compiled.clear()
@@ -338,7 +343,7 @@ def test_a_failed_program_ahead_is_made_by_its_call(monkeypatch):
         raise RuntimeError("no")
 
     key = ("test-ahead", 2)
-    assert _compiled.ahead(key, broken, lambda prog: None)
+    assert _compiled.ahead(lambda: (key, broken, lambda prog: None))
     _compiled.wait_ahead()
     assert _compiled.program_count() == 0
     assert _compiled.cached(key, lambda: "made here") == "made here"
@@ -349,7 +354,7 @@ def test_a_failed_program_ahead_is_made_by_its_call(monkeypatch):
 def test_programs_ahead_follow_the_environment(monkeypatch, value, expected):
     monkeypatch.setenv("JAXMLM_COMPILE_AHEAD", value)
     assert _compiled.ahead_enabled() is expected
-    assert _compiled.ahead(("test-ahead", value), lambda: 1, lambda prog: None) is expected
+    assert _compiled.ahead(lambda: (("test-ahead", value), lambda: 1, lambda prog: None)) is expected
     _compiled.wait_ahead()
     _compiled.clear()
 
@@ -368,7 +373,7 @@ def test_a_kernel_compiled_ahead_runs_without_compiling_again(monkeypatch):
         lambda name, *a, **k: compiles.append(k.get("fun_name")) if name.endswith("backend_compile_duration") else None)
     _compiled.clear()
     shape = jax.ShapeDtypeStruct((5, 5), np.float64)
-    assert _programs.ahead(_kernel, (shape,), {"k": 4})
+    assert _programs.ahead(_kernel, lambda: ((shape,), {"k": 4}))
     _compiled.wait_ahead()
     assert compiles.count("jit(_kernel)") == 1
     out = np.asarray(_kernel(np.eye(5) * 3.0, k=4))

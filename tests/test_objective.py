@@ -389,3 +389,30 @@ def test_phi_closed_form_derivatives_match_autodiff_of_dense_algebra(p, a):
         dG = psi_grad_tangent(S, a, b, p, u[0])
         assert float(jnp.sum(dG * v[0])) == pytest.approx(float(jnp.sum(dG_ref * v[0])), rel=1e-8, abs=1e-10)
         np.testing.assert_allclose(dG, dG.T, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reml", [0.0, 1.0])
+def test_the_criterion_at_theta_zero_is_the_linear_models(reml, weighted):
+    """ols_criterion (numpy, on the host): −2 logLik of the weighted least-squares fit of the
+    same X and y, computed here from its residuals (REML adds log|XᵀWX| and counts n − p),
+    and the engine's criterion at θ = 0."""
+    import jaxmlm
+    from jaxmlm._objective import ols_criterion
+
+    d = jaxmlm.load_example("sleepstudy")
+    w = np.linspace(0.5, 2.0, len(d)) if weighted else np.ones(len(d))
+    m = jaxmlm.lmer("Reaction ~ Days + (Days | Subject)", d.assign(w=w), weights="w" if weighted else None)
+    X = np.column_stack([np.ones(len(d)), d["Days"].to_numpy(float)])
+    y = d["Reaction"].to_numpy(float)
+    sw = np.sqrt(w)
+    beta = np.linalg.lstsq(X * sw[:, None], y * sw, rcond=None)[0]
+    rss = np.sum(w * (y - X @ beta) ** 2)
+    n, p = len(y), X.shape[1]
+    dof = n - reml * p
+    expected = dof * (1 + np.log(2 * np.pi * rss / dof)) - np.sum(np.log(w))
+    expected += reml * np.linalg.slogdet(X.T @ (w[:, None] * X))[1]
+    got = ols_criterion(m.stats, reml)
+    assert abs(got - expected) < 1e-8 * abs(expected)
+    engine = float(deviance(np.zeros(m.layout.ntheta), m.stats, np.asarray(reml), m.layout))
+    assert abs(got - engine) < 1e-9 * abs(expected)
