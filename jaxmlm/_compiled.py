@@ -378,7 +378,8 @@ motion and loop simplifier to a fixed point after every round of algebraic simpl
 (16 times each for Penicillin's crossed fit, ~130 ms of its 1.05 s compile). Off, the eleven
 largest programs of the course session compiled in 5.0 s instead of 5.7 s (CPU 6.2–6.4 s
 instead of 6.6–7.9 s; four rounds, alternating, one process) and ran as fast to noise at the
-first tier (classroom nested fit 4.7–5.0 ms, Penicillin 3.5–4.1 ms), with the same criterion
+first tier (medians of 8 fits in two processes each: classroom nested fit 4.84 / 4.66 ms
+before, 4.97 / 7.42 after; Penicillin 3.63 / 4.11 → 3.51 / 3.60 ms), with the same criterion
 to all printed digits. Hoisting is an optimization only, so the results do not depend on it;
 the optimized tier keeps both passes."""
 
