@@ -587,12 +587,12 @@ def _theta_scale(xp, stats: Stats, layout: Layout):
     d22 = a22_diagonal(stats.A22, xp)
     for off, lev, k in layout.rest:
         sums.append(xp.sum(d22[off : off + lev * k].reshape(lev, k), axis=0))
-    idx = [np.asarray(i, dtype=int) for _, _, i in layout.templates]
-    ms = [ss[np.asarray(pos) // kb] / n for (kb, pos, i), ss in zip(layout.templates, sums) if i]
+    linear = [(kb, pos, idx, ss) for (kb, pos, idx), ss in zip(layout.templates, sums) if idx]
     c = xp.ones(layout.ntheta, stats.WW.dtype)
-    if not ms:
+    if not linear:
         return c
-    ms, idx = xp.concatenate(ms), np.concatenate([i for i in idx if i.size])  # mean square of each entry's row column
+    ms = xp.concatenate([ss[np.asarray(pos) // kb] / n for kb, pos, _, ss in linear])  # mean square of each entry's row column
+    idx = np.concatenate([np.asarray(idx, dtype=int) for _, _, idx, _ in linear])
     ok = ms > 0
     scale = xp.where(ok, 1.0 / xp.sqrt(xp.where(ok, ms, 1.0)), 1.0).astype(c.dtype)
     if xp is jnp:
