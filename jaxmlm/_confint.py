@@ -85,7 +85,7 @@ from ._compare import lift_zero_diagonals, refit_criterion
 from ._covariance import Structure
 from ._errors import ConvergenceWarning, InferenceError, JaxmlmError, warn_user
 from ._objective import factorize, templates_host
-from ._optimize import _newton, diagonal_mask, theta_scale, theta_scale_host
+from ._optimize import _newton, diagonal_mask, fd_hessian, fd_points, theta_scale, theta_scale_host
 from ._solution import solve
 from ._stats import Layout, Stats
 
@@ -423,11 +423,9 @@ def prof_tasks(objective, phi, v, spec, snappable, frozen, max_iter: int):
         x0, w, sp, snap_ok = args
 
         def fgh(x):  # (D, ∂D/∂φ, finite-difference ∂²D/∂φ², ∂D/∂v)
-            h = 1e-5 * jnp.maximum(1.0, jnp.abs(x))
-            pts = jnp.concatenate([x[None, :], x[None, :] + jnp.diag(h)])
+            pts, h = fd_points(x)
             f, (g, gv) = jax.lax.map(lambda p: value_grad(p, w, sp), pts)
-            H = (g[1:] - g[:1]) / h[:, None]
-            return f[0], g[0], 0.5 * (H + H.T), gv[0]
+            return f[0], g[0], fd_hessian(g, h), gv[0]
 
         def round_(carry):
             # Minimize from x; a round that started from snapped diagonals and ended higher
