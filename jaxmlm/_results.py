@@ -712,8 +712,8 @@ def lmer(
     partition by partition and only their statistics kept (:mod:`jaxmlm._dask`). Rows with a missing value in any variable
     of the formula are dropped (``m.n_dropped`` counts them). ``data_name``
     labels the data in ``summary()`` (lme4 prints the data argument there).
-    ``optimizer`` is "newton" (exact Hessian: closed form for one grouping
-    factor, autodiff otherwise), "ai" (Newton with the average-information
+    ``optimizer`` is "newton" (the Hessian in closed form for one grouping
+    factor, otherwise forward differences of the exact autodiff gradient), "ai" (Newton with the average-information
     matrix in place of the Hessian), "bfgs", or "auto": Newton unless a large
     dense fill-in block (crossed designs) makes the Hessian costly, then "ai".
 

@@ -207,7 +207,7 @@ def fit(stats: Stats, layout: Layout, REML=True, theta0=None, max_iter: int = 20
     (default lme4's start), canonical signs, boundary snapping, then the :class:`Solution`.
 
     ``res.state.status`` says why the optimizer stopped (:data:`STATUS`: 0 and 1 are
-    convergence). ``method``: "newton" (exact Hessian), "ai" (average information) or
+    convergence). ``method``: "newton" (Newton's method), "ai" (average information) or
     "bfgs". ``vmap`` it over statistics (e.g. from :func:`response_statistics`) or starts.
 
     Differentiable with respect to ``stats`` (``jax.grad``, ``jacobian``, ``jvp``): the
