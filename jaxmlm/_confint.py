@@ -70,7 +70,6 @@ an upper limit that is never reached is ∞ (sd, sigma).
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import NamedTuple
 
 import jax
