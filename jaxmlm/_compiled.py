@@ -384,17 +384,21 @@ to all printed digits. Hoisting is an optimization only, so the results do not d
 the optimized tier keeps both passes."""
 
 
-def tiered(make, nbytes: int, options: dict | None = None, tier: bool = True):
+def tiered(make, nbytes: int, options: dict | None = None, tier: bool | str = True):
     """The program ``make(compile options)`` (a ``jax.jit`` callable) for arguments of
     ``nbytes``, with :func:`compile_options`; a small program on the CPU whose ``options``
     do not choose an optimization level themselves is :class:`Tiered`, unless ``tier`` is
-    False (a kernel made to be run many times over). Its fully optimized compile, tiered or
-    not, adds :data:`_SMALL_DOTS`."""
+    False (a kernel made to be run many times over: optimized from the start) or ``"once"``
+    (a kernel a caller runs a handful of times, each run long: compiled once, at the quick
+    tier — the profile's). Its fully optimized compile, tiered or not, adds
+    :data:`_SMALL_DOTS`. A large program keeps the default options, whatever ``tier`` says."""
     chosen = compile_options(nbytes, options)
     if nbytes > SMALL_PROGRAM_BYTES or not _cheap_codegen_available():
         return make(chosen)
     if "xla_backend_optimization_level" in (options or {}):
         return make(chosen)  # a level of its own: compiled once, as asked
+    if tier == "once":
+        return make({**(chosen or {}), **QUICK_COMPILE})
     if not tier:
         return make(_optimized(chosen))
     return Tiered(make, chosen)
@@ -516,7 +520,8 @@ def jit(fn=None, **options):
 
     Use as ``@jit``, ``@jit(static_argnames=...)`` or ``jit(fn, **options)``;
     ``options`` are ``jax.jit``'s, and ``tiered=False`` for a kernel made to be run many
-    times over (its small programs are then optimized from the start; see :class:`Tiered`).
+    times over (its small programs are then optimized from the start; see :class:`Tiered`),
+    ``tiered="once"`` for one run a handful of times (its small programs compiled once, quick).
     """
     if fn is None:
         return lambda f: BoundedJit(f, options)

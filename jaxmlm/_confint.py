@@ -70,6 +70,7 @@ an upper limit that is never reached is ∞ (sd, sigma).
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -83,7 +84,6 @@ from . import _compiled, _programs, _x64  # noqa: F401
 from ._compare import lift_zero_diagonals, refit_criterion
 from ._covariance import Structure
 from ._errors import ConvergenceWarning, InferenceError, JaxmlmError, warn_user
-from ._inference import _ONE_SHOT_OPTIONS, _one_shot_jit
 from ._objective import factorize, templates_host
 from ._optimize import _newton, diagonal_mask, fd_hessian, fd_points, theta_scale, theta_scale_host
 from ._solution import solve
@@ -384,7 +384,7 @@ _SNAP_AT = 0.05  # unit-free φ diagonals below this are tried at exactly 0
 _ROUNDS = 3  # minimize and snap, again while the task snapped; the last round only minimizes
 
 
-@_one_shot_jit(static_argnames=("layout", "max_iter"))
+@partial(_compiled.jit, static_argnames=("layout", "max_iter"), tiered="once")
 def _prof_minimize(phi, v, spec: _Spec, snappable, frozen, stats: Stats, layout: Layout, max_iter: int = 50):
     """Minimize D over φ for each task, its parameter held at v: (φ̂, D(φ̂), ∂D/∂v at φ̂).
 
@@ -408,9 +408,10 @@ def _prof_minimize(phi, v, spec: _Spec, snappable, frozen, stats: Stats, layout:
     program hung on the classroom three-level model). Unbatched, every factorization is
     one LAPACK call, as in every fit.
 
-    Compiled once, at the quick tier's options, as the inference kernels are: a ``confint()``
-    calls it a handful of times, and a second one took 2.2–2.8 s instead of ~0.1 s when its
-    twelfth call compiled it again at full optimization (the classroom three-level model).
+    A small model's program is compiled once, at the quick tier (``tiered="once"``): a
+    ``confint()`` calls it a handful of times, and the second ``confint()`` of the classroom
+    three-level model took 1.9 s instead of 0.1 s when its twelfth call compiled it again at
+    full optimization. A large model's is optimized from the start, as before: its runs are long.
     """
     return prof_tasks(lambda ph, w, sp: _prof_objective(ph, w, sp, stats, layout), phi, v, spec, snappable, frozen,
                       max_iter)
@@ -458,8 +459,7 @@ def _minimize(m, spec: dict, X: np.ndarray, v: np.ndarray, frozen: np.ndarray):
     args = (np.asarray(X), np.asarray(v), _Spec(*(np.asarray(spec[f]) for f in _Spec._fields)),
             np.asarray(_snappable(m.layout, spec)), np.asarray(frozen), m.stats)
     # Through the program cache: a later process finds the traced program.
-    Xn, D, gv = (np.array(a) for a in _programs.call(_prof_minimize, args, dict(layout=m.layout),
-                                                     compiler_options=_ONE_SHOT_OPTIONS))
+    Xn, D, gv = (np.array(a) for a in _programs.call(_prof_minimize, args, dict(layout=m.layout)))
     return Xn, D, gv, np.isfinite(D) | frozen
 
 

@@ -4,8 +4,8 @@ intervals of the variance components (as Stata's ``mixed``).
 
 First derivatives here are exact (autodiff or closed forms) where lmerTest and pbkrtest use
 finite differences (numDeriv) or explicit n × n matrices; second derivatives are exact for one
-grouping factor and central differences of exact first derivatives otherwise
-(:func:`theta_derivatives`).
+grouping factor of up to three columns and for structured terms, and central differences of
+exact first derivatives otherwise (:func:`theta_derivatives`).
 
 **Satterthwaite** (Kuznetsova, Brockhoff & Christensen 2017, *J. Stat. Softw.*
 82(13), §3.1 and lmerTest's ``devfun_vp`` / ``get_covbeta``). The variance
@@ -101,7 +101,7 @@ _LOG2PI = 1.8378770664093453
 EIG_TOL = 1e-8  # lmerTest's as_lmerModLT(tol = 1e-8): eigenvalues of H treated as zero
 KR_MAX_BYTES = 4e9  # estimated working memory above which the dense Kenward-Roger form is refused
 BOUNDARY_TOL = 1e-4  # lme4's isSingular(tol = 1e-4) on template diagonals
-# The inference kernels run once per model, in milliseconds; their (second-order autodiff)
+# The inference kernels run once per model, in milliseconds; their (second-order)
 # programs take seconds to compile. XLA's backend optimization level 0 cuts the compile
 # time by about 40 % and leaves the results unchanged (with the quick tier's other options).
 _ONE_SHOT = _compiled.QUICK_COMPILE
@@ -197,14 +197,16 @@ def theta_derivatives(theta, stats: Stats, reml, layout: Layout):
 
         dr² = uᵀ dS u   (β̂ minimizes the quadratic form),   dVᵣ = −Vᵣ dS_XX Vᵣ.
 
-    Otherwise the first derivatives of :func:`theta_pieces` by forward-mode autodiff through
-    the factorization (θ has a handful of entries), and the second derivatives of a and r²
-    by central differences of those exact first derivatives (:func:`_central_points`),
-    d = a + ν log r² + const assembled from them. Differentiating twice by autodiff (forward
-    over forward) traced and compiled a program twice the size: Penicillin's took 2.4 s to
-    make, against 1.1 s, the classroom three-level model's 2.1 against 1.1 s (issue 12); ∇²d
-    agrees with it to ~1e-7 relative, where lmerTest's Hessian is numDeriv's. The closed
-    forms trace in a third to half the time (Hsb82's programs 0.37–0.43 → 0.11–0.19 s).
+    Otherwise (several grouping factors, or one over more than three columns) the first
+    derivatives of :func:`theta_pieces` by forward-mode autodiff through the factorization
+    (θ has a handful of entries), and the second derivatives of a and r² by central
+    differences of those exact first derivatives (:func:`_central_points`), d = a + ν log r²
+    + const assembled from them. Differentiating twice by autodiff (forward over forward)
+    traced and compiled a program twice the size: Penicillin's took 2.4 s to make, against
+    1.1 s, the classroom three-level model's 2.1 against 1.1 s (issue 12); ∇²d agrees with it
+    to ~1e-7 relative, where lmerTest's Hessian is numDeriv's. Layouts with structured terms
+    keep forward over forward: a structure's parameters have no scale to set a step by.
+    The closed forms trace in a third to half the time (Hsb82's programs 0.37–0.43 → 0.11–0.19 s).
     """
     p, m = layout.p, theta.shape[0]
     if per_level_formulas(layout):
@@ -215,11 +217,18 @@ def theta_derivatives(theta, stats: Stats, reml, layout: Layout):
         dVr = -jnp.einsum("ab,tbc,cd->tad", Vr, dS[:, :p, :p], Vr)
         return r2, dr2, g, H, Vr, dVr
 
-    pts, h = _central_points(theta, theta_scale(stats, layout))
-    Js = jax.lax.map(lambda t: jax.jacfwd(theta_pieces)(t, stats, reml, layout), pts)  # (2m + 1, pieces, m)
-    D2 = (Js[1:m + 1, :2] - Js[m + 1:, :2]) / (2.0 * h[:, None, None])  # (i, a or r², j)
-    Ha, Hr2 = (0.5 * (D2[:, k] + D2[:, k].T) for k in (0, 1))
-    J = Js[0]
+    if layout.structured:
+        def jac(t):
+            J = jax.jacfwd(theta_pieces)(t, stats, reml, layout)
+            return J[:2], J
+
+        (Ha, Hr2), J = jax.jacfwd(jac, has_aux=True)(theta)
+    else:
+        pts, h = _central_points(theta, theta_scale(stats, layout))
+        Js = jax.lax.map(lambda t: jax.jacfwd(theta_pieces)(t, stats, reml, layout), pts)  # (2m + 1, pieces, m)
+        D2 = (Js[1:m + 1, :2] - Js[m + 1:, :2]) / (2.0 * h[:, None, None])  # (i, a or r², j)
+        Ha, Hr2 = (0.5 * (D2[:, k] + D2[:, k].T) for k in (0, 1))
+        J = Js[0]
     v = theta_pieces(theta, stats, reml, layout)
     r2, da, dr2 = v[1], J[0], J[1]
     nu = stats.n - reml * stats.p

@@ -36,7 +36,7 @@ differences and a dense computation):
 * one grouping factor (q_r = 0): :func:`blockdiag_fgh`, value, gradient and exact
   Hessian in closed form per level;
 * two nested scalar terms, ``(1 | a/b)``: :func:`nested_scalar_criterion`, the criterion
-  on vectors over the levels, differentiated forward over forward;
+  on vectors over the levels, differentiated in forward mode;
 * a rest block (q_r > 0): :func:`criterion_rest`, whose reverse pass costs about one
   explicit inverse of the dense fill-in block, :func:`criterion_rest_value_and_grad`, its
   value and gradient with the reverse pass written by hand for scalar terms, and

@@ -36,10 +36,11 @@ diagonals afterwards, and near-zero diagonals are snapped to exactly zero
 when that does not raise the criterion (lme4 reports singular fits with
 θ = 0). This replaces lme4's bounded BOBYQA/Nelder-Mead.
 
-Where f, ∇f and H come from (:func:`fit_theta`): with one grouping factor, the
-closed-form per-level derivatives of :func:`~jaxmlm._objective.blockdiag_fgh`
-(exact, a few criterion evaluations); with a small rest block (nested or crossed factors), the
-autodiff gradient and forward differences of it (:func:`_fgh_fd`); with a
+Where f, ∇f and H come from (:func:`fit_theta`): with one grouping factor of up to three
+columns, the closed-form per-level derivatives of :func:`~jaxmlm._objective.blockdiag_fgh`
+(exact, a few criterion evaluations); with a small rest block (nested or crossed factors) or
+a wider single term, the autodiff gradient and, in float64, forward differences of it
+(:func:`_fgh_newton`; structured terms take theirs by the chain rule); with a
 large dense block (q_r > ``AI_ROWS``, crossed designs such as InstEval, nested ones such as
 pupils in classes in schools), the
 exact gradient of :func:`~jaxmlm._objective.criterion_rest` and, in place of H,
@@ -216,7 +217,8 @@ def _start_status(f0, max_iter):
     return jnp.where(jnp.isfinite(f0), jnp.where(max_iter <= 0, 2, -1), 4)
 
 
-#: Most θ entries for which a nested design's gradient is taken in forward mode (m tangents).
+#: Most θ entries for which a nested design's derivatives are taken in forward mode (m
+#: tangents): its gradient, and in float32 its Hessian forward over forward.
 _FORWARD_MAX = 3
 
 
@@ -464,8 +466,9 @@ def fit_theta(
     """Minimize the criterion over θ from ``theta0`` by ``method`` ("newton", "ai" or "bfgs").
 
     * "newton": modified Newton — the exact Hessian in closed form per level when there
-      is one grouping factor (:func:`~jaxmlm._objective.blockdiag_fgh`), else forward
-      differences of the autodiff gradient (:func:`_fgh_newton`);
+      is one grouping factor of up to three columns (:func:`~jaxmlm._objective.blockdiag_fgh`),
+      through the chain rule for structured terms, else forward differences of the autodiff
+      gradient in float64 and autodiff's Hessian in float32 (:func:`_fgh_newton`);
     * "ai": modified Newton on the average-information matrix
       (:func:`~jaxmlm._objective.average_information`) with the exact gradient of
       :func:`~jaxmlm._objective.criterion_rest` and diagonal steps clipped

@@ -713,7 +713,8 @@ def lmer(
     of the formula are dropped (``m.n_dropped`` counts them). ``data_name``
     labels the data in ``summary()`` (lme4 prints the data argument there).
     ``optimizer`` is "newton" (the Hessian in closed form for one grouping
-    factor, otherwise forward differences of the exact autodiff gradient), "ai" (Newton with the average-information
+    factor of up to three columns, otherwise mostly forward differences of the
+    exact autodiff gradient), "ai" (Newton with the average-information
     matrix in place of the Hessian), "bfgs", or "auto": Newton unless a large
     dense fill-in block (crossed designs) makes the Hessian costly, then "ai".
 

@@ -192,6 +192,7 @@ def test_repeated_profiles_compile_nothing_past_the_tier_up_call(fits, caplog):
         for _ in range(_compiled.TIER_UP_CALLS // 2 + 1):
             again = confint(m)
     compiled = re.findall(r"Finished XLA compilation of jit\((\w+)\)", caplog.text)
+    assert compiled, "no compile logged in the window: the fit program's tier-up should be"
     assert "_prof_minimize" not in compiled, compiled
     pd.testing.assert_frame_equal(again, first)
 

@@ -258,9 +258,9 @@ def test_choose_method():
 @pytest.mark.parametrize("formula", ["y ~ x + (1 | school/class)", "y ~ x + (1 + x | school/class)"])
 @pytest.mark.parametrize("reml", [1.0, 0.0])
 def test_nested_fits_reach_the_optimum_of_the_general_criterion(formula, reml):
-    """Every method on the per-level nested criterion (the vector form for (1 | a/b), autodiff
-    forward over forward for two θ entries, over reverse for six) stops where Newton on the
-    general factorization (dense fill-in) does."""
+    """Every method on the per-level nested criterion (the vector form for (1 | a/b); the
+    gradient in forward mode for two θ entries, reverse for six, and the Hessian by its
+    differences) stops where Newton on the general factorization (dense fill-in) does."""
     from test_objective import _nested_frame
 
     d = build_design(formula, _nested_frame())
