@@ -22,7 +22,7 @@ from . import _programs
 from ._errors import DataError
 from ._inference import _ONE_SHOT_OPTIONS, _one_shot_jit
 from ._fit import fit
-from ._optimize import STATUS, intercept_blocks, lme4_start, moment_start, theta_scale_host
+from ._optimize import STATUS, fd_batch, intercept_blocks, lme4_start, moment_start, theta_scale_host
 from ._refit import _padded, _run_chunks, _sdcor, _theta_names, _vc_params, lapack_safe_batch
 
 __all__ = ["AllFit", "all_fit"]
@@ -130,7 +130,7 @@ def all_fit(m, optimizers=None, n_random: int = 3, seed=0, max_iter: int = 200) 
         t0 = time.perf_counter()
         # all starts in one batch, unless a batched LAPACK call could then be split over
         # XLA's threads on a CPU (it can deadlock there): then in equal batches
-        c = lapack_safe_batch(len(theta0s), layout)
+        c = lapack_safe_batch(len(theta0s), layout, points=fd_batch(layout))
 
         def launch(lo):
             return _programs.call(_fit_starts, (_padded(theta0s[lo : lo + c], c), m.stats, reml),

@@ -97,8 +97,25 @@ class Factor(NamedTuple):
 # model on 2,000 groups hung in every run that way. One matrix (a relationship
 # matrix's block: one level, a column per animal) is never split, and LAPACK's
 # blocked factorization is much faster there than k steps of a loop; vmapped fits
-# count it in their batch cap (jaxmlm._refit._lapack_cost).
+# count it in their batch cap (lapack_cost below).
 _UNROLL_MAX_K = 6
+
+#: batch × cost (jaxlib's FLOP model, :func:`lapack_cost`) below which a batched LAPACK call
+#: is never split over XLA's CPU thread pool (jaxlib splits above 2·10⁵; kept at half).
+LAPACK_SAFE = 100_000
+
+
+def lapack_cost(layout: Layout) -> int:
+    """Largest cost estimate (jaxlib's FLOP model) of the LAPACK calls in one evaluation of the
+    criterion: L₂'s and R's Cholesky factors and triangular solves, and block 1 where it is
+    one large matrix (a relationship matrix's; otherwise unrolled or loops, above). A nested
+    design's L₂ is per-level algebra like block 1's (:func:`_factorize_nested`). Batched
+    programs keep batch × this below :data:`LAPACK_SAFE` on a CPU."""
+    qr, p1 = (0 if is_nested(layout) else layout.qr), layout.p + 1
+    cost = max(qr**3, qr * qr * p1, 5 * p1**3)
+    if layout.k1 > _UNROLL_MAX_K and layout.l1 == 1:
+        cost = max(cost, layout.k1**2 * max(layout.k1, p1))
+    return cost
 
 
 def _one_matrix(M: jax.Array) -> bool:

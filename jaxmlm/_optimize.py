@@ -69,6 +69,8 @@ from ._objective import (
     blockdiag_fgh,
     criterion_rest,
     criterion_rest_value_and_grad,
+    LAPACK_SAFE,
+    lapack_cost,
     levels_last,
     nested_data,
     nested_scalar,
@@ -78,7 +80,7 @@ from ._objective import (
 )
 from ._stats import Layout, Stats, a22_diagonal, is_nested
 
-__all__ = ["OptState", "fit_theta", "fd_hessian", "fd_points", "canonical_theta", "lme4_start", "theta_scale", "theta_scale_host",
+__all__ = ["OptState", "fit_theta", "fd_batch", "fd_hessian", "fd_points", "canonical_theta", "lme4_start", "theta_scale", "theta_scale_host",
            "STATUS"]
 
 STATUS = {
@@ -258,16 +260,18 @@ def fd_hessian(g, h):
     return 0.5 * (H + H.T)
 
 
-def _fgh_fd(fun, forward: bool = False):
+def _fgh_fd(fun, forward: bool = False, side_by_side: bool = False):
     """x ↦ (f, ∇f, ∇²f) of ``fun``: ∇f by autodiff (reverse, or with ``forward`` the m
     tangents side by side), ∇²f by :func:`fd_hessian` — the gradient's program traced once
-    and run at m + 1 points one after another (``lax.map``).
+    and run at m + 1 points, side by side (``vmap``) with ``side_by_side``, else one after
+    another (``lax.map``; :func:`fd_batch` decides).
 
     Against :func:`_fgh_ad`'s autodiff Hessian, the fit's program holds one derivative of the
     criterion instead of two nested ones: for a model shape a first fit traces and compiles in
     about half the time (Penicillin 2.4 → 1.7 s, the classroom three-level model 2.2 →
-    1.3 s; issue 12), and warm fits of these few-θ models run as fast (m + 1 gradients
-    against one m-tangent derivative of the gradient)."""
+    1.3 s; issue 12). Side by side, warm fits of several θ run faster than one after another
+    (classroom ``(ses | schoolid/classid)``, 6 θ: 23–28 → 19–23 ms; batched refits of the
+    nested models ~10 % faster; the few-θ models as fast)."""
     if forward:
         def value_grad(x):
             basis = jnp.eye(x.shape[0], dtype=x.dtype)
@@ -277,18 +281,45 @@ def _fgh_fd(fun, forward: bool = False):
 
     def evaluate(x):
         pts, h = fd_points(x)
-        f, g = jax.lax.map(value_grad, pts)
+        f, g = jax.vmap(value_grad)(pts) if side_by_side else jax.lax.map(value_grad, pts)
         return f[0], g[0], fd_hessian(g, h)
 
     return evaluate
 
 
-def _fgh_newton(fun, x0, forward: bool = False):
+#: On a CPU, a differenced Hessian's gradients run side by side only where even a batched
+#: refit's chunk of this many replicates (``jaxmlm._refit``'s CPU chunk) keeps every LAPACK
+#: call of them below :data:`~jaxmlm._objective.LAPACK_SAFE`.
+_FD_CHUNK = 16
+
+
+def fd_batch(layout: Layout) -> int:
+    """How many criterion evaluations a Newton step of ``layout``'s fit runs side by side: the
+    m + 1 gradients of its differenced Hessian (:func:`_fgh_fd`, nested and crossed designs),
+    or 1 — where the Hessian has closed forms or comes by the chain rule, and on a CPU where
+    those gradients' LAPACK calls batched m + 1 times, in a refit chunk of ``_FD_CHUNK``,
+    could reach the size at which jaxlib splits them over XLA's thread pool and can deadlock
+    it (:data:`~jaxmlm._objective.LAPACK_SAFE`; ``benchmarks/jax_cpu_deadlock_repro.py``):
+    a crossed design's fill-in block of more than ~15 columns; then they run one after
+    another. A nested design's criterion is per-level algebra, with no LAPACK call but
+    R_X's. Batched refits count this in their chunks (``jaxmlm._refit._chunk_size``)."""
+    if layout.structured or per_level_formulas(layout):
+        return 1
+    m1 = layout.ntheta + 1
+    if jax.default_backend() != "cpu" or m1 * lapack_cost(layout) * _FD_CHUNK <= LAPACK_SAFE:
+        return m1
+    return 1
+
+
+def _fgh_newton(fun, x0, layout: Layout, forward: bool = False):
     """(f, ∇f, ∇²f) for Newton on a criterion without closed forms: :func:`_fgh_fd` in
-    float64; in float32 (``lmer(dtype="float32")``'s iterations) :func:`_fgh_ad`, since
-    differences of a float32 gradient keep too few digits (Penicillin without the float64
-    polish stopped 0.07 from θ̂, against 0.03 allowed)."""
-    return (_fgh_fd if x0.dtype == jnp.float64 else _fgh_ad)(fun, forward)
+    float64 (its gradients side by side as :func:`fd_batch` says); in float32
+    (``lmer(dtype="float32")``'s iterations) :func:`_fgh_ad`, since differences of a float32
+    gradient keep too few digits (Penicillin without the float64 polish stopped 0.07 from θ̂,
+    against 0.03 allowed)."""
+    if x0.dtype != jnp.float64:
+        return _fgh_ad(fun, forward)
+    return _fgh_fd(fun, forward, side_by_side=fd_batch(layout) > 1)
 
 
 #: Where an evaluation is costly, fits stop once the deviance is within this of its minimum (to
@@ -468,7 +499,8 @@ def fit_theta(
     * "newton": modified Newton — the exact Hessian in closed form per level when there
       is one grouping factor of up to three columns (:func:`~jaxmlm._objective.blockdiag_fgh`),
       through the chain rule for structured terms, else forward differences of the autodiff
-      gradient in float64 and autodiff's Hessian in float32 (:func:`_fgh_newton`);
+      gradient in float64 (its m + 1 gradients side by side where :func:`fd_batch` allows)
+      and autodiff's Hessian in float32 (:func:`_fgh_newton`);
     * "ai": modified Newton on the average-information matrix
       (:func:`~jaxmlm._objective.average_information`) with the exact gradient of
       :func:`~jaxmlm._objective.criterion_rest` and diagonal steps clipped
@@ -593,14 +625,15 @@ def _fit_u(u0, c, stats: Stats, reml, layout: Layout, max_iter: int, ftol, gtol,
             return _bfgs(_fun_u(dev_nested, c), u0, max_iter, ftol, gtol)
         # (f, ∇f, H) costs a few values on per-level algebra, so every trial point gets all
         # three (one evaluation per step).
-        return _newton(None, u0, max_iter, ftol, gtol, fgh=_fgh_newton(_fun_u(dev_nested, c), u0, forward=len(u0) <= _FORWARD_MAX),
+        return _newton(None, u0, max_iter, ftol, gtol, fgh=_fgh_newton(_fun_u(dev_nested, c), u0, layout,
+                                                                     forward=len(u0) <= _FORWARD_MAX),
                        trial_fgh=True)
     if method == "newton" or (method == "ai" and layout.qr == 0):  # "ai" needs a fill-in block
         # (f, ∇f, H) at every trial point: the program holds one derivative program of the
         # criterion, not that and a separate value for the line search (Penicillin's fit
         # compiled in ~3.3 s instead of 5-6.5 s, (x | a) + (1 | b) with 40 levels of b
         # 4.9 instead of 9.8 s; warm fits as fast, the same iterations; issue 12).
-        return _newton(None, u0, max_iter, ftol, gtol, fgh=_fgh_newton(_fun_u(dev, c), u0), trial_fgh=True)
+        return _newton(None, u0, max_iter, ftol, gtol, fgh=_fgh_newton(_fun_u(dev, c), u0, layout), trial_fgh=True)
     if layout.qr == 0:
         return _bfgs(_fun_u(dev, c), u0, max_iter, ftol, gtol)
     pairs = pair_data(stats, layout)  # θ-free: once, outside the loop

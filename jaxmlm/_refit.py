@@ -45,16 +45,17 @@ import pandas as pd
 from . import _compiled, _programs, _x64  # noqa: F401
 from ._errors import ConvergenceError, DataError, InferenceError
 from ._objective import (
-    _UNROLL_MAX_K,
+    LAPACK_SAFE,
     Factor,
     batched_solve_lower,
     criterion,
     factorize,
+    lapack_cost,
     templates,
     templates_host,
 )
 from ._fit import fit, fit_jit
-from ._optimize import STATUS, canonical_theta, diagonal_mask, lme4_start, theta_scale_host
+from ._optimize import STATUS, canonical_theta, diagonal_mask, fd_batch, lme4_start, theta_scale_host
 from ._stats import (
     CHUNK_ROWS,
     Layout,
@@ -88,7 +89,6 @@ __all__ = [
 _START_FLOOR = 0.1
 _MAX_CHUNK = 1024  # replicates per compiled batch (GPU)
 _CPU_CHUNK = 16  # replicates per compiled batch on a CPU (see _chunk_size)
-_LAPACK_SAFE = 100_000  # batch × cost of a LAPACK call kept below this on a CPU (see _chunk_size)
 _CHUNK_CELLS = 1 << 24  # cap on chunk × nobs: a chunk's responses stay ~ 130 MB
 # The batched programs compile with XLA's default options. Setting XLA:CPU's experimental
 # options here (turning off the YNNPACK fusion and the concurrency-optimized scheduler) made
@@ -489,30 +489,27 @@ class RefitResult:
                 f"{int((~self.converged).sum())} not converged, {self.seconds:.3g} s)")
 
 
-def _lapack_cost(layout: Layout, hessian: int = 0) -> int:
+def _lapack_cost(layout: Layout, hessian: int = 0, points: int = 1) -> int:
     """Largest per-replicate cost estimate (jaxlib's FLOP model) of the LAPACK calls left in
-    a batched program: L₂'s and R's Cholesky factors and triangular solves, Newton's eigh
-    (of ``hessian`` parameters where the optimizer has more than θ: a GLMM's β, a residual
-    structure's), and block 1 where it is one large matrix (a relationship matrix's; otherwise
-    unrolled or loops, jaxmlm._objective)."""
-    qr, p1, m = layout.qr, layout.p + 1, max(layout.ntheta, hessian)
-    cost = max(qr**3, qr * qr * p1, 5 * p1**3, 10 * m**3)
-    if layout.k1 > _UNROLL_MAX_K and layout.l1 == 1:
-        cost = max(cost, layout.k1**2 * max(layout.k1, p1))
-    return cost
+    a batched program: the criterion's (:func:`~jaxmlm._objective.lapack_cost`), batched
+    ``points`` times where a replicate's differenced Hessian takes its gradients side by side
+    (:func:`~jaxmlm._optimize.fd_batch`), and Newton's eigh (of ``hessian`` parameters where
+    the optimizer has more than θ: a GLMM's β, a residual structure's)."""
+    m = max(layout.ntheta, hessian)
+    return max(lapack_cost(layout) * points, 10 * m**3)
 
 
-def lapack_safe_batch(wanted: int, layout: Layout, hessian: int = 0) -> int:
+def lapack_safe_batch(wanted: int, layout: Layout, hessian: int = 0, points: int = 1) -> int:
     """At most ``wanted`` fits per vmapped batch, so that on a CPU every batched LAPACK call of
     the batch stays below jaxlib's threshold for splitting it over XLA's thread pool (batch ×
     cost 2·10⁵ FLOP; kept below half that): split there, two calls running at once can
     deadlock the pool (benchmarks/jax_cpu_deadlock_repro.py). Elsewhere ``wanted``."""
     if jax.default_backend() != "cpu":
         return int(wanted)
-    return int(max(1, min(wanted, _LAPACK_SAFE // _lapack_cost(layout, hessian))))
+    return int(max(1, min(wanted, LAPACK_SAFE // _lapack_cost(layout, hessian, points))))
 
 
-def _chunk_size(nsim: int, n: int, chunk_size, layout: Layout, hessian: int = 0) -> int:
+def _chunk_size(nsim: int, n: int, chunk_size, layout: Layout, hessian: int = 0, points: int = 1) -> int:
     """Replicates per compiled batch.
 
     On a CPU, small batches are fastest (1000 sleepstudy refits: 0.13 s in chunks of 16,
@@ -520,8 +517,12 @@ def _chunk_size(nsim: int, n: int, chunk_size, layout: Layout, hessian: int = 0)
     iterates as long as its slowest replicate), and they must stay small: jaxlib 0.10
     splits a batched LAPACK call whose batch × cost exceeds 2·10⁵ FLOP over XLA's thread
     pool and can deadlock there (see benchmarks/jax_cpu_deadlock_repro.py), so chunks are
-    capped to keep every call below 10⁵ (a user's ``chunk_size`` too). Elsewhere (GPU),
-    up to 1024 replicates and ~16 M response cells. A fixed size means one compiled
+    capped to keep every call below 10⁵ (a user's ``chunk_size`` too). Where each replicate
+    evaluates its criterion at ``points`` points side by side (a differenced Hessian,
+    :func:`~jaxmlm._optimize.fd_batch`), the default chunk is 16 / ``points`` replicates:
+    200 refits of the classroom ``(ses | schoolid/classid)`` model (7 points) took 2.0 s
+    warm and 10 s the first time in chunks of 16, 1.2 s and 6 s in chunks of 4. Elsewhere
+    (GPU), up to 1024 replicates and ~16 M response cells. A fixed size means one compiled
     program per model, whatever ``nsim``.
     """
     if chunk_size is not None:
@@ -529,7 +530,8 @@ def _chunk_size(nsim: int, n: int, chunk_size, layout: Layout, hessian: int = 0)
             raise DataError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     cap = max(1, min(_MAX_CHUNK, _CHUNK_CELLS // max(n, 1)))
     if jax.default_backend() == "cpu":
-        return min(lapack_safe_batch(chunk_size or _CPU_CHUNK, layout, hessian), cap)
+        wanted = chunk_size or max(1, _CPU_CHUNK // points)
+        return min(lapack_safe_batch(wanted, layout, hessian, points), cap)
     return int(chunk_size) if chunk_size is not None else min(bucket(nsim), cap)
 
 
@@ -593,7 +595,7 @@ def _refit_spec(spec: _Spec, Y: np.ndarray, *, reml: bool, progress: bool = True
     t0 = time.perf_counter()
     d, layout = spec.design, spec.layout
     nsim, n = Y.shape
-    c = _chunk_size(nsim, n, chunk_size, layout)
+    c = _chunk_size(nsim, n, chunk_size, layout, points=fd_batch(layout))
     ops = response_ops(d, layout)
     theta0 = jnp.asarray(_start(spec, start))
     reml_a = jnp.asarray(1.0 if reml else 0.0)
@@ -647,7 +649,7 @@ def refit_weights(m, C: np.ndarray, *, REML: bool | None = None, progress: bool 
     ops, base = row_ops(d, schema)
     spec = spec._replace(layout=layout, stats=base)
     nsim = C.shape[0]
-    c = _chunk_size(nsim, d.n, chunk_size, layout)
+    c = _chunk_size(nsim, d.n, chunk_size, layout, points=fd_batch(layout))
     theta0 = jnp.asarray(_start(spec, start))
     reml_a = jnp.asarray(1.0 if reml else 0.0)
 

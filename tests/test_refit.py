@@ -25,6 +25,8 @@ import pytest
 import jaxmlm
 from conftest import CASES, case_data
 from jaxmlm import _refit
+from jaxmlm._objective import LAPACK_SAFE
+from jaxmlm._optimize import fd_batch
 
 REF = json.loads((Path(__file__).parent / "reference" / "refit" / "refit_reference.json").read_text())
 
@@ -130,6 +132,25 @@ def test_chunks_give_the_same_fits_and_compile_once(fits, no_tier_up):
     assert len(_COMPILES) == before, f"{len(_COMPILES) - before} recompilation(s)"
     assert again.ok.all() and ml.ok.all() and not ml.REML and again.REML
     assert np.all(np.abs(ml.objective - again.objective) > 1e-3)
+
+
+def test_nested_refits_are_batched_and_every_lapack_call_stays_unsplit(fits):
+    """A nested design's rest factor is per-level algebra (no LAPACK call however many levels),
+    so its refits run in chunks of 16 / (m + 1) — each replicate's differenced Hessian takes
+    m + 1 gradients side by side — where a crossed fill-in block of the same size keeps them
+    one at a time; in every batch of more than one matrix, chunk × points × the largest LAPACK
+    call's cost stays below the size at which jaxlib splits it over XLA's CPU threads (and can
+    deadlock them; one matrix is never split)."""
+    m = fits("pastes_nested")
+    assert m.layout.bbt == "nested"
+    for lay in (m.layout, m.layout._replace(qr=300), m.layout._replace(qr=300, bbt="sparse")):
+        pts = fd_batch(lay)
+        c = _refit._chunk_size(100, m.nobs, None, lay, points=pts)
+        assert c * pts == 1 or c * _refit._lapack_cost(lay, points=pts) <= LAPACK_SAFE
+        if lay.bbt == "nested":
+            assert pts == lay.ntheta + 1 and c == 16 // pts
+        else:
+            assert pts == 1 and c == 1  # a 300-column dense Cholesky factor alone is past the bound
 
 
 def test_refit_many_checks_its_input(fits):
