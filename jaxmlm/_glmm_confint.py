@@ -64,7 +64,7 @@ def _task_params(z, v, spec: _Spec, ntheta: int):
     return theta, beta
 
 
-@partial(_compiled.jit, static_argnames=("layout", "family", "nagq", "max_iter"))
+@partial(_compiled.jit, static_argnames=("layout", "family", "nagq", "max_iter"), tiered="once")
 def _minimize(X, v, spec: _Spec, frozen, mask, start: Modes, rows: RowData, index: tuple, phi, layout: Layout,
               family: Family, nagq: int, max_iter: int = 100):
     """Minimize the deviance over each task's free vector, its parameter at v: (ẑ, D(ẑ), ∂D/∂v).
@@ -72,7 +72,11 @@ def _minimize(X, v, spec: _Spec, frozen, mask, start: Modes, rows: RowData, inde
     The tasks run one after another (``lax.map``: no batched LAPACK inside a while loop, see
     :mod:`jaxmlm._confint`), each from the fit's PIRLS modes; ``frozen`` tasks are skipped,
     ``mask`` marks the θ diagonals whose Newton steps keep their sign (those of rows the task
-    does not rebuild)."""
+    does not rebuild).
+
+    Compiled once, at the quick tier for a small model (``tiered="once"``, as
+    :func:`jaxmlm._confint._prof_minimize`): a ``confint()`` runs it a handful of times, and
+    the one that reached the tier-up count paid a full-optimization compile on the main thread."""
     lay_u = _u_layout(layout)
     m = layout.ntheta
 

@@ -106,3 +106,29 @@ def _release_compiled_programs():
 
     jax.clear_caches()
     gc.collect()
+
+
+def assert_compiled_once(run, name: str, monkeypatch, caplog):
+    """``run()`` (a ``confint()``) twice; the second compiles no program of the function ``name``
+    again, although every program that tiers up does so on its next call (``TIER_UP_CALLS`` set
+    to 1 after the first run): ``name``'s programs are compiled once (``tiered="once"`` or
+    ``False``). The
+    first run, from nothing (``_compiled.clear()``), must log ``name``'s compile: the log is
+    read."""
+    import logging
+    import re
+
+    from jaxmlm import _compiled
+
+    monkeypatch.setattr(_compiled, "TIER_UP_CALLS", 10**9)
+    _compiled.clear()
+    with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+        first = run()
+    assert name in re.findall(r"Finished XLA compilation of jit\((\w+)\)", caplog.text), "no compile of it logged"
+    caplog.clear()
+    monkeypatch.setattr(_compiled, "TIER_UP_CALLS", 1)
+    with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+        again = run()
+    compiled = re.findall(r"Finished XLA compilation of jit\((\w+)\)", caplog.text)
+    assert name not in compiled, compiled
+    return first, again

@@ -16,7 +16,7 @@ import jax.monitoring
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CASES
+from conftest import CASES, assert_compiled_once
 
 import jaxmlm
 from jaxmlm._confint import _percent_labels, confint, param_names
@@ -174,26 +174,12 @@ def test_second_profile_of_a_model_does_not_recompile(fits, profiles, no_tier_up
     pd.testing.assert_frame_equal(again, profiles("sleepstudy_rs"))
 
 
-def test_repeated_profiles_compile_nothing_past_the_tier_up_call(fits, caplog):
+def test_repeated_profiles_compile_nothing_past_the_tier_up_call(fits, monkeypatch, caplog):
     """The profile's program is compiled once, at the quick tier, never again at full
     optimization on a later call: a ``confint()`` calls it a handful of times (Dyestuff: 6),
     and the one whose calls reached the tier-up count used to compile it again (the classroom
-    three-level model's second ``confint()``: 1.9 s instead of 0.1 s). (The fit's program,
-    which each profile runs for its ML refit, tiers up as every fit program does.)"""
-    import logging
-    import re
-
-    from jaxmlm import _compiled
-
-    m = fits("dyestuff")
-    _compiled.clear()  # from nothing: the window below then holds the calls that tiered up before
-    first = confint(m)
-    with caplog.at_level(logging.WARNING), jax.log_compiles(True):
-        for _ in range(_compiled.TIER_UP_CALLS // 2 + 1):
-            again = confint(m)
-    compiled = re.findall(r"Finished XLA compilation of jit\((\w+)\)", caplog.text)
-    assert compiled, "no compile logged in the window: the fit program's tier-up should be"
-    assert "_prof_minimize" not in compiled, compiled
+    three-level model's second ``confint()``: 1.9 s instead of 0.1 s)."""
+    first, again = assert_compiled_once(lambda: confint(fits("dyestuff")), "_prof_minimize", monkeypatch, caplog)
     pd.testing.assert_frame_equal(again, first)
 
 

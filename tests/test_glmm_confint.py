@@ -19,6 +19,7 @@ import pytest
 from scipy.special import ndtri
 
 import jaxmlm
+from conftest import assert_compiled_once
 from test_glmer import REF, fitted
 
 PROFILE = json.loads((REF / "profile_glmer.json").read_text())
@@ -152,3 +153,12 @@ def test_profile_grid_crosses_z_at_the_confint_limits():
         lo, hi = np.interp([-z, z], g["zeta"], g["value"])
         width = ci.loc[name, "97.5 %"] - ci.loc[name, "2.5 %"]
         np.testing.assert_allclose([lo, hi], ci.loc[name].to_numpy(float), atol=0.01 * width)
+
+
+def test_repeated_profiles_compile_the_profile_program_once(monkeypatch, caplog):
+    """The profile's program is compiled once, at the quick tier, and not again at full
+    optimization once its calls reach the tier-up count (a later ``confint()`` paid that
+    compile on the main thread)."""
+    m = fitted("cbpp_cbind")[2]
+    first, again = assert_compiled_once(m.confint, "_minimize", monkeypatch, caplog)
+    pd.testing.assert_frame_equal(again, first)

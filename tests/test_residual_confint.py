@@ -16,6 +16,7 @@ from scipy.optimize import minimize
 from scipy.special import ndtri
 
 import jaxmlm as J
+from conftest import assert_compiled_once
 from test_residuals import _crossed_data, _dense_criterion
 
 Z2 = float(ndtri(0.975)) ** 2
@@ -143,3 +144,11 @@ def test_profile_grid_of_phi_against_the_dense_profile(crossed):
     lo, hi = np.interp([-np.sqrt(Z2), np.sqrt(Z2)], pr["zeta"], pr["value"])
     width = ci.loc["Phi", "97.5 %"] - ci.loc["Phi", "2.5 %"]
     np.testing.assert_allclose([lo, hi], ci.loc["Phi"].to_numpy(float), atol=0.01 * width)
+
+
+def test_repeated_profiles_compile_the_profile_program_once(crossed, monkeypatch, caplog):
+    """As for lmer and glmer, the profile's program is compiled once (here fully optimized from
+    the start): a later ``confint()`` whose calls reach the tier-up count compiles nothing more of it."""
+    ml = crossed[1]
+    first, again = assert_compiled_once(ml.confint, "_minimize", monkeypatch, caplog)
+    pd.testing.assert_frame_equal(again, first)
