@@ -301,9 +301,15 @@ def fd_batch(layout: Layout) -> int:
     could reach the size at which jaxlib splits them over XLA's thread pool and can deadlock
     it (:data:`~jaxmlm._objective.LAPACK_SAFE`; ``benchmarks/jax_cpu_deadlock_repro.py``):
     a crossed design's fill-in block of more than ~15 columns; then they run one after
-    another. A nested design's criterion is per-level algebra, with no LAPACK call but
-    R_X's. Batched refits count this in their chunks (``jaxmlm._refit._chunk_size``)."""
+    another, as they do for a nested design of at most ``_FORWARD_MAX`` θ entries (below). A
+    nested design's criterion is per-level algebra, with no LAPACK call but R_X's. Batched
+    refits count this in their chunks (``jaxmlm._refit._chunk_size``)."""
     if layout.structured or per_level_formulas(layout):
+        return 1
+    if is_nested(layout) and layout.ntheta <= _FORWARD_MAX:
+        # Its gradient is already m forward tangents side by side: batching the points too
+        # made the program ~0.15 s slower to compile (the course session's classroom step
+        # 5.1 → 5.3–6.0 s), with warm fits no faster (classroom three-level 2.8 ms either way).
         return 1
     m1 = layout.ntheta + 1
     if jax.default_backend() != "cpu" or m1 * lapack_cost(layout) * _FD_CHUNK <= LAPACK_SAFE:

@@ -66,6 +66,7 @@ from ._stats import (
     _run_pass,
     a22_blocks,
     bucket,
+    is_nested,
     response_ops,
     response_stats,
     sufficient_stats,
@@ -89,6 +90,7 @@ __all__ = [
 _START_FLOOR = 0.1
 _MAX_CHUNK = 1024  # replicates per compiled batch (GPU)
 _CPU_CHUNK = 16  # replicates per compiled batch on a CPU (see _chunk_size)
+_NESTED_CHUNK = 4  # the same for a nested design (see _chunk_size)
 _CHUNK_CELLS = 1 << 24  # cap on chunk × nobs: a chunk's responses stay ~ 130 MB
 # The batched programs compile with XLA's default options. Setting XLA:CPU's experimental
 # options here (turning off the YNNPACK fusion and the concurrency-optimized scheduler) made
@@ -517,20 +519,22 @@ def _chunk_size(nsim: int, n: int, chunk_size, layout: Layout, hessian: int = 0,
     iterates as long as its slowest replicate), and they must stay small: jaxlib 0.10
     splits a batched LAPACK call whose batch × cost exceeds 2·10⁵ FLOP over XLA's thread
     pool and can deadlock there (see benchmarks/jax_cpu_deadlock_repro.py), so chunks are
-    capped to keep every call below 10⁵ (a user's ``chunk_size`` too). Where each replicate
-    evaluates its criterion at ``points`` points side by side (a differenced Hessian,
-    :func:`~jaxmlm._optimize.fd_batch`), the default chunk is 16 / ``points`` replicates:
-    200 refits of the classroom ``(ses | schoolid/classid)`` model (7 points) took 2.0 s
-    warm and 10 s the first time in chunks of 16, 1.2 s and 6 s in chunks of 4. Elsewhere
-    (GPU), up to 1024 replicates and ~16 M response cells. A fixed size means one compiled
-    program per model, whatever ``nsim``.
+    capped to keep every call below 10⁵ (a user's ``chunk_size`` too), counting the
+    ``points`` at which each replicate evaluates its criterion side by side (a differenced
+    Hessian, :func:`~jaxmlm._optimize.fd_batch`). A nested design's chunk is 4
+    (``_NESTED_CHUNK``): its replicates are hundreds of levels each, and the first call
+    compiled slower in chunks of 16 (200 refits, first call and warm, s: classroom
+    ``(1 | schoolid/classid)`` with five covariates 3.6–4.0 / 0.29–0.33 in chunks of 1,
+    3.8–3.9 / 0.25–0.27 of 4, 4.6–4.8 / 0.23–0.24 of 16; ``(ses | schoolid/classid)`` 6.9 /
+    1.6 of 1, 6.1 / 1.2 of 4, 10.3 / 2.0 of 16). Elsewhere (GPU), up to 1024 replicates and
+    ~16 M response cells. A fixed size means one compiled program per model, whatever ``nsim``.
     """
     if chunk_size is not None:
         if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
             raise DataError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     cap = max(1, min(_MAX_CHUNK, _CHUNK_CELLS // max(n, 1)))
     if jax.default_backend() == "cpu":
-        wanted = chunk_size or max(1, _CPU_CHUNK // points)
+        wanted = chunk_size or (_NESTED_CHUNK if is_nested(layout) else _CPU_CHUNK)
         return min(lapack_safe_batch(wanted, layout, hessian, points), cap)
     return int(chunk_size) if chunk_size is not None else min(bucket(nsim), cap)
 

@@ -303,16 +303,18 @@ def test_differenced_hessian_matches_autodiff_side_by_side_and_in_turn(formula):
 
 
 def test_fd_batch_runs_gradients_side_by_side_where_no_lapack_call_can_be_split():
-    """Nested designs and crossed ones with a small fill-in take their m + 1 gradients side by
-    side; a one-factor layout has closed forms (no differences: 1); a crossed design whose
+    """Nested designs of more than three θ entries and crossed ones with a small fill-in take
+    their m + 1 gradients side by side; a one-factor layout has closed forms (no differences: 1); a crossed design whose
     fill-in block is large enough that m + 1 batched copies of its Cholesky factor could
     be split over XLA's CPU threads (and deadlock them) takes them one after another."""
     from test_objective import _nested_frame
 
     lay_n, _, _ = sufficient_stats(build_design("y ~ x + (1 + x | school/class)", _nested_frame()))
+    lay_s, _, _ = sufficient_stats(build_design("y ~ x + (1 | school/class)", _nested_frame()))
     _, _, lay_c, _ = _setup("penicillin_crossed")
     _, _, lay_1, _ = _setup("sleepstudy_rs")
     assert fd_batch(lay_n) == lay_n.ntheta + 1 == 7
+    assert fd_batch(lay_s) == 1  # two θ: its gradient is already 2 forward tangents side by side
     assert fd_batch(lay_c) == lay_c.ntheta + 1  # q_r = 6
     assert fd_batch(lay_1) == 1
     big = lay_c._replace(qr=40)

@@ -136,8 +136,8 @@ def test_chunks_give_the_same_fits_and_compile_once(fits, no_tier_up):
 
 def test_nested_refits_are_batched_and_every_lapack_call_stays_unsplit(fits):
     """A nested design's rest factor is per-level algebra (no LAPACK call however many levels),
-    so its refits run in chunks of 16 / (m + 1) — each replicate's differenced Hessian takes
-    m + 1 gradients side by side — where a crossed fill-in block of the same size keeps them
+    so its refits run in chunks of 4 (also where each replicate's differenced Hessian takes its
+    m + 1 gradients side by side), where a crossed fill-in block of the same size keeps them
     one at a time; in every batch of more than one matrix, chunk × points × the largest LAPACK
     call's cost stays below the size at which jaxlib splits it over XLA's CPU threads (and can
     deadlock them; one matrix is never split)."""
@@ -148,7 +148,9 @@ def test_nested_refits_are_batched_and_every_lapack_call_stays_unsplit(fits):
         c = _refit._chunk_size(100, m.nobs, None, lay, points=pts)
         assert c * pts == 1 or c * _refit._lapack_cost(lay, points=pts) <= LAPACK_SAFE
         if lay.bbt == "nested":
-            assert pts == lay.ntheta + 1 and c == 16 // pts
+            assert pts == 1 and c == 4  # two θ: the gradients of its differences run in turn
+            lay6 = lay._replace(ntheta=6)  # as (1 + x | a/b): side by side
+            assert fd_batch(lay6) == 7 and _refit._chunk_size(100, m.nobs, None, lay6, points=7) == 4
         else:
             assert pts == 1 and c == 1  # a 300-column dense Cholesky factor alone is past the bound
 
