@@ -45,8 +45,8 @@ def _minimize(X, v, spec, ridx, snappable, frozen, rows, index, arr, layout, rsp
     entry a structure task fixes, −1 for the others): (x̂, D, ∂D/∂v) per task.
 
     Compiled once, fully optimized from the start (``tiered=False``): at the quick tier it
-    ran ~4× slower (a crossed model with AR(1) residuals: 2.9–3.6 s per later ``confint()``
-    against 0.6–0.75 s), and the ``confint()`` that brought it to the tier-up count paid the
+    ran ~4× slower (a crossed model with AR(1) residuals: 2.6–3.8 s per later ``confint()``
+    against 0.53–0.76 s), and the ``confint()`` that brought it to the tier-up count paid the
     optimized compile on top (6.5–7.6 s); the first ``confint()`` takes about as long either
     way (11–14 s against 12.5–15.4, compile included)."""
     nt = layout.ntheta

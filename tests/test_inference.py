@@ -13,6 +13,7 @@ F values within 0.2 % (as the standard errors in test_results), variance-compone
 
 import json
 import warnings
+from functools import partial
 
 import jax
 import jax.monitoring
@@ -378,16 +379,21 @@ def test_closed_form_satterthwaite_pieces_match_autodiff(fits, cid, monkeypatch)
             np.testing.assert_allclose(c, a, rtol=tol, atol=tol * 1e-2 * max(1.0, np.abs(a).max()), err_msg=name)
 
 
+@partial(jax.jit, static_argnames="layout")
 def _exact_criterion_hessian(theta, stats, reml, layout):
     """∇²d of the profiled criterion d = a + ν log r² (+ const) by autodiff, twice through
-    the blocked factorization: the reference for theta_derivatives' differences."""
+    the blocked factorization: the reference for theta_derivatives' differences (one program
+    per layout, the statistics an argument)."""
     nu = stats.n - reml * stats.p
 
     def d(t):
         v = inf.theta_pieces(t, stats, reml, layout)
         return v[0] + nu * jnp.log(v[1])
 
-    return np.asarray(jax.jit(jax.hessian(d))(jnp.asarray(theta)))
+    return jax.hessian(d)(theta)
+
+
+_pieces_jacobian = jax.jit(jax.jacfwd(inf.theta_pieces), static_argnames="layout")
 
 
 @pytest.mark.parametrize("cid", ["penicillin_crossed", "pastes_nested", "crossed_subj_slope", "nested_slash", "penicillin_crossed_ml"])
@@ -401,10 +407,10 @@ def test_differenced_hessian_of_several_factors_matches_autodiff(fits, cid):
     reml = inf._reml(m)
     for theta in (np.asarray(m.theta, dtype=float), np.asarray(m.theta, dtype=float) * 1.3 + 0.05):
         r2, dr2, g, H, Vr, dVr = (np.asarray(a) for a in inf.theta_derivatives(theta, stats, reml, layout=layout))
-        Hx = _exact_criterion_hessian(theta, stats, reml, layout)
+        Hx = np.asarray(_exact_criterion_hessian(jnp.asarray(theta), stats, reml, layout=layout))
         np.testing.assert_allclose(H, Hx, rtol=1e-6, atol=1e-8 * np.abs(Hx).max())
         v = inf.theta_pieces(jnp.asarray(theta), stats, reml, layout)
-        J = np.asarray(jax.jacfwd(inf.theta_pieces)(jnp.asarray(theta), stats, reml, layout))
+        J = np.asarray(_pieces_jacobian(jnp.asarray(theta), stats, reml, layout=layout))
         np.testing.assert_allclose(r2, np.asarray(v[1]), rtol=1e-12)
         np.testing.assert_allclose(dr2, J[1], rtol=1e-10, atol=1e-12 * np.abs(J[1]).max())
         p = layout.p
