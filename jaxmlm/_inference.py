@@ -82,7 +82,7 @@ from jax.scipy.linalg import solve_triangular
 from . import _compiled, _programs, _x64  # noqa: F401
 from ._errors import InferenceError, InferenceWarning, warn_user
 from ._objective import _schur, blockdiag_derivatives, factorize, levels_last
-from ._optimize import per_level_formulas, theta_scale
+from ._optimize import central_points, per_level_formulas, theta_scale
 from ._stats import Layout, Stats, a22_dense, widen
 
 __all__ = [
@@ -200,7 +200,7 @@ def theta_derivatives(theta, stats: Stats, reml, layout: Layout):
     Otherwise (several grouping factors, or one over more than three columns) the first
     derivatives of :func:`theta_pieces` by forward-mode autodiff through the factorization
     (θ has a handful of entries), and the second derivatives of a and r² by central
-    differences of those exact first derivatives (:func:`_central_points`), d = a + ν log r²
+    differences of those exact first derivatives (:func:`~jaxmlm._optimize.central_points`), d = a + ν log r²
     + const assembled from them. Differentiating twice by autodiff (forward over forward)
     traced and compiled a program twice the size: Penicillin's took 2.4 s to make, against
     1.1 s, the classroom three-level model's 2.1 against 1.1 s (issue 12); ∇²d agrees with it
@@ -224,7 +224,7 @@ def theta_derivatives(theta, stats: Stats, reml, layout: Layout):
 
         (Ha, Hr2), J = jax.jacfwd(jac, has_aux=True)(theta)
     else:
-        pts, h = _central_points(theta, theta_scale(stats, layout))
+        pts, h = central_points(theta, theta_scale(stats, layout))
         Js = jax.lax.map(lambda t: jax.jacfwd(theta_pieces)(t, stats, reml, layout), pts)  # (2m + 1, pieces, m)
         D2 = (Js[1:m + 1, :2] - Js[m + 1:, :2]) / (2.0 * h[:, None, None])  # (i, a or r², j)
         Ha, Hr2 = (0.5 * (D2[:, k] + D2[:, k].T) for k in (0, 1))
@@ -235,16 +235,6 @@ def theta_derivatives(theta, stats: Stats, reml, layout: Layout):
     g = da + nu * dr2 / r2
     H = Ha + nu * (Hr2 / r2 - jnp.outer(dr2, dr2) / r2**2)
     return r2, dr2, g, H, v[2:].reshape(p, p), jnp.moveaxis(J[2:].reshape(p, p, m), -1, 0)
-
-
-def _central_points(theta, c):
-    """θ, then θ + hᵢeᵢ and θ − hᵢeᵢ for each entry, and the steps hᵢ = 1e-4·max(|θᵢ|, cᵢ)
-    (c: θ's scale, :func:`~jaxmlm._optimize.theta_scale`, so that a step means the same in
-    any units of the predictors). Central differences err by O(h²) in the step and
-    O(ε/h) in rounding: ~1e-7 relative here."""
-    h = 1e-4 * jnp.maximum(jnp.abs(theta), c)
-    E = jnp.diag(h)
-    return jnp.concatenate([theta[None, :], theta[None, :] + E, theta[None, :] - E]), h
 
 
 def derivatives_ahead(stats, layout: Layout) -> bool:

@@ -80,8 +80,8 @@ from ._objective import (
 )
 from ._stats import Layout, Stats, a22_diagonal, is_nested
 
-__all__ = ["OptState", "fit_theta", "fd_batch", "fd_hessian", "fd_points", "canonical_theta", "lme4_start", "theta_scale", "theta_scale_host",
-           "STATUS"]
+__all__ = ["OptState", "fit_theta", "central_points", "fd_batch", "fd_hessian", "fd_points", "canonical_theta",
+           "lme4_start", "theta_scale", "theta_scale_host", "STATUS"]
 
 STATUS = {
     0: "converged: Newton decrement below ftol",
@@ -250,6 +250,17 @@ def fd_points(x):
     (steps hᵢ = 1e-5·max(1, |xᵢ|), x in unit-free coordinates), and the steps."""
     h = 1e-5 * jnp.maximum(1.0, jnp.abs(x))
     return jnp.concatenate([x[None, :], x[None, :] + jnp.diag(h)]), h
+
+
+def central_points(theta, c):
+    """The points of central differences (Satterthwaite's second derivatives,
+    :func:`jaxmlm._inference.theta_derivatives`): θ, then θ + hᵢeᵢ and θ − hᵢeᵢ for each
+    entry, and the steps hᵢ = 1e-4·max(|θᵢ|, cᵢ) (c: θ's scale, :func:`theta_scale`, so
+    that a step means the same in any units of the predictors). Central differences err by
+    O(h²) in the step and O(ε/h) in rounding: ~1e-7 relative here."""
+    h = 1e-4 * jnp.maximum(jnp.abs(theta), c)
+    E = jnp.diag(h)
+    return jnp.concatenate([theta[None, :], theta[None, :] + E, theta[None, :] - E]), h
 
 
 def fd_hessian(g, h):
