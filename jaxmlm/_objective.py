@@ -107,14 +107,22 @@ LAPACK_SAFE = 100_000
 
 def lapack_cost(layout: Layout) -> int:
     """Largest cost estimate (jaxlib's FLOP model) of the LAPACK calls in one evaluation of the
-    criterion: L₂'s and R's Cholesky factors and triangular solves, and block 1 where it is
-    one large matrix (a relationship matrix's; otherwise unrolled or loops, above). A nested
-    design's L₂ is per-level algebra like block 1's (:func:`_factorize_nested`). Batched
-    programs keep batch × this below :data:`LAPACK_SAFE` on a CPU."""
-    qr, p1 = (0 if is_nested(layout) else layout.qr), layout.p + 1
+    criterion: L₂'s and R's Cholesky factors and triangular solves, and a per-level block
+    where it is one large matrix (a relationship matrix's; otherwise unrolled or loops,
+    above). A nested design's L₂ is per-level algebra like block 1's
+    (:func:`_factorize_nested`). Batched programs keep batch × this below
+    :data:`LAPACK_SAFE` on a CPU."""
+    p1 = layout.p + 1
+    blocks = [(layout.l1, layout.k1)]
+    if is_nested(layout):
+        blocks.append(layout.rest[0][1:])
+        qr = 0
+    else:
+        qr = layout.qr
     cost = max(qr**3, qr * qr * p1, 5 * p1**3)
-    if layout.k1 > _UNROLL_MAX_K and layout.l1 == 1:
-        cost = max(cost, layout.k1**2 * max(layout.k1, p1))
+    for levels, k in blocks:
+        if k > _UNROLL_MAX_K and levels == 1:
+            cost = max(cost, k**2 * max(k, p1))
     return cost
 
 

@@ -315,6 +315,10 @@ def test_fd_batch_runs_gradients_side_by_side_where_no_lapack_call_can_be_split(
     _, _, lay_1, _ = _setup("sleepstudy_rs")
     assert fd_batch(lay_n) == lay_n.ntheta + 1 == 7
     assert fd_batch(lay_s) == 1  # two θ: its gradient is already 2 forward tangents side by side
+    # A nested design's rest factor is per-level algebra, no LAPACK call, however many levels ...
+    assert lapack_cost(lay_s) == lapack_cost(lay_s._replace(rest=((lay_s.rest[0][0], 500, 1),)))
+    # ... unless it is one level over more columns than are unrolled: one LAPACK matrix.
+    assert lapack_cost(lay_s._replace(rest=((lay_s.rest[0][0], 1, 10),))) >= 10**3
     assert fd_batch(lay_c) == lay_c.ntheta + 1  # q_r = 6
     assert fd_batch(lay_1) == 1
     big = lay_c._replace(qr=40)
