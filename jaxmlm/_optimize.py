@@ -307,15 +307,17 @@ _FD_CHUNK = 16
 def fd_batch(layout: Layout) -> int:
     """How many criterion evaluations a Newton step of ``layout``'s fit runs side by side: the
     m + 1 gradients of its differenced Hessian (:func:`_fgh_fd`, nested and crossed designs),
-    or 1 — where the Hessian has closed forms or comes by the chain rule, and on a CPU where
-    those gradients' LAPACK calls batched m + 1 times, in a refit chunk of ``_FD_CHUNK``,
-    could reach the size at which jaxlib splits them over XLA's thread pool and can deadlock
+    or 1 — where the Hessian has closed forms or comes by the chain rule, for one grouping
+    factor, and on a CPU where those gradients' LAPACK calls batched m + 1 times, in a refit
+    chunk of ``_FD_CHUNK``, could reach the size at which jaxlib splits them over XLA's thread pool and can deadlock
     it (:data:`~jaxmlm._objective.LAPACK_SAFE`; ``benchmarks/jax_cpu_deadlock_repro.py``):
     a crossed design's fill-in block of more than ~15 columns; then they run one after
     another, as they do for a nested design of at most ``_FORWARD_MAX`` θ entries (below). A
     nested design's criterion is per-level algebra, with no LAPACK call but R_X's. Batched
     refits count this in their chunks (``jaxmlm._refit._chunk_size``)."""
-    if layout.structured or per_level_formulas(layout):
+    if layout.structured or per_level_formulas(layout) or layout.qr == 0:
+        # Closed forms, the chain rule, or one factor over many columns, whose program keeps
+        # LAPACK calls on single matrices only (tests/test_objective.py).
         return 1
     if is_nested(layout) and layout.ntheta <= _FORWARD_MAX:
         # Its gradient is already m forward tangents side by side: batching the points too

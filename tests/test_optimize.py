@@ -304,9 +304,10 @@ def test_differenced_hessian_matches_autodiff_side_by_side_and_in_turn(formula):
 
 def test_fd_batch_runs_gradients_side_by_side_where_no_lapack_call_can_be_split():
     """Nested designs of more than three θ entries and crossed ones with a small fill-in take
-    their m + 1 gradients side by side; a one-factor layout has closed forms (no differences: 1); a crossed design whose
-    fill-in block is large enough that m + 1 batched copies of its Cholesky factor could
-    be split over XLA's CPU threads (and deadlock them) takes them one after another."""
+    their m + 1 gradients side by side. One after another (1): a one-factor layout (closed
+    forms, or for a wide term single-matrix LAPACK calls only), and a crossed design whose
+    fill-in block is large enough that m + 1 batched copies of its Cholesky factor could be
+    split over XLA's CPU threads (and deadlock them)."""
     from test_objective import _nested_frame
 
     lay_n, _, _ = sufficient_stats(build_design("y ~ x + (1 + x | school/class)", _nested_frame()))
@@ -321,6 +322,7 @@ def test_fd_batch_runs_gradients_side_by_side_where_no_lapack_call_can_be_split(
     assert lapack_cost(lay_s._replace(rest=((lay_s.rest[0][0], 1, 10),))) >= 10**3
     assert fd_batch(lay_c) == lay_c.ntheta + 1  # q_r = 6
     assert fd_batch(lay_1) == 1
+    assert fd_batch(lay_1._replace(k1=7, ntheta=28)) == 1  # one wide factor: single-matrix LAPACK only
     big = lay_c._replace(qr=40)
     assert fd_batch(big) == 1
     for lay in (lay_n, lay_c, big):
