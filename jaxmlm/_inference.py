@@ -200,8 +200,8 @@ def theta_derivatives(theta, stats: Stats, reml, layout: Layout):
     Otherwise (several grouping factors, or one over more than three columns) the first
     derivatives of :func:`theta_pieces` by forward-mode autodiff through the factorization
     (θ has a handful of entries), and the second derivatives of a and r² by central
-    differences of those exact first derivatives (:func:`~jaxmlm._optimize.central_points`), d = a + ν log r²
-    + const assembled from them. Differentiating twice by autodiff (forward over forward)
+    differences of those exact first derivatives (:func:`~jaxmlm._optimize.central_points`),
+    d = a + ν log r² + const assembled from them. Differentiating twice by autodiff (forward over forward)
     traced and compiled a program twice the size: Penicillin's took 2.4 s to make, against
     1.1 s, the classroom three-level model's 2.1 against 1.1 s (issue 12); ∇²d agrees with it
     to ~1e-7 relative, where lmerTest's Hessian is numDeriv's. Layouts with structured terms

@@ -104,6 +104,11 @@ _UNROLL_MAX_K = 6
 #: is never split over XLA's CPU thread pool (jaxlib splits above 2·10⁵; kept at half).
 LAPACK_SAFE = 100_000
 
+#: Replicates per compiled batch of batched refits on a CPU (``jaxmlm._refit._chunk_size``); the
+#: fit's differenced Hessian batches its gradients only where such a chunk of them stays below
+#: :data:`LAPACK_SAFE` (``jaxmlm._optimize.fd_batch``).
+CPU_CHUNK = 16
+
 
 def lapack_cost(layout: Layout) -> int:
     """Largest cost estimate (jaxlib's FLOP model) of the LAPACK calls in one evaluation of the

@@ -64,12 +64,13 @@ import numpy as np
 from . import _compiled, _x64  # noqa: F401
 from ._errors import ConvergenceWarning, warn_user
 from ._objective import (
+    CPU_CHUNK,
+    LAPACK_SAFE,
     _deviance,
     average_information,
     blockdiag_fgh,
     criterion_rest,
     criterion_rest_value_and_grad,
-    LAPACK_SAFE,
     lapack_cost,
     levels_last,
     nested_data,
@@ -281,8 +282,8 @@ def _fgh_fd(fun, forward: bool = False, side_by_side: bool = False):
     criterion instead of two nested ones: for a model shape a first fit traces and compiles in
     about half the time (Penicillin 2.4 → 1.7 s, the classroom three-level model 2.2 →
     1.3 s; issue 12). Side by side, warm fits of several θ run faster than one after another
-    (classroom ``(ses | schoolid/classid)``, 6 θ: 23–28 → 19–23 ms; batched refits of the
-    nested models ~10 % faster; the few-θ models as fast)."""
+    (classroom ``(ses | schoolid/classid)``, 6 θ: 21.5–27 → 18.5–20.5 ms; Penicillin
+    2.2–3.6 → 2.0–2.6 ms)."""
     if forward:
         def value_grad(x):
             basis = jnp.eye(x.shape[0], dtype=x.dtype)
@@ -298,20 +299,15 @@ def _fgh_fd(fun, forward: bool = False, side_by_side: bool = False):
     return evaluate
 
 
-#: On a CPU, a differenced Hessian's gradients run side by side only where even a batched
-#: refit's chunk of this many replicates (``jaxmlm._refit``'s CPU chunk) keeps every LAPACK
-#: call of them below :data:`~jaxmlm._objective.LAPACK_SAFE`.
-_FD_CHUNK = 16
-
-
 def fd_batch(layout: Layout) -> int:
     """How many criterion evaluations a Newton step of ``layout``'s fit runs side by side: the
     m + 1 gradients of its differenced Hessian (:func:`_fgh_fd`, nested and crossed designs),
     or 1 — where the Hessian has closed forms or comes by the chain rule, for one grouping
     factor, and on a CPU where those gradients' LAPACK calls batched m + 1 times, in a refit
-    chunk of ``_FD_CHUNK``, could reach the size at which jaxlib splits them over XLA's thread pool and can deadlock
-    it (:data:`~jaxmlm._objective.LAPACK_SAFE`; ``benchmarks/jax_cpu_deadlock_repro.py``):
-    a crossed design's fill-in block of more than ~15 columns; then they run one after
+    chunk of :data:`~jaxmlm._objective.CPU_CHUNK`, could reach the size at which jaxlib
+    splits them over XLA's thread pool and can deadlock it
+    (:data:`~jaxmlm._objective.LAPACK_SAFE`; ``benchmarks/jax_cpu_deadlock_repro.py``): a
+    crossed design's fill-in block of more than ~15 columns; then they run one after
     another, as they do for a nested design of at most ``_FORWARD_MAX`` θ entries (below). A
     nested design's criterion is per-level algebra, with no LAPACK call but R_X's. Batched
     refits count this in their chunks (``jaxmlm._refit._chunk_size``)."""
@@ -325,7 +321,7 @@ def fd_batch(layout: Layout) -> int:
         # 5.1 → 5.3–6.0 s), with warm fits no faster (classroom three-level 2.8 ms either way).
         return 1
     m1 = layout.ntheta + 1
-    if jax.default_backend() != "cpu" or m1 * lapack_cost(layout) * _FD_CHUNK <= LAPACK_SAFE:
+    if jax.default_backend() != "cpu" or m1 * lapack_cost(layout) * CPU_CHUNK <= LAPACK_SAFE:
         return m1
     return 1
 

@@ -45,6 +45,7 @@ import pandas as pd
 from . import _compiled, _programs, _x64  # noqa: F401
 from ._errors import ConvergenceError, DataError, InferenceError
 from ._objective import (
+    CPU_CHUNK,
     LAPACK_SAFE,
     Factor,
     batched_solve_lower,
@@ -89,8 +90,7 @@ __all__ = [
 # c = theta_scale): at θᵢ = 0 the criterion is flat (gradient 0).
 _START_FLOOR = 0.1
 _MAX_CHUNK = 1024  # replicates per compiled batch (GPU)
-_CPU_CHUNK = 16  # replicates per compiled batch on a CPU (see _chunk_size)
-_NESTED_CHUNK = 4  # the same for a nested design (see _chunk_size)
+_NESTED_CHUNK = 4  # replicates per compiled batch of a nested design on a CPU (see _chunk_size)
 _CHUNK_CELLS = 1 << 24  # cap on chunk × nobs: a chunk's responses stay ~ 130 MB
 # The batched programs compile with XLA's default options. Setting XLA:CPU's experimental
 # options here (turning off the YNNPACK fusion and the concurrency-optimized scheduler) made
@@ -534,7 +534,7 @@ def _chunk_size(nsim: int, n: int, chunk_size, layout: Layout, hessian: int = 0,
             raise DataError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     cap = max(1, min(_MAX_CHUNK, _CHUNK_CELLS // max(n, 1)))
     if jax.default_backend() == "cpu":
-        wanted = chunk_size or (_NESTED_CHUNK if is_nested(layout) else _CPU_CHUNK)
+        wanted = chunk_size or (_NESTED_CHUNK if is_nested(layout) else CPU_CHUNK)
         return min(lapack_safe_batch(wanted, layout, hessian, points), cap)
     return int(chunk_size) if chunk_size is not None else min(bucket(nsim), cap)
 
