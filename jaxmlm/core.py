@@ -22,7 +22,8 @@
 * :func:`fit` runs lmer's whole pipeline (Newton from lme4's start, canonical signs,
   boundary snapping, estimates) as one traceable function — differentiable: θ̂'s derivative
   with respect to the statistics comes from the implicit function theorem at the optimum
-  (:mod:`jaxmlm._implicit`), the estimates' from autodiff of their explicit formulas.
+  (:mod:`jaxmlm._implicit`), the estimates' from autodiff of their explicit formulas. On a
+  CPU, ``vmap`` it over at most :func:`batch_limit` replicates at once.
 * :func:`row_data` and :func:`statistics_of`: the data → statistics step as a traceable
   function of the rows (y, X, prior weights, offset, Z's values), for derivatives of a fit
   with respect to the data::
@@ -125,6 +126,7 @@ __all__ = [
     "Solution",
     "Stats",
     "Structure",
+    "batch_limit",
     "combine_structures",
     "criterion",
     "design",
@@ -208,7 +210,8 @@ def fit(stats: Stats, layout: Layout, REML=True, theta0=None, max_iter: int = 20
 
     ``res.state.status`` says why the optimizer stopped (:data:`STATUS`: 0 and 1 are
     convergence). ``method``: "newton" (Newton's method), "ai" (average information) or
-    "bfgs". ``vmap`` it over statistics (e.g. from :func:`response_statistics`) or starts.
+    "bfgs". ``vmap`` it over statistics (e.g. from :func:`response_statistics`) or starts;
+    on a CPU, at most :func:`batch_limit` fits at once.
 
     Differentiable with respect to ``stats`` (``jax.grad``, ``jacobian``, ``jvp``): the
     optimizer runs on stopped statistics and θ̂ gets dθ̂ = −H⁻¹ (∂²f/∂θ∂s) ds, H the exact
@@ -227,6 +230,23 @@ def fit(stats: Stats, layout: Layout, REML=True, theta0=None, max_iter: int = 20
     theta = implicit_theta(res.theta, stats, reml, active_set(res.theta, layout), layout)
     sol = _solve(theta, stats, reml, layout)
     return res._replace(theta=theta, objective=sol.criterion, solution=sol)
+
+
+def batch_limit(layout: Layout, wanted: int) -> int:
+    """How many fits of ``layout`` to ``vmap`` at once on a CPU: ``wanted``, or fewer where the
+    batch's LAPACK calls would grow past the size at which jaxlib splits a batched call over
+    XLA's thread pool, where two running at once can deadlock it (jaxlib 0.10;
+    ``benchmarks/jax_cpu_deadlock_repro.py``). It counts the criterion's largest LAPACK call
+    (a crossed design's fill-in block), the Newton step's gradients taken side by side, and
+    the step's eigendecomposition. ``refit_many``, the bootstraps and ``all_fit`` batch this way;
+    vmap :func:`fit` over more replicates in chunks of this size. On other backends: ``wanted``.
+    """
+    from ._optimize import fd_batch
+    from ._refit import lapack_safe_batch
+
+    if isinstance(wanted, bool) or not isinstance(wanted, (int, np.integer)) or wanted < 1:
+        raise DataError(f"wanted must be a positive whole number of fits, got {wanted!r}")
+    return lapack_safe_batch(wanted, layout, points=fd_batch(layout))
 
 
 def row_data(design: Design, schema: Schema) -> RowData:

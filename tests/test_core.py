@@ -95,6 +95,24 @@ def test_fit_vmaps_over_responses_as_separate_fits():
         assert float(batch.objective[r]) == pytest.approx(float(one.objective), rel=1e-10)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the limit is a CPU one; elsewhere it is `wanted`")
+def test_batch_limit_keeps_a_vmapped_batch_below_jaxlibs_split_size():
+    """Penicillin, `(1 | plate) + (1 | sample)`: the fill-in block is sample's 6 × 6, so each
+    Newton evaluation's largest LAPACK call is its Cholesky factor, 6³ = 216 in jaxlib's FLOP
+    model, and a step takes m + 1 = 3 gradients side by side (the differenced Hessian):
+    648 per replicate. jaxlib splits a batched call above 2·10⁵; the limit keeps the batch
+    below half that, and is the largest batch that does."""
+    data = jaxmlm.load_example("Penicillin")
+    lay = core.schema(core.design("diameter ~ 1 + (1 | plate) + (1 | sample)", data)).layout
+    per_replicate = 6**3 * (lay.ntheta + 1)
+    limit = core.batch_limit(lay, 10_000)
+    assert limit * per_replicate <= 100_000 < (limit + 1) * per_replicate
+    assert core.batch_limit(lay, 7) == 7
+    for bad in (0, -3, 2.5, "16", True):
+        with pytest.raises(jaxmlm.DataError, match="positive whole number"):
+            core.batch_limit(lay, bad)
+
+
 def test_a_fitted_models_statistics_take_a_new_response_and_merge():
     """A model of 257-2,048 rows is fitted by one program whose X is padded; its statistics come
     back narrowed on the host (numpy arrays). They still take a new response and merge,
