@@ -112,9 +112,8 @@ def assert_compiled_once(run, name: str, monkeypatch, caplog):
     """``run()`` (a ``confint()``) twice; the second compiles no program of the function ``name``
     again, although every program that tiers up does so on its next call (``TIER_UP_CALLS`` set
     to 1 after the first run): ``name``'s programs are compiled once (``tiered="once"`` or
-    ``False``). The
-    first run, from nothing (``_compiled.clear()``), must log ``name``'s compile: the log is
-    read."""
+    ``False``). The first run, from nothing (``_compiled.clear()``), must log ``name``'s
+    compile: the log is read."""
     import logging
     import re
 
